@@ -1,0 +1,68 @@
+"""The full description of one run; its hash names the run's results directory."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .options import Option
+
+SCHEMA_VERSION = 1
+
+# Options of the loop itself; methods, models and streams declare their own.
+CORE_OPTIONS = [
+    Option("epochs", int, 5, "epochs per task", minimum=1),
+    Option("batch_size", int, 32, "training batch size", minimum=1),
+    Option("lr", float, 1e-3, "learning rate (Adam; a fresh optimiser per task)", minimum=0.0, exclusive_minimum=True),
+    Option("seed", int, 0, "seed of model initialisation, shuffling and dropout", minimum=0),
+    Option("eval_every", int, 0, "also evaluate every N training steps (0: after every epoch only)", minimum=0),
+    Option("eval_batch_size", int, 1024, "evaluation batch size", minimum=1),
+]
+
+# Keys that say where things are, not what is computed: left out of the run's hash.
+UNHASHED = ("data_dir", "results_dir", "device", "progress")
+
+
+@dataclass
+class RunConfig:
+    benchmark: str = "split-digits"
+    scenario: str = "domain"
+    model: str = "mlp"
+    method: str = "kl"
+    hparams: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
+    model_options: dict[str, Any] = field(default_factory=dict)
+    stream_options: dict[str, Any] = field(default_factory=dict)
+    epochs: int = 5
+    batch_size: int = 32
+    lr: float = 1e-3
+    seed: int = 0
+    eval_every: int = 0
+    eval_batch_size: int = 1024
+    device: str = "auto"
+    data_dir: str | None = None
+    results_dir: str = "results"
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["schema_version"] = SCHEMA_VERSION
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def hashed_dict(self) -> dict[str, Any]:
+        d = self.to_dict()
+        for k in UNHASHED:
+            d.pop(k, None)
+        return d
+
+    @property
+    def run_id(self) -> str:
+        """A short hash of everything that changes the numbers (not paths or the device)."""
+        blob = json.dumps(self.hashed_dict(), sort_keys=True, default=str)
+        return hashlib.sha1(blob.encode()).hexdigest()[:12]

@@ -1,0 +1,19 @@
+"""One error type for bad input: the CLI turns it into a one-line message and exit code 2."""
+
+from __future__ import annotations
+
+EXIT_BAD_INPUT = 2
+
+
+class BadInput(ValueError):
+    """Input that the user can fix: a bad option value, a missing or malformed file.
+
+    The message is one line that names the bad value and says what is allowed.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(" ".join(str(message).split()))
+
+
+class RunFailed(RuntimeError):
+    """A run that started but could not finish (a NaN loss, for example); its results are kept."""

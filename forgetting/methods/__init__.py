@@ -1,0 +1,60 @@
+"""Methods by name; ``a+b`` composes methods (``kl+rdrop``, ``replay+kl``)."""
+
+from __future__ import annotations
+
+import importlib
+
+from ..errors import BadInput
+from ..options import Option
+from .base import Method
+
+METHODS = {
+    "naive": "forgetting.methods.naive",
+    "kl": "forgetting.methods.kl",
+}
+
+
+def method_class(name: str) -> type[Method]:
+    if name not in METHODS:
+        raise BadInput(f"--method: unknown method {name!r}, allowed: {', '.join(METHODS)} (compose with '+', e.g. kl+rdrop)")
+    return importlib.import_module(METHODS[name]).Method
+
+
+def parse_method(spec: str) -> list[type[Method]]:
+    """The classes of a method spec such as ``kl+rdrop``, checked for clashes."""
+    parts = [p.strip() for p in str(spec).split("+")]
+    if not all(parts):
+        raise BadInput(f"--method: malformed method {spec!r}: names joined by '+', e.g. kl+rdrop")
+    classes = [method_class(p) for p in parts]
+    if len(set(parts)) != len(parts):
+        raise BadInput(f"--method: {spec!r} names a method twice")
+    if sum(c.changes_task_loss for c in classes) > 1:
+        raise BadInput(f"--method: {spec!r} combines two methods that each change the task loss")
+    if sum(c.changes_batches for c in classes) > 1:
+        raise BadInput(f"--method: {spec!r} combines two methods that each change the training data")
+    return classes
+
+
+def method_options(spec: str) -> list[Option]:
+    """The options the methods of ``spec`` take."""
+    seen, out = set(), []
+    for cls in parse_method(spec):
+        for o in cls.options:
+            if o.name not in seen:
+                seen.add(o.name)
+                out.append(o)
+    return out
+
+
+def all_options() -> list[Option]:
+    seen, out = set(), []
+    for name in METHODS:
+        for o in method_class(name).options:
+            if o.name not in seen:
+                seen.add(o.name)
+                out.append(o)
+    return out
+
+
+def build_methods(spec: str, hparams: dict) -> list[Method]:
+    return [cls(**{o.name: hparams[o.name] for o in cls.options}) for cls in parse_method(spec)]

@@ -1,0 +1,151 @@
+"""The run directory: ``config.json``, ``metrics.csv`` (tidy rows), ``manifest.json``.
+
+Every file is written whole to a temporary name and renamed into place, so a run killed at any
+moment leaves either the previous complete version or the new one, never half a file. The
+manifest's ``status`` says whether the rows are complete: ``running`` (or a killed run),
+``failed``, or ``complete``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from .config import SCHEMA_VERSION, RunConfig
+
+CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
+
+# The tidy metric rows: one per evaluation point and evaluated task.
+METRIC_COLUMNS = [
+    "run_id", "benchmark", "scenario", "method", "lambda", "seed",
+    "phase",          # init (untrained model), step (every --eval-every steps), epoch (end of an epoch)
+    "trained_task",   # index of the task being trained (-1 for init); A[t][k] uses phase=epoch, last epoch
+    "epoch",          # epoch within trained_task, 1-based (0 for init)
+    "global_step",    # optimiser steps since the start of the run
+    "eval_task", "eval_task_name",
+    "accuracy", "loss",
+    "kl_base",        # mean KL(p_base || p_current) on eval_task's test inputs (NaN before the base task ends)
+    "n_eval",         # number of test examples evaluated
+    "train_loss",     # mean total training loss of the epoch so far (NaN for init)
+    "wall_time",      # seconds since the run started (timing: differs between identical runs)
+]
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "datasets", "avalanche-lib", "pandas", "numpy", "scikit-learn", "forgetting"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class RunWriter:
+    """Writes one run's directory as the run goes."""
+
+    def __init__(self, config: RunConfig, device: str, extra_manifest: dict | None = None):
+        self.config = config
+        self.dir = Path(config.results_dir) / config.run_id
+        self.rows: list[dict] = []
+        self.t0 = time.perf_counter()
+        self.manifest: dict[str, Any] = {
+            "schema_version": SCHEMA_VERSION,
+            "run_id": config.run_id,
+            "status": "running",
+            "started": now(),
+            "ended": None,
+            "wall_time_s": None,
+            "device": device,
+            "host": platform.node(),
+            "versions": library_versions(),
+            "seed": config.seed,
+            "error": None,
+            "completed_tasks": 0,
+            **(extra_manifest or {}),
+        }
+
+    def open(self) -> "RunWriter":
+        self.dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(self.dir / CONFIG, self.config.to_dict())
+        self.write_metrics()
+        self.write_manifest()
+        return self
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0
+
+    def add_rows(self, rows: Iterable[dict]) -> None:
+        self.rows.extend(rows)
+        self.write_metrics()
+
+    def write_metrics(self) -> None:
+        df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
+        atomic_write_text(self.dir / METRICS, df.to_csv(index=False))
+
+    def write_manifest(self) -> None:
+        atomic_write_json(self.dir / MANIFEST, self.manifest)
+
+    def update(self, **fields) -> None:
+        self.manifest.update(fields)
+        self.write_manifest()
+
+    def task_done(self, trainer, task: int) -> None:
+        """A task boundary: the rows up to here are complete."""
+        self.update(completed_tasks=task + 1)
+
+    def finish(self, status: str, error: str | None = None) -> None:
+        self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
+
+
+def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
+    """A run's config, metric rows and manifest (for plots and resumption)."""
+    d = Path(run_dir)
+    config = json.loads((d / CONFIG).read_text())
+    manifest = json.loads((d / MANIFEST).read_text())
+    metrics = pd.read_csv(d / METRICS)
+    return config, metrics, manifest
+
+
+def find_runs(paths: Iterable[str | Path]) -> list[Path]:
+    """Run directories (those holding a manifest) at or below the given paths."""
+    out = []
+    for p in paths:
+        p = Path(p)
+        if (p / MANIFEST).is_file():
+            out.append(p)
+        elif p.is_dir():
+            out.extend(sorted(m.parent for m in p.rglob(MANIFEST)))
+    return out

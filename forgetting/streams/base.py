@@ -1,0 +1,198 @@
+"""What is learned, in order: tasks, their data, and the output layout each scenario needs.
+
+A model has one output layer; each scenario reads it differently (van de Ven & Tolias 2019):
+
+- ``task``:   one block of outputs per task (a head per task); the task id picks the block.
+- ``domain``: one shared block; every task uses the same label space.
+- ``class``:  one block over all classes of all tasks; no task id at test time.
+
+Targets in every dataset are *output indices* (task: block offset + local label; domain:
+local label; class: global class), so one masked cross-entropy serves all three scenarios.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Protocol, Sequence
+
+import torch
+from torch import Tensor
+
+SCENARIOS = ("task", "domain", "class")
+
+Inputs = Any  # a Tensor, or a dict of Tensors for text models
+
+
+@dataclass
+class Batch:
+    """A training or evaluation batch.
+
+    ``index`` holds each example's position in its task's training set (-1 where that does not
+    apply, e.g. replayed examples), so per-example caches can look outputs up.
+    """
+
+    inputs: Inputs
+    targets: Tensor
+    task_ids: Tensor
+    index: Tensor
+
+    def to(self, device: torch.device | str) -> "Batch":
+        return Batch(_to(self.inputs, device), self.targets.to(device), self.task_ids.to(device), self.index.to(device))
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+
+def _to(inputs: Inputs, device) -> Inputs:
+    if isinstance(inputs, Tensor):
+        return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: _to(v, device) for k, v in inputs.items()}
+    return inputs
+
+
+class TaskData(Protocol):
+    """Examples of one split of one task, gathered into batches by index."""
+
+    def __len__(self) -> int: ...
+
+    def gather(self, index: Tensor) -> tuple[Inputs, Tensor]:
+        """Inputs and targets (output indices) of the examples at ``index``."""
+        ...
+
+
+class TensorData:
+    """Examples held as tensors in memory: gathering a batch is one indexing operation."""
+
+    def __init__(self, inputs: Tensor, targets: Tensor):
+        if inputs.shape[0] != targets.shape[0]:
+            raise ValueError(f"{inputs.shape[0]} inputs but {targets.shape[0]} targets")
+        self.inputs = inputs
+        self.targets = targets.long()
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        return self.inputs[index], self.targets[index]
+
+
+@dataclass
+class Task:
+    """One task of a stream: its name, its train and test data, and the classes it holds.
+
+    ``classes`` are the task's global class ids (in the source's numbering, for display);
+    ``outputs`` the model output indices its targets use.
+    """
+
+    task_id: int
+    name: str
+    train: TaskData
+    test: TaskData
+    classes: list[Any]
+    outputs: list[int]
+
+
+@dataclass
+class HeadLayout:
+    """Which model outputs each task uses, for training, evaluation and the penalty."""
+
+    scenario: str
+    task_outputs: list[list[int]]  # output indices per task
+    n_outputs: int
+
+    def mask(self, task_ids: Tensor) -> Tensor:
+        """Boolean [batch, n_outputs]: True where an example's task may predict.
+
+        In ``task`` only the example's own head; in ``domain`` and ``class`` every output.
+        """
+        n = task_ids.shape[0]
+        if self.scenario != "task":
+            return torch.ones(n, self.n_outputs, dtype=torch.bool, device=task_ids.device)
+        allowed = torch.zeros(len(self.task_outputs), self.n_outputs, dtype=torch.bool, device=task_ids.device)
+        for t, outs in enumerate(self.task_outputs):
+            allowed[t, outs] = True
+        return allowed[task_ids]
+
+    def masked(self, logits: Tensor, task_ids: Tensor) -> Tensor:
+        """Logits with the outputs an example may not predict set to -inf."""
+        if self.scenario != "task":
+            return logits
+        return logits.masked_fill(~self.mask(task_ids), float("-inf"))
+
+    def penalty_outputs(self, task: int) -> list[list[int]]:
+        """Output groups the penalty holds while fine-tuning on ``task``: one per old head.
+
+        ``task``: every old task's head (LwF); ``domain``: the shared head; ``class``: the
+        outputs of the classes seen before ``task`` (the teacher knows nothing of the new ones).
+        """
+        if task == 0:
+            return []
+        if self.scenario == "task":
+            return [list(o) for o in self.task_outputs[:task]]
+        if self.scenario == "domain":
+            return [list(range(self.n_outputs))]
+        old = sorted({o for outs in self.task_outputs[:task] for o in outs})
+        return [old]
+
+
+@dataclass
+class TaskStream:
+    """Tasks in the order they are learned, with the layout their scenario needs.
+
+    ``deterministic_inputs`` is False where a training example's input changes between
+    visits (augmentation): per-example caches of teacher outputs are then not exact.
+    """
+
+    name: str
+    scenario: str
+    tasks: list[Task]
+    layout: HeadLayout
+    input_kind: str  # "tensor" or "text"
+    input_shape: tuple[int, ...] = ()
+    deterministic_inputs: bool = True
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+
+def layout_for(scenario: str, n_tasks: int, classes_per_task: Sequence[int]) -> HeadLayout:
+    """The output layout of a scenario for tasks of the given sizes.
+
+    ``domain`` requires every task to have the same number of classes.
+    """
+    if scenario not in SCENARIOS:
+        raise ValueError(f"unknown scenario {scenario!r}: allowed are {', '.join(SCENARIOS)}")
+    if scenario == "domain":
+        k = classes_per_task[0]
+        if any(c != k for c in classes_per_task):
+            raise ValueError("domain-incremental needs the same number of classes in every task")
+        return HeadLayout(scenario, [list(range(k)) for _ in range(n_tasks)], k)
+    outs, start = [], 0
+    for c in classes_per_task:
+        outs.append(list(range(start, start + c)))
+        start += c
+    return HeadLayout(scenario, outs, start)
+
+
+def iterate_batches(
+    data: TaskData,
+    task_id: int,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    generator: torch.Generator | None = None,
+    index: Tensor | None = None,
+) -> Iterator[Batch]:
+    """Batches over ``data`` (or over its examples at ``index``), shuffled with ``generator``."""
+    idx = torch.arange(len(data)) if index is None else index
+    if shuffle:
+        idx = idx[torch.randperm(len(idx), generator=generator)]
+    for start in range(0, len(idx), batch_size):
+        b = idx[start : start + batch_size]
+        inputs, targets = data.gather(b)
+        yield Batch(inputs, targets, torch.full((len(b),), task_id, dtype=torch.long), b)
