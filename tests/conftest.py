@@ -1,0 +1,47 @@
+"""Shared test fixtures: the real-data directory, running the CLI, small configs."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from forgetting.streams import default_data_dir
+
+ROOT = Path(__file__).resolve().parents[1]
+
+torch.set_num_threads(1)  # tests run in parallel workers on a 2-core machine
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """../shared/data (or $FORGETTING_DATA_DIR); tests that need it skip with a reason when absent."""
+    d = default_data_dir()
+    if d is None or not Path(d).is_dir():
+        pytest.skip("real data directory not found: set FORGETTING_DATA_DIR or place ../shared/data beside the project")
+    return Path(d)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir(data_dir) -> Path:
+    if not (data_dir / "mnist").is_dir():
+        pytest.skip(f"no mnist/ under {data_dir}")
+    return data_dir
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in a subprocess, as a user would; returns the finished process."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def cli():
+    return run_cli
