@@ -11,6 +11,7 @@ from .base import Method
 METHODS = {
     "naive": "forgetting.methods.naive",
     "kl": "forgetting.methods.kl",
+    "rdrop": "forgetting.methods.rdrop",
 }
 
 
