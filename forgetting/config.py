@@ -55,6 +55,29 @@ class RunConfig:
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
+    def resolved(self) -> "RunConfig":
+        """A copy with every option checked and defaults filled in (BadInput on a bad value).
+
+        Configs from the CLI, suite files and Python code all pass through here, so a run's
+        hash does not depend on whether a default was spelled out.
+        """
+        from . import methods, models, streams
+        from .errors import BadInput
+        from .options import check_all
+
+        if self.benchmark not in streams.BENCHMARKS:
+            raise BadInput(f"benchmark: unknown benchmark {self.benchmark!r}, allowed: {', '.join(streams.BENCHMARKS)}")
+        if self.scenario not in streams.SCENARIOS:
+            raise BadInput(f"scenario: unknown scenario {self.scenario!r}, allowed: {', '.join(streams.SCENARIOS)}")
+        core = check_all(CORE_OPTIONS, {o.name: getattr(self, o.name) for o in CORE_OPTIONS}, where="")
+        d = self.to_dict()
+        d.pop("schema_version")
+        d.update(core)
+        d["hparams"] = check_all(methods.method_options(self.method), self.hparams, where="method option ")
+        d["model_options"] = check_all(models.model_module(self.model).OPTIONS, self.model_options, where="model option ")
+        d["stream_options"] = check_all(streams.OPTIONS, self.stream_options, where="stream option ")
+        return RunConfig(**d)
+
     def hashed_dict(self) -> dict[str, Any]:
         d = self.to_dict()
         for k in UNHASHED:

@@ -96,7 +96,7 @@ def check_all(options: Iterable[Option], values: dict[str, Any], where: str = ""
     known = {o.name: o for o in options}
     for key in values:
         if key not in known:
-            raise BadInput(f"{where}unknown option {key!r}: allowed are {', '.join(sorted(known)) or 'none'}")
+            raise BadInput(f"unknown {where.strip() or 'option'} {key!r}: allowed are {', '.join(sorted(known)) or 'none'}")
     out = {}
     for o in options:
         out[o.name] = o.check(values.get(o.name, o.default), where=f"{where}{o.name}" if where else None)

@@ -166,6 +166,7 @@ def ensure_writable(results_dir: str) -> None:
 
 def run_experiment(config: RunConfig, force: bool = False):
     """Run one experiment; returns (run directory, metric rows as a DataFrame, status)."""
+    config = config.resolved()
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
     if not force and (run_dir / MANIFEST).is_file():

@@ -1,0 +1,106 @@
+"""Bad input to `python -m forgetting.run`: exit code 2, one line naming the value, no results left."""
+
+import gzip
+import struct
+
+import pytest
+
+from forgetting.run import main
+
+
+def idx_bytes(magic: int, dims: list[int], payload: bytes | None = None) -> bytes:
+    n = 1
+    for d in dims:
+        n *= d
+    return struct.pack(">I", magic) + b"".join(struct.pack(">I", d) for d in dims) + (payload if payload is not None else bytes(n))
+
+
+def write_mnist(folder, images: bytes, labels: bytes):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(images))
+    (folder / "t10k-labels-idx1-ubyte.gz").write_bytes(gzip.compress(labels))
+
+
+def bad_magic(tmp):
+    write_mnist(tmp / "data" / "mnist", idx_bytes(0x0803, [10, 28, 28]), idx_bytes(0x0804, [10]))
+    return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "0x00000804"
+
+
+def truncated(tmp):
+    write_mnist(tmp / "data" / "mnist", idx_bytes(0x0803, [10, 28, 28], bytes(100)), idx_bytes(0x0801, [10]))
+    return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "t10k-images"
+
+
+def not_gzip(tmp):
+    d = tmp / "data" / "mnist"
+    d.mkdir(parents=True)
+    (d / "t10k-images-idx3-ubyte.gz").write_bytes(b"this is not gzip")
+    (d / "t10k-labels-idx1-ubyte.gz").write_bytes(b"nor this")
+    return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "t10k-images"
+
+
+def empty_dir(tmp):
+    (tmp / "data").mkdir()
+    return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "no MNIST IDX files"
+
+
+CASES = {
+    "unknown benchmark": (["--benchmark", "split-cifar"], "split-cifar"),
+    "unknown scenario": (["--scenario", "instance"], "instance"),
+    "unknown direction": (["--kl-direction", "backward"], "backward"),
+    "negative lambda": (["--kl-lambda", "-0.5"], "-0.5"),
+    "nan lambda": (["--kl-lambda", "nan"], "nan"),
+    "infinite lambda": (["--kl-lambda", "inf"], "inf"),
+    "text lambda": (["--kl-lambda", "lots"], "lots"),
+    "zero temperature": (["--temperature", "0"], "'0'"),
+    "negative temperature": (["--temperature", "-1"], "-1"),
+    "zero epochs": (["--epochs", "0"], "'0'"),
+    "fractional epochs": (["--epochs", "1.5"], "1.5"),
+    "zero batch size": (["--batch-size", "0"], "'0'"),
+    "unknown method": (["--method", "magic"], "magic"),
+    "option of another method": (["--method", "naive", "--kl-lambda", "1"], "--kl-lambda"),
+    "unknown device": (["--device", "tpu"], "tpu"),
+    "missing data dir": (["--benchmark", "split-mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
+    "unknown flag": (["--kl-lambdaa", "1"], "--kl-lambdaa"),
+}
+FILE_CASES = {"bad magic": bad_magic, "truncated images": truncated, "not gzip": not_gzip, "empty data dir": empty_dir}
+
+
+def check_rejected(argv, needle, tmp_path, capsys):
+    results = tmp_path / "results"
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main([*argv, "--results-dir", str(results), "--quiet"]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+    assert not results.exists(), "a rejected run left a results directory"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_cli_value(name, tmp_path, capsys):
+    argv, needle = CASES[name]
+    check_rejected(argv, needle, tmp_path, capsys)
+
+
+@pytest.mark.parametrize("name", list(FILE_CASES))
+def test_bad_data_files(name, tmp_path, capsys):
+    argv, needle = FILE_CASES[name](tmp_path)
+    check_rejected(argv, needle, tmp_path, capsys)
+
+
+def test_bad_input_in_a_real_process(tmp_path, cli):
+    p = cli("forgetting.run", "--kl-lambda", "-1", "--results-dir", str(tmp_path / "r"))
+    assert p.returncode == 2
+    assert p.stderr.strip().count("\n") == 0 and "-1" in p.stderr
+    assert not (tmp_path / "r").exists()
+
+
+def test_help_explains_every_option(cli):
+    p = cli("forgetting.run", "--help")
+    assert p.returncode == 0
+    for flag in ["--benchmark", "--scenario", "--kl-lambda", "--kl-direction", "--temperature", "--epochs",
+                 "--batch-size", "--lr", "--seed", "--results-dir", "--data-dir", "--device", "--eval-every"]:
+        assert flag in p.stdout, flag
