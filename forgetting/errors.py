@@ -16,4 +16,11 @@ class BadInput(ValueError):
 
 
 class RunFailed(RuntimeError):
-    """A run that started but could not finish (a NaN loss, for example); its results are kept."""
+    """A run that started but could not finish (a NaN loss, for example); its results are kept.
+
+    ``where`` says where it stopped (task, epoch, step) for the manifest.
+    """
+
+    def __init__(self, message: str, **where):
+        super().__init__(message)
+        self.where = where

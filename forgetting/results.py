@@ -39,10 +39,21 @@ METRIC_COLUMNS = [
 ]
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide results from others
+
+
 def atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temporary file beside ``path``, flush it to disk, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, FILE_MODE)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -76,11 +87,13 @@ def now() -> str:
 class RunWriter:
     """Writes one run's directory as the run goes."""
 
-    def __init__(self, config: RunConfig, device: str, extra_manifest: dict | None = None):
+    def __init__(self, config: RunConfig, device: str, extra_manifest: dict | None = None,
+                 checkpoints: bool = True):
         self.config = config
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
+        self.checkpoints = checkpoints
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": config.run_id,
@@ -97,8 +110,13 @@ class RunWriter:
             **(extra_manifest or {}),
         }
 
-    def open(self) -> "RunWriter":
+    def open(self, fresh: bool = True) -> "RunWriter":
+        """Create (or, for a fresh start, clear the old checkpoints of) the run directory."""
         self.dir.mkdir(parents=True, exist_ok=True)
+        if fresh:
+            import shutil
+
+            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         atomic_write_json(self.dir / CONFIG, self.config.to_dict())
         self.write_metrics()
         self.write_manifest()
@@ -123,8 +141,19 @@ class RunWriter:
         self.write_manifest()
 
     def task_done(self, trainer, task: int) -> None:
-        """A task boundary: the rows up to here are complete."""
+        """A task boundary: save the checkpoint, then say the rows up to here are complete."""
+        if self.checkpoints:
+            from .checkpoint import save_boundary
+
+            save_boundary(self.dir, trainer, task, self.elapsed())
         self.update(completed_tasks=task + 1)
+
+    def resume_from(self, rows: list[dict], elapsed: float, task: int) -> None:
+        """Continue a killed run: keep its rows up to the end of ``task`` and its clock."""
+        self.rows = rows
+        self.t0 = time.perf_counter() - elapsed
+        self.manifest["completed_tasks"] = task + 1
+        self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import random
 import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 
 from . import methods as methods_mod
@@ -19,7 +21,8 @@ from .config import CORE_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, RunFailed
 from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
-from .results import MANIFEST, RunWriter, read_run
+from .checkpoint import last_boundary, restore_boundary
+from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 from .train import Trainer
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -78,6 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("output")
     g.add_argument("--results-dir", default="results", help="where run directories go (default: results)")
     g.add_argument("--force", action="store_true", help="run again even if a complete run with this config exists")
+    g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
+                   "finished task (checkpoints are saved at every task boundary)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
     return p
 
@@ -135,6 +140,21 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def determinism_settings(device: torch.device) -> dict:
+    """Ask torch for deterministic kernels (warning where one has none) and say what was set."""
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    return {
+        "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "deterministic_warn_only": torch.is_deterministic_algorithms_warn_only_enabled(),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "torch_num_threads": torch.get_num_threads(),
+    }
+
+
 def prepare(config: RunConfig):
     """Everything a run needs, built and checked before any file is written."""
     device = resolve_device(config.device)
@@ -152,33 +172,53 @@ def prepare(config: RunConfig):
 
 
 def ensure_writable(results_dir: str) -> None:
-    p = Path(results_dir)
-    probe = p
+    probe = Path(results_dir)
     while not probe.exists():
         probe = probe.parent
     if not probe.is_dir():
-        raise BadInput(f"--results-dir: {results_dir!r} is inside a file, not a directory")
-    import os
-
+        raise BadInput(f"--results-dir: {results_dir!r} is inside a file ({probe}), not a directory")
     if not os.access(probe, os.W_OK):
         raise BadInput(f"--results-dir: {results_dir!r} cannot be written")
 
 
-def run_experiment(config: RunConfig, force: bool = False):
-    """Run one experiment; returns (run directory, metric rows as a DataFrame, status)."""
+def run_experiment(config: RunConfig, force: bool = False, resume: bool = False):
+    """Run one experiment; returns (run directory, metric rows as a DataFrame, status).
+
+    A complete run with the same config is not run again (status ``skipped``) unless ``force``.
+    With ``resume``, an unfinished one continues from its last task-boundary checkpoint and
+    ends with the same rows as an uninterrupted run; otherwise it starts again from scratch.
+    """
     config = config.resolved()
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
+    previous = None
     if not force and (run_dir / MANIFEST).is_file():
-        _, rows, manifest = read_run(run_dir)
-        if manifest.get("status") == "complete":
-            return run_dir, rows, "skipped"
+        try:
+            _, old_rows, previous = read_run(run_dir)
+        except (OSError, ValueError):
+            previous = None  # unreadable leftovers: start again
+        if previous is not None and previous.get("status") == "complete":
+            return run_dir, old_rows, "skipped"
     device, stream, model, methods = prepare(config)
-    writer = RunWriter(config, str(device)).open()
+    settings = determinism_settings(device)
+    trainer_start = 0
+    writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
     trainer = Trainer(config, stream, model, methods, device, recorder=writer)
+    last = last_boundary(run_dir) if (resume and previous is not None) else None
+    if last is not None:
+        elapsed = restore_boundary(run_dir, trainer, last)
+        kept = old_rows[(old_rows["phase"] == "init") | (old_rows["trained_task"] <= last)]
+        writer.manifest["started"] = previous.get("started", writer.manifest["started"])
+        writer.manifest["resumed_at"] = list(previous.get("resumed_at", []))
+        writer.resume_from(kept.to_dict("records"), elapsed, last)
+        writer.open(fresh=False)
+        trainer_start = last + 1
+    else:
+        writer.open(fresh=True)
     try:
-        trainer.fit()
+        trainer.fit(start_task=trainer_start)
     except RunFailed as e:
+        writer.update(failed_at=e.where)
         writer.finish("failed", str(e))
         raise
     except KeyboardInterrupt:
@@ -188,9 +228,7 @@ def run_experiment(config: RunConfig, force: bool = False):
         writer.finish("failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
-    import pandas as pd
-
-    return run_dir, pd.DataFrame(writer.rows), "complete"
+    return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
 
 
 def format_report(rows, run_dir: Path) -> str:
@@ -216,7 +254,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     try:
         config = config_from_args(ns)
-        run_dir, rows, status = run_experiment(config, force=ns.force)
+        run_dir, rows, status = run_experiment(config, force=ns.force, resume=ns.resume)
     except BadInput as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -108,9 +108,11 @@ class Trainer:
         total = data_loss
         for value, weight in terms.values():
             total = total + weight * value
-        if not torch.isfinite(total):
-            raise RunFailed(f"non-finite loss ({float(total)}) at task {t} ({self.stream.tasks[t].name}), "
-                            f"epoch {epoch}, step {self.global_step + 1}")
+        if not torch.isfinite(total.detach()):
+            value = float(total.detach())
+            raise RunFailed(f"non-finite loss ({value}) at task {t} ({self.stream.tasks[t].name}), "
+                            f"epoch {epoch}, step {self.global_step + 1}",
+                            task=t, epoch=epoch, step=self.global_step + 1, loss=value)
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         for m in self.methods:
