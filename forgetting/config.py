@@ -19,6 +19,8 @@ CORE_OPTIONS = [
     Option("seed", int, 0, "seed of model initialisation, shuffling and dropout", minimum=0),
     Option("eval_every", int, 0, "also evaluate every N training steps (0: after every epoch only)", minimum=0),
     Option("eval_batch_size", int, 1024, "evaluation batch size", minimum=1),
+    Option("eval_subset", int, 0, "evaluate each task on a fixed random subset of this many test examples "
+           "(0: the whole test set); for long runs", minimum=0),
 ]
 
 # Keys that say where things are, not what is computed: left out of the run's hash.
@@ -40,6 +42,7 @@ class RunConfig:
     seed: int = 0
     eval_every: int = 0
     eval_batch_size: int = 1024
+    eval_subset: int = 0
     device: str = "auto"
     data_dir: str | None = None
     results_dir: str = "results"

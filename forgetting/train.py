@@ -45,7 +45,7 @@ class Trainer:
         self.methods = methods
         self.device = device
         self.recorder = recorder
-        self.evaluator = Evaluator(stream, config.eval_batch_size, device)
+        self.evaluator = Evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None

@@ -58,4 +58,4 @@ def all_options() -> list[Option]:
 
 
 def build_methods(spec: str, hparams: dict) -> list[Method]:
-    return [cls(**{o.name: hparams[o.name] for o in cls.options}) for cls in parse_method(spec)]
+    return [cls(**{o.name: hparams.get(o.name, o.default) for o in cls.options}) for cls in parse_method(spec)]
