@@ -53,6 +53,10 @@ class RunConfig:
         d["schema_version"] = SCHEMA_VERSION
         return d
 
+    def to_dict_no_schema(self) -> dict[str, Any]:
+        """The fields only, for ``RunConfig(**d)`` with some of them replaced."""
+        return asdict(self)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
         names = {f.name for f in fields(cls)}

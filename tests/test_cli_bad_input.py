@@ -63,7 +63,13 @@ CASES = {
     "missing data dir": (["--benchmark", "split-mnist", "--data-dir", "/nonexistent/mnist"], "/nonexistent/mnist"),
     "unknown flag": (["--kl-lambdaa", "1"], "--kl-lambdaa"),
 }
-FILE_CASES = {"bad magic": bad_magic, "truncated images": truncated, "not gzip": not_gzip, "empty data dir": empty_dir}
+def labels_out_of_range(tmp):
+    write_mnist(tmp / "data" / "mnist", idx_bytes(0x0803, [10, 28, 28]), idx_bytes(0x0801, [10], bytes([12] * 10)))
+    return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "label 12"
+
+
+FILE_CASES = {"bad magic": bad_magic, "truncated images": truncated, "not gzip": not_gzip, "empty data dir": empty_dir,
+              "labels out of range": labels_out_of_range}
 
 
 def check_rejected(argv, needle, tmp_path, capsys):
@@ -89,6 +95,17 @@ def test_bad_cli_value(name, tmp_path, capsys):
 def test_bad_data_files(name, tmp_path, capsys):
     argv, needle = FILE_CASES[name](tmp_path)
     check_rejected(argv, needle, tmp_path, capsys)
+
+
+def test_results_dir_that_cannot_be_written(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with pytest.raises(SystemExit) as exc:
+        raise SystemExit(main(["--results-dir", str(blocker / "results"), "--quiet"]))
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "a-file" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"
 
 
 def test_bad_input_in_a_real_process(tmp_path, cli):

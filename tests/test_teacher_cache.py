@@ -1,0 +1,94 @@
+"""The teacher cache is exact: same outputs as the live teacher, same results, off where it would not be."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+
+from forgetting.config import RunConfig
+from forgetting.methods import build_methods
+from forgetting.metrics import run_summary
+from forgetting.models.mlp import MLP
+from forgetting.run import run_experiment
+from forgetting.streams import build_stream, iterate_batches
+from forgetting.train import Trainer
+
+HP = {"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 2.0}
+
+
+def trainer_after_task0(scenario="domain", benchmark="split-digits", options=None, **hp):
+    config = RunConfig(benchmark=benchmark, scenario=scenario, epochs=1, progress=False, hparams={**HP, **hp})
+    stream = build_stream(benchmark, scenario, options or {})
+    torch.manual_seed(0)
+    model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[64], dropout=0.3)
+    tr = Trainer(config, stream, model, build_methods("kl", config.hparams), torch.device("cpu"))
+    tr.train_task(0)
+    return tr
+
+
+@pytest.mark.parametrize("scenario", ["task", "domain", "class"])
+def test_cached_teacher_outputs_equal_live_ones(scenario):
+    tr = trainer_after_task0(scenario)
+    kl = tr.methods[0]
+    kl.before_task(tr, 1)
+    assert kl.cache is not None and kl.cache.shape == (len(tr.stream.tasks[1].train), tr.layout.n_outputs)
+    for batch in iterate_batches(tr.stream.tasks[1].train, 1, 32, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        cached = kl.teacher_logits(tr, batch)
+        with torch.no_grad():
+            live = tr.previous_model(batch.inputs)
+        assert torch.allclose(cached, live, atol=1e-5, rtol=0)
+        # and the penalty computed from it matches the live one
+        logits = tr.model(batch.inputs)
+        with_cache = kl.penalties(tr, batch, logits, 1)["kl"][0]
+        kl_cache, kl.cache = kl.cache, None
+        without = kl.penalties(tr, batch, logits, 1)["kl"][0]
+        kl.cache = kl_cache
+        assert float(with_cache) == pytest.approx(float(without), abs=1e-5)
+
+
+def test_replayed_examples_fall_back_to_the_live_teacher():
+    tr = trainer_after_task0()
+    kl = tr.methods[0]
+    kl.before_task(tr, 1)
+    batch = next(iterate_batches(tr.stream.tasks[0].train, 0, 16, shuffle=False))  # task-0 examples
+    with torch.no_grad():
+        live = tr.previous_model(batch.inputs)
+    assert torch.equal(kl.teacher_logits(tr, batch), live)
+
+
+def test_cache_off_for_changing_inputs_with_a_log_line(caplog):
+    tr = trainer_after_task0()
+    tr.stream.deterministic_inputs = False
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        tr.methods[0].before_task(tr, 1)
+    assert tr.methods[0].cache is None
+    assert "teacher cache off" in caplog.text and "augmentation" in caplog.text
+
+
+def test_cache_off_above_its_size_limit(caplog):
+    tr = trainer_after_task0(teacher_cache_mb=0.001)
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        tr.methods[0].before_task(tr, 1)
+    assert tr.methods[0].cache is None and "above --teacher-cache-mb" in caplog.text
+
+
+def test_cache_off_by_flag():
+    tr = trainer_after_task0(teacher_cache=False)
+    tr.methods[0].before_task(tr, 1)
+    assert tr.methods[0].cache is None
+
+
+@pytest.mark.slow
+def test_runs_with_and_without_cache_end_alike(tmp_path, mnist_dir):
+    def final_acc(cache, seed):
+        cfg = RunConfig(benchmark="split-mnist", scenario="domain", epochs=1, seed=seed, data_dir=str(mnist_dir),
+                        model_options={"hidden": [100], "dropout": 0.2}, results_dir=str(tmp_path), progress=False,
+                        hparams={**HP, "teacher_cache": cache})
+        _, rows, _ = run_experiment(cfg)
+        return run_summary(rows)["average_accuracy"]
+
+    seeds = [0, 1, 2]
+    with_cache = np.mean([final_acc(True, s) for s in seeds])
+    without = np.mean([final_acc(False, s) for s in seeds])
+    assert abs(with_cache - without) <= 0.005, (with_cache, without)
