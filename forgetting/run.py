@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import random
@@ -249,9 +250,28 @@ def format_report(rows, run_dir: Path) -> str:
     return "\n".join(lines)
 
 
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not break the progress bars."""
+
+    def emit(self, record):
+        from tqdm.auto import tqdm
+
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def setup_logging(quiet: bool) -> None:
+    logger = logging.getLogger("forgetting")
+    if not any(isinstance(h, _TqdmHandler) for h in logger.handlers):
+        handler = _TqdmHandler()
+        handler.setFormatter(logging.Formatter("[forgetting] %(message)s"))
+        logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    setup_logging(ns.quiet)
     try:
         config = config_from_args(ns)
         run_dir, rows, status = run_experiment(config, force=ns.force, resume=ns.resume)
