@@ -1,7 +1,7 @@
 """Pure functions from tidy metric rows to the numbers papers report.
 
 A[t][k] is the accuracy on task k's test set after training on task t (t = 0: the base task),
-read at the last epoch of task t. With T tasks:
+read at the last epoch of task t. With T tasks trained:
 
 - average accuracy after task t: mean over k <= t of A[t][k]
 - forgetting, max-based (Chaudhry et al. 2018): for k < T-1, max over l in [k, T-1) of A[l][k]
@@ -9,28 +9,52 @@ read at the last epoch of task t. With T tasks:
 - forgetting, first-based (Avalanche's definition): A[k][k] - A[T-1][k], averaged over k < T-1
 - backward transfer (Lopez-Paz & Ranzato 2017): mean over k < T-1 of A[T-1][k] - A[k][k]
   (= minus the first-based forgetting)
-- forward transfer: mean over k >= 1 of A[k-1][k] - b_k, b_k the untrained model's accuracy
+- forward transfer (Lopez-Paz & Ranzato 2017): mean over 1 <= k < T of A[k-1][k] - b_k, b_k the
+  untrained model's accuracy (the ``init`` rows)
+- KL drift: ``kl_base`` = mean KL(p_base || p_current) per evaluated task, p_base the model at the
+  end of task 0; "new task" is the task being trained at that evaluation point
+
+Every function takes the rows of one run. Forgetting and BWT are positive/negative when
+accuracy dropped, in accuracy units (fractions, not percent).
 """
 
 from __future__ import annotations
 
+import math
+from typing import Sequence
+
 import numpy as np
 import pandas as pd
+from scipy import stats
+
+EVAL_PHASES = ("step", "epoch")
 
 
-def final_epoch_rows(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows evaluated at the end of each trained task (its last epoch)."""
-    ep = rows[rows["phase"] == "epoch"]
+def _one_run(rows: pd.DataFrame) -> pd.DataFrame:
+    if "run_id" in rows and rows["run_id"].nunique() > 1:
+        raise ValueError(f"rows of {rows['run_id'].nunique()} runs given; these metrics take the rows of one run")
+    return rows
+
+
+def final_epoch_rows(rows: pd.DataFrame, tasks_completed: int | None = None) -> pd.DataFrame:
+    """The rows evaluated at the end of each trained task (its last epoch).
+
+    ``tasks_completed`` (the manifest's ``completed_tasks``) drops a task whose training was cut
+    short: its last recorded epoch is not "after training on task t".
+    """
+    ep = _one_run(rows)[rows["phase"] == "epoch"]
+    if tasks_completed is not None:
+        ep = ep[ep["trained_task"] < tasks_completed]
     last = ep.groupby("trained_task")["epoch"].transform("max")
     return ep[ep["epoch"] == last]
 
 
-def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
+def accuracy_matrix(rows: pd.DataFrame, tasks_completed: int | None = None) -> np.ndarray:
     """A[t][k] for the tasks trained so far (rows: trained task, columns: evaluated task).
 
     Rows of tasks not trained yet are absent; an unfinished run gives fewer rows.
     """
-    fin = final_epoch_rows(rows)
+    fin = final_epoch_rows(rows, tasks_completed)
     if fin.empty:
         return np.zeros((0, 0))
     table = fin.pivot_table(index="trained_task", columns="eval_task", values="accuracy", aggfunc="mean")
@@ -40,7 +64,7 @@ def accuracy_matrix(rows: pd.DataFrame) -> np.ndarray:
 
 def untrained_accuracy(rows: pd.DataFrame) -> np.ndarray:
     """b_k: accuracy of the untrained model on every task (the ``init`` rows)."""
-    init = rows[rows["phase"] == "init"].sort_values("eval_task")
+    init = _one_run(rows)[rows["phase"] == "init"].sort_values("eval_task")
     return init["accuracy"].to_numpy(dtype=float)
 
 
@@ -95,13 +119,78 @@ def forward_transfer(A: np.ndarray, b: np.ndarray) -> float:
     return _mean(np.array([A[k - 1, k] - b[k] for k in range(1, T)]))
 
 
-def run_summary(rows: pd.DataFrame) -> dict[str, float]:
-    """The headline numbers of one run."""
-    A = accuracy_matrix(rows)
+# --- KL drift and curves: per evaluation point -------------------------------------------------
+def evaluation_points(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows evaluated during training (phases step and epoch), one per (global step, task).
+
+    At the end of an epoch a ``step`` row and an ``epoch`` row can share a global step (the same
+    model); the later one is kept.
+    """
+    ev = _one_run(rows)[rows["phase"].isin(EVAL_PHASES)]
+    return ev.drop_duplicates(["global_step", "eval_task"], keep="last").sort_values(["global_step", "eval_task"])
+
+
+def kl_drift(rows: pd.DataFrame) -> pd.DataFrame:
+    """Mean KL(p_base || p_current) at every evaluation point of fine-tuning (trained task >= 1).
+
+    Columns: global_step, trained_task, epoch, phase, kl_new (on the test inputs of the task
+    being trained), kl_old (mean over the tasks before it, each task weighted equally).
+    """
+    ev = evaluation_points(rows)
+    ev = ev[ev["trained_task"] >= 1]
+    keys = ["global_step", "trained_task", "epoch", "phase"]
+    new = ev[ev["eval_task"] == ev["trained_task"]].set_index(keys)["kl_base"].rename("kl_new")
+    old = ev[ev["eval_task"] < ev["trained_task"]].groupby(keys)["kl_base"].mean().rename("kl_old")
+    return pd.concat([new, old], axis=1).reset_index().sort_values("global_step", ignore_index=True)
+
+
+def final_kl(rows: pd.DataFrame, tasks_completed: int | None = None) -> tuple[float, float]:
+    """(KL on the last trained task's test inputs, mean KL on the earlier tasks') at the end.
+
+    The first is the predictor of forgetting of Shenfeld et al. 2025: the forward KL from the base
+    model, measured on the new task. NaN when only the base task was trained.
+    """
+    fin = final_epoch_rows(rows, tasks_completed)
+    if fin.empty or fin["trained_task"].max() < 1:
+        return float("nan"), float("nan")
+    last = fin[fin["trained_task"] == fin["trained_task"].max()]
+    t = int(last["trained_task"].iloc[0])
+    new = last.loc[last["eval_task"] == t, "kl_base"]
+    old = last.loc[last["eval_task"] < t, "kl_base"]
+    return (float(new.iloc[0]) if len(new) else float("nan")), _mean(old.to_numpy(dtype=float))
+
+
+def task_boundaries(rows: pd.DataFrame, tasks_completed: int | None = None) -> pd.Series:
+    """Global step at the end of each completed task, indexed by task."""
+    fin = final_epoch_rows(rows, tasks_completed)
+    return fin.groupby("trained_task")["global_step"].first().sort_index()
+
+
+def old_task_curves(rows: pd.DataFrame, tasks_completed: int | None = None) -> pd.DataFrame:
+    """Accuracy of each task from the end of its own training on (its forgetting curve).
+
+    Columns of the evaluation points plus ``finetune_step`` (global step minus the steps of the
+    base task). A task appears once a later task has been evaluated after it.
+    """
+    bounds = task_boundaries(rows, tasks_completed)
+    if bounds.empty:
+        return evaluation_points(rows).iloc[0:0].assign(finetune_step=[])
+    ev = evaluation_points(rows)
+    start = ev["eval_task"].map(bounds)
+    out = ev[start.notna() & (ev["global_step"] >= start)].copy()
+    out = out[out.groupby("eval_task")["trained_task"].transform("max") > out["eval_task"]]
+    out["finetune_step"] = out["global_step"] - int(bounds.iloc[0])
+    return out.reset_index(drop=True)
+
+
+def run_summary(rows: pd.DataFrame, tasks_completed: int | None = None) -> dict[str, float]:
+    """The headline numbers of one run (over the completed tasks when ``tasks_completed`` is given)."""
+    A = accuracy_matrix(rows, tasks_completed)
     T = A.shape[0]
     if T == 0:
         return {"tasks_trained": 0}
     b = untrained_accuracy(rows)
+    kl_new, kl_old = final_kl(rows, tasks_completed)
     return {
         "tasks_trained": T,
         "average_accuracy": float(average_accuracy(A)[-1]),
@@ -111,4 +200,34 @@ def run_summary(rows: pd.DataFrame) -> dict[str, float]:
         "fwt": forward_transfer(A, b) if len(b) == A.shape[1] else float("nan"),
         "new_task_accuracy": float(A[T - 1, T - 1]),
         "old_task_accuracy": float(A[T - 1, : T - 1].mean()) if T > 1 else float("nan"),
+        "kl_new_task": kl_new,
+        "kl_old_tasks": kl_old,
     }
+
+
+# --- across runs ------------------------------------------------------------------------------
+def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float, int]:
+    """(mean, low, high, n) with the t-distribution interval mean +- t_{(1+level)/2, n-1} s / sqrt(n).
+
+    NaN values are left out; with fewer than two values the interval is NaN.
+    """
+    x = np.asarray([v for v in values if v is not None and not math.isnan(v)], dtype=float)
+    n = len(x)
+    if n == 0:
+        return float("nan"), float("nan"), float("nan"), 0
+    m = float(x.mean())
+    if n < 2:
+        return m, float("nan"), float("nan"), 1
+    half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
+    return m, m - half, m + half, n
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+    """Indices of the points no other point beats in both x and y (both maximised), by x ascending."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    keep = []
+    for i in range(len(x)):
+        dominated = np.any((x >= x[i]) & (y >= y[i]) & ((x > x[i]) | (y > y[i])))
+        if not dominated and not (np.isnan(x[i]) or np.isnan(y[i])):
+            keep.append(i)
+    return np.array(sorted(keep, key=lambda i: (x[i], -y[i])), dtype=int)

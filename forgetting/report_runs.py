@@ -1,0 +1,203 @@
+"""Reading run directories for reports: checked, so that a bad file is named, never half-plotted.
+
+Reads only ``config.json``, ``manifest.json`` and ``metrics.csv`` (results copied from another
+machine work the same). Every problem is a :class:`BadInput` naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+from .errors import BadInput
+from .results import CONFIG, MANIFEST, METRICS, find_runs
+
+KNOWN_SCHEMA_VERSIONS = (1,)
+STATUSES = ("complete", "running", "failed", "interrupted")
+PHASES = ("init", "step", "epoch")
+REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed", "phase", "trained_task",
+                    "epoch", "global_step", "eval_task", "eval_task_name", "accuracy", "kl_base"]
+INT_COLUMNS = ["seed", "trained_task", "epoch", "global_step", "eval_task"]
+FLOAT_COLUMNS = ["lambda", "accuracy", "kl_base"]
+# Config keys that say where or how a run was executed, not what it computed.
+NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "schema_version")
+
+
+@dataclass
+class Run:
+    """One run as read from its directory."""
+
+    path: Path
+    config: dict
+    manifest: dict
+    rows: pd.DataFrame
+    n_tasks: int = field(init=False)
+
+    def __post_init__(self):
+        self.n_tasks = int(self.rows["eval_task"].nunique()) if len(self.rows) else 0
+
+    @property
+    def run_id(self) -> str:
+        return str(self.manifest.get("run_id") or self.path.name)
+
+    @property
+    def status(self) -> str:
+        return self.manifest["status"]
+
+    @property
+    def complete(self) -> bool:
+        return self.status == "complete"
+
+    @property
+    def tasks_completed(self) -> int:
+        return int(self.manifest.get("completed_tasks") or 0)
+
+    @property
+    def benchmark(self) -> str:
+        return str(self.config.get("benchmark") or self.rows["benchmark"].iloc[0])
+
+    @property
+    def scenario(self) -> str:
+        return str(self.config.get("scenario") or self.rows["scenario"].iloc[0])
+
+    @property
+    def method(self) -> str:
+        return str(self.config.get("method") or self.rows["method"].iloc[0])
+
+    @property
+    def lam(self) -> float:
+        """The rows' ``lambda``; for a run with no rows yet, the method's strength option from its config."""
+        if len(self.rows):
+            return float(self.rows["lambda"].iloc[0])
+        try:
+            from .methods import parse_method
+
+            opt = next((c.strength_option for c in parse_method(self.method) if c.strength_option), None)
+            return float(self.config.get("hparams", {})[opt]) if opt else 0.0
+        except Exception:  # a method this version does not know
+            return float("nan")
+
+    @property
+    def seed(self) -> int:
+        return int(self.config.get("seed", 0))
+
+    @property
+    def wall_time_s(self) -> float:
+        w = self.manifest.get("wall_time_s")
+        return float(w) if w is not None else float("nan")
+
+    def state(self) -> str:
+        """'complete', or e.g. 'failed after 2 of 5 tasks' (a killed run stays 'running')."""
+        if self.complete:
+            return "complete"
+        if not len(self.rows):
+            return f"{self.status}, nothing recorded yet"
+        return f"{self.status} after {self.tasks_completed} of {self.n_tasks or '?'} tasks"
+
+    def experiment(self) -> dict:
+        """The flattened config without the seed and execution details: runs equal here are seeds of one experiment."""
+        return {k: v for k, v in flatten(self.config).items() if k.split(".")[0] not in NOT_EXPERIMENT}
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = json.dumps(v, sort_keys=True) if isinstance(v, list) else v
+    return out
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        obj = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing (a run directory holds {CONFIG}, {MANIFEST} and {METRICS})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise BadInput(f"{path}: corrupt JSON ({e})") from None
+    if not isinstance(obj, dict):
+        raise BadInput(f"{path}: corrupt, expected a JSON object, got {type(obj).__name__}")
+    version = obj.get("schema_version")
+    if version not in KNOWN_SCHEMA_VERSIONS:
+        raise BadInput(f"{path}: unknown schema_version {version!r}, this version reads "
+                       f"{', '.join(map(str, KNOWN_SCHEMA_VERSIONS))}")
+    return obj
+
+
+def _read_metrics(path: Path) -> pd.DataFrame:
+    try:
+        rows = pd.read_csv(path, keep_default_na=False, na_values=[""])  # only empty cells are missing
+    except FileNotFoundError:
+        raise BadInput(f"{path}: missing (a run directory holds {CONFIG}, {MANIFEST} and {METRICS})") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:
+        raise BadInput(f"{path}: corrupt metrics file ({e})") from None
+    missing = [c for c in REQUIRED_COLUMNS if c not in rows.columns]
+    if missing:
+        raise BadInput(f"{path}: corrupt metrics file, missing columns {', '.join(missing)}")
+    for col in INT_COLUMNS + FLOAT_COLUMNS:
+        num = pd.to_numeric(rows[col], errors="coerce")
+        bad = num.isna() & rows[col].notna() if col == "kl_base" else num.isna()
+        if col in INT_COLUMNS:
+            bad |= num.notna() & (num != num.round())
+        if bad.any():
+            i = int(bad.to_numpy().nonzero()[0][0])
+            raw = rows[col].iloc[i]
+            raise BadInput(f"{path}: corrupt metrics file, column {col} row {i + 2} "
+                           f"{'is empty' if pd.isna(raw) else f'holds {str(raw)!r}'}, "
+                           f"expected {'an integer' if col in INT_COLUMNS else 'a number'}")
+        rows[col] = num.astype(int) if col in INT_COLUMNS else num.astype(float)
+    bad_acc = ~rows["accuracy"].between(0, 1)
+    if bad_acc.any():
+        i = int(bad_acc.to_numpy().nonzero()[0][0])
+        raise BadInput(f"{path}: corrupt metrics file, accuracy {rows['accuracy'].iloc[i]!r} on row {i + 2} "
+                       "is outside [0, 1]")
+    bad_phase = ~rows["phase"].isin(PHASES)
+    if bad_phase.any():
+        i = int(bad_phase.to_numpy().nonzero()[0][0])
+        raise BadInput(f"{path}: corrupt metrics file, phase {rows['phase'].iloc[i]!r} on row {i + 2}, "
+                       f"allowed: {', '.join(PHASES)}")
+    if rows["run_id"].nunique() > 1:
+        raise BadInput(f"{path}: corrupt metrics file, rows of {rows['run_id'].nunique()} runs in one file")
+    return rows
+
+
+def read_checked(run_dir: Path) -> Run:
+    """One run directory, checked; BadInput naming the file at the first problem."""
+    manifest = _read_json(run_dir / MANIFEST)
+    if manifest.get("status") not in STATUSES:
+        raise BadInput(f"{run_dir / MANIFEST}: unknown status {manifest.get('status')!r}, "
+                       f"allowed: {', '.join(STATUSES)}")
+    config = _read_json(run_dir / CONFIG)
+    run = Run(run_dir, config, manifest, _read_metrics(run_dir / METRICS))
+    trained = set(run.rows.loc[run.rows["phase"] == "epoch", "trained_task"])
+    if run.complete and (not run.n_tasks or trained != set(range(run.n_tasks))):
+        raise BadInput(f"{run_dir / METRICS}: corrupt metrics file, the manifest says complete but the rows "
+                       f"end after {len(trained)} of {run.n_tasks} tasks")
+    return run
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run at or below ``paths``; BadInput for a path without runs or any bad file.
+
+    A run found twice (the same run id under two paths) is read once, the complete copy first.
+    """
+    found: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if not p.exists():
+            raise BadInput(f"{p}: no such file or directory")
+        dirs = find_runs([p])
+        if not dirs:
+            raise BadInput(f"{p}: no runs found (no {MANIFEST} at or below it)")
+        found.extend(d for d in dirs if d.resolve() not in {f.resolve() for f in found})
+    runs = [read_checked(d) for d in found]
+    by_id: dict[str, Run] = {}
+    for r in sorted(runs, key=lambda r: not r.complete):
+        by_id.setdefault(r.run_id, r)
+    return sorted(by_id.values(), key=lambda r: (r.benchmark, r.scenario, r.method, r.lam, r.seed, r.run_id))

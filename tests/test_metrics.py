@@ -1,0 +1,240 @@
+"""Metrics on hand-built matrices and rows with known answers, and against Avalanche's own definitions."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from forgetting import metrics as M
+
+# A[t][k]: after training task t, accuracy on task k. Task 0 improves during task 1, then drops;
+# task 1 gains later (positive backward transfer).
+A2 = np.array([[0.6, 0.0, 0.1],
+               [0.9, 0.7, 0.1],
+               [0.5, 0.8, 0.9]])
+B2 = np.array([0.1, 0.05, 0.2])
+
+
+def test_average_accuracy_by_hand():
+    assert M.average_accuracy(A2) == pytest.approx([0.6, 0.8, (0.5 + 0.8 + 0.9) / 3])
+
+
+def test_forgetting_max_based_by_hand():
+    # task 0: best of A[0][0]=0.6, A[1][0]=0.9 is 0.9, final 0.5 -> 0.4; task 1: 0.7 - 0.8 = -0.1 (a gain)
+    assert M.forgetting_per_task_max(A2) == pytest.approx([0.4, -0.1])
+    assert M.average_forgetting_max(A2) == pytest.approx(0.15)
+
+
+def test_forgetting_first_based_by_hand():
+    # task 0: 0.6 - 0.5 = 0.1; task 1: 0.7 - 0.8 = -0.1
+    assert M.forgetting_per_task_first(A2) == pytest.approx([0.1, -0.1])
+    assert M.average_forgetting_first(A2) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_backward_transfer_by_hand_and_sign():
+    # (0.5 - 0.6 + 0.8 - 0.7) / 2 = 0
+    assert M.backward_transfer(A2) == pytest.approx(0.0, abs=1e-12)
+    drop = np.array([[0.9, 0.2], [0.3, 0.8]])
+    assert M.backward_transfer(drop) == pytest.approx(-0.6)       # forgot: negative BWT
+    assert M.average_forgetting_max(drop) == pytest.approx(0.6)   # ... positive forgetting
+    assert M.average_forgetting_first(drop) == pytest.approx(0.6)
+
+
+def test_forward_transfer_by_hand_and_sign():
+    # k=1: A[0][1] - b1 = 0.0 - 0.05; k=2: A[1][2] - b2 = 0.1 - 0.2 -> mean -0.075
+    assert M.forward_transfer(A2, B2) == pytest.approx(-0.075)
+    assert M.forward_transfer(A2, [0.1, -0.05, 0.0]) == pytest.approx((0.05 + 0.1) / 2)
+
+
+def test_one_task_and_unfinished_shapes():
+    one = np.array([[0.9, 0.3, 0.2]])
+    assert math.isnan(M.average_forgetting_max(one)) and math.isnan(M.backward_transfer(one))
+    assert math.isnan(M.forward_transfer(one, [0.1, 0.1, 0.1]))
+    partial = A2[:2]  # 2 of 3 tasks trained
+    assert M.average_forgetting_max(partial) == pytest.approx(0.6 - 0.9)
+    assert M.forward_transfer(partial, B2) == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="T x K"):
+        M.backward_transfer(np.ones((3, 2)))  # more trained tasks than tasks
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_invariants_on_random_matrices(seed):
+    A = np.random.default_rng(seed).random((6, 6))
+    f_max, f_first = M.forgetting_per_task_max(A), M.forgetting_per_task_first(A)
+    assert np.all(f_max >= f_first - 1e-12)  # the max includes A[k][k]
+    assert M.backward_transfer(A) == pytest.approx(-M.average_forgetting_first(A))
+
+
+# --- rows -> numbers ------------------------------------------------------------------------------
+def make_rows(A, b, epochs=2, steps_per_epoch=3, eval_every=0, kl=None, run_id="r1"):
+    """Tidy rows of a run whose last epoch of task t evaluates to A[t]; earlier epochs hold decoys."""
+    T, K = np.asarray(A).shape
+    rows, step = [], 0
+    base = dict(run_id=run_id, benchmark="b", scenario="domain", method="kl", **{"lambda": 1.0}, seed=0)
+    for k in range(K):
+        rows.append({**base, "phase": "init", "trained_task": -1, "epoch": 0, "global_step": 0, "eval_task": k,
+                     "eval_task_name": f"b[{k}]", "accuracy": b[k], "kl_base": float("nan")})
+    for t in range(T):
+        for e in range(1, epochs + 1):
+            for _ in range(steps_per_epoch):
+                step += 1
+                if eval_every and step % eval_every == 0:
+                    for k in range(K):
+                        rows.append({**base, "phase": "step", "trained_task": t, "epoch": e, "global_step": step,
+                                     "eval_task": k, "eval_task_name": f"b[{k}]",
+                                     "accuracy": A[t][k] if e == epochs and step % steps_per_epoch == 0 else 0.123,
+                                     "kl_base": float("nan") if t == 0 else (kl[t][k] if kl is not None else 0.0)})
+            for k in range(K):
+                last = e == epochs
+                rows.append({**base, "phase": "epoch", "trained_task": t, "epoch": e, "global_step": step,
+                             "eval_task": k, "eval_task_name": f"b[{k}]", "accuracy": A[t][k] if last else 0.321,
+                             "kl_base": float("nan") if t == 0 else (kl[t][k] if kl is not None and last else 9.0)})
+    return pd.DataFrame(rows)
+
+
+def test_accuracy_matrix_reads_the_last_epoch_of_each_task():
+    rows = make_rows(A2, B2, epochs=3)
+    assert np.array_equal(M.accuracy_matrix(rows), A2)
+    assert np.array_equal(M.untrained_accuracy(rows), B2)
+    s = M.run_summary(rows)
+    assert s["average_accuracy"] == pytest.approx(2.2 / 3)
+    assert s["forgetting_max"] == pytest.approx(0.15)
+    assert s["fwt"] == pytest.approx(-0.075)
+    assert s["new_task_accuracy"] == pytest.approx(0.9)
+    assert s["old_task_accuracy"] == pytest.approx(0.65)
+
+
+def test_a_task_cut_short_is_not_a_row_of_the_matrix():
+    rows = make_rows(A2, B2, epochs=3)
+    cut = rows.iloc[: len(rows) - 3 * 2]  # the last task lost its last two epochs: it did not finish
+    assert M.accuracy_matrix(cut).shape == (3, 3)  # without the manifest it looks finished (epoch 1 of 3)
+    assert np.array_equal(M.accuracy_matrix(cut, tasks_completed=2), A2[:2])
+    assert M.run_summary(cut, tasks_completed=2)["tasks_trained"] == 2
+
+
+def test_rows_of_several_runs_are_refused():
+    rows = pd.concat([make_rows(A2, B2), make_rows(A2, B2, run_id="r2")])
+    with pytest.raises(ValueError, match="2 runs"):
+        M.accuracy_matrix(rows)
+
+
+KL = [[0, 0, 0], [0.2, 0.4, 9], [0.1, 0.5, 0.6]]
+
+
+def test_kl_drift_at_every_evaluation_point():
+    rows = make_rows(A2, B2, epochs=2, steps_per_epoch=3, eval_every=3, kl=KL)
+    d = M.kl_drift(rows)
+    # fine-tuning tasks 1 and 2, evaluation points at steps 9, 12, 15, 18 (step and epoch rows merged)
+    assert d["global_step"].tolist() == [9, 12, 15, 18]
+    last = d.groupby("trained_task").tail(1).set_index("trained_task")
+    assert last.loc[1, "kl_new"] == pytest.approx(0.4) and last.loc[1, "kl_old"] == pytest.approx(0.2)
+    assert last.loc[2, "kl_new"] == pytest.approx(0.6) and last.loc[2, "kl_old"] == pytest.approx(0.3)
+    assert M.final_kl(rows) == pytest.approx((0.6, 0.3))
+    assert M.run_summary(rows)["kl_new_task"] == pytest.approx(0.6)
+
+
+def test_old_task_curves_start_at_the_end_of_each_task():
+    rows = make_rows(A2, B2, epochs=2, steps_per_epoch=3, eval_every=3)
+    assert M.task_boundaries(rows).tolist() == [6, 12, 18]
+    c = M.old_task_curves(rows)
+    assert sorted(c["eval_task"].unique()) == [0, 1]  # the last task never becomes old
+    t0 = c[c["eval_task"] == 0]
+    assert t0["finetune_step"].tolist() == [0, 3, 6, 9, 12]
+    # steps 9 and 15 end an epoch: the epoch row (0.321) wins over the step row of the same step
+    assert t0["accuracy"].tolist() == [0.6, 0.321, 0.9, 0.321, 0.5]
+    assert c[c["eval_task"] == 1]["finetune_step"].min() == 6
+
+
+def test_mean_ci_against_the_t_table():
+    m, lo, hi, n = M.mean_ci([0.70, 0.80])
+    half = 12.706204736174707 * 0.05  # t_{0.975,1} * s / sqrt(2), s = 0.1 / sqrt(2)
+    assert (m, n) == (pytest.approx(0.75), 2) and lo == pytest.approx(0.75 - half) and hi == pytest.approx(0.75 + half)
+    m, lo, hi, n = M.mean_ci([1.0, 2.0, 4.0, float("nan")])
+    half = 4.302652729749464 * math.sqrt(7 / 3) / math.sqrt(3)
+    assert n == 3 and m == pytest.approx(7 / 3) and hi - m == pytest.approx(half)
+    m, lo, hi, n = M.mean_ci([0.5])
+    assert m == 0.5 and n == 1 and math.isnan(lo) and math.isnan(hi)
+
+
+def test_pareto_front_by_hand():
+    x = [0.9, 0.8, 0.7, 0.6, 0.85]
+    y = [0.1, 0.5, 0.4, 0.9, 0.45]
+    # (0.7, 0.4) is beaten by (0.8, 0.5); (0.85, 0.45) is not beaten by anyone
+    assert M.pareto_front(x, y).tolist() == [3, 1, 4, 0]
+    assert M.pareto_front([0.5, 0.5], [0.5, 0.5]).tolist() == [0, 1]  # ties dominate nobody
+
+
+# --- against Avalanche -----------------------------------------------------------------------------
+avalanche_fn = pytest.importorskip("avalanche.evaluation.functional")
+from avalanche.evaluation.metrics.forgetting_bwt import Forgetting, StreamForgetting, forgetting_to_bwt  # noqa: E402
+from avalanche.evaluation.metrics.forward_transfer import ForwardTransfer  # noqa: E402
+
+
+class FedStreamForgetting(StreamForgetting):
+    """Avalanche's StreamForgetting plugin, fed accuracies instead of a model's predictions."""
+
+    value = float("nan")
+
+    def metric_result(self, strategy):
+        return self.value
+
+
+def avalanche_stream_forgetting(A: np.ndarray) -> float:
+    """Drive the plugin as Avalanche's loop does: train on exp t, then evaluate every experience."""
+    metric = FedStreamForgetting()
+    for t in range(A.shape[0]):
+        metric.train_exp_id = t  # what before_training_exp sets
+        metric.before_eval(None)
+        for k in range(A.shape[1]):
+            metric.eval_exp_id, metric.value = k, float(A[t, k])
+            metric.after_eval_exp(None)
+    return metric.result()
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_first_based_forgetting_is_avalanches(seed):
+    rng = np.random.default_rng(seed)
+    T = int(rng.integers(2, 8))
+    A = rng.random((T, T))
+    F = avalanche_fn.forgetting(A)
+    assert M.forgetting_per_task_first(A) == pytest.approx(F[T - 1, : T - 1])
+    assert M.average_forgetting_first(A) == pytest.approx(avalanche_stream_forgetting(A))
+    f = Forgetting()
+    for k in range(T - 1):
+        f.update(k, A[k, k], initial=True)
+        f.update(k, A[T - 1, k])
+    assert M.backward_transfer(A) == pytest.approx(np.mean(list(forgetting_to_bwt(f.result()).values())))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_max_based_forgetting_equals_avalanches_only_when_no_task_improves_after_learning(seed):
+    rng = np.random.default_rng(100 + seed)
+    T = int(rng.integers(3, 8))
+    A = rng.random((T, T))
+    # make every column non-increasing below its diagonal: the best accuracy is right after learning
+    mono = A.copy()
+    for k in range(T):
+        mono[k:, k] = np.sort(A[k:, k])[::-1]
+    assert M.forgetting_per_task_max(mono) == pytest.approx(avalanche_fn.forgetting(mono)[T - 1, : T - 1])
+    # now task 0 peaks during task 1, above its accuracy right after learning it: the definitions part
+    bump = mono.copy()
+    bump[1, 0] = bump[0, 0] + 0.25
+    diff = M.forgetting_per_task_max(bump) - avalanche_fn.forgetting(bump)[T - 1, : T - 1]
+    assert diff[0] == pytest.approx(0.25) and np.allclose(diff[1:], 0)
+    assert M.average_forgetting_max(bump) == pytest.approx(avalanche_stream_forgetting(bump) + 0.25 / (T - 1))
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_forward_transfer_is_avalanches(seed):
+    rng = np.random.default_rng(200 + seed)
+    T = int(rng.integers(2, 8))
+    A, b = rng.random((T, T)), rng.random(T)
+    fwt = ForwardTransfer()
+    for k in range(T):
+        fwt.update(k, b[k], initial=True)
+    for k in range(1, T):
+        fwt.update(k, A[k - 1, k])
+    assert M.forward_transfer(A, b) == pytest.approx(np.mean(list(fwt.result().values())))
