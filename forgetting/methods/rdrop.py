@@ -42,6 +42,7 @@ class Method(Base):
                "(equals the paper's alpha / 2, see forgetting/methods/rdrop.py)", minimum=0.0),
     ]
     changes_task_loss = True
+    strength_option = "rdrop_alpha"
 
     def task_loss(self, trainer, batch) -> tuple[Tensor, Tensor, Terms]:
         model = trainer.model
