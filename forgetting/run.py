@@ -174,7 +174,10 @@ def run_experiment(config: RunConfig, force: bool = False):
             return run_dir, rows, "skipped"
     device, stream, model, methods = prepare(config)
     writer = RunWriter(config, str(device)).open()
-    trainer = Trainer(config, stream, model, methods, device, recorder=writer)
+    trainer_cls = Trainer
+    if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
+        from .integrations.avalanche import AvalancheTrainer as trainer_cls
+    trainer = trainer_cls(config, stream, model, methods, device, recorder=writer)
     try:
         trainer.fit()
     except RunFailed as e:
