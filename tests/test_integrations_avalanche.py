@@ -190,6 +190,28 @@ def test_avalanche_lwf_teacher_keeps_dropout_ours_does_not():
 # --- Avalanche's strategies ------------------------------------------------------------------------
 
 
+def test_avalanche_lwf_distils_every_old_head_in_the_task_scenario(tmp_path):
+    """Our model reaches Avalanche as multi-head (TaskLabelled), so LwF distils each head the layout defines."""
+    cfg = config(tmp_path, "--method", "avalanche-lwf", "--scenario", "task", "--epochs", "1", "--dropout", "0",
+                 "--av-lwf-alpha", "1", "--av-lwf-temperature", "2")
+    device, stream, model, methods = prepare(cfg)
+    trainer = AvalancheTrainer(cfg, stream, model, methods, device)
+    trainer.fit()
+    [lwf] = [p.lwf for p in trainer.strategy.plugins if isinstance(p, LwFPlugin)]
+    heads = stream.layout.task_outputs
+    assert dict(lwf.prev_classes_by_task) == {t: set(o) for t, o in enumerate(heads)}
+    student = TaskLabelled(mlp(seed=3, dropout=0.0, n_outputs=10))
+    student.known_train_tasks_labels = set(range(5))
+    x = stream.tasks[4].test.inputs[:32]
+    with torch.no_grad():
+        got = lwf._lwf_penalty(None, x, student)
+        s, t = student.model(x), lwf.prev_model.model(x)
+        # Avalanche sums the heads' KL and leaves out the T^2 factor kl_penalty applies
+        expected = sum(kl_penalty(s[:, o], t[:, o], temperature=2.0) for o in heads) / 4
+    assert torch.allclose(got, expected, rtol=1e-5)
+
+
+
 def test_stock_si_learns_nothing_on_cpu_ours_does():
     """Avalanche 0.6.0's SI stores views of the live weights on CPU; CopyingSIPlugin fixes that."""
     bm = to_avalanche_benchmark(digits("domain"))
@@ -291,6 +313,7 @@ def test_cli_runs_an_avalanche_strategy(cli, tmp_path):
     (["--method", "avalanche-ewc", "--av-ewc-mode", "sometimes"], "sometimes"),
     (["--method", "kl", "--av-ewc-lambda", "1"], "--av-ewc-lambda"),
     (["--method", "avalanche-sgd"], "avalanche-sgd"),
+    (["--method", "avalanche-ewc", "--av-ewc-decay", "0.5"], "--av-ewc-mode online"),
 ])
 def test_cli_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, named):
     proc = cli("forgetting.run", *args, "--results-dir", str(tmp_path / "r"))

@@ -67,6 +67,8 @@ def test_loss_is_model_cross_entropy_plus_lambda_times_kl(tmp_path, tokenizer, d
     ref = tiny_bert(tokenizer.vocab_size, seed=1)
     trainer = KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset, ref_model=ref,
                                    kl_lambda=0.7, kl_direction="reverse", temperature=2.0)
+    assert trainer.ref_model is ref  # frozen in place: eval mode (dropout off), no gradients
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
     batch = {k: v[:8] for k, v in dataset[:8].items()}
     model.eval()  # no dropout: the reference computation below sees the same logits
     loss = trainer.compute_loss(model, batch)

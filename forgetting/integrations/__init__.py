@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
+from ..errors import BadInput
 from ..methods.base import Method
 from ..options import Option
 
@@ -41,6 +42,11 @@ class AvalancheEWC(AvalancheMethod):
         Option("av_ewc_decay", float, 1.0, "Avalanche EWC: decay_factor of the online mode", minimum=0.0, maximum=1.0),
     ]
     strength_option = "av_ewc_lambda"
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        if hparams["av_ewc_mode"] != "online" and hparams["av_ewc_decay"] != 1.0:
+            raise BadInput(f"--av-ewc-decay {hparams['av_ewc_decay']:g}: applies only with --av-ewc-mode online")
 
     def strategy_kwargs(self):
         h = self.hparams
