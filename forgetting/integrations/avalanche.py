@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import warnings
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
+import avalanche.training as av_training
 from avalanche.benchmarks.scenarios.dataset_scenario import benchmark_from_datasets
 from avalanche.benchmarks.scenarios.supervised import with_classes_timeline
 from avalanche.benchmarks.scenarios.task_aware import with_task_labels
@@ -37,7 +39,6 @@ from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiTaskModule, avalanche_forward
 from avalanche.models.utils import is_multi_task_module
 from avalanche.training.plugins import EvaluationPlugin, SynapticIntelligencePlugin
-import avalanche.training as av_training
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
@@ -293,17 +294,25 @@ class AvalancheTrainer(Trainer):
         experiences = list(self.benchmark.train_stream)
         joint = self.method.strategy == "JointTraining"
         initial = copy.deepcopy(self.model.state_dict()) if joint else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"avalanche\.")  # its own internals
-            for t, exp in enumerate(experiences):
-                self.current_task = t
-                if joint:
-                    self.model.load_state_dict(initial)
-                if joint or self.strategy is None:
-                    self.strategy = self.make_strategy()
-                # reset_optimizer_state: a fresh Adam state per task, as our Trainer's fresh optimiser
-                self.strategy.train(experiences[: t + 1] if joint else exp, eval_streams=[], reset_optimizer_state=True)
-                self.task_boundary(t)
+        # Avalanche warns of deprecations inside itself, resetting the filters as it does: drop those, pass the rest
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("default")
+            try:
+                for t, exp in enumerate(experiences):
+                    self.current_task = t
+                    if joint:
+                        self.model.load_state_dict(initial)
+                    if joint or self.strategy is None:
+                        self.strategy = self.make_strategy()
+                    # reset_optimizer_state: a fresh Adam state per task, as our Trainer's fresh optimiser
+                    self.strategy.train(experiences[: t + 1] if joint else exp, eval_streams=[],
+                                        reset_optimizer_state=True)
+                    self.task_boundary(t)
+            finally:
+                kept = [w for w in caught if not (issubclass(w.category, DeprecationWarning)
+                                                  and f"{os.sep}avalanche{os.sep}" in w.filename)]
+        for w in kept:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def task_boundary(self, t: int) -> None:
         self.previous_model = frozen_copy(self.model)
