@@ -204,7 +204,10 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     settings = determinism_settings(device)
     trainer_start = 0
     writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
-    trainer = Trainer(config, stream, model, methods, device, recorder=writer)
+    trainer_cls = Trainer
+    if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
+        from .integrations.avalanche import AvalancheTrainer as trainer_cls
+    trainer = trainer_cls(config, stream, model, methods, device, recorder=writer)
     last = last_boundary(run_dir) if (resume and previous is not None) else None
     if last is not None:
         elapsed = restore_boundary(run_dir, trainer, last)

@@ -14,11 +14,20 @@ METHODS = {
     "rdrop": "forgetting.methods.rdrop",
 }
 
+# Avalanche's strategies on our streams and model ("module:Class" entries; run by
+# forgetting.integrations.avalanche, not by our Trainer, and never composed with '+').
+METHODS.update({name: f"forgetting.integrations:{cls}" for name, cls in (
+    ("avalanche-naive", "AvalancheNaive"), ("avalanche-ewc", "AvalancheEWC"), ("avalanche-si", "AvalancheSI"),
+    ("avalanche-lwf", "AvalancheLwF"), ("avalanche-gem", "AvalancheGEM"), ("avalanche-agem", "AvalancheAGEM"),
+    ("avalanche-replay", "AvalancheReplay"), ("avalanche-mas", "AvalancheMAS"), ("avalanche-joint", "AvalancheJoint"),
+)})
+
 
 def method_class(name: str) -> type[Method]:
     if name not in METHODS:
         raise BadInput(f"--method: unknown method {name!r}, allowed: {', '.join(METHODS)} (compose with '+', e.g. kl+rdrop)")
-    return importlib.import_module(METHODS[name]).Method
+    module, _, attr = METHODS[name].partition(":")
+    return getattr(importlib.import_module(module), attr or "Method")
 
 
 def parse_method(spec: str) -> list[type[Method]]:
@@ -27,6 +36,8 @@ def parse_method(spec: str) -> list[type[Method]]:
     if not all(parts):
         raise BadInput(f"--method: malformed method {spec!r}: names joined by '+', e.g. kl+rdrop")
     classes = [method_class(p) for p in parts]
+    if len(classes) > 1 and any(getattr(c, "standalone", False) for c in classes):
+        raise BadInput(f"--method: {spec!r} composes a method that runs its own training loop (avalanche-*) with another")
     if len(set(parts)) != len(parts):
         raise BadInput(f"--method: {spec!r} names a method twice")
     if sum(c.changes_task_loss for c in classes) > 1:

