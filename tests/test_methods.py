@@ -98,6 +98,26 @@ def test_ewc_fisher_uses_only_the_tasks_head_and_leaves_the_model_alone():
     assert torch.equal(model[1].weight, before) and model.training
 
 
+@pytest.mark.parametrize("scenario", ["task", "class"])
+def test_linear_shortcut_equals_true_per_example_gradients(scenario):
+    # the outer-product shortcut for Linear layers against torch.func per-example gradients
+    stream = build_stream("split-digits", scenario, {})
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(64, 12), nn.Tanh(), nn.Dropout(0.3), nn.Linear(12, 10))
+    with torch.no_grad():
+        model[4].bias.normal_()  # a non-zero bias makes the heads' outputs differ
+    data = TensorData(stream.tasks[1].train.inputs[:40], stream.tasks[1].train.targets[:40])
+    for labels in ("true", "empirical"):
+        fast = diagonal_fisher(model, data, 1, stream.layout, labels, "cpu")
+        slow = diagonal_fisher(model, data, 1, stream.layout, labels, "cpu", shortcut=False)
+        for name in slow:
+            assert torch.allclose(fast[name], slow[name], rtol=1e-4, atol=1e-9), (labels, name)
+        assert fast["4.weight"].abs().sum() > 0
+    fast = output_sensitivity(model, data, 1, stream.layout, "cpu")
+    slow = output_sensitivity(model, data, 1, stream.layout, "cpu", shortcut=False)
+    assert all(torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-9) for n in slow)
+
+
 def _fake_trainer(model, n_tasks=3):
     return SimpleNamespace(model=model, stream=[None] * n_tasks, layout=DOMAIN2, device="cpu")
 

@@ -16,20 +16,20 @@ from torch import Tensor, nn
 
 from ..options import Option
 from .base import Method as Base, Terms
-from .importance import (Params, allowed_outputs, eval_mode, example_chunks, per_example_grads, snapshot,
+from .importance import (Params, allowed_outputs, eval_mode, example_chunks, example_grad_sums, snapshot,
                          trainable, weighted_sq_distance, zeros_like)
 
 FISHER_LABELS = ("true", "empirical")
 
 
-def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, device) -> Params:
+def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, device, shortcut: bool = True) -> Params:
     """Mean over ``data``'s examples of the squared per-example gradient of log p(y|x), model in eval mode."""
     outs = allowed_outputs(layout, task, device)
     position = torch.full((layout.n_outputs,), -1, dtype=torch.long, device=device)
     position[outs] = torch.arange(len(outs), device=device)
 
     def nll(logits: Tensor, y: Tensor) -> Tensor:
-        return -F.log_softmax(logits[outs].float(), dim=0).gather(0, y.reshape(1)).squeeze(0)
+        return -F.log_softmax(logits[:, outs].float(), dim=1).gather(1, y[:, None]).squeeze(1)
 
     fisher = zeros_like({n: p.detach() for n, p in trainable(model).items()})
     n = 0
@@ -42,10 +42,9 @@ def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, devi
                     probs = F.softmax(model(batch.inputs)[:, outs].float(), dim=1)
                 weighted = [(torch.full_like(batch.targets, c), probs[:, c]) for c in range(len(outs))]
             for ys, w in weighted:
-                grads = per_example_grads(model, batch.inputs, ys, nll)
-                for name, g in grads.items():
-                    sq = g.float().square_()
-                    fisher[name] += sq.sum(0) if w is None else torch.tensordot(w, sq, dims=1)
+                sums = example_grad_sums(model, batch.inputs, ys, nll, "square", w, shortcut=shortcut)
+                for name, v in sums.items():
+                    fisher[name] += v
             n += len(batch)
     return {name: f / max(n, 1) for name, f in fisher.items()}
 

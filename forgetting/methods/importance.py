@@ -1,8 +1,8 @@
 """Shared by the weight-penalty methods (ewc, ewc-online, si, mas, l2sp): per-parameter tensors.
 
-Importances are dicts from a trainable parameter's name to a tensor of its shape. Per-example
-gradients come from ``torch.func`` (``vmap`` over ``grad`` of a one-example loss), the exact
-quantity the papers define (a gradient of a batch mean, squared, is a different one).
+Importances are dicts from a trainable parameter's name to a tensor of its shape. They are sums
+over examples of a function of *per-example* gradients, the quantity the papers define (the
+square of a batch-mean gradient is a different one): ``example_grad_sums`` computes them.
 """
 
 from __future__ import annotations
@@ -49,18 +49,61 @@ def allowed_outputs(layout, task: int, device) -> Tensor:
     return layout.mask(torch.tensor([task], device=device))[0].nonzero().squeeze(1)
 
 
-def per_example_grads(model: nn.Module, inputs, extra: Tensor, fn: Callable[[Tensor, Tensor], Tensor]) -> Params:
-    """Gradient of ``fn(logits of example i, extra[i])`` for every example i: tensors [n, *shape].
+TRANSFORMS = {"square": torch.square, "abs": torch.abs}
 
-    The model runs as it is (callers put it in eval mode: no dropout, frozen batch-norm).
+
+def example_grad_sums(model: nn.Module, inputs, extra: Tensor, losses: Callable[[Tensor, Tensor], Tensor],
+                      transform: str, weights: Tensor | None = None, shortcut: bool = True) -> Params:
+    """sum_n weights[n] * transform(d loss_n / d theta) for every trainable parameter (``square`` or ``abs``).
+
+    ``losses(logits, extra) -> [n]`` is each example's loss from the batch's logits. The model runs
+    as it is: callers put it in eval mode, so examples do not interact (no dropout, no batch
+    statistics). A Linear layer called once on one vector per example takes Goodfellow's (2015)
+    exact shortcut: example n's weight gradient is the outer product delta_n a_n^T, so its square
+    or absolute value factors as transform(delta)^T transform(a) and is never formed; every other
+    parameter gets true per-example gradients from ``torch.func.vmap``.
     """
-    params = {n: p.detach() for n, p in trainable(model).items()}
+    f = TRANSFORMS[transform]
+    params = trainable(model)
+    n = extra.shape[0]
+    w = torch.ones(n, device=extra.device) if weights is None else weights.float()
+    out: Params = {}
+    fast: dict[str, tuple[nn.Linear, list]] = {}
+    hooks = []
+    if shortcut:
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False)):
+                calls: list = []
+                fast[name] = (m, calls)
+                hooks.append(m.register_forward_hook(lambda mod, args, res, calls=calls: calls.append((args[0], res))))
+    try:
+        with torch.enable_grad():
+            logits = model(inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    fast = {k: v for k, v in fast.items() if len(v[1]) == 1 and v[1][0][0].dim() == 2 and v[1][0][1].requires_grad}
+    if fast:
+        zs = [calls[0][1] for _, calls in fast.values()]
+        deltas = torch.autograd.grad(losses(logits, extra).sum(), zs, allow_unused=True)
+        for (name, (m, calls)), delta in zip(fast.items(), deltas):
+            a = calls[0][0].detach().float()
+            d = torch.zeros(n, m.out_features, device=a.device) if delta is None else delta.float()
+            wd = w[:, None] * f(d)
+            if m.weight.requires_grad:
+                out[f"{name}.weight" if name else "weight"] = (wd.T @ f(a)).to(m.weight.dtype)
+            if m.bias is not None and m.bias.requires_grad:
+                out[f"{name}.bias" if name else "bias"] = wd.sum(0).to(m.bias.dtype)
+    rest = {k: p.detach() for k, p in params.items() if k not in out}
+    if rest:
+        def one(p, x, e):
+            single = functional_call(model, p, (tree_map(lambda t: t.unsqueeze(0), x),))
+            return losses(single, e.unsqueeze(0))[0]
 
-    def one(p, x, e):
-        logits = functional_call(model, p, (tree_map(lambda t: t.unsqueeze(0), x),))
-        return fn(logits[0], e)
-
-    return vmap(grad(one), in_dims=(None, 0, 0))(params, inputs, extra)
+        grads = vmap(grad(one), in_dims=(None, 0, 0))(rest, inputs, extra)
+        for k, g in grads.items():
+            out[k] = torch.tensordot(w, f(g.float()), dims=1).to(params[k].dtype)
+    return out
 
 
 def example_chunks(model: nn.Module, data: TaskData, task: int, device) -> Iterator:

@@ -13,24 +13,25 @@ from torch import Tensor, nn
 
 from ..options import Option
 from .base import Method as Base, Terms
-from .importance import (Params, allowed_outputs, eval_mode, example_chunks, per_example_grads, snapshot,
+from .importance import (Params, allowed_outputs, eval_mode, example_chunks, example_grad_sums, snapshot,
                          trainable, weighted_sq_distance, zeros_like)
 
 
-def output_sensitivity(model: nn.Module, data, task: int, layout, device) -> Params:
+def output_sensitivity(model: nn.Module, data, task: int, layout, device, shortcut: bool = True) -> Params:
     """Mean over ``data``'s examples of |d ||f(x)||^2 / d theta|, model in eval mode."""
     outs = allowed_outputs(layout, task, device)
 
     def sq_norm(logits: Tensor, _unused: Tensor) -> Tensor:
-        return (logits[outs].float() ** 2).sum()
+        return (logits[:, outs].float() ** 2).sum(1)
 
     omega = zeros_like({n: p.detach() for n, p in trainable(model).items()})
     n = 0
     with eval_mode(model):
         for batch in example_chunks(model, data, task, device):
-            grads = per_example_grads(model, batch.inputs, torch.zeros_like(batch.targets), sq_norm)
-            for name, g in grads.items():
-                omega[name] += g.float().abs_().sum(0)
+            sums = example_grad_sums(model, batch.inputs, torch.zeros_like(batch.targets), sq_norm, "abs",
+                                     shortcut=shortcut)
+            for name, v in sums.items():
+                omega[name] += v
             n += len(batch)
     return {name: o / max(n, 1) for name, o in omega.items()}
 
