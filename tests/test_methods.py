@@ -118,6 +118,31 @@ def test_linear_shortcut_equals_true_per_example_gradients(scenario):
     assert all(torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-9) for n in slow)
 
 
+class _Shared(nn.Module):
+    """One layer applied twice, and two layers tying one weight: per-example gradients do not factor."""
+
+    def __init__(self):
+        super().__init__()
+        self.twice = nn.Linear(4, 4)
+        self.a, self.b = nn.Linear(4, 4), nn.Linear(4, 4)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.twice(torch.tanh(self.twice(x.reshape(len(x), -1)))))
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(h)))))
+
+
+def test_shortcut_steps_aside_for_layers_used_twice_or_sharing_weights():
+    torch.manual_seed(0)
+    model = _Shared()
+    data = TensorData(torch.randn(12, 4), torch.randint(0, 2, (12,)))
+    fast = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu")
+    slow = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu", shortcut=False)
+    assert set(fast) == set(slow) == {n for n, _ in model.named_parameters()}
+    assert all(torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-10) for n in slow)
+
+
 def _fake_trainer(model, n_tasks=3):
     return SimpleNamespace(model=model, stream=[None] * n_tasks, layout=DOMAIN2, device="cpu")
 

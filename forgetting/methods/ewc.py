@@ -52,8 +52,8 @@ def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, devi
 class Method(Base):
     name = "ewc"
     options = [
-        Option("ewc_lambda", float, 1e5, "EWC penalty weight lambda (van de Ven et al. 2022 tuned 1e5 for split-MNIST "
-               "task-incremental, 1e10 domain, 1e9 class)", minimum=0.0),
+        Option("ewc_lambda", float, 1e5, "EWC penalty weight lambda (1e5: van de Ven et al.'s split-MNIST "
+               "task-incremental value; their code uses 1e10 domain, 1e9 class)", minimum=0.0),
         Option("ewc_fisher", str, "true", "labels of the Fisher: true = expectation under the model's prediction "
                "(Kirkpatrick et al. 2017), empirical = the training labels", choices=FISHER_LABELS),
     ]

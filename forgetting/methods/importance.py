@@ -7,6 +7,7 @@ square of a batch-mean gradient is a different one): ``example_grad_sums`` compu
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Callable, Iterator
 
 import torch
@@ -71,8 +72,11 @@ def example_grad_sums(model: nn.Module, inputs, extra: Tensor, losses: Callable[
     fast: dict[str, tuple[nn.Linear, list]] = {}
     hooks = []
     if shortcut:
+        owners = Counter(id(p) for m in model.modules() for p in m.parameters(recurse=False))
         for name, m in model.named_modules():
-            if isinstance(m, nn.Linear) and any(p.requires_grad for p in m.parameters(recurse=False)):
+            own = list(m.parameters(recurse=False))
+            # a weight shared with another module gets gradient from both uses: no shortcut for it
+            if isinstance(m, nn.Linear) and any(p.requires_grad for p in own) and all(owners[id(p)] == 1 for p in own):
                 calls: list = []
                 fast[name] = (m, calls)
                 hooks.append(m.register_forward_hook(lambda mod, args, res, calls=calls: calls.append((args[0], res))))

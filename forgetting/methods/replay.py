@@ -19,7 +19,7 @@ from collections import defaultdict
 import torch
 
 from ..options import Option
-from ..streams.base import concat_inputs, gather_examples, Batch, iterate_batches
+from ..streams.base import Batch, concat_inputs, gather_examples
 from .base import Method as Base
 
 
