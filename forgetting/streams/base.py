@@ -225,7 +225,7 @@ def gather_examples(datasets: Sequence[TaskData], task_ids: Tensor, index: Tenso
     """One batch of examples from several tasks' data: example i is ``datasets[task_ids[i]]`` at ``index[i]``.
 
     Joint training and replay use it to mix tasks in one batch. Examples come grouped by task
-    (ascending task id, the given order within a task); ``Batch.index`` is ``index``.
+    (ascending task id, the given order within a task); ``Batch.index`` holds each one's index in its own task.
     """
     inputs, targets, tids, idx = [], [], [], []
     for t in torch.unique(task_ids).tolist():
