@@ -12,6 +12,13 @@ METHODS = {
     "naive": "forgetting.methods.naive",
     "kl": "forgetting.methods.kl",
     "rdrop": "forgetting.methods.rdrop",
+    "joint": "forgetting.methods.joint",
+    "ewc": "forgetting.methods.ewc",
+    "ewc-online": "forgetting.methods.ewc_online",
+    "si": "forgetting.methods.si",
+    "mas": "forgetting.methods.mas",
+    "l2sp": "forgetting.methods.l2sp",
+    "replay": "forgetting.methods.replay",
 }
 
 # Avalanche's strategies on our streams and model ("module:Class" entries; run by

@@ -196,3 +196,43 @@ def iterate_batches(
         b = idx[start : start + batch_size]
         inputs, targets = data.gather(b)
         yield Batch(inputs, targets, torch.full((len(b),), task_id, dtype=torch.long), b)
+
+
+def concat_inputs(parts: Sequence[Inputs], pad_value: int = 0) -> Inputs:
+    """Inputs of several batches joined along the batch dimension.
+
+    Tensors are concatenated. Dicts (padded token tensors of text models) are joined key by key;
+    values of shape [batch, length] with different lengths are first right-padded to the
+    longest with ``pad_value`` (0: BERT's [PAD] id, and a zero attention mask).
+    """
+    first = parts[0]
+    if isinstance(first, Tensor):
+        return torch.cat(list(parts), dim=0)
+    if isinstance(first, dict):
+        out = {}
+        for key in first:
+            values = [p[key] for p in parts]
+            if values[0].dim() >= 2:
+                length = max(v.shape[1] for v in values)
+                values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]), value=pad_value)
+                          for v in values]
+            out[key] = torch.cat(values, dim=0)
+        return out
+    raise TypeError(f"cannot concatenate inputs of type {type(first).__name__}")
+
+
+def gather_examples(datasets: Sequence[TaskData], task_ids: Tensor, index: Tensor) -> Batch:
+    """One batch of examples from several tasks' data: example i is ``datasets[task_ids[i]]`` at ``index[i]``.
+
+    Joint training and replay use it to mix tasks in one batch. Examples come grouped by task
+    (ascending task id, the given order within a task); ``Batch.index`` holds each one's index in its own task.
+    """
+    inputs, targets, tids, idx = [], [], [], []
+    for t in torch.unique(task_ids).tolist():
+        rows = index[task_ids == t]
+        x, y = datasets[t].gather(rows)
+        inputs.append(x)
+        targets.append(y)
+        tids.append(torch.full((len(rows),), t, dtype=torch.long))
+        idx.append(rows)
+    return Batch(concat_inputs(inputs), torch.cat(targets), torch.cat(tids), torch.cat(idx))

@@ -1,0 +1,83 @@
+"""``ewc``: Elastic Weight Consolidation (Kirkpatrick et al. 2017) with a diagonal Fisher.
+
+After each task the diagonal of the Fisher information of the model's predictive distribution
+on that task's training inputs is stored with the parameters; while fine-tuning, every old task
+k adds ``ewc_lambda / 2 * sum_i F_k,i (theta_i - theta*_k,i)^2`` (one penalty per old task, as
+in the paper). The Fisher is the mean over examples of per-example squared gradients of
+log p(y|x), over the outputs the task trains with: ``true`` takes the expectation over y under
+the model (the Fisher's definition, van de Ven et al.'s "all"), ``empirical`` the true label.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..options import Option
+from .base import Method as Base, Terms
+from .importance import (Params, allowed_outputs, eval_mode, example_chunks, example_grad_sums, snapshot,
+                         trainable, weighted_sq_distance, zeros_like)
+
+FISHER_LABELS = ("true", "empirical")
+
+
+def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, device, shortcut: bool = True) -> Params:
+    """Mean over ``data``'s examples of the squared per-example gradient of log p(y|x), model in eval mode."""
+    outs = allowed_outputs(layout, task, device)
+    position = torch.full((layout.n_outputs,), -1, dtype=torch.long, device=device)
+    position[outs] = torch.arange(len(outs), device=device)
+
+    def nll(logits: Tensor, y: Tensor) -> Tensor:
+        return -F.log_softmax(logits[:, outs].float(), dim=1).gather(1, y[:, None]).squeeze(1)
+
+    fisher = zeros_like({n: p.detach() for n, p in trainable(model).items()})
+    n = 0
+    with eval_mode(model):
+        for batch in example_chunks(model, data, task, device):
+            if labels == "empirical":
+                weighted = [(position[batch.targets], None)]
+            else:
+                with torch.no_grad():
+                    probs = F.softmax(model(batch.inputs)[:, outs].float(), dim=1)
+                weighted = [(torch.full_like(batch.targets, c), probs[:, c]) for c in range(len(outs))]
+            for ys, w in weighted:
+                sums = example_grad_sums(model, batch.inputs, ys, nll, "square", w, shortcut=shortcut)
+                for name, v in sums.items():
+                    fisher[name] += v
+            n += len(batch)
+    return {name: f / max(n, 1) for name, f in fisher.items()}
+
+
+class Method(Base):
+    name = "ewc"
+    options = [
+        Option("ewc_lambda", float, 1e5, "EWC penalty weight lambda (1e5: van de Ven et al.'s split-MNIST "
+               "task-incremental value; their code uses 1e10 domain, 1e9 class)", minimum=0.0),
+        Option("ewc_fisher", str, "true", "labels of the Fisher: true = expectation under the model's prediction "
+               "(Kirkpatrick et al. 2017), empirical = the training labels", choices=FISHER_LABELS),
+    ]
+    strength_option = "ewc_lambda"
+
+    def __init__(self, **hparams):
+        super().__init__(**hparams)
+        self.consolidated: list[tuple[Params, Params]] = []  # (Fisher, anchor) of each penalty term
+
+    def after_task(self, trainer, task) -> None:
+        if task == len(trainer.stream) - 1:  # no task follows: nothing will be penalised
+            return
+        fisher = diagonal_fisher(trainer.model, trainer.stream.tasks[task].train, task, trainer.layout,
+                                 self.hparams["ewc_fisher"], trainer.device)
+        self.consolidate(fisher, snapshot(trainer.model))
+
+    def consolidate(self, fisher: Params, anchor: Params) -> None:
+        """One more penalty term per finished task (the paper's EWC)."""
+        self.consolidated.append((fisher, anchor))
+
+    def penalties(self, trainer, batch, logits, task) -> Terms:
+        lam = self.hparams["ewc_lambda"]
+        if not self.consolidated or lam == 0:
+            return {}
+        value = 0.5 * torch.stack([weighted_sq_distance(trainer.model, anchor, fisher)
+                                   for fisher, anchor in self.consolidated]).sum()
+        return {"ewc": (value, lam)}
