@@ -259,12 +259,12 @@ def test_l2sp_pulls_towards_the_snapshot_and_leaves_it_unchanged():
 # --- replay ------------------------------------------------------------------------------------
 def test_class_balanced_reservoir_stays_balanced_and_within_its_size():
     gen = torch.Generator().manual_seed(0)
-    buf = ClassBalancedReservoir(30, gen)
+    buf = ClassBalancedReservoir(30)
     seen: dict = {}
     # an imbalanced stream in task order: class 0 x50, class 1 x5, then classes 2, 3 x40 and 4 x3
     stream = [0] * 50 + [1] * 5 + [2, 3] * 40 + [4] * 3
     for i, c in enumerate(stream):
-        buf.add(c, i)
+        buf.add(c, i, gen)
         seen[c] = seen.get(c, 0) + 1
         counts = buf.counts()
         assert sum(counts.values()) == min(30, i + 1)

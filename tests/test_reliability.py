@@ -110,3 +110,34 @@ def test_nan_loss_on_the_cli_is_one_line_without_traceback(tmp_path):
     assert p.returncode == 1
     lines = [line for line in p.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "non-finite loss" in lines[0] and "Traceback" not in p.stderr
+
+
+class Crash(Exception):
+    """Stands in for a kill right after a task boundary was saved."""
+
+
+@pytest.mark.parametrize("method", ["ewc", "ewc-online", "si", "mas", "l2sp", "replay+kl", "joint", "kl+rdrop"])
+def test_resume_restores_method_state(method, tmp_path, monkeypatch):
+    """EWC's Fisher, SI's importance, the replay buffer...: a resumed run gives the same rows."""
+    from forgetting.results import RunWriter
+
+    cfg = RunConfig(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
+                    progress=False, model_options={"hidden": [32], "dropout": 0.2})
+    original = RunWriter.task_done
+
+    def crash_after_task_1(self, trainer, task):
+        original(self, trainer, task)
+        if task == 1:
+            raise Crash()
+
+    monkeypatch.setattr(RunWriter, "task_done", crash_after_task_1)
+    with pytest.raises(Crash):
+        run_experiment(cfg)
+    monkeypatch.setattr(RunWriter, "task_done", original)
+    run_dir, _, status = run_experiment(cfg, resume=True)
+    assert status == "complete"
+    cfg.results_dir = str(tmp_path / "whole")
+    whole_dir, _, _ = run_experiment(cfg)
+    resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
+    pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), whole.drop(columns=TIMING), check_exact=True)
+    assert read_run(run_dir)[2]["resumed_at"][0]["after_task"] == 1

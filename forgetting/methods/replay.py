@@ -26,9 +26,9 @@ from .base import Method as Base
 class ClassBalancedReservoir:
     """CBRS over (class, item) pairs; ``items`` maps each class to its stored items."""
 
-    def __init__(self, capacity: int, generator: torch.Generator):
+    def __init__(self, capacity: int):
         self.capacity = capacity
-        self.generator = generator
+        self.generator: torch.Generator | None = None  # the run's generator, lent for each add()
         self.items: dict = defaultdict(list)
         self.seen: dict = defaultdict(int)
         self.full_classes: set = set()
@@ -41,7 +41,14 @@ class ClassBalancedReservoir:
         top = max(len(v) for v in self.items.values())
         return [c for c, v in self.items.items() if len(v) == top]
 
-    def add(self, cls, item) -> None:
+    def add(self, cls, item, generator: torch.Generator) -> None:
+        self.generator = generator
+        try:
+            self._add(cls, item)
+        finally:
+            self.generator = None  # not kept: a checkpoint must not hold a copy of the run's generator
+
+    def _add(self, cls, item) -> None:
         self.seen[cls] += 1
         if self.size < self.capacity:
             self.items[cls].append(item)
@@ -83,14 +90,14 @@ class Method(Base):
 
     def before_task(self, trainer, task) -> None:
         if self.buffer is None:
-            self.buffer = ClassBalancedReservoir(self.hparams["replay_size"], trainer.generator)
+            self.buffer = ClassBalancedReservoir(self.hparams["replay_size"])
 
     def after_task(self, trainer, task) -> None:
         data = trainer.stream.tasks[task].train
         order = torch.randperm(len(data), generator=trainer.generator)
         _, targets = data.gather(order)
         for i, y in zip(order.tolist(), targets.tolist()):
-            self.buffer.add((task, y), (task, i))
+            self.buffer.add((task, y), (task, i), trainer.generator)
 
     def batches(self, trainer, task, epoch):
         datasets = [t.train for t in trainer.stream.tasks]
