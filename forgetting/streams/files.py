@@ -19,14 +19,14 @@ from .text import RawTask, split_train_test, text_stream
 
 OPTIONS = [
     Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
-    Option("text_test_file", str, "", "text-file stream: a separate test file with the same columns (default: "
-           "a fifth of each task's rows, stratified, fixed seed)"),
+    Option("text_test_file", str, "", "text-file stream: a separate test file with the same columns (empty: a "
+           "fifth of each task's rows, stratified, fixed seed)"),
     Option("text_column", str, "text", "text-file stream: the column holding the text"),
     Option("label_column", str, "label", "text-file stream: the column holding the label"),
     Option("task_column", str, "task", "text-file stream: the column holding the task name"),
     Option("text_labels", str, [], "text-file stream: the declared classes, in output order; any other label is "
-           "an error (default: the labels found, sorted)", nargs="*"),
-    Option("text_tasks", str, [], "text-file stream: the tasks to learn, in order (default: all, in order of "
+           "an error (none: the labels found, sorted)", nargs="*"),
+    Option("text_tasks", str, [], "text-file stream: the tasks to learn, in order (none: all, in order of "
            "first appearance)", nargs="*"),
 ]
 
