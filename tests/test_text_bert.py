@@ -80,11 +80,11 @@ def test_hf_style_forward_computes_a_loss_only_with_labels(tiny_stream):
     assert torch.allclose(labelled.loss, F.cross_entropy(logits, batch.targets))
 
 
-def test_frozen_bert_teacher_is_eval_mode_gradient_free_and_unchanged(tiny_stream):
+@pytest.mark.parametrize("cache", [True, False])
+def test_frozen_bert_teacher_is_eval_mode_gradient_free_and_unchanged(tiny_stream, cache):
     torch.manual_seed(0)
     config = RunConfig(benchmark="uci-sentiment", model="bert", method="kl", epochs=1, batch_size=16, lr=1e-3,
-                       hparams={"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 1.0},
-                       device="cpu", progress=False)
+                       hparams={"kl_lambda": 1.0, "teacher_cache": cache}, device="cpu", progress=False).resolved()
     model = build_model("bert", tiny_stream, TINY)
     trainer = Trainer(config, tiny_stream, model, build_methods("kl", config.hparams), torch.device("cpu"))
     trainer.train_task(0)
@@ -96,7 +96,9 @@ def test_frozen_bert_teacher_is_eval_mode_gradient_free_and_unchanged(tiny_strea
     calls = []
     teacher.register_forward_hook(lambda m, i, o: calls.append((torch.is_grad_enabled(), m.training, o.requires_grad)))
     trainer.train_task(1)
-    assert len(calls) == 3 + 3  # the 3 training batches of task 1 (48 / 16), one evaluation batch per task
+    # the teacher ran on task 1's 48 training examples (in 3 batches of 16, or once for the cache at the task
+    # boundary), and as the base model on each task's test set for the KL drift
+    assert len(calls) == (1 if cache else 3) + 3
     assert all(c == (False, False, False) for c in calls), "teacher ran with gradients or in train mode"
     assert all(not m.training for m in teacher.modules())
     assert all(not p.requires_grad and p.grad is None for p in teacher.parameters())
@@ -156,3 +158,24 @@ def test_checkpoint_sources_are_checked_before_anything_loads(tmp_path, monkeypa
     assert seen == ["prajjwal1/bert-tiny"] and "\n" not in str(e.value) and "needs a network" in str(e.value)
     with pytest.raises(BadInput, match="text streams need a text model"):
         bert_mod.tokenizer_for("mlp", [], 100)
+
+
+def test_bert_classifier_and_text_data_work_in_the_hugging_face_trainer(tiny_stream, tmp_path):
+    pytest.importorskip("accelerate", reason="the Hugging Face Trainer needs accelerate")
+    from transformers import DataCollatorWithPadding, TrainingArguments
+
+    from forgetting.integrations.hf import KLRegularizedTrainer
+
+    torch.manual_seed(0)
+    model = build_model("bert", tiny_stream, TINY)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=16, num_train_epochs=1,
+                             learning_rate=1e-3, save_strategy="no", report_to=[], use_cpu=True, disable_tqdm=True,
+                             logging_steps=1, seed=0)
+    trainer = KLRegularizedTrainer(model=model, args=args, train_dataset=tiny_stream.tasks[1].train.with_labels(),
+                                   data_collator=DataCollatorWithPadding(tiny_stream.tokenizer), kl_lambda=1.0)
+    reference = {k: v.clone() for k, v in trainer.ref_model.state_dict().items()}
+    result = trainer.train()
+    assert result.global_step == 3 and torch.isfinite(torch.tensor(result.training_loss))
+    assert all(torch.equal(reference[k], v) for k, v in trainer.ref_model.state_dict().items())
+    logged = [h for h in trainer.state.log_history if "kl" in h]
+    assert logged and logged[0]["kl"] >= 0
