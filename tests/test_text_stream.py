@@ -147,3 +147,18 @@ def test_uci_label_outside_declared_classes_is_bad_input(tmp_path):
     (folder / "yelp_labelled.txt").write_bytes(b"good\t1\rso so\t2\r")
     with pytest.raises(BadInput, match=r"yelp_labelled.txt:2: label '2' is outside the declared classes"):
         build_stream("uci-sentiment", "domain", {"data_dir": str(tmp_path), "model": "bert"})
+
+
+def test_ag_news_and_clinc_labels_outside_declared_classes_are_bad_input(tmp_path):
+    ag = tmp_path / "ag" / "ag_news"
+    ag.mkdir(parents=True)
+    (ag / "classes.txt").write_text("World\nSports\nBusiness\nSci/Tech\n")
+    (ag / "test.csv").write_text('"1","a","b"\n"5","c","d"\n')
+    with pytest.raises(BadInput, match=r"test.csv:2: class '5' is outside the declared classes, allowed: 1-4"):
+        build_stream("ag-news", "class", {"data_dir": str(tmp_path / "ag"), "model": "bert"})
+    clinc = tmp_path / "clinc" / "clinc150"
+    clinc.mkdir(parents=True)
+    (clinc / "domains.json").write_text('{"banking": ["balance"]}')
+    (clinc / "data_full.json").write_text('{"train": [["my balance", "balance"]], "test": [["hi", "greeting"]]}')
+    with pytest.raises(BadInput, match=r"test\[0\] intent 'greeting' is outside the declared classes"):
+        build_stream("clinc150", "task", {"data_dir": str(tmp_path / "clinc"), "model": "bert"})

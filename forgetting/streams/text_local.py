@@ -70,7 +70,11 @@ def build_uci(scenario: str, options: dict):
 def read_ag_csv(path: Path, n_classes: int) -> tuple[list[str], list[int]]:
     """``"class","title","description"`` rows; a backslash in the text stands for a line break."""
     texts, labels = [], []
-    for lineno, row in enumerate(csv.reader(read_text(path).splitlines()), 1):
+    try:
+        rows = list(csv.reader(read_text(path).splitlines()))
+    except csv.Error as e:
+        raise BadInput(f"{path}: malformed CSV: {e}") from None
+    for lineno, row in enumerate(rows, 1):
         if not row:
             continue
         if len(row) != 3:
