@@ -160,7 +160,7 @@ def prepare(config: RunConfig):
     """Everything a run needs, built and checked before any file is written."""
     device = resolve_device(config.device)
     stream = streams_mod.build_stream(config.benchmark, config.scenario,
-                                      {**config.stream_options, "data_dir": config.data_dir})
+                                      {**config.stream_options, "data_dir": config.data_dir, "model": config.model})
     methods = methods_mod.build_methods(config.method, config.hparams)
     seed_everything(config.seed)
     try:

@@ -6,7 +6,7 @@ import importlib
 
 from ..errors import BadInput
 
-MODELS = {"mlp": "forgetting.models.mlp"}
+MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert"}
 
 
 def model_module(name: str):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import Option
+from . import files, hub, text
 from .base import SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
 BENCHMARKS = {
@@ -15,11 +16,17 @@ BENCHMARKS = {
     "permuted-digits": ("forgetting.streams.digits", "build_permuted", False),
     "split-mnist": ("forgetting.streams.mnist", "build_split", True),
     "permuted-mnist": ("forgetting.streams.mnist", "build_permuted", True),
+    "uci-sentiment": ("forgetting.streams.text_local", "build_uci", True),
+    "ag-news": ("forgetting.streams.text_local", "build_ag_news", True),
+    "clinc150": ("forgetting.streams.text_local", "build_clinc", True),
+    "text-file": ("forgetting.streams.files", "build", False),
+    "five-datasets": ("forgetting.streams.hub", "build", False),
 }
 
 OPTIONS = [
     Option("n_tasks", int, 5, "number of tasks of a permuted stream (task 0 unpermuted)", minimum=2, maximum=100),
     Option("download", bool, False, "download the data (torchvision, Hugging Face hub) when a network is present"),
+    *text.OPTIONS, *files.OPTIONS, *hub.OPTIONS,
 ]
 
 

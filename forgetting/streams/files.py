@@ -1,0 +1,146 @@
+"""``text-file``: a stream from the user's own table, so bringing data needs no code.
+
+One file (CSV, TSV, JSON Lines or Parquet, read with ``datasets.load_dataset``) with a text
+column, a label column and a task column; tasks are learned in the order they first appear
+(or as ``--text-tasks`` lists them). Without ``--text-test-file`` each task's rows are split
+80/20 into train and test parts, stratified, with a fixed seed. A task's classes are the labels
+of its rows (in ``--text-labels`` order when declared, else sorted); in the
+``domain`` scenario every task gets all classes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from ..errors import BadInput
+from ..options import Option, defaults
+from .text import RawTask, split_train_test, text_stream
+
+OPTIONS = [
+    Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
+    Option("text_test_file", str, "", "text-file stream: a separate test file with the same columns (empty: a "
+           "fifth of each task's rows, stratified, fixed seed)"),
+    Option("text_column", str, "text", "text-file stream: the column holding the text"),
+    Option("label_column", str, "label", "text-file stream: the column holding the label"),
+    Option("task_column", str, "task", "text-file stream: the column holding the task name"),
+    Option("text_labels", str, [], "text-file stream: the declared classes, in output order; any other label is "
+           "an error (none: the labels found, sorted)", nargs="*"),
+    Option("text_tasks", str, [], "text-file stream: the tasks to learn, in order (none: all, in order of "
+           "first appearance)", nargs="*"),
+]
+
+LOADERS = {".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {}),
+           ".parquet": ("parquet", {})}
+
+
+def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, list]:
+    """The named columns of a data file, through ``datasets.load_dataset``; BadInput for a bad file."""
+    import datasets
+
+    path = Path(path_str).expanduser()
+    if not path.is_file():
+        raise BadInput(f"{flag}: {path_str!r} is not a file")
+    if path.suffix.lower() not in LOADERS:
+        raise BadInput(f"{flag}: {path_str!r} has an unknown suffix, allowed: {', '.join(LOADERS)}")
+    builder, kwargs = LOADERS[path.suffix.lower()]
+    was = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train", **kwargs)
+    except Exception as e:  # pyarrow, pandas and datasets each raise their own kinds for a malformed file
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BadInput(f"{flag}: cannot read {path_str!r} as {builder}: {first}") from None
+    finally:
+        if was:
+            datasets.enable_progress_bars()
+    for option, name in columns.items():
+        if name not in ds.column_names:
+            raise BadInput(f"{option}: no column {name!r} in {path_str!r}, allowed: {', '.join(ds.column_names)}")
+    return {name: ds[name] for name in columns.values()}
+
+
+def _missing(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))
+
+
+def _label(v):
+    """Labels compare as strings, so ``1`` in a CSV and ``"1"`` in --text-labels are the same class."""
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    return str(v)
+
+
+def _sorted_labels(labels) -> list[str]:
+    labels = sorted(set(labels))
+    try:
+        return sorted(labels, key=int)
+    except ValueError:
+        return labels
+
+
+def read_rows(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]:
+    """(task, text, label) per row, checked: no empty task, text or label."""
+    cols = {"--text-column": options["text_column"], "--label-column": options["label_column"],
+            "--task-column": options["task_column"]}
+    table = load_table(path, flag, cols)
+    texts, labels, tasks = (table[c] for c in cols.values())
+    rows = []
+    for i, (task, text, label) in enumerate(zip(tasks, texts, labels), 1):
+        for value, col in ((task, options["task_column"]), (text, options["text_column"]),
+                           (label, options["label_column"])):
+            if _missing(value) or (col != options["text_column"] and not str(value).strip()):
+                raise BadInput(f"{flag}: row {i} of {path!r} has an empty {col!r} column")
+        rows.append((str(task), str(text), _label(label)))
+    if not rows:
+        raise BadInput(f"{flag}: {path!r} has no rows")
+    return rows
+
+
+def build(scenario: str, options: dict):
+    options = {**defaults(OPTIONS), **options}
+    if not options.get("text_file"):
+        raise BadInput("--text-file: the text-file benchmark needs a data file, allowed: a .csv, .tsv, .jsonl, "
+                       ".json or .parquet file with text, label and task columns")
+    path, test_path = options["text_file"], options.get("text_test_file") or ""
+    train_rows = read_rows(path, "--text-file", options)
+    test_rows = read_rows(test_path, "--text-test-file", options) if test_path else None
+    declared = list(options.get("text_labels") or [])
+    if len(set(declared)) != len(declared):
+        raise BadInput(f"--text-labels: a label is declared twice in {declared}")
+    if declared:
+        for rows, where in ((train_rows, path), (test_rows or [], test_path)):
+            for i, (_, _, label) in enumerate(rows, 1):
+                if label not in declared:
+                    raise BadInput(f"row {i} of {where!r}: label {label!r} is outside the declared classes "
+                                   f"(--text-labels), allowed: {', '.join(declared)}")
+    order = list(dict.fromkeys(t for t, _, _ in train_rows))
+    chosen = list(options.get("text_tasks") or order)
+    for task in chosen:
+        if task not in order:
+            raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
+    if len(set(chosen)) != len(chosen):
+        raise BadInput(f"--text-tasks: a task is listed twice in {chosen}")
+
+    def of(rows, task):
+        picked = [(x, y) for t, x, y in rows if t == task]
+        return [x for x, _ in picked], [y for _, y in picked]
+
+    every_row = train_rows + (test_rows or [])
+    all_labels = declared or _sorted_labels(y for t, _, y in every_row if t in chosen)
+    raw = []
+    for task in chosen:
+        x, y = of(train_rows, task)
+        found = {label for t, _, label in every_row if t == task}
+        if test_rows is None:
+            x_tr, y_tr, x_te, y_te = split_train_test(task, x, y)
+        else:
+            (x_tr, y_tr), (x_te, y_te) = (x, y), of(test_rows, task)
+            if not x_te:
+                raise BadInput(f"--text-test-file: task {task!r} has no rows in {test_path!r}: every task needs "
+                               "test examples")
+        classes = all_labels if scenario == "domain" else [c for c in all_labels if c in found]
+        raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, classes))
+    info = {"source": str(Path(path).expanduser().resolve()),
+            "split": f"test file {test_path}" if test_path else "each task split 80/20 stratified, seed 0"}
+    return text_stream("text-file", scenario, raw, options, info)
