@@ -338,6 +338,33 @@ def write_log(ns, runs: list[Planned], outcomes: dict[str, Outcome]) -> Path:
     return path
 
 
+def console_table(summary_csv: Path) -> str:
+    """What each experiment kept of its old tasks, one line each, from the report's summary.csv."""
+    import pandas as pd
+
+    if not summary_csv.is_file():
+        return ""
+    df = pd.read_csv(summary_csv)
+    if df.empty:
+        return ""
+
+    def pct(row, key):
+        m, lo, hi = row[f"{key}_mean"], row[f"{key}_ci95_lo"], row[f"{key}_ci95_hi"]
+        if pd.isna(m):
+            return "-"
+        return f"{100 * m:5.1f}" + ("" if pd.isna(lo) or lo == hi else f" ±{100 * (hi - lo) / 2:4.1f}")
+
+    lines = ["", "old tasks kept (after the last task; mean ±95% CI half-width over seeds, in %):",
+             f"{'benchmark':<16}{'scenario':<9}{'method, lambda':<30}{'seeds':>6}  {'avg acc':>12}  "
+             f"{'old-task acc':>12}  {'forgetting':>12}"]
+    for _, row in df.iterrows():
+        label = str(row["label"]) + ("" if row["status"] == "complete" else " (unfinished)")
+        lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}  "
+                     f"{pct(row, 'average_accuracy'):>12}  {pct(row, 'old_task_accuracy'):>12}  "
+                     f"{pct(row, 'forgetting_max'):>12}")
+    return "\n".join(lines)
+
+
 def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
     """The sweep log, the report, the failures listed; the exit code."""
     failed = {k: o for k, o in outcomes.items() if o.status in ("failed", "interrupted")}
@@ -359,6 +386,9 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
             print(f"{PROG}: no report: {e}", file=sys.stderr)
             code = 1
         else:
+            table = console_table(out / "summary.csv")
+            if table:
+                print(table)
             print(f"tables and figures ({len(files)} files): {out}")
     print(f"results: {ns.results_dir} (log of this sweep: {log})")
     if failed:
