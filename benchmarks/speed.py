@@ -117,7 +117,11 @@ def main(argv=None) -> int:
                     method="kl", hparams=KL, progress=False)
     report("MLP 784-400-400 on split-MNIST (domain), batch 128", mlp, a.repeats, a.results_dir)
     if a.text:
-        from text_speed_config import text_config  # noqa: F401  (added with the text streams)
+        bert = RunConfig(benchmark="uci-sentiment", scenario="domain", model="bert", data_dir=a.data_dir,
+                         batch_size=32, epochs=2, method="kl", hparams=KL, progress=False,
+                         stream_options={"max_seq_len": 64, "text_train_per_task": 400, "text_test_per_task": 200})
+        report("small BERT (4 layers, hidden 256, from scratch) on uci-sentiment (domain), max length 64, "
+               "400 train / 200 test sentences per task, batch 32", bert, a.repeats, a.results_dir)
     return 0
 
 
