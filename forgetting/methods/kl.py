@@ -95,13 +95,24 @@ class Method(Base):
         if task == 0 or lam == 0:
             return {}
         teacher = self.teacher_logits(trainer, batch)
-        groups = trainer.layout.penalty_outputs(task)
+        options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
         kls = []
-        for outs in groups:
-            idx = torch.as_tensor(outs, device=logits.device)
-            kls.append(kl_penalty(logits.index_select(1, idx), teacher.index_select(1, idx),
-                                  direction=self.hparams["kl_direction"], temperature=self.hparams["temperature"]))
-        return {"kl": (torch.stack(kls).mean(), lam)}
+        for idx in self.output_groups(trainer, task, logits.device):
+            if idx is None:  # the group is every output: no copy needed
+                kls.append(kl_penalty(logits, teacher, **options))
+            else:
+                kls.append(kl_penalty(logits.index_select(1, idx), teacher.index_select(1, idx), **options))
+        return {"kl": (kls[0] if len(kls) == 1 else torch.stack(kls).mean(), lam)}
+
+    def output_groups(self, trainer, task: int, device) -> list[torch.Tensor | None]:
+        """The penalty's output groups as index tensors, made once per task (None: all outputs)."""
+        key = (task, str(device))
+        if getattr(self, "_groups_key", None) != key:
+            n = trainer.layout.n_outputs
+            self._groups = [None if list(outs) == list(range(n)) else torch.as_tensor(outs, device=device)
+                            for outs in trainer.layout.penalty_outputs(task)]
+            self._groups_key = key
+        return self._groups
 
     def after_task(self, trainer, task: int) -> None:
         self.cache, self.cache_task = None, None
