@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 EXIT_BAD_INPUT = 2
 
 
@@ -24,3 +26,10 @@ class RunFailed(RuntimeError):
     def __init__(self, message: str, **where):
         super().__init__(message)
         self.where = where
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports bad input on one line (no usage block) and exits with code 2."""
+
+    def error(self, message: str):  # noqa: D401
+        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")

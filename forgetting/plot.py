@@ -7,12 +7,11 @@ there is one, else in ``DIR/<benchmark>-<scenario>/``; ``summary.md`` and ``summ
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import EXIT_BAD_INPUT, BadInput
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
 
 
 def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
@@ -43,13 +42,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
     return written + write_summary(table, out)
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str):  # one line, exit code 2
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    p = _Parser(prog="python -m forgetting.plot",
+    p = OneLineParser(prog="python -m forgetting.plot",
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95%% t-interval over "
                             "seeds) from run directories.")

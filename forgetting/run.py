@@ -19,7 +19,7 @@ from . import methods as methods_mod
 from . import models as models_mod
 from . import streams as streams_mod
 from .config import CORE_OPTIONS, RunConfig
-from .errors import EXIT_BAD_INPUT, BadInput, RunFailed
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
 from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
 from .checkpoint import last_boundary, restore_boundary
@@ -27,13 +27,6 @@ from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 from .train import Trainer
 
 DEVICES = ("auto", "cpu", "cuda")
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports bad input on one line (no usage block) and exits with code 2."""
-
-    def error(self, message: str):  # noqa: D401
-        self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
 
 
 def _add_option(group, o: Option) -> None:
@@ -88,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pick(options: Sequence[Option], given: dict, where: str, allowed_names: set[str] | None = None) -> dict:
+def _pick(options: Sequence[Option], given: dict) -> dict:
     return check_all(options, {o.name: given[o.name] for o in options if o.name in given})
 
 
@@ -113,10 +106,10 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
         for o in models_mod.model_module(name).OPTIONS:
             if o.name in given and o.name not in model_own:
                 raise BadInput(f"{o.flag} does not apply to model {ns.model!r}")
-    hparams = _pick(method_opts, given, "method")
-    model_options = _pick(model_mod.OPTIONS, given, "model")
-    stream_options = _pick(streams_mod.OPTIONS, given, "stream")
-    core = _pick(CORE_OPTIONS, given, "core")
+    hparams = _pick(method_opts, given)
+    model_options = _pick(model_mod.OPTIONS, given)
+    stream_options = _pick(streams_mod.OPTIONS, given)
+    core = _pick(CORE_OPTIONS, given)
     data_dir = ns.data_dir if ns.data_dir is not None else streams_mod.default_data_dir()
     if ns.data_dir is not None and not Path(ns.data_dir).is_dir() and not stream_options.get("download"):
         raise BadInput(f"--data-dir: {ns.data_dir!r} is not a directory")
