@@ -8,32 +8,18 @@ generators, the global step, the methods' state). Both are written atomically.
 
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from .results import FILE_MODE
+from .results import atomic_write
 
 CHECKPOINTS = "checkpoints"
 _WEIGHTS = re.compile(r"task_(\d+)\.safetensors$")
-
-
-def _atomic(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, FILE_MODE)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _plain(obj):
@@ -82,8 +68,8 @@ def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
         "generator": trainer.generator.get_state(),
         "methods": [_plain(vars(m)) for m in trainer.methods],
     }
-    _atomic(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
-    _atomic(weights_path(run_dir, task), lambda tmp: save_file(weights, tmp, metadata={"task": str(task)}))
+    atomic_write(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
+    atomic_write(weights_path(run_dir, task), lambda tmp: save_file(weights, tmp, metadata={"task": str(task)}))
 
 
 def last_boundary(run_dir: Path) -> int | None:
