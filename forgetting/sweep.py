@@ -10,13 +10,9 @@ the others go on; the sweep then writes the plots and summary and exits 1 listin
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import os
 import sys
-import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,13 +22,13 @@ from . import streams as streams_mod
 from .config import RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput
 from .options import Option
+from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
 from .results import MANIFEST, atomic_write_json, now
 from .run import DEVICES, OneLineParser, ensure_writable
 from .suite import Experiment, load_suite
+from .sweep_table import console_table
 
 PROG = "python -m forgetting.sweep"
-EXECUTORS = ("process", "ray")
-MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is tried this many times
 SWEEP_LOG = "sweep.json"
 
 
@@ -51,14 +47,6 @@ THREADS = Option("threads", int, 1, "torch threads per run", minimum=1)
 class Planned:
     config: RunConfig
     state: str  # new, unfinished (a killed or failed earlier attempt), complete
-
-
-@dataclass
-class Outcome:
-    run_id: str
-    status: str  # complete, skipped (found complete by the worker), failed, interrupted
-    error: str | None = None
-    seconds: float = 0.0
 
 
 # --- planning ---------------------------------------------------------------------------------
@@ -117,112 +105,6 @@ def describe(config: RunConfig) -> str:
     return f"{config.benchmark}/{config.scenario} {config.method}{' ' + hp if hp else ''} seed={config.seed}"
 
 
-# --- one run, in a worker ---------------------------------------------------------------------
-def run_one(config: dict, threads: int = 1) -> Outcome:
-    """Run one config (resuming from its last task boundary where ``run_experiment`` can); never raises."""
-    import torch
-
-    from .run import run_experiment
-
-    torch.set_num_threads(threads)
-    cfg = RunConfig.from_dict(config)
-    kwargs = {"resume": True} if "resume" in inspect.signature(run_experiment).parameters else {}
-    t0 = time.perf_counter()
-    try:
-        _, _, status = run_experiment(cfg, **kwargs)
-    except KeyboardInterrupt:
-        return Outcome(cfg.run_id, "interrupted", "interrupted", time.perf_counter() - t0)
-    except BaseException as e:  # noqa: BLE001 - one run's failure must not stop the sweep
-        return Outcome(cfg.run_id, "failed", " ".join(f"{type(e).__name__}: {e}".split()), time.perf_counter() - t0)
-    return Outcome(cfg.run_id, status, None, time.perf_counter() - t0)
-
-
-def _died(config: RunConfig, why: str) -> Outcome:
-    return Outcome(config.run_id, "failed", why)
-
-
-# --- executors --------------------------------------------------------------------------------
-def execute_processes(configs: list[RunConfig], workers: int, threads: int,
-                      on_result: Callable[[Outcome], None]) -> None:
-    """Worker processes (spawn: no inherited torch state), one run each at a time.
-
-    A worker that dies (SIGKILL, out of memory) breaks the pool: the runs it took down are
-    submitted again to a fresh pool, up to MAX_ATTEMPTS times each.
-    """
-    import multiprocessing
-
-    ctx = multiprocessing.get_context("spawn")
-    attempts: dict[str, int] = {}
-    pending = list(configs)
-    while pending:
-        saved = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, read when torch loads
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
-        try:
-            futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
-        broken = []
-        try:
-            for fut in as_completed(futures):
-                config = futures[fut]
-                try:
-                    on_result(fut.result())
-                except BrokenProcessPool:
-                    broken.append(config)
-                except Exception as e:  # noqa: BLE001 - e.g. a result that could not be sent back
-                    on_result(_died(config, f"{type(e).__name__}: {e}"))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)
-        pending = []
-        for config in broken:
-            attempts[config.run_id] = attempts.get(config.run_id, 0) + 1
-            if attempts[config.run_id] >= MAX_ATTEMPTS:
-                on_result(_died(config, "its worker process died (killed, or out of memory)"))
-            else:
-                pending.append(config)
-
-
-def import_ray():
-    try:
-        import ray
-    except ImportError:
-        raise BadInput("--executor ray: Ray is not installed; install it with pip install 'forgetting[ray]' "
-                       "(or use --executor process)") from None
-    return ray
-
-
-def execute_ray(configs: list[RunConfig], workers: int, threads: int, address: str | None,
-                on_result: Callable[[Outcome], None]) -> None:
-    """Ray tasks: embedded on this machine (``workers`` CPUs) or on the cluster at ``address``.
-
-    Embedded, the workers import this very checkout (PYTHONPATH); on a cluster this package is
-    shipped to the nodes with the tasks (``py_modules``), which need its dependencies installed.
-    """
-    ray = import_ray()
-    package_dir = Path(__file__).resolve().parent
-    if address:
-        ray.init(address=address, runtime_env={"py_modules": [str(package_dir)]})
-    else:
-        path = os.pathsep.join(p for p in (str(package_dir.parent), os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
-    try:
-        task = ray.remote(num_cpus=threads, max_retries=MAX_ATTEMPTS - 1)(run_one)
-        pending = {task.remote(c.to_dict(), threads): c for c in configs}
-        while pending:
-            done, _ = ray.wait(list(pending), num_returns=1)
-            config = pending.pop(done[0])
-            try:
-                on_result(ray.get(done[0]))
-            except Exception as e:  # noqa: BLE001 - the worker died or the task could not run
-                on_result(_died(config, " ".join(f"{type(e).__name__}: {e}".split())[:500]))
-    finally:
-        ray.shutdown()
-
-
 # --- the command ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Run every run of the suites that is not complete yet, in worker "
@@ -262,12 +144,6 @@ def check_args(ns: argparse.Namespace) -> None:
     ensure_writable(ns.results_dir)
     if ns.executor == "ray":
         import_ray()
-
-
-def write_report(run_dirs: list[Path], out: Path) -> list[Path]:
-    from .plot import write_report as plot_report  # being written alongside; loaded only when needed
-
-    return plot_report(run_dirs, out)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -338,33 +214,6 @@ def write_log(ns, runs: list[Planned], outcomes: dict[str, Outcome]) -> Path:
     return path
 
 
-def console_table(summary_csv: Path) -> str:
-    """What each experiment kept of its old tasks, one line each, from the report's summary.csv."""
-    import pandas as pd
-
-    if not summary_csv.is_file():
-        return ""
-    df = pd.read_csv(summary_csv)
-    if df.empty:
-        return ""
-
-    def pct(row, key):
-        m, lo, hi = row[f"{key}_mean"], row[f"{key}_ci95_lo"], row[f"{key}_ci95_hi"]
-        if pd.isna(m):
-            return "-"
-        return f"{100 * m:5.1f}" + ("" if pd.isna(lo) or lo == hi else f" ±{100 * (hi - lo) / 2:4.1f}")
-
-    lines = ["", "old tasks kept (after the last task; mean ±95% CI half-width over seeds, in %):",
-             f"{'benchmark':<16}{'scenario':<9}{'method, lambda':<30}{'seeds':>6}  {'avg acc':>12}  "
-             f"{'old-task acc':>12}  {'forgetting':>12}"]
-    for _, row in df.iterrows():
-        label = str(row["label"]) + ("" if row["status"] == "complete" else " (unfinished)")
-        lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}  "
-                     f"{pct(row, 'average_accuracy'):>12}  {pct(row, 'old_task_accuracy'):>12}  "
-                     f"{pct(row, 'forgetting_max'):>12}")
-    return "\n".join(lines)
-
-
 def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
     """The sweep log, the report, the failures listed; the exit code."""
     failed = {k: o for k, o in outcomes.items() if o.status in ("failed", "interrupted")}
@@ -375,13 +224,10 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
     if not ns.no_report:
         complete = [Path(ns.results_dir) / r.config.run_id for r in runs if r.config.run_id not in failed]
         out = Path(ns.report_dir) if ns.report_dir else Path(ns.results_dir) / "report"
+        from .plot import write_report  # pandas, seaborn: loaded only when a report is written
+
         try:
             files = write_report(complete, out)
-        except ModuleNotFoundError as e:
-            if e.name != "forgetting.plot":
-                raise
-            print(f"{PROG}: no report: this version has no forgetting.plot (use --no-report)", file=sys.stderr)
-            code = 1
         except BadInput as e:
             print(f"{PROG}: no report: {e}", file=sys.stderr)
             code = 1
@@ -401,7 +247,4 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
 
 
 if __name__ == "__main__":
-    # Run through the importable module, so that worker processes and Ray find run_one by its name.
-    from forgetting.sweep import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())

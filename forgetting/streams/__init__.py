@@ -39,10 +39,6 @@ def default_data_dir() -> str | None:
     return str(shared) if shared.is_dir() else None
 
 
-def needs_data_dir(benchmark: str) -> bool:
-    return BENCHMARKS[benchmark][2]
-
-
 def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
     """The stream, or BadInput naming an unknown benchmark or scenario, or unreadable data."""
     if benchmark not in BENCHMARKS:
@@ -60,5 +56,5 @@ def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
 
 __all__ = [
     "BENCHMARKS", "SCENARIOS", "Batch", "HeadLayout", "Task", "TaskData", "TaskStream", "TensorData",
-    "build_stream", "default_data_dir", "iterate_batches", "layout_for", "needs_data_dir",
+    "build_stream", "default_data_dir", "iterate_batches", "layout_for",
 ]

@@ -1,0 +1,133 @@
+"""Where a sweep's runs execute: worker processes on this machine, or Ray tasks (here or on a cluster).
+
+Both call ``run_one`` on each config and hand every ``Outcome`` to ``on_result`` as it comes; a
+worker that dies (killed, out of memory) is retried up to ``MAX_ATTEMPTS`` times, then reported
+failed.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from .config import RunConfig
+from .errors import BadInput
+
+EXECUTORS = ("process", "ray")
+MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is tried this many times
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    status: str  # complete, skipped (found complete by the worker), failed, interrupted
+    error: str | None = None
+    seconds: float = 0.0
+
+
+def run_one(config: dict, threads: int = 1) -> Outcome:
+    """Run one config (resuming from its last task boundary where it can); never raises."""
+    import torch
+
+    from .run import run_experiment
+
+    torch.set_num_threads(threads)
+    cfg = RunConfig.from_dict(config)
+    t0 = time.perf_counter()
+    try:
+        _, _, status = run_experiment(cfg, resume=True)
+    except KeyboardInterrupt:
+        return Outcome(cfg.run_id, "interrupted", "interrupted", time.perf_counter() - t0)
+    except BaseException as e:  # noqa: BLE001 - one run's failure must not stop the sweep
+        return Outcome(cfg.run_id, "failed", " ".join(f"{type(e).__name__}: {e}".split()), time.perf_counter() - t0)
+    return Outcome(cfg.run_id, status, None, time.perf_counter() - t0)
+
+
+def _died(config: RunConfig, why: str) -> Outcome:
+    return Outcome(config.run_id, "failed", why)
+
+
+def execute_processes(configs: list[RunConfig], workers: int, threads: int,
+                      on_result: Callable[[Outcome], None]) -> None:
+    """Worker processes (spawn: no inherited torch state), one run each at a time.
+
+    A worker that dies (SIGKILL, out of memory) breaks the pool: the runs it took down are
+    submitted again to a fresh pool, up to MAX_ATTEMPTS times each.
+    """
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("spawn")
+    attempts: dict[str, int] = {}
+    pending = list(configs)
+    while pending:
+        saved = os.environ.get("OMP_NUM_THREADS")
+        os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, read when torch loads
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
+        try:
+            futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
+        finally:
+            if saved is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
+            else:
+                os.environ["OMP_NUM_THREADS"] = saved
+        broken = []
+        try:
+            for fut in as_completed(futures):
+                config = futures[fut]
+                try:
+                    on_result(fut.result())
+                except BrokenProcessPool:
+                    broken.append(config)
+                except Exception as e:  # noqa: BLE001 - e.g. a result that could not be sent back
+                    on_result(_died(config, f"{type(e).__name__}: {e}"))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+        pending = []
+        for config in broken:
+            attempts[config.run_id] = attempts.get(config.run_id, 0) + 1
+            if attempts[config.run_id] >= MAX_ATTEMPTS:
+                on_result(_died(config, "its worker process died (killed, or out of memory)"))
+            else:
+                pending.append(config)
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise BadInput("--executor ray: Ray is not installed; install it with pip install 'forgetting[ray]' "
+                       "(or use --executor process)") from None
+    return ray
+
+
+def execute_ray(configs: list[RunConfig], workers: int, threads: int, address: str | None,
+                on_result: Callable[[Outcome], None]) -> None:
+    """Ray tasks: embedded on this machine (``workers`` CPUs) or on the cluster at ``address``.
+
+    Embedded, the workers import this very checkout (PYTHONPATH); on a cluster this package is
+    shipped to the nodes with the tasks (``py_modules``), which need its dependencies installed.
+    """
+    ray = import_ray()
+    package_dir = Path(__file__).resolve().parent
+    if address:
+        ray.init(address=address, runtime_env={"py_modules": [str(package_dir)]})
+    else:
+        path = os.pathsep.join(p for p in (str(package_dir.parent), os.environ.get("PYTHONPATH")) if p)
+        ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+    try:
+        task = ray.remote(num_cpus=threads, max_retries=MAX_ATTEMPTS - 1)(run_one)
+        pending = {task.remote(c.to_dict(), threads): c for c in configs}
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            config = pending.pop(done[0])
+            try:
+                on_result(ray.get(done[0]))
+            except Exception as e:  # noqa: BLE001 - the worker died or the task could not run
+                on_result(_died(config, " ".join(f"{type(e).__name__}: {e}".split())[:500]))
+    finally:
+        ray.shutdown()
