@@ -3,13 +3,15 @@
 At the end of task t the run saves ``checkpoints/task_<t>.safetensors`` (the model's weights,
 loadable on their own with ``safetensors.torch.load_file``) and ``checkpoints/task_<t>.state.pt``
 (what else resumption needs to give the same rows as an uninterrupted run: the random number
-generators, the global step, the methods' state). Both are written atomically.
+generators, the global step, and each method's ``state_dict()``). Both are written atomically.
+The run saves them (``forgetting.run``); the results writer knows nothing of them.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,33 +22,6 @@ from .results import atomic_write
 
 CHECKPOINTS = "checkpoints"
 _WEIGHTS = re.compile(r"task_(\d+)\.safetensors$")
-
-
-def _plain(obj):
-    """Method state made picklable: generators become their state (restored by ``_restore``)."""
-    if isinstance(obj, torch.Generator):
-        return {"__generator_state__": obj.get_state()}
-    if isinstance(obj, dict):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_plain(v) for v in obj]
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    return obj
-
-
-def _restore(saved, current):
-    if isinstance(saved, dict) and "__generator_state__" in saved:
-        gen = current if isinstance(current, torch.Generator) else torch.Generator()
-        gen.set_state(saved["__generator_state__"])
-        return gen
-    if isinstance(saved, dict):
-        cur = current if isinstance(current, dict) else {}
-        return {k: _restore(v, cur.get(k)) for k, v in saved.items()}
-    if isinstance(saved, list):
-        cur = current if isinstance(current, list) and len(current) == len(saved) else [None] * len(saved)
-        return [_restore(v, c) for v, c in zip(saved, cur)]
-    return saved
 
 
 def weights_path(run_dir: Path, task: int) -> Path:
@@ -66,10 +41,15 @@ def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
         "numpy_rng": np.random.get_state(),
         "python_rng": random.getstate(),
         "generator": trainer.generator.get_state(),
-        "methods": [_plain(vars(m)) for m in trainer.methods],
+        "methods": [m.state_dict() for m in trainer.methods],
     }
     atomic_write(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
     atomic_write(weights_path(run_dir, task), lambda tmp: save_file(weights, tmp, metadata={"task": str(task)}))
+
+
+def clear_checkpoints(run_dir: Path) -> None:
+    """A fresh start: no checkpoint of an earlier attempt may be resumed from."""
+    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
 
 
 def last_boundary(run_dir: Path) -> int | None:
@@ -101,7 +81,7 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     trainer.previous_model = frozen_copy(trainer.model) if task > 0 else trainer.base_model
     trainer.global_step = state["global_step"]
     for method, saved in zip(trainer.methods, state["methods"]):
-        vars(method).update(_restore(saved, vars(method)))
+        method.load_state_dict(saved)
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

@@ -91,13 +91,11 @@ def now() -> str:
 class RunWriter:
     """Writes one run's directory as the run goes."""
 
-    def __init__(self, config: RunConfig, device: str, extra_manifest: dict | None = None,
-                 checkpoints: bool = True):
+    def __init__(self, config: RunConfig, device: str, extra_manifest: dict | None = None):
         self.config = config
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
-        self.checkpoints = checkpoints
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": config.run_id,
@@ -114,13 +112,9 @@ class RunWriter:
             **(extra_manifest or {}),
         }
 
-    def open(self, fresh: bool = True) -> "RunWriter":
-        """Create (or, for a fresh start, clear the old checkpoints of) the run directory."""
+    def open(self) -> "RunWriter":
+        """Create the run directory and write its files (config, the rows so far, the manifest)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        if fresh:
-            import shutil
-
-            shutil.rmtree(self.dir / "checkpoints", ignore_errors=True)
         atomic_write_json(self.dir / CONFIG, self.config.to_dict())
         self.write_metrics()
         self.write_manifest()
@@ -145,11 +139,7 @@ class RunWriter:
         self.write_manifest()
 
     def task_done(self, trainer, task: int) -> None:
-        """A task boundary: save the checkpoint, then say the rows up to here are complete."""
-        if self.checkpoints:
-            from .checkpoint import save_boundary
-
-            save_boundary(self.dir, trainer, task, self.elapsed())
+        """A task boundary: the rows up to here are complete."""
         self.update(completed_tasks=task + 1)
 
     def resume_from(self, rows: list[dict], elapsed: float, task: int) -> None:

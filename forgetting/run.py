@@ -22,7 +22,7 @@ from .config import CORE_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
 from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
-from .checkpoint import last_boundary, restore_boundary
+from .checkpoint import clear_checkpoints, last_boundary, restore_boundary, save_boundary
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 from .train import Trainer
 
@@ -175,6 +175,24 @@ def ensure_writable(results_dir: str) -> None:
         raise BadInput(f"--results-dir: {results_dir!r} cannot be written")
 
 
+class Recorder:
+    """What the trainer reports to: rows go to the writer; at a task boundary the run saves its
+    checkpoint first, then the writer marks the task's rows complete."""
+
+    def __init__(self, writer: RunWriter):
+        self.writer = writer
+
+    def elapsed(self) -> float:
+        return self.writer.elapsed()
+
+    def add_rows(self, rows) -> None:
+        self.writer.add_rows(rows)
+
+    def task_done(self, trainer, task: int) -> None:
+        save_boundary(self.writer.dir, trainer, task, self.writer.elapsed())
+        self.writer.task_done(trainer, task)
+
+
 def run_experiment(config: RunConfig, force: bool = False, resume: bool = False):
     """Run one experiment; returns (run directory, metric rows as a DataFrame, status).
 
@@ -200,7 +218,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     trainer_cls = Trainer
     if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
         from .integrations.avalanche import AvalancheTrainer as trainer_cls
-    trainer = trainer_cls(config, stream, model, methods, device, recorder=writer)
+    trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))
     last = last_boundary(run_dir) if (resume and previous is not None) else None
     if last is not None:
         elapsed = restore_boundary(run_dir, trainer, last)
@@ -208,10 +226,11 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
         writer.manifest["started"] = previous.get("started", writer.manifest["started"])
         writer.manifest["resumed_at"] = list(previous.get("resumed_at", []))
         writer.resume_from(kept.to_dict("records"), elapsed, last)
-        writer.open(fresh=False)
+        writer.open()
         trainer_start = last + 1
     else:
-        writer.open(fresh=True)
+        clear_checkpoints(run_dir)
+        writer.open()
     try:
         trainer.fit(start_task=trainer_start)
     except RunFailed as e:

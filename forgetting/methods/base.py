@@ -3,7 +3,8 @@
 A method holds fine-tuning back by one or more of: changing the loss of a batch
 (``task_loss``: R-Drop's two passes), adding penalty terms (``penalties``: KL, EWC, ...),
 changing what data a task trains on (``batches``: replay, joint), and keeping state across
-task boundaries (``before_task`` / ``after_task``). Methods compose with ``+`` (``kl+rdrop``):
+task boundaries (``before_task`` / ``after_task``), which ``state_dict`` hands to the task-boundary
+checkpoint and ``load_state_dict`` takes back on resumption. Methods compose with ``+`` (``kl+rdrop``):
 the loop calls every part's hooks; at most one part may change the task loss and at most
 one the data.
 """
@@ -67,6 +68,21 @@ class Method:
 
     def after_task(self, trainer: "Trainer", task: int) -> None:
         """Training on ``task`` has ended (the model is the one that will be evaluated)."""
+
+    # --- what a task-boundary checkpoint keeps -----------------------------------------------
+    def state_dict(self) -> dict:
+        """What this method carries from one task into the next (tensors, numbers, lists, dicts).
+
+        Saved after ``after_task``; a run resumed from it must give the rows an uninterrupted
+        one gives. State rebuilt in ``before_task`` (caches, running sums of the current task)
+        is not part of it.
+        """
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Take back what ``state_dict`` gave (on a fresh method built from the same hyper-parameters)."""
+        if state:
+            raise ValueError(f"method {self.name!r} keeps no state, got {sorted(state)}")
 
     # --- reporting --------------------------------------------------------------------------
     def strength(self) -> float:

@@ -74,6 +74,12 @@ class Method(Base):
         """One more penalty term per finished task (the paper's EWC)."""
         self.consolidated.append((fisher, anchor))
 
+    def state_dict(self) -> dict:
+        return {"consolidated": [{"fisher": dict(f), "anchor": dict(a)} for f, a in self.consolidated]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.consolidated = [(dict(c["fisher"]), dict(c["anchor"])) for c in state["consolidated"]]
+
     def penalties(self, trainer, batch, logits, task) -> Terms:
         lam = self.hparams["ewc_lambda"]
         if not self.consolidated or lam == 0:

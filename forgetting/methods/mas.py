@@ -55,6 +55,12 @@ class Method(Base):
         self.omega = new if self.omega is None else {n: self.omega[n] + new[n] for n in new}
         self.anchor = snapshot(trainer.model)
 
+    def state_dict(self) -> dict:
+        return {"omega": self.omega, "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.omega, self.anchor = state["omega"], state["anchor"]
+
     def penalties(self, trainer, batch, logits, task) -> Terms:
         if self.omega is None or self.hparams["mas_lambda"] == 0:
             return {}

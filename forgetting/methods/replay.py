@@ -67,6 +67,17 @@ class ClassBalancedReservoir:
         if self.size == self.capacity:
             self.full_classes.update(self._largest())
 
+    def state_dict(self) -> dict:
+        """Plain containers, in insertion order (ties between largest classes break by it)."""
+        return {"capacity": self.capacity, "size": self.size, "items": [(c, list(v)) for c, v in self.items.items()],
+                "seen": list(self.seen.items()), "full_classes": sorted(self.full_classes)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.capacity, self.size = state["capacity"], state["size"]
+        self.items = defaultdict(list, {tuple(c): [tuple(x) for x in v] for c, v in state["items"]})
+        self.seen = defaultdict(int, {tuple(c): n for c, n in state["seen"]})
+        self.full_classes = {tuple(c) for c in state["full_classes"]}
+
     def counts(self) -> dict:
         return {c: len(v) for c, v in self.items.items() if v}
 
@@ -98,6 +109,15 @@ class Method(Base):
         _, targets = data.gather(order)
         for i, y in zip(order.tolist(), targets.tolist()):
             self.buffer.add((task, y), (task, i), trainer.generator)
+
+    def state_dict(self) -> dict:
+        return {"buffer": None if self.buffer is None else self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer = None
+        if state["buffer"] is not None:
+            self.buffer = ClassBalancedReservoir(state["buffer"]["capacity"])
+            self.buffer.load_state_dict(state["buffer"])
 
     def batches(self, trainer, task, epoch):
         datasets = [t.train for t in trainer.stream.tasks]

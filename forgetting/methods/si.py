@@ -37,6 +37,13 @@ class Method(Base):
         self.start = snapshot(trainer.model)
         self.path = zeros_like(self.start)
 
+    def state_dict(self) -> dict:
+        """The importance and anchor; the path integral restarts in ``before_task``."""
+        return {"omega": self.omega, "anchor": self.anchor}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.omega, self.anchor = state["omega"], state["anchor"]
+
     def penalties(self, trainer, batch, logits, task) -> Terms:
         if self.omega is None or self.hparams["si_c"] == 0:
             return {}
