@@ -52,31 +52,84 @@ def clear_checkpoints(run_dir: Path) -> None:
     shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
 
 
-def last_boundary(run_dir: Path) -> int | None:
-    """The last task whose weights and state were both saved, or None."""
+def boundaries(run_dir: Path) -> list[int]:
+    """The tasks whose weights and state were both saved, last first."""
     folder = Path(run_dir) / CHECKPOINTS
     if not folder.is_dir():
-        return None
-    done = [int(m.group(1)) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name))
-            and (folder / f"task_{m.group(1)}.state.pt").is_file()]
-    return max(done) if done else None
+        return []
+    return sorted((int(m.group(1)) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name))
+                   and (folder / f"task_{m.group(1)}.state.pt").is_file()), reverse=True)
 
 
-def load_weights(run_dir: Path, task: int, device) -> dict:
-    return load_file(str(weights_path(run_dir, task)), device=str(device))
+def last_boundary(run_dir: Path) -> int | None:
+    """The last task whose weights and state were both saved, or None."""
+    done = boundaries(run_dir)
+    return done[0] if done else None
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint file that cannot be read back (truncated, overwritten, from another model)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+
+
+def load_weights(run_dir: Path, task: int, device, like: dict | None = None) -> dict:
+    """The weights saved at the end of ``task``; CorruptCheckpoint when unreadable or unlike ``like``."""
+    path = weights_path(run_dir, task)
+    try:
+        weights = load_file(str(path), device=str(device))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own kinds for a damaged file
+        raise CorruptCheckpoint(path, _first_line(e)) from None
+    if like is not None:
+        if weights.keys() != like.keys():
+            raise CorruptCheckpoint(path, "its tensors are not the model's")
+        bad = next((k for k, v in weights.items() if v.shape != like[k].shape), None)
+        if bad is not None:
+            raise CorruptCheckpoint(path, f"tensor {bad!r} has shape {tuple(weights[bad].shape)}, "
+                                          f"the model's is {tuple(like[bad].shape)}")
+    return weights
+
+
+STATE_KEYS = ("task", "global_step", "elapsed", "torch_rng", "cuda_rng", "numpy_rng", "python_rng", "generator", "methods")
+
+
+def load_state(run_dir: Path, task: int, n_methods: int) -> dict:
+    path = Path(run_dir) / CHECKPOINTS / f"task_{task}.state.pt"
+    try:
+        state = torch.load(path, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - a truncated pickle raises EOFError, UnpicklingError, RuntimeError...
+        raise CorruptCheckpoint(path, _first_line(e)) from None
+    if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS) or state["task"] != task:
+        raise CorruptCheckpoint(path, "not a task-boundary state of this run")
+    if len(state["methods"]) != n_methods:
+        raise CorruptCheckpoint(path, f"it holds the state of {len(state['methods'])} methods, the run has {n_methods}")
+    return state
 
 
 def restore_boundary(run_dir: Path, trainer, task: int) -> float:
-    """Put the trainer where it stood at the end of ``task``; returns the run's elapsed seconds then."""
+    """Put the trainer where it stood at the end of ``task``; returns the run's elapsed seconds then.
+
+    Every file is read and checked before anything is changed, so on CorruptCheckpoint the
+    trainer is as it was.
+    """
     from .train import frozen_copy
 
-    state = torch.load(Path(run_dir) / CHECKPOINTS / f"task_{task}.state.pt", weights_only=False)
-    trainer.model.load_state_dict(load_weights(run_dir, task, trainer.device))
+    like = trainer.model.state_dict()
+    state = load_state(run_dir, task, len(trainer.methods))
+    weights = load_weights(run_dir, task, trainer.device, like)
+    base_weights = weights if task == 0 else load_weights(run_dir, 0, trainer.device, like)
+    trainer.model.load_state_dict(weights)
     if task == 0:
         trainer.base_model = frozen_copy(trainer.model)
     else:
         base = frozen_copy(trainer.model)
-        base.load_state_dict(load_weights(run_dir, 0, trainer.device))
+        base.load_state_dict(base_weights)
         trainer.base_model = base
     trainer.previous_model = frozen_copy(trainer.model) if task > 0 else trainer.base_model
     trainer.global_step = state["global_step"]
@@ -89,3 +142,14 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     random.setstate(state["python_rng"])
     trainer.generator.set_state(state["generator"])
     return float(state["elapsed"])
+
+
+def restore_last_readable(run_dir: Path, trainer) -> tuple[int | None, float, list[str]]:
+    """Restore the last boundary that reads: (its task or None, elapsed seconds, the files that did not read)."""
+    problems = []
+    for task in boundaries(run_dir):
+        try:
+            return task, restore_boundary(run_dir, trainer, task), problems
+        except CorruptCheckpoint as e:
+            problems.append(str(e))
+    return None, 0.0, problems

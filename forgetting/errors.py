@@ -33,3 +33,16 @@ class OneLineParser(argparse.ArgumentParser):
 
     def error(self, message: str):  # noqa: D401
         self.exit(EXIT_BAD_INPUT, f"{self.prog}: error: {' '.join(message.split())}\n")
+
+
+class WriteFailed(RunFailed):
+    """A results file could not be written (a full disk, a lost mount): the run stops at once.
+
+    Every file is written whole and renamed into place, so what is on disk stays a consistent
+    earlier version; ``path`` is the file that could not be written.
+    """
+
+    def __init__(self, path, error: OSError, **where):
+        at = ", ".join(f"{k} {v}" for k, v in where.items())
+        super().__init__(f"cannot write {path}: {error.strerror or error}" + (f" (at {at})" if at else ""), **where)
+        self.path = str(path)

@@ -2,7 +2,8 @@
 
 Both call ``run_one`` on each config and hand every ``Outcome`` to ``on_result`` as it comes; a
 worker that dies (killed, out of memory) is retried up to ``MAX_ATTEMPTS`` times, then reported
-failed.
+failed. A run is claimed by the process that runs it (``forgetting.claim``); the claim of a
+worker that died is taken over by the retry.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is t
 @dataclass
 class Outcome:
     run_id: str
-    status: str  # complete, skipped (found complete by the worker), failed, interrupted
+    status: str  # complete, skipped (found complete by the worker), busy (claimed by
+    # another live process: left to it), failed, interrupted
     error: str | None = None
     seconds: float = 0.0
 
@@ -34,6 +36,7 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     """Run one config (resuming from its last task boundary where it can); never raises."""
     import torch
 
+    from .claim import RunBusy
     from .run import run_experiment
 
     torch.set_num_threads(threads)
@@ -41,6 +44,8 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     t0 = time.perf_counter()
     try:
         _, _, status = run_experiment(cfg, resume=True)
+    except RunBusy as e:
+        return Outcome(cfg.run_id, "busy", str(e), time.perf_counter() - t0)
     except KeyboardInterrupt:
         return Outcome(cfg.run_id, "interrupted", "interrupted", time.perf_counter() - t0)
     except BaseException as e:  # noqa: BLE001 - one run's failure must not stop the sweep

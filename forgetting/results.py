@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable
 import pandas as pd
 
 from .config import SCHEMA_VERSION, RunConfig
+from .errors import WriteFailed
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -56,6 +57,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, FILE_MODE)  # a writer that replaces the file (safetensors) would leave 0600
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -65,7 +67,7 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -95,6 +97,7 @@ class RunWriter:
         self.config = config
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
+        self.position: dict[str, int] = {}  # task, epoch and step of the last rows: where a failure happened
         self.t0 = time.perf_counter()
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -115,7 +118,7 @@ class RunWriter:
     def open(self) -> "RunWriter":
         """Create the run directory and write its files (config, the rows so far, the manifest)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(self.dir / CONFIG, self.config.to_dict())
+        self.write(self.dir / CONFIG, lambda p: atomic_write_json(p, self.config.to_dict()))
         self.write_metrics()
         self.write_manifest()
         return self
@@ -124,15 +127,31 @@ class RunWriter:
         return time.perf_counter() - self.t0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
         self.rows.extend(rows)
+        if rows:
+            last = rows[-1]
+            self.position = {"task": last["trained_task"], "epoch": last["epoch"], "step": last["global_step"]}
         self.write_metrics()
+
+    def write(self, path: Path, write: Callable[[Path], None]) -> None:
+        """``write(path)`` for one of the run's files; a failure (full disk) becomes WriteFailed naming it."""
+        try:
+            write(path)
+        except OSError as e:
+            raise WriteFailed(path, e, **self.position) from None
 
     def write_metrics(self) -> None:
         df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
-        atomic_write_text(self.dir / METRICS, df.to_csv(index=False))
+        self.write(self.dir / METRICS, lambda p: atomic_write_text(p, df.to_csv(index=False)))
 
     def write_manifest(self) -> None:
-        atomic_write_json(self.dir / MANIFEST, self.manifest)
+        self.write(self.dir / MANIFEST, lambda p: atomic_write_json(p, self.manifest))
+
+    def missing_tasks(self, n_tasks: int, epochs: int) -> list[int]:
+        """The tasks without rows after their last epoch (a complete run has none)."""
+        done = {r["trained_task"] for r in self.rows if r["phase"] == "epoch" and r["epoch"] == epochs}
+        return [t for t in range(n_tasks) if t not in done]
 
     def update(self, **fields) -> None:
         self.manifest.update(fields)

@@ -19,14 +19,16 @@ from . import methods as methods_mod
 from . import models as models_mod
 from . import streams as streams_mod
 from .config import CORE_OPTIONS, RunConfig
-from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, WriteFailed
 from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
-from .checkpoint import clear_checkpoints, last_boundary, restore_boundary, save_boundary
+from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_last_readable, save_boundary
+from .claim import RunBusy, claim
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 from .train import Trainer
 
 DEVICES = ("auto", "cpu", "cuda")
+log = logging.getLogger("forgetting")
 
 
 def _add_option(group, o: Option) -> None:
@@ -189,59 +191,89 @@ class Recorder:
         self.writer.add_rows(rows)
 
     def task_done(self, trainer, task: int) -> None:
-        save_boundary(self.writer.dir, trainer, task, self.writer.elapsed())
+        self.writer.write(self.writer.dir / CHECKPOINTS,
+                          lambda _: save_boundary(self.writer.dir, trainer, task, self.writer.elapsed()))
         self.writer.task_done(trainer, task)
+
+
+def _previous(run_dir: Path):
+    """(rows, manifest) of an earlier attempt, or (None, None) when there is none or it does not read."""
+    if not (run_dir / MANIFEST).is_file():
+        return None, None
+    try:
+        _, rows, manifest = read_run(run_dir)
+    except (OSError, ValueError):
+        return None, None  # unreadable leftovers: start again
+    return rows, manifest
+
+
+def _end(writer: RunWriter, status: str, error: str | None = None, **fields) -> None:
+    """Record how the run ended; a manifest that cannot be written (full disk) is left as it was."""
+    try:
+        writer.update(**fields)
+        writer.finish(status, error)
+    except WriteFailed:
+        pass
 
 
 def run_experiment(config: RunConfig, force: bool = False, resume: bool = False):
     """Run one experiment; returns (run directory, metric rows as a DataFrame, status).
 
     A complete run with the same config is not run again (status ``skipped``) unless ``force``.
-    With ``resume``, an unfinished one continues from its last task-boundary checkpoint and
-    ends with the same rows as an uninterrupted run; otherwise it starts again from scratch.
+    With ``resume``, an unfinished one continues from its last task-boundary checkpoint that
+    reads and ends with the same rows as an uninterrupted run; otherwise it starts again from
+    scratch. The run is claimed first (``forgetting.claim``): RunBusy when another live process
+    runs it. The manifest says ``complete`` only when every task's rows are there.
     """
     config = config.resolved()
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
-    previous = None
-    if not force and (run_dir / MANIFEST).is_file():
-        try:
-            _, old_rows, previous = read_run(run_dir)
-        except (OSError, ValueError):
-            previous = None  # unreadable leftovers: start again
+    if not force:  # a complete run is final: no claim needed to see it
+        old_rows, previous = _previous(run_dir)
         if previous is not None and previous.get("status") == "complete":
             return run_dir, old_rows, "skipped"
-    device, stream, model, methods = prepare(config)
+    device, stream, model, methods = prepare(config)  # checks everything before a file is written
+    with claim(run_dir):
+        old_rows, previous = _previous(run_dir)  # again, under the claim: another process may have run it
+        if not force and previous is not None and previous.get("status") == "complete":
+            return run_dir, old_rows, "skipped"
+        return _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume)
+
+
+def _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume):
     settings = determinism_settings(device)
-    trainer_start = 0
     writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
     trainer_cls = Trainer
     if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
         from .integrations.avalanche import AvalancheTrainer as trainer_cls
     trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))
-    last = last_boundary(run_dir) if (resume and previous is not None) else None
-    if last is not None:
-        elapsed = restore_boundary(run_dir, trainer, last)
-        kept = old_rows[(old_rows["phase"] == "init") | (old_rows["trained_task"] <= last)]
-        writer.manifest["started"] = previous.get("started", writer.manifest["started"])
-        writer.manifest["resumed_at"] = list(previous.get("resumed_at", []))
-        writer.resume_from(kept.to_dict("records"), elapsed, last)
-        writer.open()
-        trainer_start = last + 1
-    else:
-        clear_checkpoints(run_dir)
-        writer.open()
+    last, elapsed = None, 0.0
+    if resume and previous is not None and old_rows is not None:
+        last, elapsed, unreadable = restore_last_readable(run_dir, trainer)
+        if unreadable:
+            then = f"resuming from the end of task {last}" if last is not None else "starting again from the first task"
+            log.warning("--resume: cannot read checkpoint %s; %s", "; nor ".join(unreadable), then)
     try:
-        trainer.fit(start_task=trainer_start)
+        if last is not None:
+            kept = old_rows[(old_rows["phase"] == "init") | (old_rows["trained_task"] <= last)]
+            writer.manifest["started"] = previous.get("started", writer.manifest["started"])
+            writer.manifest["resumed_at"] = list(previous.get("resumed_at", []))
+            writer.resume_from(kept.to_dict("records"), elapsed, last)
+        else:
+            clear_checkpoints(run_dir)
+        writer.open()
+        trainer.fit(start_task=0 if last is None else last + 1)
+        missing = writer.missing_tasks(len(stream), config.epochs)
+        if missing:
+            raise RunFailed(f"the rows of tasks {missing} are missing at the end of the run", tasks=missing)
     except RunFailed as e:
-        writer.update(failed_at=e.where)
-        writer.finish("failed", str(e))
+        _end(writer, "failed", str(e), failed_at=e.where or writer.position)
         raise
     except KeyboardInterrupt:
-        writer.finish("interrupted", "interrupted by the user")
+        _end(writer, "interrupted", "interrupted by the user")
         raise
     except BaseException as e:
-        writer.finish("failed", f"{type(e).__name__}: {e}")
+        _end(writer, "failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
     return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
@@ -296,6 +328,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RunFailed as e:
         print(f"{parser.prog}: run failed: {e} (rows so far kept in {Path(config.results_dir) / config.run_id})",
               file=sys.stderr)
+        return 1
+    except RunBusy as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; the run is marked unfinished", file=sys.stderr)

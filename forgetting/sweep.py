@@ -188,7 +188,7 @@ def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]
         failed = sum(x.status in ("failed", "interrupted") for x in outcomes.values())
         bar.set_postfix(failed=failed, refresh=True)
         if o.status in ("failed", "interrupted"):
-            bar.write(f"{PROG}: run {o.run_id} ({labels[o.run_id]}) {o.status}: {o.error}", file=sys.stderr)
+            bar.write(f"{PROG}: run {o.run_id} ({labels.get(o.run_id, '')}) {o.status}: {o.error}", file=sys.stderr)
 
     try:
         if todo and ns.executor == "ray":
@@ -219,7 +219,13 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
     failed = {k: o for k, o in outcomes.items() if o.status in ("failed", "interrupted")}
     log = write_log(ns, runs, outcomes)
     ran = sum(o.status == "complete" for o in outcomes.values())
-    say(f"{PROG}: {len(runs)} runs: {len(runs) - len(outcomes)} were already complete, {ran} ran, {len(failed)} failed")
+    busy = [o for o in outcomes.values() if o.status == "busy"]
+    complete_before = len(runs) - len(outcomes) + sum(o.status == "skipped" for o in outcomes.values())
+    say(f"{PROG}: {len(runs)} runs: {complete_before} were already complete, {ran} ran, "
+        f"{len(busy)} left to another process that runs them, {len(failed)} failed")
+    if busy:
+        print(f"{PROG}: {len(busy)} runs were being run by another process (e.g. {busy[0].error}); run this "
+              "sweep again when it ends to include them in the report", file=sys.stderr)
     code = 0
     if not ns.no_report:
         complete = [Path(ns.results_dir) / r.config.run_id for r in runs if r.config.run_id not in failed]

@@ -1,6 +1,7 @@
 """Reproducible rows, resumption after SIGKILL, and a NaN loss that stops the run cleanly."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -141,3 +142,92 @@ def test_resume_restores_method_state(method, tmp_path, monkeypatch):
     resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
     pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), whole.drop(columns=TIMING), check_exact=True)
     assert read_run(run_dir)[2]["resumed_at"][0]["after_task"] == 1
+
+
+# --- claims: one process per run ----------------------------------------------------------------
+def _lock(run_dir, **owner):
+    from forgetting.claim import LOCK
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / LOCK).write_text(json.dumps({"token": "theirs", "since": "then", **owner}))
+    return run_dir / LOCK
+
+
+def test_claim_is_exclusive_and_released(tmp_path):
+    from forgetting.claim import RunBusy, claim
+
+    with claim(tmp_path / "r") as held:
+        assert held.held() and json.loads(held.lock.read_text())["pid"] == os.getpid()
+        with pytest.raises(RunBusy, match=f"pid {os.getpid()}"):
+            claim(tmp_path / "r")
+    assert not (tmp_path / "r" / "run.lock").exists()
+    claim(tmp_path / "r").release()  # free again
+
+
+def test_stale_claims_are_taken_over_and_live_ones_are_not(tmp_path):
+    from forgetting.claim import HOST, STALE_S, RunBusy, claim
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    lock = _lock(tmp_path / "dead", pid=dead.pid, host=HOST)
+    c = claim(tmp_path / "dead")
+    assert c.took_over and "is gone" in c.took_over and json.loads(lock.read_text())["pid"] == os.getpid()
+    c.release()
+
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        _lock(tmp_path / "alive", pid=alive.pid, host=HOST)
+        with pytest.raises(RunBusy, match=f"pid {alive.pid} on host {HOST}"):
+            claim(tmp_path / "alive")
+    finally:
+        alive.kill()
+        alive.wait()
+    # another host: its pid cannot be checked from here, only its heartbeat
+    _lock(tmp_path / "far", pid=1, host="elsewhere")
+    with pytest.raises(RunBusy, match="on host elsewhere"):
+        claim(tmp_path / "far")
+    old = time.time() - STALE_S - 10
+    os.utime(tmp_path / "far" / "run.lock", (old, old))
+    c = claim(tmp_path / "far")
+    assert "heartbeat stopped" in c.took_over
+    c.release()
+
+
+def test_a_claimed_run_is_refused_with_one_line_and_left_alone(tmp_path):
+    from forgetting.claim import HOST
+    from forgetting.run import build_parser, config_from_args
+
+    args = ["--epochs", "1", "--results-dir", str(tmp_path), "--quiet"]
+    run_id = config_from_args(build_parser().parse_args(args)).resolved().run_id
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        lock = _lock(tmp_path / run_id, pid=alive.pid, host=HOST)
+        p = run_cli("forgetting.run", *args)
+        assert p.returncode == 1
+        lines = p.stderr.strip().splitlines()
+        assert len(lines) == 1 and f"pid {alive.pid}" in lines[0] and str(lock) in lines[0], p.stderr
+        assert sorted(x.name for x in (tmp_path / run_id).iterdir()) == ["run.lock"]  # nothing written
+    finally:
+        alive.kill()
+        alive.wait()
+    p = run_cli("forgetting.run", *args)  # its owner gone: taken over, run, released
+    assert p.returncode == 0, p.stderr
+    assert json.loads((tmp_path / run_id / "manifest.json").read_text())["status"] == "complete"
+    assert not lock.exists()
+
+
+def test_complete_only_with_every_tasks_rows(tmp_path, monkeypatch):
+    """A run whose rows lack a task's is recorded failed, never complete."""
+    from forgetting.train import Trainer
+
+    original = Trainer.record
+
+    def drop_task_3(self, phase, t, epoch, train_loss):
+        return [] if t == 3 else original(self, phase, t, epoch, train_loss)
+
+    monkeypatch.setattr(Trainer, "record", drop_task_3)
+    cfg = RunConfig(epochs=1, results_dir=str(tmp_path), progress=False)
+    with pytest.raises(RunFailed, match=r"rows of tasks \[3\] are missing"):
+        run_experiment(cfg)
+    manifest = json.loads((tmp_path / cfg.resolved().run_id / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and manifest["failed_at"] == {"tasks": [3]}

@@ -376,3 +376,31 @@ def test_run_all_passes_arguments_through_and_returns_the_sweep_exit_code(tmp_pa
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--workers" in bad.stderr
     assert not results.exists()
+
+
+@pytest.mark.slow
+def test_two_sweeps_on_one_results_dir_run_every_run_once_and_whole(tmp_path):
+    """Two real sweep processes started together: every run runs once, with every task's rows."""
+    import re
+
+    epochs = 1
+    suite = write(tmp_path, TINY.format(epochs=epochs).replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))
+    results = tmp_path / "results"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "1",
+           "--no-report"]
+    procs = [subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    errs = [p.communicate(timeout=600)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], errs
+    ran = [int(re.search(r"(\d+) ran", e).group(1)) for e in errs]
+    assert sum(ran) == 6, errs  # each of the 6 runs executed exactly once, by one sweep or the other
+    done = complete_runs(results)
+    assert len(done) == 6 and len(list(results.glob("*/manifest.json"))) == 6
+    for rid, manifest in done.items():
+        assert manifest["completed_tasks"] == 5 and "resumed_at" not in manifest
+        rows = pd.read_csv(results / rid / METRICS)
+        assert not rows.duplicated(ROW_KEY).any()
+        assert len(rows) == 5 * (1 + 5 * epochs)
+        assert sorted(rows.loc[rows["phase"] == "epoch", "trained_task"].unique()) == [0, 1, 2, 3, 4]
+        assert not (results / rid / "run.lock").exists()  # every claim released
