@@ -9,6 +9,7 @@ The run saves them (``forgetting.run``); the results writer knows nothing of the
 
 from __future__ import annotations
 
+import os
 import random
 import re
 import shutil
@@ -44,7 +45,18 @@ def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
         "methods": [m.state_dict() for m in trainer.methods],
     }
     atomic_write(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
-    atomic_write(weights_path(run_dir, task), lambda tmp: save_file(weights, tmp, metadata={"task": str(task)}))
+    atomic_write(weights_path(run_dir, task), lambda tmp: _save_file(weights, tmp, {"task": str(task)}))
+
+
+def _save_file(weights: dict, path: str, metadata: dict) -> None:
+    """safetensors' ``save_file``, its I/O errors (a full disk) raised as the OSError they are."""
+    try:
+        save_file(weights, path, metadata=metadata)
+    except Exception as e:  # noqa: BLE001 - safetensors wraps them in its own SafetensorError
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
 
 
 def clear_checkpoints(run_dir: Path) -> None:

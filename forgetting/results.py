@@ -50,7 +50,10 @@ FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hi
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk and renamed into place."""
+    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk and renamed into place.
+
+    An OSError (a full disk) names ``path``, not the temporary file, and leaves ``path`` as it was.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
@@ -61,6 +64,9 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -139,7 +145,7 @@ class RunWriter:
         try:
             write(path)
         except OSError as e:
-            raise WriteFailed(path, e, **self.position) from None
+            raise WriteFailed(e.filename or path, e, **self.position) from None
 
     def write_metrics(self) -> None:
         df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)

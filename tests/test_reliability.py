@@ -1,11 +1,13 @@
 """Reproducible rows, resumption after SIGKILL, and a NaN loss that stops the run cleanly."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -231,3 +233,119 @@ def test_complete_only_with_every_tasks_rows(tmp_path, monkeypatch):
         run_experiment(cfg)
     manifest = json.loads((tmp_path / cfg.resolved().run_id / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed_at"] == {"tasks": [3]}
+
+
+# --- faults: corrupt checkpoints, a full disk, file modes ----------------------------------------
+def _cut_after_task(cfg, task, monkeypatch):
+    from forgetting.results import RunWriter
+
+    original = RunWriter.task_done
+
+    def crash(self, trainer, t):
+        original(self, trainer, t)
+        if t == task:
+            raise Crash()
+
+    monkeypatch.setattr(RunWriter, "task_done", crash)
+    with pytest.raises(Crash):
+        run_experiment(cfg)
+    monkeypatch.setattr(RunWriter, "task_done", original)
+    return Path(cfg.results_dir) / cfg.resolved().run_id
+
+
+@pytest.mark.parametrize("damage, expect", [
+    ("truncate task_2.state.pt", "resuming from the end of task 1"),
+    ("garbage task_2.safetensors", "resuming from the end of task 1"),
+    ("garbage task_0.safetensors", "starting again from the first task"),
+])
+def test_corrupt_checkpoint_on_resume_names_the_file_and_falls_back(damage, expect, tmp_path, monkeypatch, caplog):
+    cfg = RunConfig(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
+                    model_options={"hidden": [16]})
+    run_dir = _cut_after_task(cfg, 2, monkeypatch)
+    how, name = damage.split()
+    bad = run_dir / "checkpoints" / name
+    if how == "truncate":
+        bad.write_bytes(bad.read_bytes()[:100])
+    else:
+        bad.write_bytes(b"not a safetensors file at all" * 10)
+    caplog.set_level(logging.WARNING, logger="forgetting")
+    _, _, status = run_experiment(cfg, resume=True)
+    assert status == "complete"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and expect in warnings[0], warnings
+    _, resumed, manifest = read_run(run_dir)
+    assert manifest["status"] == "complete"
+    assert [r["after_task"] for r in manifest.get("resumed_at", [])] == ([1] if "task 1" in expect else [])
+    cfg.results_dir = str(tmp_path / "whole")
+    whole_dir, _, _ = run_experiment(cfg)
+    pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), read_run(whole_dir)[1].drop(columns=TIMING),
+                                  check_exact=True)
+
+
+def test_every_file_of_a_run_has_the_same_mode(tmp_path):
+    """Checkpoints too: safetensors' writer alone would leave 0600 where the rest is 0644."""
+    cfg = RunConfig(epochs=1, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    run_dir, _, _ = run_experiment(cfg)
+    modes = {p.relative_to(run_dir).as_posix(): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()}
+    assert "checkpoints/task_0.safetensors" in modes and len(set(modes.values())) == 1, modes
+    assert modes["metrics.csv"] == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 1 MB tmpfs (needs root and mount rights; skipped otherwise)."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    p = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True, text=True)
+    if p.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {p.stderr.strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def test_full_disk_is_one_line_naming_the_path_and_where(tiny_disk):
+    p = run_cli("forgetting.run", "--epochs", "1", "--quiet", "--results-dir", str(tiny_disk / "r"))
+    assert p.returncode == 1
+    lines = p.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in p.stderr, p.stderr
+    assert "No space left on device" in lines[0] and f"cannot write {tiny_disk / 'r'}" in lines[0]
+    assert "(at task " in lines[0] and ", step " in lines[0]
+    _, rows, manifest = read_run(next((tiny_disk / "r").iterdir()))
+    assert manifest["status"] in ("failed", "running") and len(rows) > 0  # what is on disk parses
+
+
+def test_a_write_that_fails_stops_the_run_with_the_path_and_position(tmp_path, monkeypatch):
+    """ENOSPC simulated on the fourth write of metrics.csv (no tmpfs needed)."""
+    import errno
+
+    from forgetting import results
+    from forgetting.errors import WriteFailed
+
+    original, calls = results.atomic_write_text, []
+
+    def fill_up(path, text):
+        if Path(path).name == "metrics.csv":
+            calls.append(path)
+            if len(calls) == 4:
+                raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, text)
+
+    monkeypatch.setattr(results, "atomic_write_text", fill_up)
+    cfg = RunConfig(epochs=2, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    with pytest.raises(WriteFailed) as exc:
+        run_experiment(cfg)
+    run_dir = tmp_path / cfg.resolved().run_id
+    assert exc.value.path == str(run_dir / "metrics.csv") and "No space left on device" in str(exc.value)
+    # writes: empty file at open, init rows, task 0 epoch 1, task 0 epoch 2 (fails)
+    assert exc.value.where == {"task": 0, "epoch": 2, "step": exc.value.where["step"]} and exc.value.where["step"] > 0
+    _, rows, manifest = read_run(run_dir)
+    assert manifest["status"] == "failed" and manifest["failed_at"] == exc.value.where
+    assert rows["trained_task"].max() == 0 and rows["epoch"].max() == 1  # the last complete version
