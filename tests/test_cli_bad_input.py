@@ -68,8 +68,25 @@ def labels_out_of_range(tmp):
     return ["--benchmark", "split-mnist", "--data-dir", str(tmp / "data")], "label 12"
 
 
+def text_file(name: str, content: bytes, needle: str):
+    """A --text-file case: the file's content and what the one line must say."""
+    def case(tmp):
+        path = tmp / name
+        path.write_bytes(content)
+        return ["--benchmark", "text-file", "--model", "bert", "--text-file", str(path)], needle.format(path=path)
+    return case
+
+
+TEXT_FILE_CASES = {
+    "empty csv": text_file("d.csv", b"", "{path}' is empty"),
+    "header-only csv": text_file("d.csv", b"task,text,label\n", "{path}' has a header line but no rows"),
+    "invalid utf-8": text_file("d.csv", b"task,text,label\na,fine,pos\na,caf\xe9,neg\n", "{path}' line 3: not UTF-8"),
+    "broken json line": text_file("d.jsonl", b'{"task": "a", "text": "x", "label": "p"}\n{"task": "a", "text"\n',
+                                  "{path}' line 2: not valid JSON"),
+    "empty jsonl": text_file("d.jsonl", b"\n", "{path}' is empty"),
+}
 FILE_CASES = {"bad magic": bad_magic, "truncated images": truncated, "not gzip": not_gzip, "empty data dir": empty_dir,
-              "labels out of range": labels_out_of_range}
+              "labels out of range": labels_out_of_range, **TEXT_FILE_CASES}
 
 
 def check_rejected(argv, needle, tmp_path, capsys):

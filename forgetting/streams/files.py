@@ -10,6 +10,9 @@ of its rows (in ``--text-labels`` order when declared, else sorted); in the
 
 from __future__ import annotations
 
+import csv
+import io
+import json
 import math
 from pathlib import Path
 
@@ -34,6 +37,47 @@ LOADERS = {".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}), ".jsonl": ("json
            ".parquet": ("parquet", {})}
 
 
+def check_text(path: Path, flag: str) -> None:
+    """What ``datasets`` reports only as "An error occurred while generating the dataset": an
+    empty file, bytes that are not UTF-8, a JSON line that does not parse, a CSV without rows,
+    each named with its line."""
+    where = f"{flag}: {str(path)!r}"
+    raw = path.read_bytes()
+    if not raw.strip():
+        raise BadInput(f"{where} is empty, allowed: a header line and one row per example (CSV, TSV) or one JSON "
+                       "object per line (JSON Lines)")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = len((raw[: e.start].decode("utf-8", "replace") + "x").splitlines())
+        raise BadInput(f"{where} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}), allowed: UTF-8; save the "
+                       "file as UTF-8") from None
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        if suffix == ".json":
+            try:
+                json.loads(text)
+                return  # one JSON document: datasets reads it
+            except ValueError:
+                pass  # JSON Lines in a .json file: checked line by line
+        for lineno, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise BadInput(f"{where} line {lineno}: not valid JSON ({e.msg} at column {e.colno}), allowed: one "
+                               "JSON object per line") from None
+            if not isinstance(row, dict):
+                raise BadInput(f"{where} line {lineno}: a JSON {type(row).__name__}, allowed: one JSON object per line")
+    else:
+        delimiter = LOADERS[suffix][1].get("sep", ",")
+        records = (r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(f.strip() for f in r))
+        next(records, None)
+        if next(records, None) is None:
+            raise BadInput(f"{where} has a header line but no rows, allowed: a header line and one row per example")
+
+
 def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, list]:
     """The named columns of a data file, through ``datasets.load_dataset``; BadInput for a bad file."""
     import datasets
@@ -44,6 +88,8 @@ def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, l
     if path.suffix.lower() not in LOADERS:
         raise BadInput(f"{flag}: {path_str!r} has an unknown suffix, allowed: {', '.join(LOADERS)}")
     builder, kwargs = LOADERS[path.suffix.lower()]
+    if builder != "parquet":
+        check_text(path, flag)
     was = datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
