@@ -10,6 +10,7 @@ the others go on; the sweep then writes the plots and summary and exits 1 listin
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import sys
@@ -30,6 +31,7 @@ from .sweep_table import console_table
 
 PROG = "python -m forgetting.sweep"
 SWEEP_LOG = "sweep.json"
+CONFIRM_ABOVE = 1000  # a sweep of more runs than this starts only with --yes: a typo in a grid can mean days
 
 
 def cores() -> int:
@@ -47,11 +49,12 @@ THREADS = Option("threads", int, 1, "torch threads per run", minimum=1)
 class Planned:
     config: RunConfig
     state: str  # new, unfinished (a killed or failed earlier attempt), complete
+    run_id: str  # the config's, computed once
 
 
 # --- planning ---------------------------------------------------------------------------------
-def run_state(config: RunConfig) -> str:
-    manifest = Path(config.results_dir) / config.run_id / MANIFEST
+def run_state(config: RunConfig, run_id: str) -> str:
+    manifest = Path(config.results_dir) / run_id / MANIFEST
     if not manifest.is_file():
         return "new"
     try:
@@ -92,14 +95,20 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
                 raise BadInput(f"{exp.where} ({exp.benchmark}): {probed[key]} "
                                "(or set if_data_missing = \"skip\" in the suite)")
             for config in exp.runs(results_dir, data_dir, device):
-                if config.run_id not in planned:
-                    planned[config.run_id] = Planned(config, run_state(config))
+                run_id = config.run_id
+                if run_id not in planned:
+                    planned[run_id] = Planned(config, run_state(config, run_id), run_id)
     return list(planned.values())
+
+
+@functools.lru_cache(maxsize=None)
+def _method_defaults(spec: str) -> dict:
+    return {o.name: o.default for o in methods_mod.method_options(spec)}
 
 
 def describe(config: RunConfig) -> str:
     """A short label: stream, scenario, method with its non-default hyper-parameters, seed."""
-    defaults = {o.name: o.default for o in methods_mod.method_options(config.method)}
+    defaults = _method_defaults(config.method)
     hp = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in config.hparams.items() if defaults.get(k) != v)
     return f"{config.benchmark}/{config.scenario} {config.method}{' ' + hp if hp else ''} seed={config.seed}"
@@ -126,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report-dir", default=None, help="where the plots and summary go (default: RESULTS_DIR/report)")
     p.add_argument("--no-report", action="store_true", help="do not write the plots and summary")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is complete; run nothing")
+    p.add_argument("--yes", action="store_true", help=f"run even when more than {CONFIRM_ABOVE} runs are to run "
+                   "(without it such a sweep stops before starting, with the count)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     return p
 
@@ -161,9 +172,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BAD_INPUT
     if ns.list:
         for r in runs:
-            print(f"{r.state:<10} {r.config.run_id}  {describe(r.config)}")
+            print(f"{r.state:<10} {r.run_id}  {describe(r.config)}")
         return 0
     todo = [r.config for r in runs if r.state != "complete"]
+    if len(todo) > CONFIRM_ABOVE and not ns.yes:
+        print(f"{PROG}: error: {len(todo)} runs to run, more than {CONFIRM_ABOVE}: pass --yes to start them "
+              "(--list shows them)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     done_before = len(runs) - len(todo)
     say(f"{PROG}: {len(runs)} runs in {', '.join(ns.suites)}: {done_before} already complete, "
         f"{sum(r.state == 'unfinished' for r in runs)} unfinished to run again, {sum(r.state == 'new' for r in runs)} new")
@@ -204,8 +219,8 @@ def write_log(ns, runs: list[Planned], outcomes: dict[str, Outcome]) -> Path:
     """RESULTS_DIR/sweep.json: what this sweep found and did, run by run."""
     entries = {}
     for r in runs:
-        o = outcomes.get(r.config.run_id)
-        entries[r.config.run_id] = {"label": describe(r.config), "before": r.state,
+        o = outcomes.get(r.run_id)
+        entries[r.run_id] = {"label": describe(r.config), "before": r.state,
                                     "status": o.status if o else "complete", "error": o.error if o else None,
                                     "seconds": round(o.seconds, 3) if o else None}
     path = Path(ns.results_dir) / SWEEP_LOG
@@ -228,7 +243,7 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
               "sweep again when it ends to include them in the report", file=sys.stderr)
     code = 0
     if not ns.no_report:
-        complete = [Path(ns.results_dir) / r.config.run_id for r in runs if r.config.run_id not in failed]
+        complete = [Path(ns.results_dir) / r.run_id for r in runs if r.run_id not in failed]
         out = Path(ns.report_dir) if ns.report_dir else Path(ns.results_dir) / "report"
         from .plot import write_report  # pandas, seaborn: loaded only when a report is written
 
@@ -245,7 +260,7 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
     print(f"results: {ns.results_dir} (log of this sweep: {log})")
     if failed:
         print(f"{PROG}: {len(failed)} of {len(runs)} runs failed:", file=sys.stderr)
-        labels = {r.config.run_id: describe(r.config) for r in runs}
+        labels = {r.run_id: describe(r.config) for r in runs}
         for rid, o in failed.items():
             print(f"  {rid} ({labels.get(rid, '')}): {o.error} [{Path(ns.results_dir) / rid}]", file=sys.stderr)
         code = 1

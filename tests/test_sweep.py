@@ -404,3 +404,18 @@ def test_two_sweeps_on_one_results_dir_run_every_run_once_and_whole(tmp_path):
         assert len(rows) == 5 * (1 + 5 * epochs)
         assert sorted(rows.loc[rows["phase"] == "epoch", "trained_task"].unique()) == [0, 1, 2, 3, 4]
         assert not (results / rid / "run.lock").exists()  # every claim released
+
+
+def test_a_sweep_above_the_confirmation_size_needs_yes(tmp_path, capsys):
+    """1,200 runs: --list shows them all, running them needs --yes (nothing is written before)."""
+    lambdas = ", ".join(str(i / 10) for i in range(200))
+    suite = write(tmp_path, TINY.format(epochs=1).replace("seeds = [0, 1]", "seeds = [0, 1, 2, 3, 4, 5]")
+                  .replace("grid.kl_lambda = [0, 1]", f"grid.kl_lambda = [{lambdas}]"))
+    results = tmp_path / "r"
+    assert sweep.main([str(suite), "--results-dir", str(results), "--list"]) == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert len(listed) == 1200 and all(line.startswith("new") for line in listed)
+    assert sweep.main([str(suite), "--results-dir", str(results), "--no-report"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "1200 runs to run" in err and "--yes" in err
+    assert not results.exists()
