@@ -151,11 +151,24 @@ def determinism_settings(device: torch.device) -> dict:
     }
 
 
+def warn_one_class_tasks(stream) -> list[str]:
+    """In ``task`` a task with one class gets a one-output head: nothing to learn, accuracy 100%. Say so."""
+    if stream.scenario != "task":
+        return []
+    lonely = [task.name for task, outs in zip(stream.tasks, stream.layout.task_outputs) if len(outs) < 2]
+    for name in lonely:
+        log.warning("task %r has one class: with --scenario task its head has one output, so its loss is 0 and its "
+                    "accuracy 100%% whatever the model does (give it two classes, or use --scenario domain or class)",
+                    name)
+    return lonely
+
+
 def prepare(config: RunConfig):
     """Everything a run needs, built and checked before any file is written."""
     device = resolve_device(config.device)
     stream = streams_mod.build_stream(config.benchmark, config.scenario,
                                       {**config.stream_options, "data_dir": config.data_dir, "model": config.model})
+    warn_one_class_tasks(stream)
     methods = methods_mod.build_methods(config.method, config.hparams)
     seed_everything(config.seed)
     try:

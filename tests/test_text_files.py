@@ -146,3 +146,21 @@ def test_cli_trains_a_small_bert_on_a_file_stream_with_every_method(tmp_path, ca
         assert len(rows) == 2 * (1 + 2 * 2)  # 2 tasks evaluated at init and after each of 2 epochs of 2 tasks
         assert json.loads((run / "manifest.json").read_text())["status"] == "complete"
         assert rows["accuracy"].between(0, 1).all() and rows.query("trained_task == 1")["kl_base"].notna().all()
+
+
+def test_a_one_class_task_in_the_task_scenario_warns(tmp_path, caplog):
+    import logging
+
+    from forgetting.run import warn_one_class_tasks
+
+    rows = ([("reviews", t, "pos") for t in POS] + [("reviews", t, "neg") for t in NEG]
+            + [("sports", t, "sport") for t in SPORT + ["a new coach", "the last lap"]])
+    path = write_csv(tmp_path / "d.csv", rows)
+    caplog.set_level(logging.WARNING, logger="forgetting")
+    assert warn_one_class_tasks(build_stream("text-file", "task", opts(path))) == ["text-file[sports]"]
+    assert "task 'text-file[sports]' has one class" in caplog.text and "--scenario domain or class" in caplog.text
+    caplog.clear()
+    for scenario in ("domain", "class"):  # one shared head: no one-output head
+        assert warn_one_class_tasks(build_stream("text-file", scenario, opts(path))) == []
+    assert warn_one_class_tasks(build_stream("text-file", "task", opts(write_csv(tmp_path / "e.csv", ROWS)))) == []
+    assert caplog.text == ""
