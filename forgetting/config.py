@@ -36,6 +36,9 @@ class RunConfig:
     hparams: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
     model_options: dict[str, Any] = field(default_factory=dict)
     stream_options: dict[str, Any] = field(default_factory=dict)
+    # digests of the data files the stream reads (streams.data_fingerprint), set by resolved():
+    # editing a data file gives a new run id. Hashed only when not empty (no files: ids as before).
+    data_fingerprint: dict[str, str] = field(default_factory=dict)
     epochs: int = 5
     batch_size: int = 32
     lr: float = 1e-3
@@ -83,11 +86,14 @@ class RunConfig:
         d["hparams"] = check_all(methods.method_options(self.method), self.hparams, where="method option ")
         d["model_options"] = check_all(models.model_module(self.model).OPTIONS, self.model_options, where="model option ")
         d["stream_options"] = check_all(streams.OPTIONS, self.stream_options, where="stream option ")
+        d["data_fingerprint"] = streams.data_fingerprint(self.benchmark, {**d["stream_options"], "data_dir": self.data_dir})
         return RunConfig(**d)
 
     def hashed_dict(self) -> dict[str, Any]:
         """``to_dict`` less UNHASHED, shallow (``asdict``'s deep copy made a 12,000-run sweep slow)."""
         d = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in UNHASHED}
+        if not d["data_fingerprint"]:
+            del d["data_fingerprint"]
         d["schema_version"] = SCHEMA_VERSION
         return d
 

@@ -255,7 +255,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
 
 def _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume):
     settings = determinism_settings(device)
-    writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
+    writer = RunWriter(config, str(device), extra_manifest={"determinism": settings, "data": config.data_fingerprint})
     trainer_cls = Trainer
     if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
         from .integrations.avalanche import AvalancheTrainer as trainer_cls
@@ -333,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ns = parser.parse_args(argv)
     setup_logging(ns.quiet)
     try:
-        config = config_from_args(ns)
+        config = config_from_args(ns).resolved()
         run_dir, rows, status = run_experiment(config, force=ns.force, resume=ns.resume)
     except BadInput as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)

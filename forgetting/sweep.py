@@ -94,7 +94,9 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
                     continue
                 raise BadInput(f"{exp.where} ({exp.benchmark}): {probed[key]} "
                                "(or set if_data_missing = \"skip\" in the suite)")
+            fingerprint = streams_mod.data_fingerprint(exp.benchmark, {**exp.stream_options, "data_dir": data_dir})
             for config in exp.runs(results_dir, data_dir, device):
+                config.data_fingerprint = dict(fingerprint)  # as RunConfig.resolved() sets it, once per experiment
                 run_id = config.run_id
                 if run_id not in planned:
                     planned[run_id] = Planned(config, run_state(config, run_id), run_id)

@@ -18,6 +18,7 @@ from forgetting import sweep
 from forgetting.errors import BadInput
 from forgetting.results import CONFIG, MANIFEST, METRICS
 from forgetting.run import build_parser, config_from_args
+from forgetting.streams import default_data_dir
 from forgetting.suite import load_suite
 
 TINY = """
@@ -370,8 +371,9 @@ def test_run_all_passes_arguments_through_and_returns_the_sweep_exit_code(tmp_pa
     assert listed.returncode == 0, listed.stderr
     quick = load_suite(ROOT / "benchmarks" / "quick.toml")
     ids = {line.split()[1] for line in listed.stdout.splitlines() if line.startswith("new")}
-    digits = {c.run_id for c in quick.runs("results", None) if c.benchmark == "split-digits"}
-    assert digits <= ids <= {c.run_id for c in quick.runs("results", None)}
+    configs = [c.resolved() for c in quick.runs("results", default_data_dir())]  # run ids hash the data files
+    digits = {c.run_id for c in configs if c.benchmark == "split-digits"}
+    assert digits <= ids <= {c.run_id for c in configs}
     bad = subprocess.run([str(ROOT / "run_all.sh"), "--quick", "--workers", "0", "--results-dir", str(results)],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "--workers" in bad.stderr

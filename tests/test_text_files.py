@@ -164,3 +164,47 @@ def test_a_one_class_task_in_the_task_scenario_warns(tmp_path, caplog):
         assert warn_one_class_tasks(build_stream("text-file", scenario, opts(path))) == []
     assert warn_one_class_tasks(build_stream("text-file", "task", opts(write_csv(tmp_path / "e.csv", ROWS)))) == []
     assert caplog.text == ""
+
+
+def test_editing_the_data_file_gives_a_new_run_id_and_the_manifest_records_its_digest(tmp_path):
+    import hashlib
+
+    from forgetting.config import RunConfig
+    from forgetting.results import read_run
+    from forgetting.run import run_experiment
+
+    path = write_csv(tmp_path / "d.csv", ROWS)
+
+    def config(**kw):
+        return RunConfig(benchmark="text-file", scenario="class", model="bert", epochs=1, progress=False,
+                         stream_options={"text_file": str(path), "max_seq_len": 16}, results_dir=str(tmp_path / "r"),
+                         model_options={"bert_layers": 1, "bert_hidden": 16, "bert_heads": 2}, **kw).resolved()
+
+    first = config()
+    assert first.data_fingerprint == {"text_file": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}
+    run_dir, _, status = run_experiment(first)
+    assert status == "complete" and read_run(run_dir)[2]["data"] == first.data_fingerprint
+    assert run_experiment(config())[2] == "skipped"  # same bytes: the same run
+    write_csv(path, ROWS[:-1] + [("sports", "the match was dull", "pos")])  # one row edited
+    edited = config()
+    assert edited.run_id != first.run_id and edited.data_fingerprint != first.data_fingerprint
+    assert run_experiment(edited)[2] == "complete"  # not "already complete"
+    write_csv(path, ROWS)  # back as it was: the first run again
+    assert config().run_id == first.run_id
+
+
+def test_mnist_runs_hash_their_idx_files(tmp_path, mnist_dir):
+    import shutil
+
+    from forgetting.config import RunConfig
+
+    copy = tmp_path / "data"
+    shutil.copytree(mnist_dir / "mnist", copy / "mnist")
+    cfg = RunConfig(benchmark="split-mnist", data_dir=str(copy)).resolved()
+    assert sorted(cfg.data_fingerprint) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    assert RunConfig(benchmark="split-mnist", data_dir=str(mnist_dir)).resolved().run_id == cfg.run_id  # moved: same
+    labels = copy / "mnist" / "t10k-labels-idx1-ubyte.gz"
+    raw = labels.read_bytes()
+    labels.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit of one byte
+    assert RunConfig(benchmark="split-mnist", data_dir=str(copy)).resolved().run_id != cfg.run_id
+    assert RunConfig().resolved().data_fingerprint == {}  # bundled digits: no files, ids as before

@@ -39,6 +39,15 @@ def default_data_dir() -> str | None:
     return str(shared) if shared.is_dir() else None
 
 
+def data_fingerprint(benchmark: str, options: dict) -> dict:
+    """Digests of the data files the benchmark's stream reads (its module's ``data_fingerprint``), or {}."""
+    if benchmark not in BENCHMARKS:
+        return {}
+    module = importlib.import_module(BENCHMARKS[benchmark][0])
+    fingerprint = getattr(module, "data_fingerprint", None)
+    return fingerprint(options) if fingerprint is not None else {}
+
+
 def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
     """The stream, or BadInput naming an unknown benchmark or scenario, or unreadable data."""
     if benchmark not in BENCHMARKS:
@@ -56,5 +65,5 @@ def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
 
 __all__ = [
     "BENCHMARKS", "SCENARIOS", "Batch", "HeadLayout", "Task", "TaskData", "TaskStream", "TensorData",
-    "build_stream", "default_data_dir", "iterate_batches", "layout_for",
+    "build_stream", "data_fingerprint", "default_data_dir", "iterate_batches", "layout_for",
 ]

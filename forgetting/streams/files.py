@@ -18,6 +18,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import Option, defaults
+from .digest import file_digest
 from .text import RawTask, split_train_test, text_stream
 
 OPTIONS = [
@@ -35,6 +36,16 @@ OPTIONS = [
 
 LOADERS = {".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {}),
            ".parquet": ("parquet", {})}
+
+
+def data_fingerprint(options: dict) -> dict:
+    """The digest of the data file and of the test file: editing either gives a new run id."""
+    out = {}
+    for key in ("text_file", "text_test_file"):
+        digest = file_digest(options[key]) if options.get(key) else None
+        if digest is not None:
+            out[key] = digest
+    return out
 
 
 def check_text(path: Path, flag: str) -> None:

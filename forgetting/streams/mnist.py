@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
+from .digest import digests
 from .splits import class_split_stream, permuted_stream, stratified_split
 
 IMAGES_MAGIC = 0x00000803
@@ -71,6 +72,15 @@ def _pair(data_dir: Path, prefix: str):
     if y.max(initial=0) > 9:
         raise BadInput(f"malformed MNIST labels {labels}: label {int(y.max())} outside 0-9")
     return (x.astype(np.float32) / 255.0), y.astype(np.int64)
+
+
+def data_fingerprint(options: dict) -> dict:
+    """The digests of the IDX files the stream reads (the same files ``load_arrays`` finds)."""
+    data_dir = options.get("data_dir")
+    if data_dir is None or not Path(data_dir).is_dir():
+        return {}
+    return digests(_find(Path(data_dir), f"{prefix}-{kind}") for prefix in ("train", "t10k")
+                   for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
 
 def load_arrays(data_dir: str | None, download: bool = False):
