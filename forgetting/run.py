@@ -209,6 +209,14 @@ class Recorder:
         self.writer.task_done(trainer, task)
 
 
+def ray_node() -> dict:
+    """``{"ray_node_id": ...}`` when this run is a Ray task (which node of a cluster ran it), else {}."""
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return {}
+    return {"ray_node_id": ray.get_runtime_context().get_node_id()}
+
+
 def _previous(run_dir: Path):
     """(rows, manifest) of an earlier attempt, or (None, None) when there is none or it does not read."""
     if not (run_dir / MANIFEST).is_file():
@@ -255,7 +263,8 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
 
 def _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume):
     settings = determinism_settings(device)
-    writer = RunWriter(config, str(device), extra_manifest={"determinism": settings, "data": config.data_fingerprint})
+    extra = {"determinism": settings, "data": config.data_fingerprint, **ray_node()}
+    writer = RunWriter(config, str(device), extra_manifest=extra)
     trainer_cls = Trainer
     if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
         from .integrations.avalanche import AvalancheTrainer as trainer_cls

@@ -1,0 +1,179 @@
+"""A sweep on a real Ray cluster: a head and a second node as separate processes, and
+``--executor ray --ray-address`` joining them.
+
+The cluster lives in a network namespace of its own (``unshare --net --pid``: only a loopback
+interface, so nothing of it is reachable from outside, and every process in it dies with the
+namespace's first process). Run as a script, this file is that first process: it starts the
+two nodes, runs the sweep through them, optionally kills the second node once it has started
+a run, and exits. Needs root (for the namespace) and Ray; skipped otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = """
+name = "cluster"
+[defaults]
+epochs = 2
+batch_size = 64
+model_options = { hidden = [32], dropout = 0.0 }
+[[experiment]]
+benchmark = "split-digits"
+scenarios = ["domain"]
+seeds = [0, 1, 2]
+[[experiment.method]]
+name = "kl"
+grid.kl_lambda = [0, 1]
+"""
+
+
+# --- inside the namespace -----------------------------------------------------------------------
+def _ray(*args: str, env: dict, log: Path) -> subprocess.Popen:
+    ray = str(Path(sys.executable).parent / "ray")
+    return subprocess.Popen([ray, "start", "--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+                             "--object-store-memory", str(100 * 2**20), "--disable-usage-stats", *args],
+                            env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _wait_for_nodes(address: str, n: int, nodes: list[subprocess.Popen], timeout: float = 180) -> None:
+    import socket
+
+    import ray
+
+    deadline = time.monotonic() + timeout
+    host, port = address.split(":")
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in nodes):
+            raise SystemExit("a Ray node exited while starting (see its log)")
+        with socket.socket() as s:
+            if s.connect_ex((host, int(port))) != 0:  # the head's GCS is not listening yet
+                time.sleep(0.5)
+                continue
+        try:
+            ray.init(address=address, logging_level="ERROR")
+            alive = sum(node["Alive"] for node in ray.nodes())
+            ray.shutdown()
+            if alive >= n:
+                return
+        except Exception:  # noqa: BLE001 - the head is not up yet
+            pass
+        time.sleep(1)
+    raise SystemExit(f"the cluster did not reach {n} nodes in {timeout} s")
+
+
+def in_namespace(suite: str, results: str, logs: str, kill_worker: bool) -> int:
+    """Start a head and a worker node on 127.0.0.1, sweep through them, return the sweep's exit code."""
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    logs = Path(logs)
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
+    try:
+        return _cluster(suite, results, logs, temp, kill_worker)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cluster(suite: str, results: str, logs: Path, temp: str, kill_worker: bool) -> int:
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
+               RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex)
+    os.environ.update(env)
+    address = "127.0.0.1:6380"
+    head = _ray("--head", "--port", "6380", "--include-dashboard", "false", "--temp-dir", temp,
+                "--dashboard-agent-listen-port", "52401", "--dashboard-agent-grpc-port", "52402",
+                "--runtime-env-agent-port", "52403", "--metrics-export-port", "52404",
+                env=env, log=logs / "head.log")
+    worker = _ray("--address", address, "--dashboard-agent-listen-port", "52411", "--dashboard-agent-grpc-port",
+                  "52412", "--runtime-env-agent-port", "52413", "--metrics-export-port", "52414",
+                  env=env, log=logs / "worker.log")
+    _wait_for_nodes(address, 2, [head, worker])
+    sweep = subprocess.Popen([sys.executable, "-m", "forgetting.sweep", suite, "--executor", "ray", "--ray-address",
+                              address, "--results-dir", results, "--no-report", "--quiet"],
+                             cwd=ROOT, env=env, stdout=(logs / "sweep.out").open("w"), stderr=subprocess.STDOUT)
+    if kill_worker:  # once the worker node has a run going: SIGKILL the node and everything it started
+        import ray
+
+        ray.init(address=address, logging_level="ERROR")
+        head_id = next(n["NodeID"] for n in ray.nodes() if "node:__internal_head__" in n.get("Resources", {}))
+        ray.shutdown()
+        deadline = time.monotonic() + 300
+        while sweep.poll() is None and time.monotonic() < deadline:
+            running = [json.loads(m.read_text()) for m in Path(results).glob("*/manifest.json")]
+            if any(m.get("ray_node_id") not in (None, head_id) and m["status"] == "running" and m["completed_tasks"] >= 1
+                   for m in running):
+                os.killpg(worker.pid, signal.SIGKILL)
+                (logs / "killed").write_text("worker node killed mid-run\n")
+                break
+            time.sleep(0.05)
+    return sweep.wait(timeout=600)
+
+
+# --- the test ---------------------------------------------------------------------------------
+def _can_unshare() -> bool:
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        return False
+    return subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", "true"],
+                          capture_output=True).returncode == 0
+
+
+def _rows(results: Path) -> dict[str, pd.DataFrame]:
+    out = {}
+    for m in results.glob("*/manifest.json"):
+        if json.loads(m.read_text())["status"] == "complete":
+            out[m.parent.name] = pd.read_csv(m.parent / "metrics.csv").drop(columns="wall_time")
+    return out
+
+
+def _cluster_sweep(tmp_path: Path, kill_worker: bool) -> tuple[Path, Path]:
+    suite = tmp_path / "suite.toml"
+    suite.write_text(SUITE)
+    results, logs = tmp_path / "cluster", tmp_path / "logs"
+    logs.mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    p = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, __file__, str(suite),
+                        str(results), str(logs), "kill" if kill_worker else "keep"],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = (logs / "sweep.out").read_text() if (logs / "sweep.out").exists() else ""
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-3000:]}\n{out[-3000:]}"
+    return suite, results
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_worker", [False, True], ids=["both-nodes", "worker-killed"])
+def test_a_sweep_on_a_two_node_ray_cluster(tmp_path, kill_worker):
+    pytest.importorskip("ray")
+    if not _can_unshare():
+        pytest.skip("needs root to make a network namespace (unshare --net) for the cluster")
+    suite, results = _cluster_sweep(tmp_path, kill_worker)
+    manifests = [json.loads(m.read_text()) for m in results.glob("*/manifest.json")]
+    assert len(manifests) == 6 and all(m["status"] == "complete" for m in manifests)
+    assert not list(results.glob("*/run.lock"))  # every claim released, the killed node's taken over
+    if kill_worker:
+        assert (tmp_path / "logs" / "killed").exists(), "the worker node never started a run"
+        assert any(m.get("resumed_at") or m.get("ray_node_id") for m in manifests)
+    else:
+        assert len({m["ray_node_id"] for m in manifests}) == 2, "both nodes ran runs"
+    p = subprocess.run([sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(tmp_path / "process"),
+                        "--workers", "2", "--no-report", "--quiet"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert p.returncode == 0, p.stderr[-2000:]
+    cluster, process = _rows(results), _rows(tmp_path / "process")
+    assert cluster.keys() == process.keys() and len(cluster) == 6
+    for rid, df in process.items():
+        pd.testing.assert_frame_equal(cluster[rid], df, check_exact=True)
+
+
+if __name__ == "__main__":  # the namespace's first process: python tests/test_ray_cluster.py SUITE RESULTS LOGS kill|keep
+    sys.exit(in_namespace(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "kill"))
