@@ -124,6 +124,14 @@ class Claim:
         self.release()
 
 
+def check_free(run_dir: str | Path) -> None:
+    """RunBusy when a live owner holds ``run_dir`` now (a cheap look before costly preparation)."""
+    lock = Path(run_dir) / LOCK
+    found = read_owner(lock)
+    if found is not None and stale_reason(*found) is None:
+        raise RunBusy(lock, found[0])
+
+
 def claim(run_dir: str | Path) -> Claim:
     """Claim ``run_dir`` (created if needed) for this process; RunBusy when a live owner holds it."""
     run_dir = Path(run_dir)

@@ -23,7 +23,7 @@ from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, WriteFai
 from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
 from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_last_readable, save_boundary
-from .claim import RunBusy, claim
+from .claim import RunBusy, check_free, claim
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 from .train import Trainer
 
@@ -253,6 +253,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
         old_rows, previous = _previous(run_dir)
         if previous is not None and previous.get("status") == "complete":
             return run_dir, old_rows, "skipped"
+    check_free(run_dir)  # another process runs it: say so before preparing (a stream can take minutes)
     device, stream, model, methods = prepare(config)  # checks everything before a file is written
     with claim(run_dir):
         old_rows, previous = _previous(run_dir)  # again, under the claim: another process may have run it
