@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.errors import RunFailed
 from forgetting.run import run_experiment
 from forgetting.results import read_run
@@ -22,7 +23,7 @@ TIMING = ["wall_time"]
 
 
 def rows_of(tmp, seed, **kw):
-    cfg = RunConfig(seed=seed, epochs=2, results_dir=str(tmp), progress=False, **kw)
+    cfg = make_config(seed=seed, epochs=2, results_dir=str(tmp), progress=False, **kw)
     _, rows, _ = run_experiment(cfg, force=True)
     return rows.drop(columns=TIMING)
 
@@ -37,7 +38,7 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
 
 
 def test_manifest_records_what_reproduction_needs(tmp_path):
-    cfg = RunConfig(seed=3, epochs=1, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(seed=3, epochs=1, results_dir=str(tmp_path), progress=False)
     run_dir, _, _ = run_experiment(cfg)
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "complete" and m["seed"] == 3 and m["device"] == "cpu"
@@ -95,11 +96,11 @@ def test_sigkill_during_third_task_then_resume_gives_identical_rows(tmp_path):
 
 
 def test_nan_loss_stops_at_once_and_keeps_rows(tmp_path):
-    cfg = RunConfig(lr=1e30, epochs=3, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(lr=1e30, epochs=3, results_dir=str(tmp_path), progress=False)
     with pytest.raises(RunFailed) as exc:
         run_experiment(cfg)
     where = exc.value.where
-    _, rows, manifest = read_run(tmp_path / cfg.resolved().run_id)
+    _, rows, manifest = read_run(tmp_path / cfg.run_id)
     assert manifest["status"] == "failed"
     assert manifest["failed_at"]["step"] == where["step"]
     assert f"step {where['step']}" in manifest["error"] and "task 0" in manifest["error"]
@@ -124,7 +125,7 @@ def test_resume_restores_method_state(method, tmp_path, monkeypatch):
     """EWC's Fisher, SI's importance, the replay buffer...: a resumed run gives the same rows."""
     from forgetting.results import RunWriter
 
-    cfg = RunConfig(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
+    cfg = make_config(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
                     progress=False, model_options={"hidden": [32], "dropout": 0.2})
     original = RunWriter.task_done
 
@@ -200,7 +201,7 @@ def test_a_claimed_run_is_refused_with_one_line_and_left_alone(tmp_path):
     from forgetting.run import build_parser, config_from_args
 
     args = ["--epochs", "1", "--results-dir", str(tmp_path), "--quiet"]
-    run_id = config_from_args(build_parser().parse_args(args)).resolved().run_id
+    run_id = config_from_args(build_parser().parse_args(args)).run_id
     alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
     try:
         lock = _lock(tmp_path / run_id, pid=alive.pid, host=HOST)
@@ -228,10 +229,10 @@ def test_complete_only_with_every_tasks_rows(tmp_path, monkeypatch):
         return [] if t == 3 else original(self, phase, t, epoch, train_loss)
 
     monkeypatch.setattr(Trainer, "record", drop_task_3)
-    cfg = RunConfig(epochs=1, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(epochs=1, results_dir=str(tmp_path), progress=False)
     with pytest.raises(RunFailed, match=r"rows of tasks \[3\] are missing"):
         run_experiment(cfg)
-    manifest = json.loads((tmp_path / cfg.resolved().run_id / "manifest.json").read_text())
+    manifest = json.loads((tmp_path / cfg.run_id / "manifest.json").read_text())
     assert manifest["status"] == "failed" and manifest["failed_at"] == {"tasks": [3]}
 
 
@@ -250,7 +251,7 @@ def _cut_after_task(cfg, task, monkeypatch):
     with pytest.raises(Crash):
         run_experiment(cfg)
     monkeypatch.setattr(RunWriter, "task_done", original)
-    return Path(cfg.results_dir) / cfg.resolved().run_id
+    return Path(cfg.results_dir) / cfg.run_id
 
 
 @pytest.mark.parametrize("damage, expect", [
@@ -259,7 +260,7 @@ def _cut_after_task(cfg, task, monkeypatch):
     ("garbage task_0.safetensors", "starting again from the first task"),
 ])
 def test_corrupt_checkpoint_on_resume_names_the_file_and_falls_back(damage, expect, tmp_path, monkeypatch, caplog):
-    cfg = RunConfig(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
+    cfg = make_config(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
                     model_options={"hidden": [16]})
     run_dir = _cut_after_task(cfg, 2, monkeypatch)
     how, name = damage.split()
@@ -284,7 +285,7 @@ def test_corrupt_checkpoint_on_resume_names_the_file_and_falls_back(damage, expe
 
 def test_every_file_of_a_run_has_the_same_mode(tmp_path):
     """Checkpoints too: safetensors' writer alone would leave 0600 where the rest is 0644."""
-    cfg = RunConfig(epochs=1, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    cfg = make_config(epochs=1, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
     run_dir, _, _ = run_experiment(cfg)
     modes = {p.relative_to(run_dir).as_posix(): p.stat().st_mode & 0o777 for p in run_dir.rglob("*") if p.is_file()}
     assert "checkpoints/task_0.safetensors" in modes and len(set(modes.values())) == 1, modes
@@ -339,10 +340,10 @@ def test_a_write_that_fails_stops_the_run_with_the_path_and_position(tmp_path, m
         original(path, text)
 
     monkeypatch.setattr(results, "atomic_write_text", fill_up)
-    cfg = RunConfig(epochs=2, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    cfg = make_config(epochs=2, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
     with pytest.raises(WriteFailed) as exc:
         run_experiment(cfg)
-    run_dir = tmp_path / cfg.resolved().run_id
+    run_dir = tmp_path / cfg.run_id
     assert exc.value.path == str(run_dir / "metrics.csv") and "No space left on device" in str(exc.value)
     # writes: empty file at open, init rows, task 0 epoch 1, task 0 epoch 2 (fails)
     assert exc.value.where == {"task": 0, "epoch": 2, "step": exc.value.where["step"]} and exc.value.where["step"] > 0

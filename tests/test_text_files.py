@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forgetting.registry import tokenizer_maker
 from forgetting.errors import BadInput
 from forgetting.run import main
 from forgetting.streams import build_stream
@@ -28,7 +29,7 @@ def write_csv(path: Path, rows, newline: str = "\r", header=("task", "text", "la
 
 
 def opts(path, **kw):
-    return {"text_file": str(path), "model": "bert", "max_seq_len": 16, **kw}
+    return {"text_file": str(path), "tokenizer": tokenizer_maker("bert"), "max_seq_len": 16, **kw}
 
 
 def decoded(stream, task: int, split: str) -> list[str]:
@@ -126,7 +127,7 @@ def test_cli_rejects_empty_tasks_checkpoints_without_config_and_non_text_models(
     code, err = run_main(capsys, *base[:-len(TINY)], "--model", f"bert:{tmp_path / 'ckpt'}")
     assert code == 2 and "no config.json in" in err and err.count("\n") == 1
     code, err = run_main(capsys, *base[:-len(TINY)], "--model", "mlp")
-    assert code == 2 and "text streams need a text model" in err
+    assert code == 2 and "it reads tensor inputs but benchmark 'text-file' gives text" in err
     code, err = run_main(capsys, *base, "--model", "bert", "--text-labels", "pos", "neg")
     assert code == 2 and "label 'sport' is outside the declared classes" in err
     assert not results.exists()
@@ -169,16 +170,16 @@ def test_a_one_class_task_in_the_task_scenario_warns(tmp_path, caplog):
 def test_editing_the_data_file_gives_a_new_run_id_and_the_manifest_records_its_digest(tmp_path):
     import hashlib
 
-    from forgetting.config import RunConfig
+    from forgetting.registry import make_config
     from forgetting.results import read_run
     from forgetting.run import run_experiment
 
     path = write_csv(tmp_path / "d.csv", ROWS)
 
     def config(**kw):
-        return RunConfig(benchmark="text-file", scenario="class", model="bert", epochs=1, progress=False,
-                         stream_options={"text_file": str(path), "max_seq_len": 16}, results_dir=str(tmp_path / "r"),
-                         model_options={"bert_layers": 1, "bert_hidden": 16, "bert_heads": 2}, **kw).resolved()
+        return make_config(benchmark="text-file", scenario="class", model="bert", epochs=1, progress=False,
+                           stream_options={"text_file": str(path), "max_seq_len": 16}, results_dir=str(tmp_path / "r"),
+                           model_options={"bert_layers": 1, "bert_hidden": 16, "bert_heads": 2}, **kw)
 
     first = config()
     assert first.data_fingerprint == {"text_file": "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()}
@@ -196,15 +197,15 @@ def test_editing_the_data_file_gives_a_new_run_id_and_the_manifest_records_its_d
 def test_mnist_runs_hash_their_idx_files(tmp_path, mnist_dir):
     import shutil
 
-    from forgetting.config import RunConfig
+    from forgetting.registry import make_config
 
     copy = tmp_path / "data"
     shutil.copytree(mnist_dir / "mnist", copy / "mnist")
-    cfg = RunConfig(benchmark="split-mnist", data_dir=str(copy)).resolved()
+    cfg = make_config(benchmark="split-mnist", data_dir=str(copy))
     assert sorted(cfg.data_fingerprint) == ["t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
-    assert RunConfig(benchmark="split-mnist", data_dir=str(mnist_dir)).resolved().run_id == cfg.run_id  # moved: same
+    assert make_config(benchmark="split-mnist", data_dir=str(mnist_dir)).run_id == cfg.run_id  # moved: same
     labels = copy / "mnist" / "t10k-labels-idx1-ubyte.gz"
     raw = labels.read_bytes()
     labels.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit of one byte
-    assert RunConfig(benchmark="split-mnist", data_dir=str(copy)).resolved().run_id != cfg.run_id
-    assert RunConfig().resolved().data_fingerprint == {}  # bundled digits: no files, ids as before
+    assert make_config(benchmark="split-mnist", data_dir=str(copy)).run_id != cfg.run_id
+    assert make_config().data_fingerprint == {}  # bundled digits: no files, ids as before
