@@ -26,7 +26,7 @@ from .options import Option
 from .results import MANIFEST, atomic_write_json, now
 from .run import build_stream_for, ensure_writable
 from .streams import default_data_dir
-from .suite import Experiment, load_suite
+from .suite import load_suite
 from .sweep_table import console_table
 
 PROG = "python -m forgetting.sweep"
@@ -64,10 +64,10 @@ def run_state(config: RunConfig, run_id: str) -> str:
     return "complete" if status == "complete" else "unfinished"
 
 
-def probe_data(experiment: Experiment, data_dir: str | None) -> str | None:
-    """Why the experiment's stream cannot be built here (data missing or malformed), or None."""
+def probe_data(config: RunConfig) -> str | None:
+    """Why the stream of an experiment's first run cannot be built here (data missing or malformed), or None."""
     try:
-        build_stream_for(experiment.runs("results", data_dir)[0])
+        build_stream_for(config)
     except BadInput as e:
         return str(e)
     return None
@@ -84,16 +84,17 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
     probed: dict[str, str | None] = {}
     for suite in suites:
         for exp in suite.experiments:
+            configs = exp.runs(results_dir, data_dir, device)  # each resolved once (ms per run)
             key = json.dumps([exp.benchmark, exp.model, exp.stream_options], sort_keys=True)
             if key not in probed:
-                probed[key] = probe_data(exp, data_dir)
+                probed[key] = probe_data(configs[0])
             if probed[key] is not None:
                 if exp.if_data_missing == "skip":
                     note(f"skipping experiment {exp.name!r} ({exp.where}): {probed[key]}")
                     continue
                 raise BadInput(f"{exp.where} ({exp.benchmark}): {probed[key]} "
                                "(or set if_data_missing = \"skip\" in the suite)")
-            for config in exp.runs(results_dir, data_dir, device):
+            for config in configs:
                 run_id = config.run_id
                 if run_id not in planned:
                     planned[run_id] = Planned(config, run_state(config, run_id), run_id)
