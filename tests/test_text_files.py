@@ -209,3 +209,20 @@ def test_mnist_runs_hash_their_idx_files(tmp_path, mnist_dir):
     labels.write_bytes(raw[:-1] + bytes([raw[-1] ^ 1]))  # one bit of one byte
     assert make_config(benchmark="split-mnist", data_dir=str(copy)).run_id != cfg.run_id
     assert make_config().data_fingerprint == {}  # bundled digits: no files, ids as before
+
+
+@pytest.mark.parametrize("benchmark, folder, edited", [("uci-sentiment", "uci_sentiment", "yelp_labelled.txt"),
+                                                       ("ag-news", "ag_news", "classes.txt"),
+                                                       ("clinc150", "clinc150", "domains.json")])
+def test_local_text_runs_hash_their_files(tmp_path, data_dir, benchmark, folder, edited):
+    import shutil
+
+    from forgetting.registry import make_config
+
+    shutil.copytree(data_dir / folder, tmp_path / folder)
+    before = make_config(benchmark=benchmark, model="bert", data_dir=str(tmp_path))
+    assert edited in before.data_fingerprint
+    assert make_config(benchmark=benchmark, model="bert", data_dir=str(data_dir)).run_id == before.run_id
+    with open(tmp_path / folder / edited, "ab") as f:
+        f.write(b"\n")
+    assert make_config(benchmark=benchmark, model="bert", data_dir=str(tmp_path)).run_id != before.run_id

@@ -62,11 +62,11 @@ def default_data_dir() -> str | None:
 
 
 def data_fingerprint(benchmark: str | Benchmark, options: dict) -> dict:
-    """Digests of the data files the stream reads (``data_fingerprint(options)`` of its builder's module, a
-    user's own included), or {} when the module has none: editing the data then gives a new run id."""
+    """Digests of the data files the stream reads (``data_fingerprint(options)`` of its builder, else of its
+    builder's module, a user's own included), or {} when there is none: editing the data gives a new run id."""
     spec = BENCHMARKS[benchmark] if isinstance(benchmark, str) else benchmark
-    module = inspect.getmodule(spec.builder())
-    fingerprint = getattr(module, "data_fingerprint", None)
+    build = spec.builder()
+    fingerprint = getattr(build, "data_fingerprint", None) or getattr(inspect.getmodule(build), "data_fingerprint", None)
     return fingerprint({**{o.name: o.default for o in spec.options}, **options}) if fingerprint is not None else {}
 
 

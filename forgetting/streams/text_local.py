@@ -18,6 +18,7 @@ import re
 from pathlib import Path
 
 from ..errors import BadInput
+from .digest import digests
 from .text import RawTask, data_folder, split_train_test, text_stream
 
 UCI_DOMAINS = [("amazon", "amazon_cells_labelled.txt"), ("yelp", "yelp_labelled.txt"), ("imdb", "imdb_labelled.txt")]
@@ -133,3 +134,23 @@ def build_clinc(scenario: str, options: dict):
     raw = [RawTask(d, *rows[d]["train"], *rows[d]["test"], list(intents)) for d, intents in domains.items()]
     return text_stream("clinc150", scenario, raw, options,
                        {"source": str(folder), "split": "official train/test, out-of-scope left out"})
+
+
+# The files each stream reads, for the run id (``streams.data_fingerprint``: a builder's own first).
+_FILES = {build_uci: ("uci_sentiment", [f for _, f in UCI_DOMAINS]),
+          build_ag_news: ("ag_news", ["test.csv", "classes.txt", "train.csv"]),
+          build_clinc: ("clinc150", ["data_full.json", "domains.json"])}
+
+
+def _fingerprint(folder: str, files: list[str]):
+    def data_fingerprint(options: dict) -> dict:
+        try:
+            found = data_folder(options, folder, files[:2] if folder == "ag_news" else files, folder)
+        except BadInput:
+            return {}  # the builder says what is missing
+        return digests(found / f for f in files if (found / f).is_file())
+    return data_fingerprint
+
+
+for _build, (_folder, _files) in _FILES.items():
+    _build.data_fingerprint = _fingerprint(_folder, _files)
