@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
 from .errors import BadInput
+from .optim import check as check_recipe
 from .options import Option
 
 KINDS = ("stream", "model", "method")
@@ -335,6 +336,7 @@ def resolve(config: RunConfig) -> RunConfig:
     method_name = normalise_method(config.method.name)
     method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
+    check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")

@@ -5,7 +5,7 @@ recorded by our evaluator, and our KL penalty as an Avalanche plugin.
   streams); targets are our output indices; task labels are the task ids in the ``task``
   scenario and 0 otherwise.
 - ``AvalancheTrainer``: ``--method avalanche-ewc`` and the others. It is our ``Trainer`` with
-  the loop handed to Avalanche: the same model object, a fresh Adam per task, the same epochs
+  the loop handed to Avalanche: the same model object, a fresh optimiser per task (--optimizer, --momentum, --weight-decay), the same epochs
   and batch size, and the same ``Evaluator`` rows after every epoch, so ``forgetting.plot``
   draws the runs beside ours.
 - ``KLRegPlugin``: ``kl_penalty`` towards a frozen eval-mode snapshot, inside any Avalanche
@@ -44,6 +44,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from ..errors import BadInput, RunFailed
+from ..optim import build_optimizer
 from ..penalty import check_penalty_options, kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
 from ..train import Trainer, frozen_copy
@@ -280,7 +281,7 @@ class AvalancheTrainer(Trainer):
     def make_strategy(self):
         cls, kwargs, plugins = strategy_class_and_plugins(self.method)
         net = TaskLabelled(self.model) if self.stream.scenario == "task" else self.model
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr)
+        self.optimizer = build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No loggers specified")
             return cls(model=net, optimizer=self.optimizer, criterion=HeadCrossEntropy(self.layout),
