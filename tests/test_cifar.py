@@ -220,3 +220,13 @@ def test_mnist_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch
 def test_mnist_without_data_dir_or_download_is_refused():
     with pytest.raises(BadInput, match="--data-dir: MNIST streams need a data directory"):
         prepare(make_config(benchmark="split-mnist", data_dir=None, device="cpu"))
+
+
+def test_augmented_run_resumes_with_the_same_crops(tmp_path, monkeypatch):
+    """Augmentation draws from torch's global generator, which task-boundary checkpoints save."""
+    from test_der import resumed_equals_whole
+
+    write_cifar10(tmp_path / "data")
+    cfg = make_config(benchmark="split-cifar10", method="kl", augment=True, epochs=1, hidden=[16], batch_size=4,
+                      data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "cut"), progress=False, device="cpu")
+    resumed_equals_whole(cfg, tmp_path, monkeypatch)
