@@ -16,6 +16,7 @@ from typing import Sequence
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..extras import require
 from ..options import Option
 
 INPUTS = "tensor"
@@ -74,6 +75,7 @@ class TorchvisionResNet18(nn.Module):
 
     def __init__(self, in_channels: int, n_outputs: int):
         super().__init__()
+        require("vision", "--resnet-variant torchvision")
         from torchvision.models import resnet18
 
         net = resnet18(num_classes=n_outputs)

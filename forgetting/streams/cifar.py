@@ -16,14 +16,14 @@ deterministic, and the KL teacher cache switches itself off.
 
 from __future__ import annotations
 
+import functools
 import pickle
 
 import numpy as np
 import torch
 from torch import Tensor
-from torchvision.datasets import CIFAR10, CIFAR100
-
 from ..errors import BadInput
+from ..extras import require
 from .base import Task, TaskStream, layout_for
 from .local import data_root
 
@@ -32,26 +32,26 @@ STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)
 PAD = 4
 SUBSET_SEED = 0
 
-class _LocalFiles:
-    """torchvision's reader with the per-file md5 checks off (the download still checks the archive)."""
+@functools.cache
+def readers() -> dict:
+    """torchvision's CIFAR readers with the per-file md5 checks off (the download still checks the archive),
+    and each data set's number of classes."""
+    require("vision", "the split-CIFAR streams (torchvision reads the files)")
+    from torchvision.datasets import CIFAR10, CIFAR100
 
-    @classmethod
-    def variant(cls, base):
+    def local(base):
         return type(f"Local{base.__name__}", (base,), {
             "train_list": [[name, None] for name, _ in base.train_list],
             "test_list": [[name, None] for name, _ in base.test_list],
             "meta": {**base.meta, "md5": None},
         })
 
-
-LocalCIFAR10 = _LocalFiles.variant(CIFAR10)
-LocalCIFAR100 = _LocalFiles.variant(CIFAR100)
-READERS = {"cifar10": (LocalCIFAR10, 10), "cifar100": (LocalCIFAR100, 100)}
+    return {"cifar10": (local(CIFAR10), 10), "cifar100": (local(CIFAR100), 100)}
 
 
 def read_split(kind: str, root, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Images uint8 [N, 3, 32, 32], labels int64 [N] and class names of one split, or BadInput."""
-    reader, n_classes = READERS[kind]
+    reader, n_classes = readers()[kind]
     folder = root / reader.base_folder
     try:
         ds = reader(str(root), train=train, download=download)
@@ -122,7 +122,7 @@ def cifar_stream(name: str, kind: str, scenario: str, options: dict, n_tasks: in
     if options.get("train_per_class"):
         keep = _subset(y_tr, options["train_per_class"])
         x_tr, y_tr = x_tr[keep], y_tr[keep]
-    n_classes = READERS[kind][1]
+    n_classes = readers()[kind][1]
     per_task = n_classes // n_tasks
     groups = [list(range(t * per_task, (t + 1) * per_task)) for t in range(n_tasks)]
     layout = layout_for(scenario, n_tasks, [per_task] * n_tasks)
@@ -141,7 +141,7 @@ def cifar_stream(name: str, kind: str, scenario: str, options: dict, n_tasks: in
         label = "/".join(classes[c] for c in group) if len(group) <= 2 else f"{group[0]}-{group[-1]}"
         tasks.append(Task(t, f"{name}[{label}]", part(images_tr, y_tr, augment), part(images_te, y_te, False),
                           list(group), outs))
-    info = {"source": f"torchvision {reader_name(kind)} files in {root / READERS[kind][0].base_folder}",
+    info = {"source": f"torchvision {reader_name(kind)} files in {root / readers()[kind][0].base_folder}",
             "train_images": int(len(y_tr)), "test_images": int(len(y_te)), "augment": augment}
     return TaskStream(name, scenario, tasks, layout, "tensor", (3, 32, 32), deterministic_inputs=not augment, info=info)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
+from ..extras import require
 from .local import data_root
 from .splits import class_split_stream, permuted_stream, stratified_split
 
@@ -77,6 +78,7 @@ def _pair(data_dir: Path, prefix: str):
 def load_arrays(data_dir: str | None, download: bool = False):
     root = data_root(data_dir, download, "MNIST")  # with --download and no --data-dir: the download cache
     if download:
+        require("vision", "--download of MNIST")
         from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
 
         MNIST(str(root), train=True, download=True)
