@@ -134,3 +134,38 @@ def test_mixed_precision_trains_on_cuda(precision):
     tr.fit()
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())  # autocast, not a cast of the weights
     assert tr.evaluator.evaluate_task(tr.model, 1)["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_autocast_path_on_cpu_with_the_device_check_lifted(monkeypatch, precision):
+    """The mixed-precision code path (CPU autocast stands in for CUDA's): the student's pass is autocast, the
+    penalty and the teacher stay fp32, so the teacher cache still gives exactly the live teacher's numbers."""
+    from forgetting import optim
+
+    monkeypatch.setattr(optim, "check_device", lambda precision, device: None)
+    params = {}
+    for cache in (True, False):
+        config = make_config(method="kl", epochs=1, precision=precision, teacher_cache=cache, progress=False,
+                             device="cpu")
+        stream = build_stream("split-digits", "domain", {})
+        stream.tasks = stream.tasks[:2]
+        torch.manual_seed(0)
+        model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[16], dropout=0.0)
+        tr = Trainer(config, stream, model, build_methods("kl", config.hparams), torch.device("cpu"))
+        assert (tr.scaler is not None) == (precision == "fp16")
+        seen, dtypes = [], set()
+        step, task_loss = tr.step, tr._loss_method.task_loss
+        tr.step = lambda batch, t, epoch: seen.append(step(batch, t, epoch)) or seen[-1]
+
+        def spy(trainer, batch):
+            out = task_loss(trainer, batch)
+            dtypes.add(out[0].dtype)
+            return out
+
+        tr._loss_method.task_loss = spy
+        tr.fit()
+        assert dtypes == {torch.bfloat16 if precision == "bf16" else torch.float16}  # the student's pass, autocast
+        assert all(math.isfinite(p["loss"]) for p in seen) and any("kl" in p for p in seen)
+        assert all(p.dtype == torch.float32 for p in tr.model.parameters())
+        params[cache] = [p.detach().clone() for p in tr.model.parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(params[True], params[False]))
