@@ -384,13 +384,13 @@ class AvalancheTrainer(Trainer):
         if self.strategy is None:
             return self.model
         net = self.strategy.model
-        if self.method.strategy == "ICaRL":
-            return NearestMeanOfExemplars(net)
+        if self.method.strategy == "ICaRL":  # a wrapper in the mode of what it wraps, so evaluation restores that
+            return NearestMeanOfExemplars(net).train(net.training)
         self.model = net.model if isinstance(net, TaskLabelled) else net
         if self.method.strategy == "BiC":
             [bic] = [p for p in self.strategy.plugins if isinstance(p, BiCPlugin)]
             if not bic.is_first_experience and bic.bias_layer is not None:
-                return BiasCorrected(self.model, bic.bias_layer)
+                return BiasCorrected(self.model, bic.bias_layer).train(self.model.training)
         return self.model
 
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
