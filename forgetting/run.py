@@ -18,6 +18,7 @@ import torch
 from . import methods as methods_mod
 from . import models as models_mod
 from . import streams as streams_mod
+from .causal_lm import check_methods as check_lm_methods
 from .config import CORE_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
 from .metrics import accuracy_matrix, run_summary
@@ -60,8 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
         _add_option(g, o)
     g = p.add_argument_group("model")
     g.add_argument("--model", default="mlp", help=f"model: {', '.join(models_mod.MODELS)} (default: mlp)")
-    for name in models_mod.MODELS:
-        for o in models_mod.model_module(name).OPTIONS:
+    for module in dict.fromkeys(models_mod.model_module(name) for name in models_mod.MODELS):  # gpt2, causal: one
+        for o in module.OPTIONS:
             _add_option(g, o)
     g = p.add_argument_group("method")
     g.add_argument("--method", default="kl", help=f"how fine-tuning is held back: {', '.join(methods_mod.METHODS)}; "
@@ -162,6 +163,7 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model}: {e}") from None
+    check_lm_methods(stream, methods, model)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 

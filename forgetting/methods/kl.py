@@ -16,7 +16,8 @@ import logging
 import torch
 
 from ..options import Option
-from ..penalty import DIRECTIONS, kl_penalty
+from ..causal_lm import is_lm, loss_mask, shifted
+from ..penalty import DIRECTIONS, kl_penalty, token_kl_penalty
 from ..streams.base import iterate_batches
 from .base import Method as Base, Terms
 
@@ -72,7 +73,9 @@ class Method(Base):
 
     @staticmethod
     def cache_blocker(trainer) -> str | None:
-        """Why cached teacher outputs would not equal live ones, or None."""
+        """Why cached teacher outputs would not equal live ones (or cannot be kept), or None."""
+        if is_lm(trainer.stream):
+            return "a causal LM's full-vocabulary logits at every token are too large to keep"
         if not trainer.stream.deterministic_inputs:
             return "the stream's training inputs change between visits (augmentation)"
         if trainer.previous_model.training:
@@ -96,6 +99,11 @@ class Method(Base):
             return {}
         teacher = self.teacher_logits(trainer, batch)
         options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
+        if is_lm(trainer.stream):  # every next-token distribution that carries loss, over the whole vocabulary
+            student_logits, _ = shifted(logits, batch.inputs["labels"])
+            teacher_logits, _ = shifted(teacher, batch.inputs["labels"])
+            return {"kl": (token_kl_penalty(student_logits, teacher_logits, loss_mask(batch.inputs["labels"]),
+                                            **options), lam)}
         kls = []
         for idx in self.output_groups(trainer, task, logits.device):
             if idx is None:  # the group is every output: no copy needed

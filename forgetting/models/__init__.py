@@ -6,7 +6,8 @@ import importlib
 
 from ..errors import BadInput
 
-MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert"}
+MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert",
+          "gpt2": "forgetting.models.causal", "causal": "forgetting.models.causal"}
 
 
 def model_module(name: str):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from ..errors import BadInput
 from ..options import Option
-from . import files, hub, text
+from . import files, hub, lm, text
 from .base import SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
 BENCHMARKS = {
@@ -26,7 +26,7 @@ BENCHMARKS = {
 OPTIONS = [
     Option("n_tasks", int, 5, "number of tasks of a permuted stream (task 0 unpermuted)", minimum=2, maximum=100),
     Option("download", bool, False, "download the data (torchvision, Hugging Face hub) when a network is present"),
-    *text.OPTIONS, *files.OPTIONS, *hub.OPTIONS,
+    *text.OPTIONS, *files.OPTIONS, *hub.OPTIONS, *lm.OPTIONS,
 ]
 
 

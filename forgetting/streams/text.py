@@ -218,6 +218,12 @@ def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, inf
         for split, texts in (("training", t.train_texts), ("test", t.test_texts)):
             if not texts:
                 raise BadInput(f"task {t.name!r} of {name} has no {split} examples")
+    from ..models.causal import is_causal
+
+    if is_causal(opts.get("model")):  # language-modelling tasks of the same texts, for a causal LM
+        from .lm import lm_stream
+
+        return lm_stream(name, scenario, raw, opts, info)
     layout, maps = text_layout(scenario, [t.classes for t in raw])
     targets = [(_targets(t, "training", t.train_labels, m), _targets(t, "test", t.test_labels, m))
                for t, m in zip(raw, maps)]
