@@ -18,6 +18,7 @@ live model with its adapters disabled, not a second copy in memory.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -175,7 +176,9 @@ class CausalLM(nn.Module):
                             target_modules=targets if targets == "all-linear" else [t.strip() for t in targets.split(",")],
                             task_type="CAUSAL_LM")
         try:
-            self.lm = get_peft_model(self.lm, config)
+            with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself, and says so
+                warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+                self.lm = get_peft_model(self.lm, config)
         except ValueError as e:
             raise BadInput(f"--lora-targets {targets}: {_first_line(e)}") from None
 
