@@ -192,6 +192,17 @@ class CausalLM(nn.Module):
         self.to(device)
         return AdapterDisabled(self)
 
+    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):
+        """Weights saved with adapters (a LoRA run's checkpoint) get adapters first; plain weights drop them."""
+        saved_adapters = any("lora_" in k for k in state_dict)
+        if saved_adapters and self.lora is not None and not self.has_adapters:
+            device = next(self.parameters()).device
+            self.start_adapters()
+            self.to(device)
+        elif not saved_adapters and self.has_adapters:
+            self.lm = self.lm.unload()
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
+
     @contextlib.contextmanager
     def adapters_disabled(self):
         if self.has_adapters:
