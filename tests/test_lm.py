@@ -312,3 +312,39 @@ def test_a_lora_run_resumes_to_the_same_rows(tmp_path, monkeypatch):
     import pandas as pd
 
     pd.testing.assert_frame_equal(resumed.drop(columns="wall_time"), whole.drop(columns="wall_time"), check_exact=True)
+
+
+def test_kl_fit_gives_the_line_and_the_parabola_of_the_nll_rise():
+    import numpy as np
+    import pandas as pd
+
+    from forgetting.report_summary import kl_fit
+
+    x = np.array([0.0, 0.5, 1.0, 2.0, 3.0])
+    table = pd.DataFrame({"status": "complete", "kl_new_task": x, "forgetting_max": 0.0,
+                          "nll_forgetting_max": 1 + 2 * x + 3 * x * x})
+    fit = kl_fit(table)
+    assert fit["column"] == "nll_forgetting_max" and fit["n"] == 5
+    slope, intercept = np.polyfit(x, 1 + 2 * x + 3 * x * x, 1)
+    assert fit["slope"] == pytest.approx(slope) and fit["intercept"] == pytest.approx(intercept)
+    q = fit["quad"]
+    assert (q["c0"], q["c1"], q["c2"], q["r2"]) == pytest.approx((1, 2, 3, 1))
+    assert fit["r2"] < 1
+
+
+def test_lm_runs_plot_nll_curves_and_the_nll_summary(tmp_path):
+    from forgetting.plot import write_report
+    from forgetting.run import run_experiment
+
+    write_pairs(tmp_path / "pairs.csv", n=8)
+    for method, lam in (("naive", None), ("kl", 0.3), ("kl", 3.0)):
+        cfg = RunConfig(benchmark="text-file", model="gpt2", method=method, epochs=1, batch_size=8, device="cpu",
+                        progress=False, model_options=TINY, results_dir=str(tmp_path / "r"),
+                        hparams={} if lam is None else {"kl_lambda": lam},
+                        stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
+                                        "response_column": "response", "max_seq_len": 40})
+        run_experiment(cfg)
+    files = {p.name for p in write_report([tmp_path / "r"], tmp_path / "report")}
+    assert {"nll_curves.png", "forgetting_curves.png", "kl_vs_forgetting.png", "summary.md"} <= files
+    md = (tmp_path / "report" / "summary.md").read_text()
+    assert "NLL rise, max-based (nats/token)" in md and "NLL rise (max-based) against KL drift" in md

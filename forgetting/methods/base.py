@@ -30,7 +30,7 @@ def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Te
 
     For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
     """
-    if is_lm(trainer.stream):
+    if is_lm(getattr(trainer, "stream", None)):
         return token_loss(logits, batch.inputs["labels"])
     return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids), batch.targets)
 

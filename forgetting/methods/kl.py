@@ -74,7 +74,7 @@ class Method(Base):
     @staticmethod
     def cache_blocker(trainer) -> str | None:
         """Why cached teacher outputs would not equal live ones (or cannot be kept), or None."""
-        if is_lm(trainer.stream):
+        if is_lm(getattr(trainer, "stream", None)):
             return "a causal LM's full-vocabulary logits at every token are too large to keep"
         if not trainer.stream.deterministic_inputs:
             return "the stream's training inputs change between visits (augmentation)"
@@ -99,7 +99,7 @@ class Method(Base):
             return {}
         teacher = self.teacher_logits(trainer, batch)
         options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
-        if is_lm(trainer.stream):  # every next-token distribution that carries loss, over the whole vocabulary
+        if is_lm(getattr(trainer, "stream", None)):  # every next-token distribution that carries loss, over the whole vocabulary
             student_logits, _ = shifted(logits, batch.inputs["labels"])
             teacher_logits, _ = shifted(teacher, batch.inputs["labels"])
             return {"kl": (token_kl_penalty(student_logits, teacher_logits, loss_mask(batch.inputs["labels"]),
