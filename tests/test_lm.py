@@ -348,3 +348,26 @@ def test_lm_runs_plot_nll_curves_and_the_nll_summary(tmp_path):
     assert {"nll_curves.png", "forgetting_curves.png", "kl_vs_forgetting.png", "summary.md"} <= files
     md = (tmp_path / "report" / "summary.md").read_text()
     assert "NLL rise, max-based (nats/token)" in md and "NLL rise (max-based) against KL drift" in md
+
+
+def test_lm_teacher_cache_gives_the_live_teachers_penalty(tmp_path):
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, kl_lambda=1.0)
+    trainer.train_task(0)
+    kl = trainer.methods[0]
+    kl.before_task(trainer, 1)
+    data = stream.tasks[1].train
+    assert kl.cache is not None and kl.cache.shape == (sum(len(r) for r in data.responses), 258)
+    trainer.model.train()
+    torch.manual_seed(3)
+    for batch in iterate_batches(data, 1, 5, shuffle=True, generator=torch.Generator().manual_seed(0)):
+        torch.manual_seed(4)
+        logits = trainer.model(batch.inputs)
+        cached = kl.penalties(trainer, batch, logits, 1)["kl"][0]
+        live_cache, kl.cache = kl.cache, None
+        live = kl.penalties(trainer, batch, logits, 1)["kl"][0]
+        kl.cache = live_cache
+        assert cached.item() > 0 and torch.allclose(cached, live, rtol=1e-5, atol=1e-7)
+    kl.hparams["teacher_cache_mb"] = 0.001
+    kl.before_task(trainer, 1)
+    assert kl.cache is None  # above --teacher-cache-mb: the live teacher
