@@ -248,6 +248,7 @@ def _scratch_lm(tokenizer, options: dict, context: int):
     p = options["gpt2_dropout"]
     config = GPT2Config(vocab_size=len(tokenizer), n_positions=context, n_embd=width, n_layer=options["gpt2_layers"],
                         n_head=heads, resid_pdrop=p, embd_pdrop=p, attn_pdrop=p,
+                        activation_function="gelu",  # torch's GELU kernel: GPT-2's tanh form runs as several ops
                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
                         pad_token_id=tokenizer.pad_token_id)
     return GPT2LMHeadModel(config)
