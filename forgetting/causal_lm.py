@@ -44,10 +44,14 @@ def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
     return F.cross_entropy(lg.reshape(-1, lg.shape[-1]).float(), lb.reshape(-1), ignore_index=IGNORE)
 
 
-def check_methods(stream, methods, model=None) -> None:
-    """BadInput naming a method that does not apply to a causal-LM stream (or to LoRA fine-tuning)."""
+def check_methods(stream, methods, model=None, device=None) -> None:
+    """BadInput naming a method that does not apply to a causal-LM stream (or to LoRA fine-tuning),
+    or bf16 precision off a GPU."""
     if not is_lm(stream):
         return
+    if getattr(model, "precision", "float32") == "bf16" and device is not None and device.type != "cuda":
+        raise BadInput(f"--precision bf16: autocast runs on cuda only, the device is {device.type}; allowed here: "
+                       "float32")
     for m in methods:
         if getattr(m, "standalone", False) or m.name.startswith("avalanche-"):
             raise BadInput(f"--method {m.name}: Avalanche's strategies train classifiers; allowed for causal LMs: "

@@ -163,7 +163,7 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model}: {e}") from None
-    check_lm_methods(stream, methods, model)  # causal LMs: refuse the methods that do not apply
+    check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 

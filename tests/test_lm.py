@@ -252,7 +252,11 @@ def pair_args(tmp, prompt="prompt", file="pairs.csv"):
             "--response-column", "response", "--max-seq-len", "24", "--epochs", "1", "--device", "cpu"]
 
 
-BAD = {"not a causal LM": bad_not_causal, "tokenizer without pad": bad_no_pad, "prompt column missing":
+def bad_bf16_on_cpu(tmp):
+    return ["--model", "gpt2", "--precision", "bf16", *pair_args(tmp)], "cuda only"
+
+
+BAD = {"bf16 on cpu": bad_bf16_on_cpu, "not a causal LM": bad_not_causal, "tokenizer without pad": bad_no_pad, "prompt column missing":
        bad_prompt_column, "response longer than context": bad_long_response, "rdrop on an LM": bad_rdrop,
        "ewc with LoRA": bad_lora_ewc}
 

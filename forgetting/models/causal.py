@@ -36,6 +36,8 @@ OPTIONS = [
     Option("gpt2_heads", int, 4, "attention heads of a GPT-2 built from scratch", minimum=1, maximum=128),
     Option("gpt2_dropout", float, 0.1, "dropout of a GPT-2 built from scratch (residual, embedding and attention); "
            "a checkpoint keeps its own", minimum=0.0, maximum=0.95),
+    Option("precision", str, "float32", "causal LMs: float32, or bf16 = bfloat16 autocast of the forward pass on "
+           "cuda (the losses and the penalty stay float32; CPU runs are float32)", choices=("float32", "bf16")),
     Option("lora_rank", int, 0, "causal LMs: fine-tune tasks 1 on through LoRA adapters of this rank (peft), "
            "merged into the weights at each task boundary (0: train every weight)", minimum=0, maximum=4096),
     Option("lora_alpha", float, 0.0, "LoRA scaling alpha (0: twice --lora-rank)", minimum=0.0),
@@ -141,21 +143,25 @@ class CausalLM(nn.Module):
     wrapped model's own call (a ``CausalLMOutput`` with its loss when labels are given).
     """
 
-    def __init__(self, lm: nn.Module, source: str | None, lora: dict | None = None):
+    def __init__(self, lm: nn.Module, source: str | None, lora: dict | None = None, precision: str = "float32"):
         super().__init__()
         self.lm = lm
         self.source = source
         self.lora = lora if lora and lora.get("rank") else None
+        self.precision = precision
 
     @property
     def config(self):
         return self.lm.config
 
     def forward(self, inputs: dict | None = None, /, **kwargs):
-        if inputs is not None:
-            return self.lm(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
-                           use_cache=False).logits
-        return self.lm(**kwargs)
+        ids = inputs["input_ids"] if inputs is not None else kwargs.get("input_ids")
+        autocast = self.precision == "bf16" and ids is not None and ids.is_cuda
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=autocast):
+            if inputs is not None:
+                return self.lm(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"),
+                               use_cache=False).logits
+            return self.lm(**kwargs)
 
     # --- LoRA ---------------------------------------------------------------------------------
     @property
@@ -296,4 +302,4 @@ def build(stream, options: dict, source: str | None = None) -> CausalLM:
 
         if importlib.util.find_spec("peft") is None:
             raise BadInput("--lora-rank: needs the peft package (pip install 'forgetting[lm]')")
-    return CausalLM(lm, source, lora)
+    return CausalLM(lm, source, lora, options.get("precision", "float32"))
