@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.run import prepare  # noqa: E402
 from forgetting.streams import default_data_dir, iterate_batches  # noqa: E402
 from forgetting.train import Trainer  # noqa: E402
@@ -90,13 +90,14 @@ def main(argv=None) -> int:
     results = {}
     start_model = None
     for method, hparams in (("naive", {}), ("kl", {"kl_lambda": 1.0, "teacher_cache": args.teacher_cache == "true"})):
-        config = RunConfig(benchmark="uci-sentiment", scenario="domain", model=args.model, method=method,
-                           hparams=hparams, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
-                           stream_options={"max_seq_len": args.max_seq_len, "text_train_per_task": args.train_per_task,
-                                           "lm_task": args.lm_task},
-                           device="cpu", data_dir=args.data_dir, results_dir="/nonexistent", progress=False)
-        device, stream, net, methods = prepare(config.resolved())
-        trainer = TimedTrainer(config.resolved(), stream, net, methods, device)
+        config = make_config(benchmark="uci-sentiment", scenario="domain", model=args.model, method=method,
+                             hparams=hparams, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0,
+                             stream_options={"max_seq_len": args.max_seq_len,
+                                             "text_train_per_task": args.train_per_task},
+                             model_options={"lm_task": args.lm_task},
+                             device="cpu", data_dir=args.data_dir, results_dir="/nonexistent", progress=False)
+        device, stream, net, methods = prepare(config)
+        trainer = TimedTrainer(config, stream, net, methods, device)
         trainer.train_task(0)
         if start_model is None:
             start_model = copy.deepcopy(trainer.model.lm)

@@ -1,7 +1,9 @@
 """Declared options: one place that says a hyper-parameter's name, type, default and allowed range.
 
-Methods, models and streams each declare theirs; the CLI, suite files and the run config all
-check values through ``Option.check``, so a bad value gets the same one-line error everywhere.
+Methods, models, streams and the loop each declare theirs; ``registry.resolve`` checks every
+value through ``Option.check`` (the CLI, suite files and Python code alike), so a bad value gets
+the same one-line error everywhere. ``hashed=False`` marks an execution setting (a cache, a
+download) that is recorded but left out of the run id, because it never changes the numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Option:
     exclusive_minimum: bool = False
     maximum: float | None = None
     nargs: str | None = None  # "+" for a list of values
+    hashed: bool = True  # False for execution settings (paths, caches, downloads) that never change the numbers
 
     @property
     def flag(self) -> str:

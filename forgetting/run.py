@@ -15,19 +15,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import methods as methods_mod
-from . import models as models_mod
-from . import streams as streams_mod
+from . import registry
 from .causal_lm import check_methods as check_lm_methods
-from .config import CORE_OPTIONS, RunConfig
+from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
-from .metrics import accuracy_matrix, run_summary
-from .options import Option, check_all
+from .options import Option
 from .checkpoint import last_boundary, restore_boundary
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
-from .train import Trainer
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def _add_option(group, o: Option) -> None:
@@ -43,36 +37,55 @@ def _add_option(group, o: Option) -> None:
     group.add_argument(o.flag, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _preparse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The component names alone, so a user's own components (``--method mypkg.mymethod``) can add their flags."""
+    p = argparse.ArgumentParser(add_help=False)
+    for flag, default in (("--benchmark", "split-digits"), ("--model", "mlp"), ("--method", "kl")):
+        p.add_argument(flag, default=default)
+    return p.parse_known_args(argv)[0]
+
+
+def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentParser:
+    """The CLI: one group per component, every option any registered component declares (each checked
+    and sorted to its component by ``registry.gather``/``resolve``, not here)."""
     p = OneLineParser(
         prog="python -m forgetting.run",
         description="Train a base model on the first task of a stream, fine-tune it on the others with a "
                     "method that holds forgetting back (by default the KL penalty towards a frozen copy), "
                     "evaluate every task after every epoch, and write the results to RESULTS_DIR/<run id>/.",
     )
-    g = p.add_argument_group("what to learn")
-    g.add_argument("--benchmark", default="split-digits", help=f"task stream: {', '.join(streams_mod.BENCHMARKS)} "
+    if chosen is not None:  # load a user's components named on the command line, so their options are declared
+        for lookup, name in ((registry.stream, chosen.benchmark), (registry.model, chosen.model),
+                             (registry.method_classes, chosen.method)):
+            try:
+                lookup(name)
+            except BadInput:
+                pass  # reported with the other values by resolve
+    declared: set[str] = set()
+
+    def add(group, options):
+        for o in options:
+            if o.name not in declared:
+                declared.add(o.name)
+                _add_option(group, o)
+
+    g = p.add_argument_group("stream (what to learn)")
+    g.add_argument("--benchmark", default="split-digits", help=f"task stream: {', '.join(registry.names('stream'))} "
                    "(default: split-digits, bundled with scikit-learn, no download)")
-    g.add_argument("--scenario", default="domain", help="task (a head per task, task id given), domain (one shared "
-                   "head), class (one head over all classes) (default: domain)")
     g.add_argument("--data-dir", default=None, help="directory of local data sets (default: $FORGETTING_DATA_DIR, "
                    "else ../shared/data when it exists)")
-    for o in streams_mod.OPTIONS:
-        _add_option(g, o)
+    add(g, registry.all_options("stream"))
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="mlp", help=f"model: {', '.join(models_mod.MODELS)} (default: mlp)")
-    for module in dict.fromkeys(models_mod.model_module(name) for name in models_mod.MODELS):  # gpt2, causal: one
-        for o in module.OPTIONS:
-            _add_option(g, o)
+    g.add_argument("--model", default="mlp", help=f"model: {', '.join(registry.names('model'))}; kind:SOURCE loads "
+                   "a checkpoint, e.g. bert:PATH (default: mlp)")
+    add(g, registry.all_options("model"))
     g = p.add_argument_group("method")
-    g.add_argument("--method", default="kl", help=f"how fine-tuning is held back: {', '.join(methods_mod.METHODS)}; "
-                   "compose with '+', e.g. kl+rdrop (default: kl)")
-    for o in methods_mod.all_options():
-        _add_option(g, o)
-    g = p.add_argument_group("training")
-    for o in CORE_OPTIONS:
-        _add_option(g, o)
-    g.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available) (default: auto)")
+    g.add_argument("--method", default="kl", help=f"how fine-tuning is held back: {', '.join(registry.names('method'))}; "
+                   "compose with '+', e.g. kl+rdrop; or a module of your own, e.g. mypkg.mymethod (default: kl)")
+    add(g, registry.all_options("method"))
+    g = p.add_argument_group("loop")
+    add(g, LOOP_OPTIONS)
+    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (cuda when available) or cuda:N (default: auto)")
     g = p.add_argument_group("output")
     g.add_argument("--results-dir", default="results", help="where run directories go (default: results)")
     g.add_argument("--force", action="store_true", help="run again even if a complete run with this config exists")
@@ -82,43 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pick(options: Sequence[Option], given: dict) -> dict:
-    return check_all(options, {o.name: given[o.name] for o in options if o.name in given})
+NOT_OPTIONS = ("benchmark", "model", "method", "data_dir", "device", "results_dir", "force", "resume", "quiet")
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
-    """Check every value and build the run's config; BadInput on the first bad one."""
-    given = vars(ns)
-    if ns.benchmark not in streams_mod.BENCHMARKS:
-        raise BadInput(f"--benchmark: unknown benchmark {ns.benchmark!r}, allowed: {', '.join(streams_mod.BENCHMARKS)}")
-    if ns.scenario not in streams_mod.SCENARIOS:
-        raise BadInput(f"--scenario: unknown scenario {ns.scenario!r}, allowed: {', '.join(streams_mod.SCENARIOS)}")
-    if ns.device not in DEVICES:
-        raise BadInput(f"--device: unknown device {ns.device!r}, allowed: {', '.join(DEVICES)}")
-    method_opts = methods_mod.method_options(ns.method)
-    own = {o.name for o in method_opts}
-    for o in methods_mod.all_options():
-        if o.name in given and o.name not in own:
-            raise BadInput(f"{o.flag} does not apply to method {ns.method!r} (its options: "
-                           f"{', '.join(x.flag for x in method_opts) or 'none'})")
-    model_mod = models_mod.model_module(ns.model)
-    model_own = {o.name for o in model_mod.OPTIONS}
-    for name in models_mod.MODELS:
-        for o in models_mod.model_module(name).OPTIONS:
-            if o.name in given and o.name not in model_own:
-                raise BadInput(f"{o.flag} does not apply to model {ns.model!r}")
-    hparams = _pick(method_opts, given)
-    model_options = _pick(model_mod.OPTIONS, given)
-    stream_options = _pick(streams_mod.OPTIONS, given)
-    core = _pick(CORE_OPTIONS, given)
-    data_dir = ns.data_dir if ns.data_dir is not None else streams_mod.default_data_dir()
-    if ns.data_dir is not None and not Path(ns.data_dir).is_dir() and not stream_options.get("download"):
-        raise BadInput(f"--data-dir: {ns.data_dir!r} is not a directory")
-    return RunConfig(
-        benchmark=ns.benchmark, scenario=ns.scenario, model=ns.model, method=ns.method, hparams=hparams,
-        model_options=model_options, stream_options=stream_options, device=ns.device, data_dir=data_dir,
-        results_dir=ns.results_dir, progress=not ns.quiet, **core,
-    )
+    """The run's resolved config from the parsed command line; BadInput on the first bad value."""
+    from .streams import default_data_dir
+
+    given = {k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}
+    data_dir = ns.data_dir if ns.data_dir is not None else default_data_dir()
+    config = registry.gather(ns.benchmark, ns.model, ns.method, given, device=ns.device, data_dir=ns.data_dir,
+                             results_dir=ns.results_dir, progress=not ns.quiet)
+    resolved = registry.resolve(config)
+    resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
+    return resolved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -150,19 +140,35 @@ def determinism_settings(device: torch.device) -> dict:
     }
 
 
+def build_stream_for(config: RunConfig):
+    """The run's stream; a text stream is encoded with the tokenizer the run's model brings."""
+    from .streams import build_stream
+
+    extra = {"data_dir": config.data_dir, "tokenizer": registry.tokenizer_maker(config.model.name, config.model.values())}
+    return build_stream(registry.stream(config.benchmark), config.scenario, {**config.stream_options, **extra})
+
+
 def prepare(config: RunConfig):
-    """Everything a run needs, built and checked before any file is written."""
+    """Everything a run needs, built and checked before any file is written.
+
+    Data flows one way: the model's tokenizer maker (text models) goes to the stream, which
+    encodes its texts with it; the model is then built for the stream's layout.
+    """
+    from .models import split_spec
+
     device = resolve_device(config.device)
-    stream = streams_mod.build_stream(config.benchmark, config.scenario,
-                                      {**config.stream_options, "data_dir": config.data_dir, "model": config.model})
-    methods = methods_mod.build_methods(config.method, config.hparams)
+    spec = registry.model(config.model.name)
+    _, source = split_spec(config.model.name)
+    model_values = config.model.values()
+    stream = build_stream_for(config)
+    methods = registry.build_methods(config.method.name, config.hparams)
     seed_everything(config.seed)
     try:
-        model = models_mod.build_model(config.model, stream, config.model_options)
+        model = spec.build(stream, model_values, source)
     except (ValueError, OSError) as e:
         if isinstance(e, BadInput):
             raise
-        raise BadInput(f"--model {config.model}: {e}") from None
+        raise BadInput(f"--model {config.model.name}: {e}") from None
     check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
@@ -184,7 +190,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     With ``resume``, an unfinished one continues from its last task-boundary checkpoint and
     ends with the same rows as an uninterrupted run; otherwise it starts again from scratch.
     """
-    config = config.resolved()
+    config = registry.resolve(config)
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
     previous = None
@@ -199,9 +205,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     settings = determinism_settings(device)
     trainer_start = 0
     writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
-    trainer_cls = Trainer
-    if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
-        from .integrations.avalanche import AvalancheTrainer as trainer_cls
+    trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
     trainer = trainer_cls(config, stream, model, methods, device, recorder=writer)
     last = last_boundary(run_dir) if (resume and previous is not None) else None
     if last is not None:
@@ -231,6 +235,8 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
 
 
 def format_report(rows, run_dir: Path) -> str:
+    from .metrics import accuracy_matrix, run_summary
+
     A = accuracy_matrix(rows)
     s = run_summary(rows)
     names = rows.drop_duplicates("eval_task").sort_values("eval_task")["eval_task_name"].tolist()
@@ -267,9 +273,10 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(_preparse(argv))
     ns = parser.parse_args(argv)
     setup_logging(ns.quiet)
+    config = None
     try:
         config = config_from_args(ns)
         run_dir, rows, status = run_experiment(config, force=ns.force, resume=ns.resume)

@@ -302,8 +302,8 @@ def test_cli_runs_an_avalanche_strategy(cli, tmp_path):
     assert "average accuracy over the 5 tasks seen" in proc.stdout
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["method"] == "avalanche-ewc"
-    assert cfg["hparams"] == {"av_ewc_lambda": 5.0, "av_ewc_mode": "separate", "av_ewc_decay": 1.0}
+    assert cfg["method"] == {"name": "avalanche-ewc", "settings": {},
+                             "options": {"av_ewc_lambda": 5.0, "av_ewc_mode": "separate", "av_ewc_decay": 1.0}}
     assert (run_dir / "metrics.csv").read_text().splitlines()[1].split(",")[METRIC_COLUMNS.index("lambda")] == "5.0"
 
 

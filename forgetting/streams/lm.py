@@ -38,6 +38,8 @@ from .text import RawTask, TextStream
 LM_TASKS = ("auto", "lm", "completion")
 DEFAULT_PROMPT = "Input: {text}\nOutput:"
 
+# Declared by the causal models (forgetting/models/causal.py), whose tokenizer maker carries their
+# values to the stream (``maker.lm_options``): they apply only with a causal LM.
 OPTIONS = [
     Option("lm_task", str, "auto", "causal LMs: lm = language modelling of each task's texts (loss on every token); "
            "completion = prompt -> response, loss on the response only; auto = completion for a text-file with "
@@ -47,6 +49,11 @@ OPTIONS = [
     Option("lm_max_choices", int, 16, "causal LMs, completion from a prompt/response file: score answer accuracy "
            "over a task's distinct responses when it has at most this many (0: never)", minimum=0),
 ]
+
+
+def wants_lm(options: dict) -> bool:
+    """Whether a text stream is built for a causal LM (its tokenizer maker says so)."""
+    return getattr(options.get("tokenizer"), "lm_options", None) is not None
 
 
 @dataclass
@@ -133,9 +140,10 @@ def label_name(label: Any, names: dict | None) -> str:
 
 
 def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info: dict | None = None) -> LMStream:
-    """The LM stream of ``raw`` tasks (already sampled), tokenised by the causal ``options['model']``'s tokenizer."""
-    from ..models.causal import tokenizer_for
-
+    """The LM stream of ``raw`` tasks (already sampled), tokenised by the causal model's tokenizer maker
+    ``options['tokenizer']``, in the form its ``lm_options`` say."""
+    make_tokenizer = options["tokenizer"]
+    options = {**options, **make_tokenizer.lm_options}
     info = dict(info or {})
     if scenario != "domain":
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")
@@ -148,7 +156,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         raise BadInput(f"--lm-prompt: {template!r} has no {{text}}, allowed: a template holding {{text}}")
     names = info.pop("label_names", None)
     max_len = options["max_seq_len"]
-    tokenizer, source = tokenizer_for(options["model"])
+    tokenizer, source = make_tokenizer([x for t in raw for x in t.train_texts])
     eos = tokenizer.eos_token_id
     tasks = []
     for i, t in enumerate(raw):
