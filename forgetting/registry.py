@@ -24,6 +24,7 @@ from typing import Any, Callable, Iterable
 
 from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
 from .errors import BadInput
+from .extras import require
 from .options import Option
 
 KINDS = ("stream", "model", "method")
@@ -332,8 +333,12 @@ def resolve(config: RunConfig) -> RunConfig:
         raise BadInput(f"--model {config.model.name}: it reads {spec.inputs} inputs but benchmark "
                        f"{config.stream.name!r} gives {bench.inputs}, allowed: models that read {bench.inputs}")
     model_c = _check_section("model", config.model.name, list(spec.options), config.model.values())
+    if bench.inputs == "text":
+        require("text", f"benchmark {config.stream.name!r} (text)")
     method_name = normalise_method(config.method.name)
     method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
+    if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
+        require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):

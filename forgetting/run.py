@@ -25,24 +25,47 @@ from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 
 
 def _add_option(group, o: Option) -> None:
-    kwargs = dict(dest=o.name, default=argparse.SUPPRESS, help=f"{o.help} (default: {o.default})")
+    default = ("on" if o.default else "off") if o.type is bool else o.default
+    text = f"{o.help} (default: {default})".replace("%", "%%")
+    kwargs = dict(dest=o.name, default=argparse.SUPPRESS, help=text)
     if o.nargs:
         kwargs["nargs"] = o.nargs
-    if o.type is bool:
-        kwargs["type"] = str
-        kwargs["metavar"] = "{true,false}"
+    if o.type is bool:  # --teacher-cache / --no-teacher-cache, like --force
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kwargs["type"] = str  # checked by Option.check for one message format everywhere
         kwargs["metavar"] = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else o.type.__name__.upper()
     group.add_argument(o.flag, **kwargs)
 
 
+TOP_LEVEL = {"benchmark": "split-digits", "model": "mlp", "method": "kl", "device": "auto",
+             "results_dir": "results", "data_dir": None}
+
+
 def _preparse(argv: Sequence[str] | None) -> argparse.Namespace:
-    """The component names alone, so a user's own components (``--method mypkg.mymethod``) can add their flags."""
+    """The component names (and --config) alone, so a user's own components (``--method mypkg.mymethod``)
+    can add their flags before the whole command line is parsed."""
     p = argparse.ArgumentParser(add_help=False)
-    for flag, default in (("--benchmark", "split-digits"), ("--model", "mlp"), ("--method", "kl")):
-        p.add_argument(flag, default=default)
+    for flag in ("--benchmark", "--model", "--method", "--config"):
+        p.add_argument(flag, default=None)
     return p.parse_known_args(argv)[0]
+
+
+def read_config_file(path: str) -> dict:
+    """A run's options from a TOML file: top-level keys ``benchmark``, ``model``, ``method``, ``device``,
+    ``data_dir``, ``results_dir`` and any option by its config name (``kl_lambda = 0.5``)."""
+    import tomllib
+
+    try:
+        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"--config: cannot read {path!r}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BadInput(f"--config: {path!r} is not valid TOML: {e}") from None
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise BadInput(f"--config {path}: {key!r} is a table; write options as top-level keys, e.g. kl_lambda = 0.5")
+    return values
 
 
 def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentParser:
@@ -69,25 +92,29 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
                 declared.add(o.name)
                 _add_option(group, o)
 
+    p.add_argument("--version", action="version", version=f"forgetting {_version()}")
+    p.add_argument("--config", metavar="FILE", default=None, help="read the run's options from a TOML file "
+                   "(top-level keys: benchmark, model, method and any option by its config name, e.g. "
+                   "kl_lambda = 0.5); flags given on the command line win")
     g = p.add_argument_group("stream (what to learn)")
-    g.add_argument("--benchmark", default="split-digits", help=f"task stream: {', '.join(registry.names('stream'))} "
+    g.add_argument("--benchmark", default=None, help=f"task stream: {', '.join(registry.names('stream'))} "
                    "(default: split-digits, bundled with scikit-learn, no download)")
     g.add_argument("--data-dir", default=None, help="directory of local data sets (default: $FORGETTING_DATA_DIR, "
                    "else ../shared/data when it exists)")
     add(g, registry.all_options("stream"))
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="mlp", help=f"model: {', '.join(registry.names('model'))}; kind:SOURCE loads "
+    g.add_argument("--model", default=None, help=f"model: {', '.join(registry.names('model'))}; kind:SOURCE loads "
                    "a checkpoint, e.g. bert:PATH (default: mlp)")
     add(g, registry.all_options("model"))
     g = p.add_argument_group("method")
-    g.add_argument("--method", default="kl", help=f"how fine-tuning is held back: {', '.join(registry.names('method'))}; "
+    g.add_argument("--method", default=None, help=f"how fine-tuning is held back: {', '.join(registry.names('method'))}; "
                    "compose with '+', e.g. kl+rdrop; or a module of your own, e.g. mypkg.mymethod (default: kl)")
     add(g, registry.all_options("method"))
     g = p.add_argument_group("loop")
     add(g, LOOP_OPTIONS)
-    g.add_argument("--device", default="auto", help=f"{', '.join(DEVICES)} (cuda when available) or cuda:N (default: auto)")
+    g.add_argument("--device", default=None, help=f"{', '.join(DEVICES)} (cuda when available) or cuda:N (default: auto)")
     g = p.add_argument_group("output")
-    g.add_argument("--results-dir", default="results", help="where run directories go (default: results)")
+    g.add_argument("--results-dir", default=None, help="where run directories go (default: results)")
     g.add_argument("--force", action="store_true", help="run again even if a complete run with this config exists")
     g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
                    "finished task (checkpoints are saved at every task boundary)")
@@ -95,17 +122,31 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
     return p
 
 
-NOT_OPTIONS = ("benchmark", "model", "method", "data_dir", "device", "results_dir", "force", "resume", "quiet")
+NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
-    """The run's resolved config from the parsed command line; BadInput on the first bad value."""
+    """The run's resolved config from the parsed command line (over ``--config FILE``, over the defaults);
+    BadInput on the first bad value."""
     from .streams import default_data_dir
 
-    given = {k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}
-    data_dir = ns.data_dir if ns.data_dir is not None else default_data_dir()
-    config = registry.gather(ns.benchmark, ns.model, ns.method, given, device=ns.device, data_dir=ns.data_dir,
-                             results_dir=ns.results_dir, progress=not ns.quiet)
+    from_file = read_config_file(ns.config) if getattr(ns, "config", None) else {}
+    top = {k: (getattr(ns, k, None) if getattr(ns, k, None) is not None else from_file.get(k, default))
+           for k, default in TOP_LEVEL.items()}
+    given = {**{k: v for k, v in from_file.items() if k not in TOP_LEVEL},
+             **{k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}}
+    data_dir = top["data_dir"] if top["data_dir"] is not None else default_data_dir()
+    for key in ("benchmark", "model", "method", "device", "results_dir"):
+        if not isinstance(top[key], str):
+            raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
+    config = registry.gather(top["benchmark"], top["model"], top["method"], given, device=top["device"],
+                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet)
     resolved = registry.resolve(config)
     resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
     return resolved
@@ -273,7 +314,16 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser(_preparse(argv))
+    chosen = _preparse(argv)
+    try:
+        from_file = read_config_file(chosen.config) if chosen.config else {}
+    except BadInput as e:
+        print(f"python -m forgetting.run: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for key in ("benchmark", "model", "method"):  # a user's component named in the file declares its flags too
+        if getattr(chosen, key) is None:
+            setattr(chosen, key, from_file.get(key, TOP_LEVEL[key]))
+    parser = build_parser(chosen)
     ns = parser.parse_args(argv)
     setup_logging(ns.quiet)
     config = None
@@ -296,6 +346,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(rows, run_dir))
     return 0
 
+
+class _CallableModule(type(sys)):
+    """``forgetting.run`` is this module (``python -m forgetting.run``) and, called, the notebook API."""
+
+    def __call__(self, benchmark: str = "split-digits", method: str = "kl", **options):
+        from .api import run
+
+        return run(benchmark, method, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

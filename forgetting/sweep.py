@@ -190,7 +190,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise BadInput("--executor ray: Ray is not installed; install it with pip install 'forgetting[ray]' "
+        raise BadInput("--executor ray needs the [ray] extra (ray not installed): pip install 'forgetting[ray]' "
                        "(or use --executor process)") from None
     return ray
 

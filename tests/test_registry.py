@@ -211,3 +211,60 @@ def test_a_users_method_runs_from_their_own_package(tmp_path, how):
     assert p.returncode == 2 and "--kl-lambda does not apply to method" in p.stderr
     listed = run_cli("forgetting.run", "--help", env=env)
     assert ("l1-anchor" in listed.stdout) == (how == "entry point")  # entry points are listed; any module path works
+
+
+def test_a_missing_extra_is_named_in_one_line(monkeypatch):
+    import forgetting.extras as extras
+
+    real = extras.find_spec
+    monkeypatch.setattr(extras, "find_spec", lambda m: None if m in ("transformers", "avalanche") else real(m))
+    with pytest.raises(BadInput, match=r"needs the \[text\] extra \(transformers not installed\): "
+                                       r"pip install 'forgetting\[text\]'"):
+        make_config(benchmark="uci-sentiment", model="bert")
+    with pytest.raises(BadInput, match=r"--method avalanche-ewc needs the \[avalanche\] extra"):
+        make_config(method="avalanche-ewc")
+    make_config(method="kl")  # the core needs neither
+
+
+def test_a_run_reads_its_options_from_a_toml_file_and_flags_win(tmp_path, capsys):
+    from forgetting.run import main
+
+    (tmp_path / "run.toml").write_text('method = "kl+rdrop"\nkl_lambda = 0.5\nepochs = 1\nhidden = [16]\n')
+    code = main(["--config", str(tmp_path / "run.toml"), "--epochs", "2", "--no-teacher-cache", "--quiet",
+                 "--results-dir", str(tmp_path / "r")])
+    assert code == 0, capsys.readouterr().err
+    (run_dir,) = (tmp_path / "r").iterdir()
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["method"]["name"] == "kl+rdrop" and config["method"]["options"]["kl_lambda"] == 0.5
+    assert config["loop"]["epochs"] == 2 and config["model"]["options"]["hidden"] == [16]
+    assert config["method"]["settings"]["teacher_cache"] is False
+    (tmp_path / "bad.toml").write_text('kl_lambda = -1\n')
+    assert main(["--config", str(tmp_path / "bad.toml"), "--results-dir", str(tmp_path / "r2")]) == 2
+    assert "--kl-lambda: bad value -1" in capsys.readouterr().err and not (tmp_path / "r2").exists()
+
+
+def test_the_notebook_api_runs_and_loads_with_the_clis_run_id(tmp_path):
+    import forgetting
+
+    rows = forgetting.run(method="kl", kl_lambda=0.5, epochs=1, hidden=[16], results_dir=tmp_path)
+    assert rows.attrs["status"] == "complete" and rows["accuracy"].notna().all()
+    assert rows.attrs["run_id"] == make_config(kl_lambda=0.5, epochs=1, hidden=[16]).run_id
+    again = forgetting.run(method="kl", kl_lambda=0.5, epochs=1, hidden=[16], results_dir=tmp_path)
+    assert again.attrs["status"] == "skipped" and again.equals(rows)
+    forgetting.run(method="naive", epochs=1, hidden=[16], results_dir=tmp_path)
+    df = forgetting.load_results(tmp_path)
+    assert set(df["method"]) == {"kl", "naive"} and set(df["status"]) == {"complete"}
+    assert set(df.loc[df["method"] == "kl", "method.kl_lambda"]) == {0.5}
+    assert df.loc[df["method"] == "naive", "method.kl_lambda"].isna().all()
+    assert set(df["model.hidden"]) == {(16,)}
+    with pytest.raises(BadInput, match="--five-order does not apply"):
+        forgetting.run(five_order=2, results_dir=tmp_path)
+
+
+def test_a_suite_seed_beyond_numpys_range_is_refused_before_any_run(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[experiment]]\nbenchmark = "split-digits"\nscenarios = ["domain"]\nseeds = [99999999999]\n'
+                     'epochs = 1\n[[experiment.method]]\nname = "kl"\n')
+    with pytest.raises(BadInput, match=r"seeds\[0\]: bad value 99999999999, allowed: an integer at least 0 and at "
+                                       r"most 4294967295"):
+        load_suite(suite)

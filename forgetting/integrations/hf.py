@@ -30,16 +30,7 @@ from transformers import Trainer
 
 from ..causal_lm import loss_mask, shifted
 from ..penalty import check_penalty_options, kl_penalty, token_kl_penalty
-from ..train import frozen_copy
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """``model`` itself, in eval mode and without gradients: a teacher."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    return model
+from ..train import freeze, frozen_copy
 
 
 class KLRegularizedTrainer(Trainer):

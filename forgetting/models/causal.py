@@ -304,8 +304,7 @@ def build(stream, options: dict, source: str | None = None) -> CausalLM:
     lora = {"rank": options.get("lora_rank", 0), "alpha": options.get("lora_alpha", 0.0),
             "targets": options.get("lora_targets", "all-linear")}
     if lora["rank"]:
-        import importlib.util
+        from ..extras import require
 
-        if importlib.util.find_spec("peft") is None:
-            raise BadInput("--lora-rank: needs the peft package (pip install 'forgetting[lm]')")
+        require("lm", "--lora-rank")
     return CausalLM(lm, source, lora, options.get("precision", "float32"))
