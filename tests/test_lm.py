@@ -373,3 +373,22 @@ def test_lm_teacher_cache_gives_the_live_teachers_penalty(tmp_path):
     kl.hparams["teacher_cache_mb"] = 0.001
     kl.before_task(trainer, 1)
     assert kl.cache is None  # above --teacher-cache-mb: the live teacher
+
+
+def test_uci_completion_tasks_use_the_sources_prompt_and_answer_words(data_dir):
+    maker = tokenizer_maker("gpt2", {"lm_task": "completion"})
+    stream = build_stream("uci-sentiment", "domain", {"data_dir": str(data_dir), "tokenizer": maker, "max_seq_len": 96,
+                                                      "text_train_per_task": 20, "text_test_per_task": 10})
+    assert [t.name for t in stream.tasks] == ["uci-sentiment[amazon]", "uci-sentiment[yelp]", "uci-sentiment[imdb]"]
+    assert stream.info["lm_task"] == "completion" and stream.tasks[0].classes == ["negative", "positive"]
+    data = stream.tasks[2].test
+    inputs, targets = data.gather(torch.arange(len(data)))
+    tok = stream.tokenizer
+    for j in range(len(data)):
+        labels = inputs["labels"][j]
+        answer = tok.decode(labels[labels != -100])
+        assert answer == [" negative", " positive"][int(targets[j])] + "<|endoftext|>"
+        text = tok.decode(inputs["input_ids"][j][inputs["attention_mask"][j].bool()])
+        cut = int(inputs["attention_mask"][j].sum()) == 96  # a long review loses its beginning, not its answer
+        assert (text.startswith("<|endoftext|>Review: ") or cut) and text.endswith("\nSentiment:" + answer)
+    assert [tok.decode(c) for c in data.choices] == [" negative<|endoftext|>", " positive<|endoftext|>"]
