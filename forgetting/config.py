@@ -22,7 +22,7 @@ SCHEMA_VERSION = 2
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
-PRECISIONS = ("fp32", "bf16", "fp16")
+AMP = ("off", "bf16", "fp16")
 
 # The loop's own options (methods, models and streams declare theirs).
 LOOP_OPTIONS = [
@@ -47,8 +47,8 @@ LOOP_OPTIONS = [
            "multiplies the rate by --lr-gamma", minimum=1, nargs="*"),
     Option("lr_gamma", float, 0.1, "factor of the step schedule", minimum=0.0, exclusive_minimum=True, maximum=1.0),
     Option("grad_clip", float, 0.0, "clip the gradients' total L2 norm to this before each step (0: off)", minimum=0.0),
-    Option("precision", str, "fp32", "fp32, or bf16/fp16 autocast of the student's forward pass (CUDA only)",
-           choices=PRECISIONS),
+    Option("amp", str, "off", "mixed precision of the loop: off, or bf16/fp16 autocast of the student's forward pass "
+           "and task loss (CUDA only; penalties and teachers stay fp32)", choices=AMP),
 ]
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
 LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}

@@ -9,7 +9,7 @@ and mixed precision. The training loops (ours and the Avalanche bridge) build th
   lr * (1 + cos(pi * (e - W) / (E - W))) / 2 over the remaining E - W epochs (torch's CosineAnnealingLR), and step multiplies by
   ``--lr-gamma`` at each epoch of ``--lr-milestones``.
 - ``--grad-clip`` N clips the gradients' total L2 norm to N before the optimiser steps (0: off).
-- ``--precision`` bf16 | fp16 runs the student's forward pass and task loss under CUDA autocast
+- ``--amp`` bf16 | fp16 runs the student's forward pass and task loss under CUDA autocast
   (fp16 with a gradient scaler). Penalties, and so the frozen teacher (cached or live), stay in
   fp32, which keeps the teacher cache exact. On CPU it is refused: CPU autocast is slower than
   fp32 on most machines and would only change the numbers.
@@ -23,11 +23,11 @@ import math
 import torch
 from torch import nn
 
-from .config import OPTIMIZERS, PRECISIONS, SCHEDULES  # noqa: F401  (the options are config.LOOP_OPTIONS)
+from .config import AMP, OPTIMIZERS, SCHEDULES  # noqa: F401  (the options are config.LOOP_OPTIONS)
 from .errors import BadInput
 
 
-OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("precision", "fp32"))
+OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"))
 
 
 def check(loop: dict, runner: str = "forgetting") -> None:
@@ -46,10 +46,10 @@ def check(loop: dict, runner: str = "forgetting") -> None:
         raise BadInput(f"--lr-milestones: applies to --lr-schedule step only (not {loop.get('lr_schedule', 'none')})")
 
 
-def check_device(precision: str, device: torch.device) -> None:
-    if precision != "fp32" and torch.device(device).type != "cuda":
-        raise BadInput(f"--precision {precision}: mixed precision runs on CUDA only; on {torch.device(device).type} "
-                       "use --precision fp32")
+def check_device(amp: str, device: torch.device) -> None:
+    if amp != "off" and torch.device(device).type != "cuda":
+        raise BadInput(f"--amp {amp}: mixed precision runs on CUDA only; on {torch.device(device).type} "
+                       "use --amp off")
 
 
 def build_optimizer(params, config) -> torch.optim.Optimizer:
@@ -82,17 +82,17 @@ def build_scheduler(optimizer: torch.optim.Optimizer, config) -> torch.optim.lr_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: lr_factor(e, config))
 
 
-def autocast(device: torch.device, precision: str):
-    """The autocast context of ``--precision`` (none for fp32)."""
-    if precision == "fp32":
+def autocast(device: torch.device, amp: str):
+    """The autocast context of ``--amp`` (none when off)."""
+    if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(device_type=torch.device(device).type,
-                          dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+                          dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
-def grad_scaler(device: torch.device, precision: str):
+def grad_scaler(device: torch.device, amp: str):
     """fp16 needs its loss scaled against underflow; None otherwise."""
-    return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
+    return torch.amp.GradScaler(torch.device(device).type) if amp == "fp16" else None
 
 
 def clip(model: nn.Module, max_norm: float) -> None:

@@ -60,8 +60,8 @@ class Trainer:
         self.global_step = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None  # per-epoch learning-rate schedule (optim.py), fresh per task
-        optim.check_device(config.precision, device)
-        self.scaler = optim.grad_scaler(device, config.precision)
+        optim.check_device(config.amp, device)
+        self.scaler = optim.grad_scaler(device, config.amp)
         self.method_name = "+".join(m.name for m in methods)
         self.strength = next((m.strength() for m in methods if m.strength_option), 0.0)
         loss_changers = [m for m in methods if m.changes_task_loss]
@@ -131,9 +131,9 @@ class Trainer:
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""
         self.model.train()
-        with optim.autocast(self.device, self.config.precision):  # the student's pass only: penalties stay fp32
+        with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
             logits, data_loss, terms = self._loss_method.task_loss(self, batch)
-        if self.config.precision != "fp32":
+        if self.config.amp != "off":
             logits, data_loss = logits.float(), data_loss.float()
         for m in self.methods:
             terms.update(m.penalties(self, batch, logits, t))

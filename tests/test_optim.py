@@ -108,7 +108,7 @@ def test_grad_clip_bounds_the_update_norm():
     (dict(lr_schedule="step"), "--lr-schedule step: needs --lr-milestones"),
     (dict(lr_milestones=[3]), "--lr-milestones: applies to --lr-schedule step only"),
     (dict(optimizer="rmsprop"), "--optimizer: bad value 'rmsprop'"),
-    (dict(precision="fp8"), "--precision: bad value 'fp8'"),
+    (dict(amp="fp8"), "--amp: bad value 'fp8'"),
     (dict(method="avalanche-naive", lr_schedule="cosine"), "--lr-schedule cosine: applies to our training loop only"),
 ])
 def test_bad_recipes_are_refused(options, named):
@@ -117,16 +117,16 @@ def test_bad_recipes_are_refused(options, named):
 
 
 def test_mixed_precision_on_cpu_is_refused_in_one_line(cli, tmp_path):
-    proc = cli("forgetting.run", "--precision", "bf16", "--device", "cpu", "--results-dir", str(tmp_path / "r"))
+    proc = cli("forgetting.run", "--amp", "bf16", "--device", "cpu", "--results-dir", str(tmp_path / "r"))
     assert proc.returncode == 2
-    assert proc.stderr.strip().endswith("--precision bf16: mixed precision runs on CUDA only; on cpu use --precision fp32")
+    assert proc.stderr.strip().endswith("--amp bf16: mixed precision runs on CUDA only; on cpu use --amp off")
     assert len(proc.stderr.strip().splitlines()) == 1 and not (tmp_path / "r").exists()
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="mixed precision needs CUDA")
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_trains_on_cuda(precision):
-    config = make_config(method="kl", epochs=1, precision=precision, progress=False, device="cuda")
+    config = make_config(method="kl", epochs=1, amp=precision, progress=False, device="cuda")
     stream = build_stream("split-digits", "domain", {})
     stream.tasks = stream.tasks[:2]
     model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[16])
@@ -142,10 +142,10 @@ def test_autocast_path_on_cpu_with_the_device_check_lifted(monkeypatch, precisio
     penalty and the teacher stay fp32, so the teacher cache still gives exactly the live teacher's numbers."""
     from forgetting import optim
 
-    monkeypatch.setattr(optim, "check_device", lambda precision, device: None)
+    monkeypatch.setattr(optim, "check_device", lambda amp, device: None)
     params = {}
     for cache in (True, False):
-        config = make_config(method="kl", epochs=1, precision=precision, teacher_cache=cache, progress=False,
+        config = make_config(method="kl", epochs=1, amp=precision, teacher_cache=cache, progress=False,
                              device="cpu")
         stream = build_stream("split-digits", "domain", {})
         stream.tasks = stream.tasks[:2]
