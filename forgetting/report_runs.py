@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed
 INT_COLUMNS = ["seed", "trained_task", "epoch", "global_step", "eval_task"]
 FLOAT_COLUMNS = ["lambda", "accuracy", "kl_base"]
 # Config keys that say where or how a run was executed, not what it computed.
-NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "schema_version")
+NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "log_to", "schema_version")
 
 
 @dataclass

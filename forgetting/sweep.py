@@ -300,17 +300,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]:
-    from tqdm.auto import tqdm
+    from . import progress
 
     labels = {c.run_id: describe(c) for c in todo}
     outcomes: dict[str, Outcome] = {}
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=ns.quiet or not todo, dynamic_ncols=True)
+    bar = progress.bar(len(todo), "sweep", not ns.quiet and bool(todo), unit="run", per_update=True)
 
     def on_result(o: Outcome) -> None:
         outcomes[o.run_id] = o
-        bar.update(1)
         failed = sum(x.status in ("failed", "interrupted") for x in outcomes.values())
-        bar.set_postfix(failed=failed, refresh=True)
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.update(1)
         if o.status in ("failed", "interrupted"):
             bar.write(f"{PROG}: run {o.run_id} ({labels[o.run_id]}) {o.status}: {o.error}", file=sys.stderr)
 
