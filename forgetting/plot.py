@@ -56,6 +56,30 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
     return written + [runs_csv, html]
 
 
+def figures(df) -> dict:
+    """The report's figures as matplotlib figures, by name (``forgetting_curves``, ...; prefixed with
+    ``benchmark-scenario/`` when ``df`` holds several), from a ``forgetting.load_results`` frame or any
+    subset of its rows; nothing is written. Close them with ``matplotlib.pyplot.close``."""
+    from .api import runs_from_frame
+    from .report_figures import Collect, figure_set
+    from .report_summary import run_table
+
+    runs = runs_from_frame(df)
+    if not runs:
+        raise BadInput("no runs in the frame: load some with forgetting.load_results(path)")
+    table = run_table(runs)
+    sets: dict[tuple[str, str], list] = {}
+    for r in runs:
+        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    out: dict = {}
+    for (bench, scen), group in sorted(sets.items()):
+        got = Collect()
+        ids = {r.run_id for r in group}
+        figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got)
+        out.update({(name if len(sets) == 1 else f"{bench}-{scen}/{name}"): fig for name, fig in got.items()})
+    return out
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m forgetting.plot",
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "

@@ -98,3 +98,26 @@ def test_report_html_stands_alone_when_moved(report, tmp_path):
     assert all(i["src"].startswith("data:") for i in page.images)
     assert "<link" not in moved.read_text() and "<script" not in moved.read_text()
 
+
+
+def test_plot_figures_from_load_results_draws_what_the_cli_writes(report, tmp_path):
+    import matplotlib.image as mpimg
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    import forgetting
+
+    results, out, ids = report
+    df = forgetting.load_results(results)
+    figs = forgetting.plot.figures(df)
+    assert sorted(figs) == sorted(p.stem for p in out.glob("*.png"))
+    for name, fig in figs.items():
+        fig.savefig(tmp_path / f"{name}.png", dpi=100)
+        assert np.array_equal(mpimg.imread(tmp_path / f"{name}.png"), mpimg.imread(out / f"{name}.png")), name
+        plt.close(fig)
+    # any subset of the rows: here only temperature 1
+    figs = forgetting.plot.figures(df[df["method.temperature"] == 1.0])
+    legend = [t.get_text() for t in figs["tradeoff"].axes[0].get_legend().get_texts()]
+    assert any("kl, λ=1" in t for t in legend) and not any("temperature" in t for t in legend)
+    for fig in figs.values():
+        plt.close(fig)
