@@ -73,6 +73,36 @@ def evaluation_scalars(rows: Sequence[dict]) -> dict[str, float]:
     return out
 
 
+def experiment_name(config: dict) -> str:
+    """Where a tracker groups runs: ``forgetting/BENCHMARK-SCENARIO`` (or the config's own ``experiment``)."""
+    if config.get("experiment"):
+        return f"forgetting/{config['experiment']}"
+    stream = config.get("stream", {})
+    return f"forgetting/{stream.get('name')}-{stream.get('options', {}).get('scenario')}"
+
+
+def mlflow_uri(results_dir: str | Path) -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(results_dir).resolve() / 'mlflow.db'}"
+
+
+def prepare_stores(names: Sequence[str], results_dir: str | Path) -> None:
+    """Create the local MLflow store once, before worker processes open it at the same time."""
+    if "mlflow" in names:
+        from mlflow.tracking import MlflowClient
+
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        MlflowClient(tracking_uri=mlflow_uri(results_dir)).search_experiments(max_results=1)
+
+
+def log_report(names: Sequence[str], files: Iterable[Path], report_dir: Path, results_dir: str | Path) -> None:
+    """A report's files (figures, summary, report.html) as the files of a tracker run named ``report``."""
+    trackers = Trackers(names)
+    trackers.start({"experiment": "report", "results_dir": str(results_dir), "report_dir": str(report_dir)},
+                   Path(report_dir))
+    trackers.artifacts([Path(f) for f in files if Path(f).suffix in (".png", ".svg", ".csv", ".md", ".html")])
+    trackers.finish("complete")
+
+
 class Tracker:
     """The interface; each method is a no-op here."""
 
@@ -135,11 +165,9 @@ class MLflowTracker(Tracker):
         import mlflow
         from mlflow.tracking import MlflowClient
 
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path(config['results_dir']).resolve() / 'mlflow.db'}"
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowClient(tracking_uri=mlflow_uri(config["results_dir"]))
         self._metric = mlflow.entities.Metric
-        stream = config.get("stream", {})
-        exp_name = f"forgetting/{stream.get('name')}-{stream.get('options', {}).get('scenario')}"
+        exp_name = experiment_name(config)
         exp = self.client.get_experiment_by_name(exp_name)
         exp_id = exp.experiment_id if exp else self.client.create_experiment(exp_name)
         self.run_id = self.client.create_run(exp_id, run_name=Path(run_dir).name,
@@ -191,6 +219,7 @@ class WandbTracker(Tracker):
 
         os.environ.setdefault("WANDB_SILENT", "true")
         self.run = wandb.init(project=os.environ.get("WANDB_PROJECT", "forgetting"), name=Path(run_dir).name,
+                              group=experiment_name(config).split("/", 1)[1],
                               dir=str(run_dir), config=flat_params(config),
                               mode=os.environ.get("WANDB_MODE", "offline"),
                               settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True),
@@ -250,4 +279,5 @@ class Trackers:
             t.finish(status)
 
 
-__all__ = ["TRACKERS", "Tracker", "Trackers", "check", "evaluation_scalars", "flat_params"]
+__all__ = ["TRACKERS", "Tracker", "Trackers", "check", "evaluation_scalars", "flat_params", "log_report",
+           "prepare_stores"]

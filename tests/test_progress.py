@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pandas as pd
@@ -35,11 +36,16 @@ def test_a_sweep_whose_stderr_is_a_pipe_writes_one_line_per_finished_run(tmp_pat
     suite.write_text('name = "tiny"\n[defaults]\nepochs = 1\nbatch_size = 64\n'
                      'model_options = { hidden = [16], dropout = 0.0 }\n[[experiment]]\nbenchmark = "split-digits"\n'
                      'scenarios = ["domain"]\nseeds = [0, 1]\n[[experiment.method]]\nname = "naive"\n')
-    p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(tmp_path / "r"), "--workers", "1", "--no-report")
+    p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(tmp_path / "r"), "--workers", "1", "--no-report",
+                "--log-to", "tensorboard")
     assert p.returncode == 0, p.stderr
     assert "\r" not in p.stderr
     done = [line for line in p.stderr.splitlines() if re.match(r"\[forgetting\] sweep: \d/2 runs done, failed 0$", line)]
     assert done == ["[forgetting] sweep: 1/2 runs done, failed 0", "[forgetting] sweep: 2/2 runs done, failed 0"]
+    # --log-to reaches every run of the sweep (without changing its id: the run directories are the ids)
+    assert len(list((tmp_path / "r").glob("*/tensorboard/events.out.tfevents.*"))) >= 2
+    configs = [json.loads(c.read_text()) for c in (tmp_path / "r").glob("*/config.json")]
+    assert [c["log_to"] for c in configs] == [["tensorboard"], ["tensorboard"]]
 
 
 def test_in_a_terminal_the_bars_are_tqdm(monkeypatch):

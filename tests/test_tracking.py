@@ -156,6 +156,26 @@ def test_an_unknown_tracker_is_refused_with_the_choices(tmp_path, capsys):
     assert not (tmp_path / "r").exists()
 
 
+def test_a_reports_figures_go_to_the_tracker_as_images(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from forgetting.tracking import log_report
+
+    fig, ax = plt.subplots(figsize=(2, 1), dpi=50)
+    ax.plot([0, 1], [1, 0])
+    fig.savefig(tmp_path / "tradeoff.png")
+    plt.close(fig)
+    log_report(["tensorboard"], [tmp_path / "tradeoff.png", tmp_path / "summary.csv"], tmp_path, tmp_path)
+    acc = EventAccumulator(str(tmp_path / "tensorboard"), size_guidance={"images": 0})
+    acc.Reload()
+    (image,) = acc.Images("figures/tradeoff")
+    assert (image.width, image.height) == (100, 50)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
