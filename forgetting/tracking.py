@@ -5,8 +5,8 @@ One small class per tracker behind one interface: ``start`` (the config as hyper
 per evaluated task), ``artifact`` (a file: the run's config, metrics, figures) and ``finish``.
 The run directory stays the record; a tracker is a view of it and never changes a run id.
 Every tracker works offline: TensorBoard event files and W&B offline runs go into the run
-directory, MLflow into ``sqlite:///RESULTS_DIR/mlflow.db`` unless ``MLFLOW_TRACKING_URI`` names
-another store or a server.
+directory, MLflow into ``sqlite:///RESULTS_DIR/mlflow.db`` (files in RESULTS_DIR/mlartifacts)
+unless ``MLFLOW_TRACKING_URI`` names another store or a server.
 """
 
 from __future__ import annotations
@@ -169,7 +169,10 @@ class MLflowTracker(Tracker):
         self._metric = mlflow.entities.Metric
         exp_name = experiment_name(config)
         exp = self.client.get_experiment_by_name(exp_name)
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(exp_name)
+        # with the local store, files go beside it (MLflow's default is ./mlruns wherever the run starts)
+        files = None if os.environ.get("MLFLOW_TRACKING_URI") else \
+            (Path(config["results_dir"]).resolve() / "mlartifacts").as_uri()
+        exp_id = exp.experiment_id if exp else self.client.create_experiment(exp_name, artifact_location=files)
         self.run_id = self.client.create_run(exp_id, run_name=Path(run_dir).name,
                                              tags={"forgetting.run_id": Path(run_dir).name,
                                                    "forgetting.run_dir": str(Path(run_dir).resolve())}).info.run_id

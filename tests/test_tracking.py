@@ -38,10 +38,14 @@ def logged(tmp_path_factory):
     """One real run (split-digits, 5 tasks x 1 epoch, an evaluation every 7 steps) logged to all three."""
     results = tmp_path_factory.mktemp("tracked")
     env = {k: os.environ.pop(k) for k in ("MLFLOW_TRACKING_URI", "WANDB_MODE") if k in os.environ}
+    cwd = os.getcwd()
+    os.chdir(tmp_path_factory.mktemp("cwd"))  # to see that nothing lands where the run was started
     try:
         assert run_main(*ARGS, "--results-dir", str(results), "--log-to", "tensorboard", "--log-to", "mlflow",
                         "--log-to", "wandb") == 0
+        assert not os.listdir("."), os.listdir(".")
     finally:
+        os.chdir(cwd)
         os.environ.update(env)
     (run_dir,) = [p.parent for p in results.glob("*/metrics.csv")]
     return results, run_dir, pd.read_csv(run_dir / "metrics.csv"), json.loads((run_dir / "config.json").read_text())
@@ -110,6 +114,7 @@ def test_mlflow_local_store_holds_params_metrics_and_run_files(logged):
         assert [s for s, _ in hist] == [s for s, _ in want]
         np.testing.assert_allclose([v for _, v in hist], [v for _, v in want], rtol=1e-6)
     assert len(client.get_metric_history(run["run_id"], "train/loss")) == int(rows["global_step"].max())
+    assert run["artifact_uri"].startswith((results / "mlartifacts").as_uri())
     local = client.download_artifacts(run["run_id"], "metrics.csv", str(results / "dl"))
     assert Path(local).read_text() == (run_dir / "metrics.csv").read_text()
 
