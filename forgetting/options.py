@@ -36,10 +36,11 @@ class Option:
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
         kind = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[self.type]
+        num = (lambda v: str(int(v))) if self.type is int else (lambda v: f"{v:g}")
         if self.minimum is not None:
-            kind += f" {'above' if self.exclusive_minimum else 'at least'} {self.minimum:g}"
+            kind += f" {'above' if self.exclusive_minimum else 'at least'} {num(self.minimum)}"
         if self.maximum is not None:
-            kind += f"{' and' if self.minimum is not None else ''} at most {self.maximum:g}"
+            kind += f"{' and' if self.minimum is not None else ''} at most {num(self.maximum)}"
         return ("a list of " if self.nargs else "") + kind
 
     def check(self, value: Any, where: str | None = None) -> Any:

@@ -259,3 +259,12 @@ def test_the_notebook_api_runs_and_loads_with_the_clis_run_id(tmp_path):
     assert set(df["model.hidden"]) == {(16,)}
     with pytest.raises(BadInput, match="--five-order does not apply"):
         forgetting.run(five_order=2, results_dir=tmp_path)
+
+
+def test_a_suite_seed_beyond_numpys_range_is_refused_before_any_run(tmp_path):
+    suite = tmp_path / "s.toml"
+    suite.write_text('[[experiment]]\nbenchmark = "split-digits"\nscenarios = ["domain"]\nseeds = [99999999999]\n'
+                     'epochs = 1\n[[experiment.method]]\nname = "kl"\n')
+    with pytest.raises(BadInput, match=r"seeds\[0\]: bad value 99999999999, allowed: an integer at least 0 and at "
+                                       r"most 4294967295"):
+        load_suite(suite)
