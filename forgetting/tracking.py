@@ -172,7 +172,13 @@ class MLflowTracker(Tracker):
         # with the local store, files go beside it (MLflow's default is ./mlruns wherever the run starts)
         files = None if os.environ.get("MLFLOW_TRACKING_URI") else \
             (Path(config["results_dir"]).resolve() / "mlartifacts").as_uri()
-        exp_id = exp.experiment_id if exp else self.client.create_experiment(exp_name, artifact_location=files)
+        if exp is None:
+            try:
+                self.client.create_experiment(exp_name, artifact_location=files)
+            except mlflow.exceptions.MlflowException:  # another worker of the sweep made it first
+                pass
+            exp = self.client.get_experiment_by_name(exp_name)
+        exp_id = exp.experiment_id
         self.run_id = self.client.create_run(exp_id, run_name=Path(run_dir).name,
                                              tags={"forgetting.run_id": Path(run_dir).name,
                                                    "forgetting.run_dir": str(Path(run_dir).resolve())}).info.run_id
