@@ -23,7 +23,8 @@ from .extras import require
 TRACKERS = ("tensorboard", "mlflow", "wandb")
 MODULES = {"tensorboard": ("tensorboard",), "mlflow": ("mlflow",), "wandb": ("wandb",)}
 # the numbers of an evaluation row that go to a tracker, one series per evaluated task
-ROW_SCALARS = ("accuracy", "loss", "kl_base")
+ROW_SCALARS = ("accuracy", "loss", "kl_base",
+               "perplexity", "token_accuracy", "answer_accuracy", "exact_match")  # the last four: causal LMs
 
 
 def check(names: Iterable[str]) -> list[str]:
