@@ -80,6 +80,7 @@ class RunConfig:
     data_dir: str | None = None
     results_dir: str = "results"
     progress: bool = True
+    log_to: list[str] = field(default_factory=list)  # experiment trackers (forgetting.tracking)
 
     # --- read-only views with the flat names used across the code ----------------------------
     @property
@@ -125,7 +126,7 @@ class RunConfig:
         if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise ValueError(f"config schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
         comp = {k: Component(**d[k]) for k in ("stream", "model", "method") if k in d}
-        rest = {k: d[k] for k in ("loop", "device", "data_dir", "results_dir", "progress") if k in d}
+        rest = {k: d[k] for k in ("loop", "device", "data_dir", "results_dir", "progress", "log_to") if k in d}
         return cls(**comp, **rest)
 
     def hashed_dict(self) -> dict[str, Any]:
@@ -155,4 +156,5 @@ def flat_view(d: dict[str, Any]) -> dict[str, Any]:
         "stream_options": {k: v for k, v in {**stream.get("options", {}), **stream.get("settings", {})}.items()
                            if k != "scenario"},
         **{k: d.get(k) for k in ("device", "data_dir", "results_dir", "progress", "schema_version")},
+        "log_to": d.get("log_to") or [],
     }

@@ -8,8 +8,8 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress
 from .config import RunConfig
 from .errors import RunFailed
 from .causal_lm import is_lm
@@ -87,8 +87,7 @@ class Trainer:
             m.before_task(self, t)
         task = self.stream.tasks[t]
         steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
-        bar = tqdm(total=steps_per_epoch * self.config.epochs, desc=f"task {t} {task.name}", leave=False,
-                   disable=not self.config.progress, dynamic_ncols=True)
+        bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", self.config.progress)
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
@@ -99,6 +98,8 @@ class Trainer:
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
+                if self.recorder is not None:
+                    self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:
                     self.record("step", t, epoch, sums["loss"] / n_batches)
             if self.scheduler is not None:

@@ -42,8 +42,8 @@ from avalanche.models.utils import is_multi_task_module
 from avalanche.training.plugins import BiCPlugin, EvaluationPlugin, SynapticIntelligencePlugin
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
+from .. import progress
 from ..errors import BadInput, RunFailed
 from ..optim import build_optimizer
 from ..penalty import check_penalty_options, kl_penalty
@@ -287,14 +287,15 @@ class _Recorder(SupervisedPlugin):
         self.epoch = 0
         self.loss_sum = 0.0
         self.n_batches = 0
+        self.last_loss = float("nan")
         self.bar = None
 
     def before_training_exp(self, strategy, **kwargs):
         tr = self.trainer
         self.epoch = 0
         steps = len(strategy.dataloader) * strategy.train_epochs if hasattr(strategy.dataloader, "__len__") else None
-        self.bar = tqdm(total=steps, desc=f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
-                        leave=False, disable=not tr.config.progress, dynamic_ncols=True)
+        self.bar = progress.bar(steps, f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
+                                tr.config.progress)
 
     def before_training_epoch(self, strategy, **kwargs):
         self.epoch += 1
@@ -309,11 +310,14 @@ class _Recorder(SupervisedPlugin):
                             task=tr.current_task, epoch=self.epoch, step=tr.global_step + 1, loss=loss)
         self.loss_sum += loss
         self.n_batches += 1
+        self.last_loss = loss
 
     def after_training_iteration(self, strategy, **kwargs):
         tr = self.trainer
         tr.global_step += 1
         self.bar.update(1)
+        if tr.recorder is not None:
+            tr.recorder.add_losses(tr.global_step, {"loss": self.last_loss})
         every = tr.config.eval_every
         if every and tr.global_step % every == 0:
             tr.record("step", tr.current_task, self.epoch, self.loss_sum / max(self.n_batches, 1))

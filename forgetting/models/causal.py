@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..errors import BadInput
 from ..options import Option
 from ..streams.lm import OPTIONS as LM_OPTIONS
+from ..streams.lm import lm_stream
 from .bert import _HUB_ID, _quiet_loading
 
 INPUTS = "text"  # what the model reads: the text streams, as language-modelling tasks (streams/lm.py)
@@ -137,6 +138,7 @@ def tokenizer(source: str | None, options: dict):
         def make(texts):
             return load_tokenizer(source), source
     make.lm_options = {o.name: options.get(o.name, o.default) for o in LM_OPTIONS}
+    make.build_stream = lm_stream  # the text stream hands its raw tasks to the LM encoding
     return make
 
 
