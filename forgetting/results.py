@@ -19,8 +19,10 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from . import progress
 from .config import SCHEMA_VERSION, RunConfig
 from .errors import WriteFailed
+from .tracking import Trackers
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -37,6 +39,13 @@ METRIC_COLUMNS = [
     "n_eval",         # number of test examples evaluated
     "train_loss",     # mean total training loss of the epoch so far (NaN for init)
     "wall_time",      # seconds since the run started (timing: differs between identical runs)
+    # causal LMs only (empty for classifiers), over the test tokens that carry loss; see evaluate_lm.py
+    "nll",            # mean negative log-likelihood per token (nats; "loss" holds the same)
+    "perplexity",     # exp(nll)
+    "token_accuracy", # fraction of tokens that are the most likely next token
+    "answer_accuracy",  # completion tasks with choices: the highest-likelihood choice is the answer
+    "exact_match",    # completion tasks: greedy decoding gives the whole response
+    "n_tokens",       # number of test tokens that carry loss
 ]
 
 
@@ -105,6 +114,8 @@ class RunWriter:
         self.rows: list[dict] = []
         self.position: dict[str, int] = {}  # task, epoch and step of the last rows: where a failure happened
         self.t0 = time.perf_counter()
+        self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
+        self._tracking = False
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": config.run_id,
@@ -127,6 +138,9 @@ class RunWriter:
         self.write(self.dir / CONFIG, lambda p: atomic_write_json(p, self.config.to_dict()))
         self.write_metrics()
         self.write_manifest()
+        if self.trackers:
+            self.trackers.start(self.config.to_dict(), self.dir)
+            self._tracking = True
         return self
 
     def elapsed(self) -> float:
@@ -139,6 +153,14 @@ class RunWriter:
             last = rows[-1]
             self.position = {"task": last["trained_task"], "epoch": last["epoch"], "step": last["global_step"]}
         self.write_metrics()
+        progress.evaluation(rows, enabled=self.config.progress)
+        if self._tracking:
+            self.trackers.rows(rows)
+
+    def add_losses(self, step: int, parts: dict[str, float]) -> None:
+        """The training losses of one optimiser step (total, data and each penalty): to the trackers only."""
+        if self._tracking:
+            self.trackers.losses(step, parts)
 
     def write(self, path: Path, write: Callable[[Path], None]) -> None:
         """``write(path)`` for one of the run's files; a failure (full disk) becomes WriteFailed naming it."""
@@ -176,6 +198,10 @@ class RunWriter:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
+        if self._tracking:
+            self._tracking = False
+            self.trackers.artifacts([self.dir / CONFIG, self.dir / METRICS, self.dir / MANIFEST])
+            self.trackers.finish(status)
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:

@@ -16,12 +16,14 @@ import pandas as pd
 import torch
 
 from . import registry
+from .causal_lm import check_methods as check_lm_methods
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, WriteFailed
 from .options import Option
 from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_last_readable, save_boundary
 from .claim import RunBusy, check_free, claim
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
+from .tracking import TRACKERS
 
 log = logging.getLogger("forgetting")
 
@@ -121,10 +123,15 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
     g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
                    "finished task (checkpoints are saved at every task boundary)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
+    g.add_argument("--log-to", action="append", default=None, metavar="{" + ",".join(TRACKERS) + "}",
+                   help="also stream the config, every evaluation and the training losses to an experiment "
+                        "tracker (repeatable; never changes the run id): tensorboard (RUN_DIR/tensorboard), "
+                        "mlflow ($MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db), wandb (offline "
+                        "under RUN_DIR/wandb unless $WANDB_MODE says otherwise); needs the [track] extra")
     return p
 
 
-NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config")
+NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config", "log_to")
 
 
 def _version() -> str:
@@ -147,8 +154,12 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     for key in ("benchmark", "model", "method", "device", "results_dir"):
         if not isinstance(top[key], str):
             raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
-    config = registry.gather(top["benchmark"], top["model"], top["method"], given, device=top["device"],
-                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet)
+    log_to = getattr(ns, "log_to", None) or from_file.get("log_to", [])
+    log_to = [log_to] if isinstance(log_to, str) else log_to
+    config = registry.gather(top["benchmark"], top["model"], top["method"],
+                             {k: v for k, v in given.items() if k != "log_to"}, device=top["device"],
+                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet,
+                             log_to=log_to)
     resolved = registry.resolve(config)
     resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
     resolved.data_fingerprint = registry.fingerprint(registry.stream(resolved.benchmark), resolved.stream, data_dir)
@@ -226,6 +237,7 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model.name}: {e}") from None
+    check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 
@@ -251,6 +263,9 @@ class Recorder:
 
     def add_rows(self, rows) -> None:
         self.writer.add_rows(rows)
+
+    def add_losses(self, step: int, parts: dict) -> None:
+        self.writer.add_losses(step, parts)
 
     def task_done(self, trainer, task: int) -> None:
         self.writer.write(self.writer.dir / CHECKPOINTS,

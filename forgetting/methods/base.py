@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..causal_lm import is_lm, token_loss
 from ..options import Option
 from ..streams.base import Batch, iterate_batches
 
@@ -26,7 +27,12 @@ Terms = dict[str, tuple[Tensor, float]]  # name -> (unweighted value, weight in 
 
 
 def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``)."""
+    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``).
+
+    For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
+    """
+    if is_lm(getattr(trainer, "stream", None)):
+        return token_loss(logits, batch.inputs["labels"])
     return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids), batch.targets)
 
 
