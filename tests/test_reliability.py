@@ -350,3 +350,17 @@ def test_a_write_that_fails_stops_the_run_with_the_path_and_position(tmp_path, m
     _, rows, manifest = read_run(run_dir)
     assert manifest["status"] == "failed" and manifest["failed_at"] == exc.value.where
     assert rows["trained_task"].max() == 0 and rows["epoch"].max() == 1  # the last complete version
+
+
+def test_resume_restores_the_der_buffer(tmp_path, monkeypatch):
+    """DER's reservoir (references, stored logits, labels, count seen) comes back from the checkpoint."""
+    cfg = make_config(method="der", epochs=1, seed=3, scenario="task", results_dir=str(tmp_path / "cut"),
+                      progress=False, model_options={"hidden": [16]})
+    run_dir = _cut_after_task(cfg, 1, monkeypatch)
+    assert run_experiment(cfg, resume=True)[2] == "complete"
+    cfg.results_dir = str(tmp_path / "whole")
+    whole_dir, _, _ = run_experiment(cfg)
+    resumed, manifest = read_run(run_dir)[1:]
+    assert manifest["resumed_at"][0]["after_task"] == 1
+    pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), read_run(whole_dir)[1].drop(columns=TIMING),
+                                  check_exact=True)

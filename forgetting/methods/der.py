@@ -79,6 +79,15 @@ class Method(Base):
         self.buffer = Reservoir(hparams["der_size"])
         self._pending = None
 
+    def state_dict(self) -> dict:
+        """The reservoir: its count of examples seen and what it holds (nothing is pending at a boundary)."""
+        b = self.buffer
+        return {"seen": b.seen, "refs": b.refs, "logits": b.logits, "labels": b.labels}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.seen = state["seen"]
+        self.buffer.refs, self.buffer.logits, self.buffer.labels = state["refs"], state["logits"], state["labels"]
+
     def _replayed(self, trainer, slots: torch.Tensor):
         refs = self.buffer.refs[slots]
         datasets = [t.train for t in trainer.stream.tasks]
