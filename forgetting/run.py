@@ -319,19 +319,18 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
             return run_dir, old_rows, "skipped"
     check_free(run_dir)  # another process runs it: say so before preparing (a stream can take minutes)
     device, stream, model, methods = prepare(config)  # checks everything before a file is written
+    extra = {"determinism": determinism_settings(device), "data": config.data_fingerprint, **ray_node()}
+    writer = RunWriter(config, str(device), extra_manifest=extra)
+    trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
+    trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))  # may refuse: BadInput
     with claim(run_dir):
         old_rows, previous = _previous(run_dir)  # again, under the claim: another process may have run it
         if not force and previous is not None and previous.get("status") == "complete":
             return run_dir, old_rows, "skipped"
-        return _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume)
+        return _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume)
 
 
-def _run_claimed(config, run_dir, device, stream, model, methods, old_rows, previous, resume):
-    settings = determinism_settings(device)
-    extra = {"determinism": settings, "data": config.data_fingerprint, **ray_node()}
-    writer = RunWriter(config, str(device), extra_manifest=extra)
-    trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
-    trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))
+def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume):
     last, elapsed = None, 0.0
     if resume and previous is not None and old_rows is not None:
         last, elapsed, unreadable = restore_last_readable(run_dir, trainer)

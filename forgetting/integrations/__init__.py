@@ -40,6 +40,14 @@ class AvalancheMethod:
         """Keyword arguments of the Avalanche strategy's constructor, from our hyper-parameters."""
         return {}
 
+    def state_dict(self) -> dict:
+        """Nothing for the task-boundary checkpoint: the strategy's state lives in Avalanche's plugins, and an
+        Avalanche run starts again rather than resume."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
 
 class AvalancheNaive(AvalancheMethod):
     name, strategy = "avalanche-naive", "Naive"
