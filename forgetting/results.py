@@ -15,11 +15,12 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .config import SCHEMA_VERSION, RunConfig
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd  # imported where used: `python -m forgetting.run --help` does not pay for it
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -134,6 +135,8 @@ class RunWriter:
         self.write_metrics()
 
     def write_metrics(self) -> None:
+        import pandas as pd
+
         df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
         atomic_write_text(self.dir / METRICS, df.to_csv(index=False))
 
@@ -168,6 +171,8 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
     d = Path(run_dir)
     config = json.loads((d / CONFIG).read_text())
     manifest = json.loads((d / MANIFEST).read_text())
+    import pandas as pd
+
     metrics = pd.read_csv(d / METRICS)
     return config, metrics, manifest
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import methods as methods_mod
@@ -20,7 +19,6 @@ from . import models as models_mod
 from . import streams as streams_mod
 from .config import CORE_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
-from .metrics import accuracy_matrix, run_summary
 from .options import Option, check_all
 from .checkpoint import last_boundary, restore_boundary
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
@@ -225,10 +223,14 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
         writer.finish("failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
+    import pandas as pd  # imported when a run has rows to return, not for --help
+
     return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
 
 
 def format_report(rows, run_dir: Path) -> str:
+    from .metrics import accuracy_matrix, run_summary
+
     A = accuracy_matrix(rows)
     s = run_summary(rows)
     names = rows.drop_duplicates("eval_task").sort_values("eval_task")["eval_task_name"].tolist()
