@@ -8,7 +8,10 @@ manifest's ``status`` says whether the rows are complete: ``running`` (or a kill
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import platform
 import tempfile
@@ -49,24 +52,45 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide results from others
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk and renamed into place."""
+def atomic_write(path: Path, write: Callable[[str], None], sync: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk (unless not ``sync``)
+    and renamed into place. Unsynced, a killed process still leaves the old or the new file whole;
+    only an operating-system crash could lose the new one (see ``sync_file``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def sync_file(path: str | Path) -> None:
+    """Flush a file's data to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), sync)
+
+
+def metrics_csv(rows: Iterable[dict]) -> str:
+    """The rows as CSV text, byte for byte what ``pandas.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)``
+    writes for them (NaN and None as empty fields; a test compares the two), without pandas: a run writes it
+    after every evaluation."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(METRIC_COLUMNS)
+    for r in rows:
+        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for v in (r.get(c) for c in METRIC_COLUMNS)])
+    return out.getvalue()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -132,13 +156,10 @@ class RunWriter:
 
     def add_rows(self, rows: Iterable[dict]) -> None:
         self.rows.extend(rows)
-        self.write_metrics()
+        self.write_metrics(sync=False)  # synced at the task boundary, before the manifest says the task is done
 
-    def write_metrics(self) -> None:
-        import pandas as pd
-
-        df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
-        atomic_write_text(self.dir / METRICS, df.to_csv(index=False))
+    def write_metrics(self, sync: bool = True) -> None:
+        atomic_write_text(self.dir / METRICS, metrics_csv(self.rows), sync)
 
     def write_manifest(self) -> None:
         atomic_write_json(self.dir / MANIFEST, self.manifest)
@@ -149,6 +170,7 @@ class RunWriter:
 
     def task_done(self, trainer, task: int) -> None:
         """A task boundary: save the checkpoint, then say the rows up to here are complete."""
+        sync_file(self.dir / METRICS)
         if self.checkpoints:
             from .checkpoint import save_boundary
 
@@ -163,6 +185,8 @@ class RunWriter:
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        if (self.dir / METRICS).is_file():
+            sync_file(self.dir / METRICS)
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
 
 

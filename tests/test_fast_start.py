@@ -71,3 +71,16 @@ def test_stratified_split_is_scikit_learns_train_test_split(case):
     theirs = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
     for a, b in zip(ours, theirs):
         assert np.array_equal(a, b)
+
+
+def test_metrics_csv_is_what_pandas_writes():
+    import pandas as pd
+
+    from forgetting.results import METRIC_COLUMNS, metrics_csv
+
+    row = dict(zip(METRIC_COLUMNS, ["abc123", "split-digits", "domain", "kl+rdrop", 0.5, 3, "epoch", 2, 5, 1234, 4,
+                                    "split-digits[8/9]", 0.987654321, 0.1, float("nan"), 108, 1e-20, 12.345678]))
+    rows = [row, {**row, "phase": "init", "trained_task": -1, "kl_base": 0.0, "train_loss": float("nan"),
+                  "eval_task_name": 'a "quoted", name', "accuracy": 1.0, "loss": 2.5e-7}]
+    assert metrics_csv(rows) == pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)
+    assert metrics_csv([]) == pd.DataFrame([], columns=METRIC_COLUMNS).to_csv(index=False)
