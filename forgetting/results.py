@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from .config import SCHEMA_VERSION, RunConfig
 
+METRICS_EVERY_S = 1.0  # the longest metrics.csv lags behind a running run's rows
+
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd  # imported where used: `python -m forgetting.run --help` does not pay for it
 
@@ -122,6 +124,7 @@ class RunWriter:
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
+        self._written_at = float("-inf")
         self.checkpoints = checkpoints
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
@@ -155,11 +158,15 @@ class RunWriter:
         return time.perf_counter() - self.t0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
+        """Keep the rows; metrics.csv is rewritten at most every ``METRICS_EVERY_S`` seconds here (a run
+        evaluates many times a second), and always, synced, at task boundaries and at the end."""
         self.rows.extend(rows)
-        self.write_metrics(sync=False)  # synced at the task boundary, before the manifest says the task is done
+        if time.perf_counter() - self._written_at >= METRICS_EVERY_S:
+            self.write_metrics(sync=False)
 
     def write_metrics(self, sync: bool = True) -> None:
         atomic_write_text(self.dir / METRICS, metrics_csv(self.rows), sync)
+        self._written_at = time.perf_counter()
 
     def write_manifest(self) -> None:
         atomic_write_json(self.dir / MANIFEST, self.manifest)
@@ -170,7 +177,7 @@ class RunWriter:
 
     def task_done(self, trainer, task: int) -> None:
         """A task boundary: save the checkpoint, then say the rows up to here are complete."""
-        sync_file(self.dir / METRICS)
+        self.write_metrics(sync=True)  # before the manifest says the task's rows are complete
         if self.checkpoints:
             from .checkpoint import save_boundary
 
@@ -185,8 +192,8 @@ class RunWriter:
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
-        if (self.dir / METRICS).is_file():
-            sync_file(self.dir / METRICS)
+        if self.dir.is_dir():
+            self.write_metrics(sync=True)
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
 
 
