@@ -4,8 +4,8 @@
 # On a fresh clone it makes a virtual environment (.venv) and installs the project into it, then
 # runs the default suite (benchmarks/default.toml; --quick: benchmarks/quick.toml, a subset that
 # takes a few minutes; --suite FILE: another suite file), then writes the plots and summary and
-# says where they are. Runs already complete are skipped, so running it again resumes an interrupted study. Other arguments pass
-# through to `python -m forgetting.sweep` (see --help there): --workers N, --results-dir DIR,
+# says where they are. Runs already complete are skipped, so running it again resumes an
+# interrupted study. Other arguments pass through to `python -m forgetting.sweep` (see --help there): --workers N, --results-dir DIR,
 # --data-dir DIR, --executor ray [--ray-address ADDR], ... It exits non-zero when any run failed,
 # after finishing the others.
 #
@@ -18,7 +18,7 @@ cd "$(dirname "$0")"
 
 suite=benchmarks/default.toml
 args=()
-extras=""
+extras="text,avalanche"  # the default suite has a text experiment; avalanche for its comparisons
 given_suite=""
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -33,7 +33,7 @@ done
 if [ -n "$given_suite" ]; then  # a path relative to where run_all.sh was called from
     case "$given_suite" in /*) suite="$given_suite" ;; *) suite="$called_from/$given_suite" ;; esac
 fi
-case " ${args[*]-} " in *" --executor ray "*|*" --executor=ray "*) extras="[ray]" ;; esac
+case " ${args[*]-} " in *" --executor ray "*|*" --executor=ray "*) extras="$extras,ray" ;; esac
 
 if [ -n "${FORGETTING_PYTHON:-}" ]; then
     py="$FORGETTING_PYTHON"
@@ -45,11 +45,11 @@ else
         "${PYTHON:-python3}" -m venv "$venv"
         "$py" -m pip install --quiet --upgrade pip
     fi
-    # Install (again) when pyproject.toml or the extras changed since the last install.
-    stamp="$("$py" -c 'import hashlib,sys; print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()+sys.argv[1])' "$extras")"
+    # Install (again) when pyproject.toml, constraints.txt or the extras changed since the last install.
+    stamp="$("$py" -c 'import hashlib,sys; print(hashlib.sha1(open("pyproject.toml","rb").read()+open("constraints.txt","rb").read()).hexdigest()+sys.argv[1])' "$extras")"
     if [ "$(cat "$venv/.forgetting-installed" 2>/dev/null)" != "$stamp" ]; then
-        echo "run_all.sh: installing the project and its dependencies into $venv (pip install -e .$extras)"
-        "$py" -m pip install --quiet -e ".$extras"
+        echo "run_all.sh: installing the project and its dependencies into $venv (pip install -c constraints.txt -e .[$extras])"
+        "$py" -m pip install --quiet -c constraints.txt -e ".[$extras]"
         echo "$stamp" > "$venv/.forgetting-installed"
     fi
 fi

@@ -40,7 +40,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.run import run_experiment  # noqa: E402
 from forgetting.streams import build_stream, default_data_dir  # noqa: E402
 from forgetting.streams import mnist as mnist_stream  # noqa: E402
@@ -105,7 +105,7 @@ def hand_written(data_dir: str, seed: int, kl: bool) -> float:
 def ours(data_dir: str, seed: int, method: str, results_dir: str) -> float:
     """``run_experiment`` as ``python -m forgetting.run`` calls it."""
     hparams = {"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 1.0} if method == "kl" else {}
-    config = RunConfig(benchmark="split-mnist", scenario="class", method=method, hparams=hparams,
+    config = make_config(benchmark="split-mnist", scenario="class", method=method, hparams=hparams,
                        model_options={"hidden": list(HIDDEN), "dropout": 0.0}, epochs=EPOCHS, batch_size=BATCH,
                        lr=LR, seed=seed, device="cpu", data_dir=data_dir, results_dir=results_dir, progress=False)
     _, rows, _ = run_experiment(config, force=True)

@@ -25,7 +25,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.metrics import accuracy_matrix, forgetting_per_task_max  # noqa: E402
 from forgetting.run import run_experiment  # noqa: E402
 from forgetting.streams import default_data_dir  # noqa: E402
@@ -33,10 +33,10 @@ from forgetting.streams import default_data_dir  # noqa: E402
 
 def first_domain(results: str, data_dir: str, model: str, method: str, hparams: dict, seed: int):
     """(A[0][0], forgetting of amazon (max-based), KL(p_base || p_end) on amazon's test sentences) of one run."""
-    config = RunConfig(benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=hparams,
+    config = make_config(benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=hparams,
                        stream_options={"max_seq_len": 32, "text_train_per_task": 200, "text_test_per_task": 200},
                        epochs=2, batch_size=16, lr=1e-4, seed=seed, eval_batch_size=64, device="cpu",
-                       data_dir=data_dir, results_dir=results, progress=False).resolved()
+                       data_dir=data_dir, results_dir=results, progress=False)
     _, rows, status = run_experiment(config)
     A = accuracy_matrix(rows)
     end = rows[(rows.trained_task == 2) & (rows.epoch == 2) & (rows.phase == "epoch") & (rows.eval_task == 0)]

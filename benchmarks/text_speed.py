@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.metrics import run_summary  # noqa: E402
 from forgetting.run import prepare  # noqa: E402
 from forgetting.streams import default_data_dir  # noqa: E402
@@ -121,7 +122,7 @@ def main(argv=None) -> int:
     throughput = {}
     with tempfile.TemporaryDirectory() as results:
         for method in args.methods:
-            config = RunConfig(
+            config = make_config(
                 benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=HPARAMS[method],
                 stream_options={"max_seq_len": args.max_seq_len, "text_train_per_task": args.train_per_task},
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_batch_size=args.eval_batch_size,
@@ -137,7 +138,7 @@ def main(argv=None) -> int:
                   f"{trainer.eval_s:9.1f}{wall:9.1f}{100 * summary['average_accuracy']:8.1f}%"
                   f"{100 * summary['forgetting_max']:10.1f} pt", flush=True)
     if not args.no_hand and model.startswith("bert:"):
-        config = RunConfig(
+        config = make_config(
             benchmark="uci-sentiment", scenario="domain", model=model, method="naive",
             stream_options={"max_seq_len": args.max_seq_len, "text_train_per_task": args.train_per_task},
             epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=0, device="cpu", data_dir=args.data_dir,

@@ -13,10 +13,11 @@ from typing import Iterable
 
 import pandas as pd
 
+from .config import flat_view
 from .errors import BadInput
 from .results import CONFIG, MANIFEST, METRICS, find_runs
 
-KNOWN_SCHEMA_VERSIONS = (1,)
+KNOWN_SCHEMA_VERSIONS = (1, 2)  # 2: config.json in sections (stream, model, method, loop)
 STATUSES = ("complete", "running", "failed", "interrupted")
 PHASES = ("init", "step", "epoch")
 REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed", "phase", "trained_task",
@@ -24,7 +25,7 @@ REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed
 INT_COLUMNS = ["seed", "trained_task", "epoch", "global_step", "eval_task"]
 FLOAT_COLUMNS = ["lambda", "accuracy", "kl_base"]
 # Config keys that say where or how a run was executed, not what it computed.
-NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "schema_version")
+NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "log_to", "schema_version")
 
 
 @dataclass
@@ -74,9 +75,9 @@ class Run:
         if len(self.rows):
             return float(self.rows["lambda"].iloc[0])
         try:
-            from .methods import parse_method
+            from .registry import method_classes
 
-            opt = next((c.strength_option for c in parse_method(self.method) if c.strength_option), None)
+            opt = next((c.strength_option for c in method_classes(self.method) if c.strength_option), None)
             return float(self.config.get("hparams", {})[opt]) if opt else 0.0
         except Exception:  # a method this version does not know
             return float("nan")
@@ -173,7 +174,7 @@ def read_checked(run_dir: Path) -> Run:
     if manifest.get("status") not in STATUSES:
         raise BadInput(f"{run_dir / MANIFEST}: unknown status {manifest.get('status')!r}, "
                        f"allowed: {', '.join(STATUSES)}")
-    config = _read_json(run_dir / CONFIG)
+    config = flat_view(_read_json(run_dir / CONFIG))  # the same flat fields for every schema version
     run = Run(run_dir, config, manifest, _read_metrics(run_dir / METRICS))
     trained = set(run.rows.loc[run.rows["phase"] == "epoch", "trained_task"])
     if run.complete and (not run.n_tasks or trained != set(range(run.n_tasks))):
@@ -201,3 +202,53 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     for r in sorted(runs, key=lambda r: not r.complete):
         by_id.setdefault(r.run_id, r)
     return sorted(by_id.values(), key=lambda r: (r.benchmark, r.scenario, r.method, r.lam, r.seed, r.run_id))
+
+
+# --- one row per run with its whole config (runs.csv) ---------------------------------------
+LOOP_FIELDS = ("epochs", "batch_size", "lr", "seed", "eval_every", "eval_batch_size", "eval_subset")
+SECTIONS = (("method", "hparams"), ("model", "model_options"), ("stream", "stream_options"))
+
+
+def config_columns(cfg: dict) -> dict:
+    """A run's flat config as columns: top-level fields by name (``epochs``, ``device``, ...) and each
+    component's option as ``method.kl_lambda``, ``model.hidden``, ``stream.n_tasks`` (lists as JSON text)."""
+    def cell(v):
+        return json.dumps(v) if isinstance(v, (list, tuple)) else v
+
+    out = {k: cell(v) for k, v in cfg.items() if not isinstance(v, dict) and k != "schema_version"}
+    for section, key in SECTIONS:
+        out.update({f"{section}.{k}": cell(v) for k, v in sorted((cfg.get(key) or {}).items())})
+    return out
+
+
+def _flag(name: str, value) -> list[str]:
+    import shlex
+
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, (list, tuple)):
+        return [flag, *(shlex.quote(str(v)) for v in value)]
+    return [flag, shlex.quote(repr(value) if isinstance(value, float) else str(value))]  # repr: exact
+
+
+def run_command(cfg: dict) -> str:
+    """The ``python -m forgetting.run`` command line that computes this run again (the same run id):
+    its components and every option it recorded; where it ran (device, paths) is left to the reader."""
+    parts = ["python", "-m", "forgetting.run"]
+    for flag, key in (("benchmark", "benchmark"), ("scenario", "scenario"), ("model", "model"), ("method", "method")):
+        if cfg.get(key) is not None:
+            parts += _flag(flag, cfg[key])
+    for _, key in reversed(SECTIONS):
+        for k, v in sorted((cfg.get(key) or {}).items()):
+            parts += _flag(k, v)
+    for k in LOOP_FIELDS:
+        if cfg.get(k) is not None:
+            parts += _flag(k, cfg[k])
+    return " ".join(parts)
+
+
+def runs_config_table(runs: list[Run]) -> pd.DataFrame:
+    """Per run id: every config field as a column and the command that computes the run again."""
+    return pd.DataFrame([{"run_id": r.run_id, **config_columns(r.config), "command": run_command(r.config)}
+                         for r in runs])

@@ -20,7 +20,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from . import progress
 from .config import SCHEMA_VERSION, RunConfig
+from .tracking import Trackers
 
 METRICS_EVERY_S = 1.0  # the longest metrics.csv lags behind a running run's rows
 
@@ -42,7 +44,22 @@ METRIC_COLUMNS = [
     "n_eval",         # number of test examples evaluated
     "train_loss",     # mean total training loss of the epoch so far (NaN for init)
     "wall_time",      # seconds since the run started (timing: differs between identical runs)
+    # causal LMs only (empty for classifiers), over the test tokens that carry loss; see evaluate_lm.py
+    "nll",            # mean negative log-likelihood per token (nats; "loss" holds the same)
+    "perplexity",     # exp(nll)
+    "token_accuracy", # fraction of tokens that are the most likely next token
+    "answer_accuracy",  # completion tasks with choices: the highest-likelihood choice is the answer
+    "exact_match",    # completion tasks: greedy decoding gives the whole response
+    "n_tokens",       # number of test tokens that carry loss
 ]
+
+
+def evaluations(rows: Iterable[dict]) -> list[list[dict]]:
+    """Rows grouped by evaluation point (an evaluation gives one row per evaluated task), in order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["phase"], r["trained_task"], r["epoch"], r["global_step"]), []).append(r)
+    return list(groups.values())
 
 
 def _umask() -> int:
@@ -126,6 +143,8 @@ class RunWriter:
         self.t0 = time.perf_counter()
         self._written_at = float("-inf")
         self.checkpoints = checkpoints
+        self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
+        self._tracking = False
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": config.run_id,
@@ -152,6 +171,9 @@ class RunWriter:
         atomic_write_json(self.dir / CONFIG, self.config.to_dict())
         self.write_metrics()
         self.write_manifest()
+        if self.trackers:
+            self.trackers.start(self.config.to_dict(), self.dir)
+            self._tracking = True
         return self
 
     def elapsed(self) -> float:
@@ -160,9 +182,18 @@ class RunWriter:
     def add_rows(self, rows: Iterable[dict]) -> None:
         """Keep the rows; metrics.csv is rewritten at most every ``METRICS_EVERY_S`` seconds here (a run
         evaluates many times a second), and always, synced, at task boundaries and at the end."""
+        rows = list(rows)
         self.rows.extend(rows)
         if time.perf_counter() - self._written_at >= METRICS_EVERY_S:
             self.write_metrics(sync=False)
+        progress.evaluation(rows, enabled=self.config.progress)
+        if self._tracking:
+            self.trackers.rows(rows)
+
+    def add_losses(self, step: int, parts: dict[str, float]) -> None:
+        """The training losses of one optimiser step (total, data and each penalty): to the trackers only."""
+        if self._tracking:
+            self.trackers.losses(step, parts)
 
     def write_metrics(self, sync: bool = True) -> None:
         atomic_write_text(self.dir / METRICS, metrics_csv(self.rows), sync)
@@ -195,6 +226,10 @@ class RunWriter:
         if self.dir.is_dir():
             self.write_metrics(sync=True)
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
+        if self._tracking:
+            self._tracking = False
+            self.trackers.artifacts([self.dir / CONFIG, self.dir / METRICS, self.dir / MANIFEST])
+            self.trackers.finish(status)
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:

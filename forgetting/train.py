@@ -8,23 +8,29 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress
 from .config import RunConfig
 from .errors import RunFailed
+from .causal_lm import is_lm
 from .evaluate import Evaluator
+from .evaluate_lm import LMEvaluator
 from .methods.base import Method
 from .streams.base import TaskStream
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A snapshot for use as a teacher: a deep copy in eval mode that takes no gradients."""
-    snap = copy.deepcopy(model)
-    snap.eval()
-    for p in snap.parameters():
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` itself, in eval mode and without gradients: a teacher."""
+    model.eval()
+    for p in model.parameters():
         p.requires_grad_(False)
         p.grad = None
-    return snap
+    return model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A snapshot for use as a teacher: a deep copy, frozen (eval mode, no gradients)."""
+    return freeze(copy.deepcopy(model))
 
 
 class Trainer:
@@ -45,7 +51,8 @@ class Trainer:
         self.methods = methods
         self.device = device
         self.recorder = recorder
-        self.evaluator = Evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
+        evaluator = LMEvaluator if is_lm(stream) else Evaluator
+        self.evaluator = evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None
@@ -75,8 +82,7 @@ class Trainer:
             m.before_task(self, t)
         task = self.stream.tasks[t]
         steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
-        bar = tqdm(total=steps_per_epoch * self.config.epochs, desc=f"task {t} {task.name}", leave=False,
-                   disable=not self.config.progress, dynamic_ncols=True)
+        bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", self.config.progress)
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
@@ -88,17 +94,34 @@ class Trainer:
                 if self.config.progress:
                     bar.update(1)
                     bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
+                if self.recorder is not None:
+                    self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:
                     self.record("step", t, epoch, sums["loss"] / n_batches)
             self.record("epoch", t, epoch, sums["loss"] / max(n_batches, 1))
         bar.close()
         for m in self.methods:
             m.after_task(self, t)
+        self.snapshot_boundary(t)
+        if self.recorder is not None:
+            self.recorder.task_done(self, t)
+
+    def snapshot_boundary(self, t: int) -> None:
+        """The references at the end of task ``t``: ``previous_model`` (and after task 0 ``base_model``).
+
+        A frozen copy of the model; or, for a model that keeps its own reference (LoRA: the
+        adapters are merged and new ones started, the reference is the model with its adapters
+        disabled), that reference, with a copy kept only of the base model.
+        """
+        boundary = getattr(self.model, "task_boundary", None)
+        if boundary is not None and getattr(self.model, "lora", None):
+            if t == 0:
+                self.base_model = frozen_copy(self.model)
+            self.previous_model = boundary(t)
+            return
         self.previous_model = frozen_copy(self.model)
         if t == 0:
             self.base_model = self.previous_model
-        if self.recorder is not None:
-            self.recorder.task_done(self, t)
 
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""

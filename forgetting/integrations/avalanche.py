@@ -41,8 +41,8 @@ from avalanche.models.utils import is_multi_task_module
 from avalanche.training.plugins import EvaluationPlugin, SynapticIntelligencePlugin
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
+from .. import progress
 from ..errors import BadInput, RunFailed
 from ..penalty import check_penalty_options, kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
@@ -216,14 +216,15 @@ class _Recorder(SupervisedPlugin):
         self.epoch = 0
         self.loss_sum = 0.0
         self.n_batches = 0
+        self.last_loss = float("nan")
         self.bar = None
 
     def before_training_exp(self, strategy, **kwargs):
         tr = self.trainer
         self.epoch = 0
         steps = len(strategy.dataloader) * strategy.train_epochs if hasattr(strategy.dataloader, "__len__") else None
-        self.bar = tqdm(total=steps, desc=f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
-                        leave=False, disable=not tr.config.progress, dynamic_ncols=True)
+        self.bar = progress.bar(steps, f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
+                                tr.config.progress)
 
     def before_training_epoch(self, strategy, **kwargs):
         self.epoch += 1
@@ -234,14 +235,18 @@ class _Recorder(SupervisedPlugin):
         tr = self.trainer
         if not math.isfinite(loss):
             raise RunFailed(f"non-finite loss ({loss}) at task {tr.current_task} "
-                            f"({tr.stream.tasks[tr.current_task].name}), epoch {self.epoch}, step {tr.global_step + 1}")
+                            f"({tr.stream.tasks[tr.current_task].name}), epoch {self.epoch}, step {tr.global_step + 1}",
+                            task=tr.current_task, epoch=self.epoch, step=tr.global_step + 1, loss=loss)
         self.loss_sum += loss
         self.n_batches += 1
+        self.last_loss = loss
 
     def after_training_iteration(self, strategy, **kwargs):
         tr = self.trainer
         tr.global_step += 1
         self.bar.update(1)
+        if tr.recorder is not None:
+            tr.recorder.add_losses(tr.global_step, {"loss": self.last_loss})
         every = tr.config.eval_every
         if every and tr.global_step % every == 0:
             tr.record("step", tr.current_task, self.epoch, self.loss_sum / max(self.n_batches, 1))
@@ -265,9 +270,9 @@ class AvalancheTrainer(Trainer):
 
     def __init__(self, config, stream, model, methods, device, recorder=None, plugins: Sequence[SupervisedPlugin] = ()):
         if len(methods) != 1 or not isinstance(methods[0], AvalancheMethod):
-            raise BadInput(f"--method: {config.method!r}: an Avalanche strategy runs alone")
+            raise BadInput(f"--method: {config.method.name!r}: an Avalanche strategy runs alone")
         if stream.input_kind != "tensor":
-            raise BadInput(f"--method {config.method}: Avalanche strategies need tensor inputs, "
+            raise BadInput(f"--method {config.method.name}: Avalanche strategies need tensor inputs, "
                            f"stream {stream.name!r} gives {stream.input_kind}")
         super().__init__(config, stream, model, methods, device, recorder)
         self.method = methods[0]

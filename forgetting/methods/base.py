@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..causal_lm import is_lm, token_loss
 from ..options import Option
 from ..streams.base import Batch, iterate_batches
 
@@ -25,7 +26,12 @@ Terms = dict[str, tuple[Tensor, float]]  # name -> (unweighted value, weight in 
 
 
 def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``)."""
+    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``).
+
+    For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
+    """
+    if is_lm(getattr(trainer, "stream", None)):
+        return token_loss(logits, batch.inputs["labels"])
     return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids), batch.targets)
 
 
@@ -37,6 +43,7 @@ class Method:
     strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
+    runner: ClassVar[str] = "forgetting"  # the loop that runs it (registry.RUNNERS): our Trainer
 
     def __init__(self, **hparams):
         self.hparams = hparams
