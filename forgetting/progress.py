@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from typing import Iterable, Sequence
 
 PREFIX = "[forgetting]"
 
@@ -73,11 +73,17 @@ def evaluation_line(rows: Sequence[dict]) -> str:
     return f"eval at step {r['global_step']}, {where}{loss_text}; accuracy (%) per task {acc}"
 
 
+def evaluations(rows: Iterable[dict]) -> list[list[dict]]:
+    """Rows grouped by evaluation point (an evaluation gives one row per evaluated task), in order."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["phase"], r["trained_task"], r["epoch"], r["global_step"]), []).append(r)
+    return list(groups.values())
+
+
 def evaluation(rows: Sequence[dict], enabled: bool = True) -> None:
     """Outside a terminal, one line per evaluation point in ``rows`` (in a terminal the bars show progress)."""
     if not enabled or not rows or is_terminal():
         return
-    from .results import evaluations
-
     for group in evaluations(rows):
         say(evaluation_line(group))

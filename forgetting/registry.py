@@ -25,6 +25,7 @@ from typing import Any, Callable, Iterable
 from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
 from .errors import BadInput
 from .extras import require
+from .optim import check as check_recipe
 from .tracking import check as tracking_check
 from .options import Option
 
@@ -341,6 +342,7 @@ def resolve(config: RunConfig) -> RunConfig:
     if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
         require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
+    check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")

@@ -54,14 +54,6 @@ METRIC_COLUMNS = [
 ]
 
 
-def evaluations(rows: Iterable[dict]) -> list[list[dict]]:
-    """Rows grouped by evaluation point (an evaluation gives one row per evaluated task), in order."""
-    groups: dict[tuple, list[dict]] = {}
-    for r in rows:
-        groups.setdefault((r["phase"], r["trained_task"], r["epoch"], r["global_step"]), []).append(r)
-    return list(groups.values())
-
-
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -273,7 +273,7 @@ class Trackers:
 
     def rows(self, rows: Sequence[dict]) -> None:
         """One evaluation's rows, grouped by evaluation point (an evaluation gives one row per task)."""
-        from .results import evaluations
+        from .progress import evaluations
 
         for group in evaluations(rows):
             for t in self.trackers:

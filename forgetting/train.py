@@ -16,6 +16,7 @@ from .causal_lm import is_lm
 from .evaluate import Evaluator
 from .evaluate_lm import LMEvaluator
 from .methods.base import Method
+from . import optim
 from .streams.base import TaskStream
 
 
@@ -58,6 +59,9 @@ class Trainer:
         self.base_model: nn.Module | None = None
         self.global_step = 0
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None  # per-epoch learning-rate schedule (optim.py), fresh per task
+        optim.check_device(config.amp, device)
+        self.scaler = optim.grad_scaler(device, config.amp)
         self.method_name = "+".join(m.name for m in methods)
         self.strength = next((m.strength() for m in methods if m.strength_option), 0.0)
         loss_changers = [m for m in methods if m.changes_task_loss]
@@ -73,11 +77,12 @@ class Trainer:
             self.train_task(t)
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.config.lr)
+        """The optimiser of the loop options (Adam by default), over the trainable parameters."""
+        return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
 
     def train_task(self, t: int) -> None:
         self.optimizer = self.new_optimizer()
+        self.scheduler = optim.build_scheduler(self.optimizer, self.config)
         for m in self.methods:
             m.before_task(self, t)
         task = self.stream.tasks[t]
@@ -98,6 +103,8 @@ class Trainer:
                     self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:
                     self.record("step", t, epoch, sums["loss"] / n_batches)
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.record("epoch", t, epoch, sums["loss"] / max(n_batches, 1))
         bar.close()
         for m in self.methods:
@@ -126,7 +133,10 @@ class Trainer:
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""
         self.model.train()
-        logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+        with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
+            logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+        if self.config.amp != "off":
+            logits, data_loss = logits.float(), data_loss.float()
         for m in self.methods:
             terms.update(m.penalties(self, batch, logits, t))
         total = data_loss
@@ -138,10 +148,19 @@ class Trainer:
                             f"epoch {epoch}, step {self.global_step + 1}",
                             task=t, epoch=epoch, step=self.global_step + 1, loss=value)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.scaler is None:
+            total.backward()
+        else:  # fp16: scaled loss, gradients unscaled before the hooks and clipping see them
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
         for m in self.methods:
             m.after_backward(self, t)
-        self.optimizer.step()
+        optim.clip(self.model, self.config.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.global_step += 1
         for m in self.methods:
             m.after_step(self, t)
