@@ -8,21 +8,27 @@ manifest's ``status`` says whether the rows are complete: ``running`` (or a kill
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import progress
 from .config import SCHEMA_VERSION, RunConfig
 from .errors import WriteFailed
 from .tracking import Trackers
+
+METRICS_EVERY_S = 1.0  # the longest metrics.csv lags behind a running run's rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd  # imported where used: `python -m forgetting.run --help` does not pay for it
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -58,11 +64,11 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide results from others
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk and renamed into place.
-
-    An OSError (a full disk) names ``path``, not the temporary file, and leaves ``path`` as it was.
-    """
+def atomic_write(path: Path, write: Callable[[str], None], sync: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk (unless not ``sync``)
+    and renamed into place. Unsynced, a killed process still leaves the old or the new file whole;
+    only an operating-system crash could lose the new one (see ``sync_file``). An OSError (a full
+    disk) names ``path``, not the temporary file, and leaves ``path`` as it was."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
@@ -70,8 +76,8 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
     try:
         write(tmp)
         os.chmod(tmp, FILE_MODE)  # a writer that replaces the file (safetensors) would leave 0600
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            sync_file(tmp)
         os.replace(tmp, path)
     except OSError as e:
         Path(tmp).unlink(missing_ok=True)
@@ -81,8 +87,27 @@ def atomic_write(path: Path, write: Callable[[str], None]) -> None:
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
+def sync_file(path: str | Path) -> None:
+    """Flush a file's data to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"), sync)
+
+
+def metrics_csv(rows: Iterable[dict]) -> str:
+    """The rows as CSV text, byte for byte what ``pandas.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)``
+    writes for them (NaN and None as empty fields; a test compares the two), without pandas: a run writes it
+    after every evaluation."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(METRIC_COLUMNS)
+    for r in rows:
+        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for v in (r.get(c) for c in METRIC_COLUMNS)])
+    return out.getvalue()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -114,6 +139,8 @@ class RunWriter:
         self.rows: list[dict] = []
         self.position: dict[str, int] = {}  # task, epoch and step of the last rows: where a failure happened
         self.t0 = time.perf_counter()
+        self._written_at = float("-inf")
+        self._synced = True  # metrics.csv holds every row, flushed to disk
         self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
         self._tracking = False
         self.manifest: dict[str, Any] = {
@@ -147,12 +174,16 @@ class RunWriter:
         return time.perf_counter() - self.t0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
+        """Keep the rows; metrics.csv is rewritten at most every ``METRICS_EVERY_S`` seconds here (a run
+        evaluates many times a second), and always, synced, at task boundaries and at the end."""
         rows = list(rows)
         self.rows.extend(rows)
         if rows:
             last = rows[-1]
             self.position = {"task": last["trained_task"], "epoch": last["epoch"], "step": last["global_step"]}
-        self.write_metrics()
+            self._synced = False
+        if time.perf_counter() - self._written_at >= METRICS_EVERY_S:
+            self.write_metrics(sync=False)
         progress.evaluation(rows, enabled=self.config.progress)
         if self._tracking:
             self.trackers.rows(rows)
@@ -169,9 +200,16 @@ class RunWriter:
         except OSError as e:
             raise WriteFailed(e.filename or path, e, **self.position) from None
 
-    def write_metrics(self) -> None:
-        df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
-        self.write(self.dir / METRICS, lambda p: atomic_write_text(p, df.to_csv(index=False)))
+    def write_metrics(self, sync: bool = True) -> None:
+        text = metrics_csv(self.rows)
+        self.write(self.dir / METRICS, lambda p: atomic_write_text(p, text, sync))
+        self._written_at = time.perf_counter()
+        self._synced = sync
+
+    def flush_rows(self) -> None:
+        """Every row so far on disk, synced (before a checkpoint or a manifest says they are there)."""
+        if not self._synced:
+            self.write_metrics(sync=True)
 
     def write_manifest(self) -> None:
         self.write(self.dir / MANIFEST, lambda p: atomic_write_json(p, self.manifest))
@@ -186,7 +224,8 @@ class RunWriter:
         self.write_manifest()
 
     def task_done(self, trainer, task: int) -> None:
-        """A task boundary: the rows up to here are complete."""
+        """A task boundary: the rows up to here are on disk, then the manifest says they are complete."""
+        self.flush_rows()
         self.update(completed_tasks=task + 1)
 
     def resume_from(self, rows: list[dict], elapsed: float, task: int) -> None:
@@ -197,6 +236,13 @@ class RunWriter:
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        if self.dir.is_dir():
+            try:
+                self.flush_rows()
+            except WriteFailed:
+                if status == "complete":
+                    raise
+                # a failed run on a full disk: its manifest may still fit, and says so
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
         if self._tracking:
             self._tracking = False
@@ -209,6 +255,8 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
     d = Path(run_dir)
     config = json.loads((d / CONFIG).read_text())
     manifest = json.loads((d / MANIFEST).read_text())
+    import pandas as pd
+
     metrics = pd.read_csv(d / METRICS)
     return config, metrics, manifest
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import registry
@@ -252,8 +251,8 @@ def ensure_writable(results_dir: str) -> None:
 
 
 class Recorder:
-    """What the trainer reports to: rows go to the writer; at a task boundary the run saves its
-    checkpoint first, then the writer marks the task's rows complete."""
+    """What the trainer reports to: rows go to the writer; at a task boundary the rows are flushed,
+    the run saves its checkpoint, then the writer marks the task's rows complete."""
 
     def __init__(self, writer: RunWriter):
         self.writer = writer
@@ -268,6 +267,7 @@ class Recorder:
         self.writer.add_losses(step, parts)
 
     def task_done(self, trainer, task: int) -> None:
+        self.writer.flush_rows()  # a checkpoint of task t implies its rows are on disk (resume keeps them)
         self.writer.write(self.writer.dir / CHECKPOINTS,
                           lambda _: save_boundary(self.writer.dir, trainer, task, self.writer.elapsed()))
         self.writer.task_done(trainer, task)
@@ -360,6 +360,8 @@ def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, r
         _end(writer, "failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
+    import pandas as pd  # imported when a run has rows to return, not for --help
+
     return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
 
 
