@@ -50,6 +50,7 @@ class Trainer:
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None
         self.global_step = 0
+        self.current_task = 0  # the task being trained (its active outputs in ``class``)
         self.optimizer: torch.optim.Optimizer | None = None
         self.method_name = "+".join(m.name for m in methods)
         self.strength = next((m.strength() for m in methods if m.strength_option), 0.0)
@@ -70,6 +71,7 @@ class Trainer:
         return torch.optim.Adam(params, lr=self.config.lr)
 
     def train_task(self, t: int) -> None:
+        self.current_task = t
         self.optimizer = self.new_optimizer()
         for m in self.methods:
             m.before_task(self, t)
@@ -127,7 +129,7 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
-        rows = self.evaluator.evaluate(self.model, self.base_model)
+        rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,

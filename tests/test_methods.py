@@ -380,7 +380,7 @@ def test_rdrop_passes_differ_under_dropout_and_its_loss_matches_a_hand_computati
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
     layout = HeadLayout("domain", [[0, 1, 2]], 3)
-    trainer = SimpleNamespace(model=model, layout=layout)
+    trainer = SimpleNamespace(model=model, layout=layout, current_task=0)
     batch = Batch(torch.randn(5, 6), torch.tensor([0, 2, 1, 1, 0]), torch.zeros(5, dtype=torch.long), torch.arange(5))
     method = RDrop(rdrop_alpha=0.8)
     model.train()

@@ -81,20 +81,21 @@ class HeadCrossEntropy:
     """Our masked cross-entropy as an Avalanche criterion ``(logits, targets)``.
 
     In ``task`` the head is the one holding the target (heads are disjoint blocks of outputs),
-    so examples replayed from memory (GEM, A-GEM, Replay) get their own head too.
+    so examples replayed from memory (GEM, A-GEM, Replay) get their own head too. In ``class``
+    the outputs active while the current task (``current_task()``) trains, as in our Trainer.
     """
 
-    def __init__(self, layout: HeadLayout):
+    def __init__(self, layout: HeadLayout, current_task: Callable[[], int] = lambda: 0):
         self.layout = layout
+        self.current_task = current_task
         owner = torch.zeros(layout.n_outputs, dtype=torch.long)
         for t, outs in enumerate(layout.task_outputs):
             owner[outs] = t
         self.owner = owner
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.layout.scenario == "task":
-            logits = self.layout.masked(logits, self.owner.to(targets.device)[targets])
-        return F.cross_entropy(logits, targets)
+        task_ids = self.owner.to(targets.device)[targets]
+        return F.cross_entropy(self.layout.masked(logits, task_ids, self.current_task()), targets)
 
 
 class TaskLabelled(MultiTaskModule):
@@ -282,7 +283,7 @@ class AvalancheTrainer(Trainer):
         self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No loggers specified")
-            return cls(model=net, optimizer=self.optimizer, criterion=HeadCrossEntropy(self.layout),
+            return cls(model=net, optimizer=self.optimizer, criterion=HeadCrossEntropy(self.layout, lambda: self.current_task),
                        train_mb_size=self.config.batch_size, train_epochs=self.config.epochs,
                        eval_mb_size=self.config.eval_batch_size, device=self.device, plugins=[_Recorder(self), *plugins, *self.extra_plugins],
                        evaluator=EvaluationPlugin(), eval_every=-1, **kwargs)

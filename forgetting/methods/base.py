@@ -25,8 +25,12 @@ Terms = dict[str, tuple[Tensor, float]]  # name -> (unweighted value, weight in 
 
 
 def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``)."""
-    return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids), batch.targets)
+    """Cross-entropy over the outputs each example may predict while the current task trains.
+
+    Its own head in ``task``; every output in ``domain``; in ``class`` the outputs of the tasks
+    seen so far (``--class-outputs seen``, replayed examples included) or all of them.
+    """
+    return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids, trainer.current_task), batch.targets)
 
 
 class Method:

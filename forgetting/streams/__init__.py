@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..options import Option
 from . import files, hub, text
-from .base import SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
+from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
 BENCHMARKS = {
     "split-digits": ("forgetting.streams.digits", "build_split", False),
@@ -25,6 +25,9 @@ BENCHMARKS = {
 
 OPTIONS = [
     Option("n_tasks", int, 5, "number of tasks of a permuted stream (task 0 unpermuted)", minimum=2, maximum=100),
+    Option("class_outputs", str, "seen", "class scenario: seen = only the outputs of the tasks so far take part in "
+           "the cross-entropy while a task trains and in the evaluation after it (van de Ven & Tolias 2019); "
+           "all = every output from the first task on", choices=CLASS_OUTPUTS),
     Option("download", bool, False, "download the data (torchvision, Hugging Face hub) when a network is present"),
     *text.OPTIONS, *files.OPTIONS, *hub.OPTIONS,
 ]
@@ -51,11 +54,13 @@ def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
         raise BadInput(f"--scenario: unknown scenario {scenario!r}, allowed: {', '.join(SCENARIOS)}")
     module, fn, _ = BENCHMARKS[benchmark]
     try:
-        return getattr(importlib.import_module(module), fn)(scenario, options)
+        stream = getattr(importlib.import_module(module), fn)(scenario, options)
     except (ValueError, KeyError) as e:
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--benchmark {benchmark}: {e}") from None
+    stream.layout.class_outputs = options.get("class_outputs", "seen")
+    return stream
 
 
 __all__ = [
