@@ -155,6 +155,8 @@ def prepare(config: RunConfig):
     stream = streams_mod.build_stream(config.benchmark, config.scenario,
                                       {**config.stream_options, "data_dir": config.data_dir, "model": config.model})
     methods = methods_mod.build_methods(config.method, config.hparams)
+    for m in methods:
+        m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = models_mod.build_model(config.model, stream, config.model_options)

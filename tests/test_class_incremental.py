@@ -91,3 +91,92 @@ def default_is_seen() -> bool:
 def test_bad_class_outputs_is_one_line_error():
     with pytest.raises(BadInput, match="class_outputs.*seen, all"):
         RunConfig(scenario="class", stream_options={"class_outputs": "new"}).resolved()
+
+
+# --- the class-incremental KL: old-classes-only and van de Ven's padded form ----------------------
+class _Fixed(nn.Module):
+    """A frozen 'teacher' returning fixed logits, in eval mode."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+        self.eval()
+
+    def forward(self, x):
+        return self.out
+
+
+def _lse(z):
+    m = max(z)
+    return m + math.log(sum(math.exp(v - m) for v in z))
+
+
+def _old_form(s, t, old, T):
+    """KL(softmax(t_old/T) || softmax(s_old/T)) T^2, float64."""
+    lp = [t[j] / T - _lse([t[i] / T for i in old]) for j in old]
+    lq = [s[j] / T - _lse([s[i] / T for i in old]) for j in old]
+    return T * T * sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+
+
+def _padded_form(s, t, old, active, T):
+    """sum over old j of p_j (log p_j - log q_j), p over the old outputs, q over the active ones; T^2, float64."""
+    lp = [t[j] / T - _lse([t[i] / T for i in old]) for j in old]
+    lq = [s[j] / T - _lse([s[i] / T for i in active]) for j in old]
+    return T * T * sum(math.exp(a) * (a - b) for a, b in zip(lp, lq))
+
+
+STUDENT = [[0.2, -1.0, 0.5, 1.5, 3.0, 0.0], [1.0, 2.0, -0.5, 0.3, 0.0, 9.0]]
+TEACHER = [[1.0, 0.0, 0.0, 0.5, -3.0, 1.0], [0.0, 0.5, 0.4, -0.2, 7.0, 0.0]]
+
+
+def _class_kl(student, teacher, form, task=1, class_outputs="seen", temperature=1.0):
+    from types import SimpleNamespace
+
+    from forgetting.methods.kl import Method as KL
+    from forgetting.streams.base import Batch
+
+    layout = layout_for("class", 3, [2, 2, 2])
+    layout.class_outputs = class_outputs
+    trainer = SimpleNamespace(previous_model=_Fixed(torch.tensor(teacher)), layout=layout)
+    method = KL(kl_lambda=0.5, kl_direction="forward", temperature=temperature, kl_class_outputs=form)
+    n = len(student)
+    batch = Batch(torch.zeros(n, 1), torch.full((n,), 2 * task), torch.full((n,), task), torch.arange(n))
+    value, weight = method.penalties(trainer, batch, torch.tensor(student), task)["kl"]
+    assert weight == 0.5
+    return float(value)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_class_kl_both_forms_match_hand_values(temperature):
+    T = temperature
+    # task 1: old outputs 0-1, active 0-3 (class_outputs seen); task 2: old 0-3, active 0-5
+    for task, old, active in ((1, [0, 1], [0, 1, 2, 3]), (2, [0, 1, 2, 3], list(range(6)))):
+        old_hand = sum(_old_form(s, t, old, T) for s, t in zip(STUDENT, TEACHER)) / 2
+        pad_hand = sum(_padded_form(s, t, old, active, T) for s, t in zip(STUDENT, TEACHER)) / 2
+        assert _class_kl(STUDENT, TEACHER, "old", task, temperature=T) == pytest.approx(old_hand, rel=1e-5)
+        assert _class_kl(STUDENT, TEACHER, "active", task, temperature=T) == pytest.approx(pad_hand, rel=1e-5)
+    # trained over every output (--class-outputs all), the student's softmax covers all six outputs at task 1
+    pad_all = sum(_padded_form(s, t, [0, 1], list(range(6)), T) for s, t in zip(STUDENT, TEACHER)) / 2
+    assert _class_kl(STUDENT, TEACHER, "active", 1, "all", T) == pytest.approx(pad_all, rel=1e-5)
+
+
+def test_student_copying_old_logits_and_pushing_new_ones_costs_only_in_the_padded_form():
+    copy = [t[:2] + [50.0, 50.0] + t[4:] for t in TEACHER]  # old logits as the teacher's, +50 on the new classes
+    assert _class_kl(copy, TEACHER, "old") == 0.0
+    hand = sum(_padded_form(s, t, [0, 1], [0, 1, 2, 3], 1.0) for s, t in zip(copy, TEACHER)) / 2
+    assert hand > 49  # about 50 + log 2 - logsumexp(teacher's old logits)
+    assert _class_kl(copy, TEACHER, "active") == pytest.approx(hand, rel=1e-5)
+
+
+def test_padded_form_is_forward_only_and_says_so_before_any_file(tmp_path):
+    def cfg(scenario, direction, form="active"):
+        return RunConfig(benchmark="split-digits", scenario=scenario, method="kl", epochs=1, progress=False,
+                         hparams={"kl_direction": direction, "kl_class_outputs": form}, results_dir=str(tmp_path / "r"))
+
+    with pytest.raises(BadInput, match="--kl-direction reverse.*--kl-class-outputs old"):
+        run_experiment(cfg("class", "reverse"))
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    from forgetting.run import prepare
+
+    prepare(cfg("class", "symmetric", "old").resolved())  # the old-classes form takes every direction
+    prepare(cfg("task", "reverse").resolved())  # the option plays no part outside class

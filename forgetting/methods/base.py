@@ -45,6 +45,9 @@ class Method:
     def __init__(self, **hparams):
         self.hparams = hparams
 
+    def check_stream(self, stream) -> None:
+        """BadInput where the method's options cannot work on ``stream`` (called before any file is written)."""
+
     # --- hooks, in the order the loop calls them -------------------------------------------
     def before_task(self, trainer: "Trainer", task: int) -> None:
         """Called before training on ``task`` starts (``trainer.previous_model`` is set when task > 0)."""

@@ -2,7 +2,16 @@
 
 On the new task's inputs the student's class distribution is held close to the teacher's
 (``kl_penalty``), on every output group the teacher knew: each old head in ``task``, the shared
-head in ``domain``, the old classes in ``class`` (LwF's placement, Li & Hoiem 2016).
+head in ``domain`` (LwF's placement, Li & Hoiem 2016). In ``class``, ``kl_class_outputs``
+chooses between two published forms:
+
+- ``active`` (default; van de Ven et al.'s class-incremental LwF, the one their split-MNIST
+  figure of 23.9 % measures): the student's softmax over every active output (the classes so
+  far, new ones included), the teacher's over the old classes padded with zeros on the new ones
+  (``padded_teacher_kl``). Moving probability to the new classes costs penalty.
+- ``old``: both softmaxes over the old classes only (LwF's per-head form applied to the old
+  block). It is blind to the new classes: a student that copies the teacher's old logits and
+  puts +50 on the new ones pays 0. Every direction is defined for it; ``active`` is forward only.
 
 The teacher is frozen and in eval mode, so where a task's inputs are fixed its outputs on the
 task's training set are fixed too: they are computed once at the task boundary (the teacher
@@ -16,7 +25,8 @@ import logging
 import torch
 
 from ..options import Option
-from ..penalty import DIRECTIONS, kl_penalty
+from ..errors import BadInput
+from ..penalty import DIRECTIONS, kl_penalty, padded_teacher_kl
 from ..streams.base import iterate_batches
 from .base import Method as Base, Terms
 
@@ -40,6 +50,10 @@ class Method(Base):
                "reverse = KL(p_new || p_old); symmetric = their mean", choices=DIRECTIONS),
         Option("temperature", float, 1.0, "softmax temperature T of the penalty (result scaled by T^2; LwF uses 2)",
                minimum=0.0, exclusive_minimum=True),
+        Option("kl_class_outputs", str, "active", "class scenario: active = student softmax over every active class, "
+               "teacher's padded with zeros on the new ones (van de Ven et al.'s LwF; forward KL only); old = both "
+               "softmaxes over the old classes only (blind to probability moved to new classes)",
+               choices=("active", "old")),
         Option("teacher_cache", bool, True, "compute the frozen teacher's outputs on a task's training set once at "
                "the task boundary instead of at every step (exact for an eval-mode teacher and fixed inputs; "
                "switched off automatically otherwise)"),
@@ -70,6 +84,13 @@ class Method(Base):
         log.info("teacher cache for task %d: %d examples x %d outputs (%.2f MB)", task, len(data),
                  trainer.layout.n_outputs, size_mb)
 
+    def check_stream(self, stream) -> None:
+        if (stream.scenario == "class" and self.hparams.get("kl_class_outputs", "active") == "active"
+                and self.hparams["kl_direction"] != "forward"):
+            raise BadInput(f"--kl-direction {self.hparams['kl_direction']}: with --kl-class-outputs active (the default "
+                           "in the class scenario) only forward is defined, the zero-padded teacher makes the reverse "
+                           "KL infinite; allowed: forward, or --kl-class-outputs old")
+
     @staticmethod
     def cache_blocker(trainer) -> str | None:
         """Why cached teacher outputs would not equal live ones, or None."""
@@ -95,6 +116,12 @@ class Method(Base):
         if task == 0 or lam == 0:
             return {}
         teacher = self.teacher_logits(trainer, batch)
+        if trainer.layout.scenario == "class" and self.hparams.get("kl_class_outputs", "active") == "active":
+            active, old, positions = self.padded_groups(trainer, task, logits.device)
+            student = logits if active is None else logits.index_select(1, active)
+            kl = padded_teacher_kl(student, teacher.index_select(1, old), positions,
+                                   temperature=self.hparams["temperature"])
+            return {"kl": (kl, lam)}
         options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
         kls = []
         for idx in self.output_groups(trainer, task, logits.device):
@@ -113,6 +140,21 @@ class Method(Base):
                             for outs in trainer.layout.penalty_outputs(task)]
             self._groups_key = key
         return self._groups
+
+    def padded_groups(self, trainer, task: int, device) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """``class``, ``active`` form: the student's outputs (None: all), the teacher's old outputs, and their
+        positions among the student's; made once per task."""
+        key = ("padded", task, str(device))
+        if getattr(self, "_padded_key", None) != key:
+            layout = trainer.layout
+            active = layout.active_outputs(task)
+            student = list(range(layout.n_outputs)) if active is None else active
+            (old,) = layout.penalty_outputs(task)
+            positions = [student.index(o) for o in old]
+            self._padded = (None if active is None else torch.as_tensor(active, device=device),
+                            torch.as_tensor(old, device=device), torch.as_tensor(positions, device=device))
+            self._padded_key = key
+        return self._padded
 
     def after_task(self, trainer, task: int) -> None:
         self.cache, self.cache_task = None, None
