@@ -13,6 +13,11 @@ chooses between two published forms:
   block). It is blind to the new classes: a student that copies the teacher's old logits and
   puts +50 on the new ones pays 0. Every direction is defined for it; ``active`` is forward only.
 
+Only the batch's examples of the task being learned are held: composed with ``replay`` (or
+``joint``), the examples of older tasks enter the cross-entropy with their labels and not the
+KL, as LwF puts its penalty on the new task's inputs; the KL term then means the same as in
+``kl`` alone and the teacher cache serves every example it holds.
+
 The teacher is frozen and in eval mode, so where a task's inputs are fixed its outputs on the
 task's training set are fixed too: they are computed once at the task boundary (the teacher
 cache) and looked up by example index, which makes a KL step cost about as much as a plain one.
@@ -100,22 +105,38 @@ class Method(Base):
             return "the teacher is in train mode (stochastic)"
         return None
 
-    def teacher_logits(self, trainer, batch) -> torch.Tensor:
-        """The frozen teacher's logits on the batch: from the cache where it holds them, else live."""
+    def teacher_logits(self, trainer, batch, rows: torch.Tensor | None = None) -> torch.Tensor:
+        """The frozen teacher's logits on the batch (or its ``rows``): from the cache where it holds them, else live."""
         teacher = trainer.previous_model
         assert not teacher.training, "the teacher must be in eval mode"
+        index, task_ids = (batch.index, batch.task_ids) if rows is None else \
+            (batch.index.index_select(0, rows), batch.task_ids.index_select(0, rows))
         if self.cache is not None:
-            cached = (batch.task_ids == self.cache_task) & (batch.index >= 0)
+            cached = (task_ids == self.cache_task) & (index >= 0)
             if bool(cached.all()):
-                return self.cache[batch.index]
+                return self.cache[index]
         with torch.no_grad():
-            return teacher(batch.inputs)
+            out = teacher(batch.inputs)
+        return out if rows is None else out.index_select(0, rows)
+
+    @staticmethod
+    def new_rows(batch, task: int) -> torch.Tensor | None:
+        """The rows of the batch from the task being learned; None when that is every row."""
+        new = batch.task_ids == task
+        if bool(new.all()):
+            return None
+        return new.nonzero().squeeze(1)
 
     def penalties(self, trainer, batch, logits, task) -> Terms:
         lam = self.hparams["kl_lambda"]
         if task == 0 or lam == 0:
             return {}
-        teacher = self.teacher_logits(trainer, batch)
+        rows = self.new_rows(batch, task)
+        if rows is not None:  # replayed (or joint) examples of older tasks: not held by the KL
+            if len(rows) == 0:
+                return {"kl": (logits.new_zeros((), dtype=torch.float32), lam)}
+            logits = logits.index_select(0, rows)
+        teacher = self.teacher_logits(trainer, batch, rows)
         if trainer.layout.scenario == "class" and self.hparams.get("kl_class_outputs", "active") == "active":
             active, old, positions = self.padded_groups(trainer, task, logits.device)
             student = logits if active is None else logits.index_select(1, active)
