@@ -18,7 +18,9 @@ class Evaluator:
     head; in ``domain`` every output; in ``class`` with ``--class-outputs seen`` the outputs of
     tasks 0..trained_task (van de Ven & Tolias 2019), and for a task not trained yet those of
     tasks 0..that task (the outputs it will be learned with; over the seen ones alone its accuracy
-    would be 0 by construction). KL drift is KL(p_base || p_current) on the same outputs,
+    would be 0 by construction). Each row also holds the task's reference accuracies on the same
+    outputs: ``chance_accuracy`` (a uniform guess among them) and ``majority_accuracy`` (always
+    predicting the most frequent label of the task's test examples). KL drift is KL(p_base || p_current) on the same outputs,
     averaged over test examples. The base model is frozen, so its logits on each test set are
     computed once and kept. ``subset`` > 0 evaluates a fixed random subset of that many examples
     per task (long runs).
@@ -81,6 +83,7 @@ class Evaluator:
                 logits, targets = self._restrict(*self._logits(model, task), outs)
                 n = len(targets)
                 accuracy = float((logits.argmax(1) == targets).float().mean())
+                majority = float(torch.bincount(targets).max()) / max(n, 1)
                 loss = float(F.cross_entropy(logits, targets))
                 kl = float("nan")
                 if base_model is not None:
@@ -98,6 +101,8 @@ class Evaluator:
             "loss": loss,
             "kl_base": kl,
             "n_eval": n,
+            "chance_accuracy": 1.0 / logits.shape[1],
+            "majority_accuracy": majority,
         }
 
     def evaluate(self, model: nn.Module, base_model: nn.Module | None = None, trained_task: int | None = None) -> list[dict]:

@@ -21,7 +21,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
     """
     from .report_figures import figure_set
     from .report_runs import load_runs
-    from .report_summary import run_table, write_summary
+    from .report_summary import reference_accuracies, run_table, write_summary
 
     if not paths:
         raise BadInput("no results paths given: name at least one results directory or run directory")
@@ -39,7 +39,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
         sub = out if len(sets) == 1 else out / f"{bench}-{scen}"
         ids = {r.run_id for r in group}
         written += figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub)
-    return written + write_summary(table, out)
+    return written + write_summary(table, out, reference_accuracies(runs))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

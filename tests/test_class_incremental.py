@@ -51,6 +51,9 @@ def test_evaluation_after_task_t_is_over_the_classes_seen_so_far(class_outputs):
     ev = Evaluator(stream, 1024, torch.device("cpu"))
     y0 = stream.tasks[0].test.targets
     row = ev.evaluate_task(_Constant(), 0, trained_task=0)
+    # reference accuracies on the outputs evaluated: a uniform guess, and always the most frequent test label
+    assert row["chance_accuracy"] == (0.5 if class_outputs == "seen" else 0.1)
+    assert row["majority_accuracy"] == pytest.approx(float(torch.bincount(y0).max()) / len(y0))
     if class_outputs == "seen":  # argmax over outputs 0-1: always 1
         frac1 = float((y0 == 1).float().mean())
         assert row["accuracy"] == pytest.approx(frac1)

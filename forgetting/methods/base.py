@@ -39,6 +39,7 @@ class Method:
     name: ClassVar[str] = "naive"
     options: ClassVar[list[Option]] = []
     strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
+    naive_at_zero: ClassVar[bool] = False  # a strength of 0 makes the method plain fine-tuning (reports call it naive)
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
 

@@ -66,6 +66,7 @@ class Method(Base):
                "live teacher is used", minimum=0.0),
     ]
     strength_option = "kl_lambda"
+    naive_at_zero = True  # its only effect is a penalty weighted by the strength
 
     def __init__(self, **hparams):
         super().__init__(**hparams)
