@@ -41,11 +41,16 @@ def save(fig, out: Path, name: str) -> list[Path]:
 
 
 def colors(table: pd.DataFrame) -> dict[str, tuple]:
-    """A colour per experiment label: a hue per method, darker for larger λ."""
+    """A colour per experiment label: a hue per method (naive its own, grey), darker for larger λ."""
     out = {}
-    methods = sorted(table["method"].unique())
+    hue = table["method"].where(~table["label"].str.startswith("naive"), "naive")
+    methods = sorted(hue.unique(), key=lambda m: (m != "naive", m))
     for i, m in enumerate(methods):
-        labels = table[table["method"] == m].sort_values(["lambda", "label"])["label"].unique()
+        if m == "naive":
+            labels = sorted(table.loc[hue == m, "label"].unique())
+            out.update(zip(labels, sns.color_palette("Greys", len(labels) + 3)[3:]))
+            continue
+        labels = table[hue == m].sort_values(["lambda", "label"])["label"].unique()
         shades = sns.color_palette(SEQUENTIAL[i % len(SEQUENTIAL)], len(labels) + 2)[2:]
         out.update(zip(labels, shades))
     return out
@@ -234,7 +239,8 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     if len(s):
         ax.legend(fontsize=8, loc="best", title="mean over seeds, bars: 95% t-interval cut to 0-100",
                   title_fontsize=8)
-        ax.margins(0.12)
+        ax.set_xlim(-5, 105)
+        ax.set_ylim(-5, 105)
         adjust_text(texts, ax=ax, expand=(1.3, 1.6), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6))
     else:
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")

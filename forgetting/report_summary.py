@@ -46,6 +46,14 @@ def _strength_symbol(option: str) -> str:
     return SYMBOLS.get(tail, tail)
 
 
+def number(v: float) -> str:
+    """1.0 -> '1', 0.3 -> '0.3', 100000.0 -> '1e5', 0.0001 -> '1e-4'."""
+    if abs(v) >= 1e4 or (v != 0 and abs(v) < 1e-3):
+        mantissa, exponent = f"{v:.3e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return f"{v:g}"
+
+
 def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
     """A method spec as a reader names it, and the hyper-parameters that name shows.
 
@@ -66,7 +74,7 @@ def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
             shown.append(opt)
             if getattr(cls, "naive_at_zero", False) and float(value) == 0:
                 continue
-            parts.append((cls.name, f"{_strength_symbol(opt)}={float(value):g}"))
+            parts.append((cls.name, f"{_strength_symbol(opt)}={number(float(value))}"))
         elif cls.name != "naive" or len(classes) == 1:
             parts.append((cls.name, ""))
     if not parts:

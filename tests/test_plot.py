@@ -165,6 +165,7 @@ def test_names_read_as_a_reader_would():
     assert display_name("kl+rdrop", {"kl_lambda": 1.0, "rdrop_alpha": 0.5})[0] == "kl λ=1 + rdrop α=0.5"
     assert display_name("kl+rdrop", {"kl_lambda": 0.0, "rdrop_alpha": 0.5})[0] == "rdrop, α=0.5"
     assert display_name("si", {"si_c": 1.0})[0] == "si, c=1"
+    assert display_name("ewc", {"ewc_lambda": 1e5})[0] == "ewc, λ=1e5"
     assert display_name("joint", {})[0] == "joint" and display_name("naive", {})[0] == "naive"
 
 
