@@ -17,14 +17,14 @@ cd "$(dirname "$0")"
 
 suite=benchmarks/default.toml
 args=()
-extras=""
+extras="text,avalanche"  # the default suite has a text experiment; avalanche for its comparisons
 for a in "$@"; do
     case "$a" in
         --quick) suite=benchmarks/quick.toml ;;
         *) args+=("$a") ;;
     esac
 done
-case " $* " in *" --executor ray "*|*" --executor=ray "*) extras="[ray]" ;; esac
+case " $* " in *" --executor ray "*|*" --executor=ray "*) extras="$extras,ray" ;; esac
 
 if [ -n "${FORGETTING_PYTHON:-}" ]; then
     py="$FORGETTING_PYTHON"
@@ -36,11 +36,11 @@ else
         "${PYTHON:-python3}" -m venv "$venv"
         "$py" -m pip install --quiet --upgrade pip
     fi
-    # Install (again) when pyproject.toml or the extras changed since the last install.
-    stamp="$("$py" -c 'import hashlib,sys; print(hashlib.sha1(open("pyproject.toml","rb").read()).hexdigest()+sys.argv[1])' "$extras")"
+    # Install (again) when pyproject.toml, constraints.txt or the extras changed since the last install.
+    stamp="$("$py" -c 'import hashlib,sys; print(hashlib.sha1(open("pyproject.toml","rb").read()+open("constraints.txt","rb").read()).hexdigest()+sys.argv[1])' "$extras")"
     if [ "$(cat "$venv/.forgetting-installed" 2>/dev/null)" != "$stamp" ]; then
-        echo "run_all.sh: installing the project and its dependencies into $venv (pip install -e .$extras)"
-        "$py" -m pip install --quiet -e ".$extras"
+        echo "run_all.sh: installing the project and its dependencies into $venv (pip install -c constraints.txt -e .[$extras])"
+        "$py" -m pip install --quiet -c constraints.txt -e ".[$extras]"
         echo "$stamp" > "$venv/.forgetting-installed"
     fi
 fi

@@ -23,9 +23,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from forgetting.config import RunConfig  # noqa: E402
+from dataclasses import replace  # noqa: E402
+
+from forgetting.config import Component, RunConfig  # noqa: E402
+from forgetting.registry import make_config, resolve  # noqa: E402
 from forgetting.evaluate import Evaluator  # noqa: E402
-from forgetting.methods import build_methods  # noqa: E402
+from forgetting.registry import build_methods  # noqa: E402
 from forgetting.run import prepare, run_experiment  # noqa: E402
 from forgetting.streams import default_data_dir  # noqa: E402
 from forgetting.train import Trainer  # noqa: E402
@@ -35,13 +38,13 @@ KL = {"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 1.0}
 
 def trainers(base: RunConfig):
     """Three trainers that share the same task-0 model: naive, kl with cache, kl without."""
-    device, stream, model, _ = prepare(base.resolved())
-    first = Trainer(base.resolved(), stream, model, build_methods("naive", {}), device)
+    device, stream, model, _ = prepare(base)
+    first = Trainer(base, stream, model, build_methods("naive", {}), device)
     first.train_task(0)
     out = {}
     for label, method, hp in [("naive", "naive", {}), ("kl (cache)", "kl", {**KL, "teacher_cache": True}),
                               ("kl (no cache)", "kl", {**KL, "teacher_cache": False})]:
-        cfg = RunConfig(**{**base.resolved().to_dict_no_schema(), "method": method, "hparams": hp}).resolved()
+        cfg = resolve(replace(base, method=Component(method, hp)))
         import copy
 
         tr = Trainer(cfg, stream, copy.deepcopy(first.model), build_methods(method, cfg.hparams), device)
@@ -89,7 +92,7 @@ def eval_share(base: RunConfig, results_dir: str) -> tuple[float, float]:
 
     Evaluator.evaluate = timed
     try:
-        cfg = RunConfig(**{**base.to_dict_no_schema(), "results_dir": results_dir, "progress": False})
+        cfg = replace(base, results_dir=results_dir, progress=False)
         t0 = time.perf_counter()
         run_experiment(cfg, force=True)
         wall = time.perf_counter() - t0
@@ -117,11 +120,11 @@ def main(argv=None) -> int:
     p.add_argument("--text", action="store_true", help="also the small BERT on uci-sentiment")
     a = p.parse_args(argv)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
-    mlp = RunConfig(benchmark="split-mnist", scenario="domain", data_dir=a.data_dir, batch_size=128, epochs=2,
+    mlp = make_config(benchmark="split-mnist", scenario="domain", data_dir=a.data_dir, batch_size=128, epochs=2,
                     method="kl", hparams=KL, progress=False)
     report("MLP 784-400-400 on split-MNIST (domain), batch 128", mlp, a.repeats, a.results_dir)
     if a.text:
-        bert = RunConfig(benchmark="uci-sentiment", scenario="domain", model="bert", data_dir=a.data_dir,
+        bert = make_config(benchmark="uci-sentiment", scenario="domain", model="bert", data_dir=a.data_dir,
                          batch_size=32, epochs=2, method="kl", hparams=KL, progress=False,
                          stream_options={"max_seq_len": 64})
         report("small BERT (4 layers, hidden 256, from scratch) on uci-sentiment (domain), max length 64, "

@@ -23,11 +23,11 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from forgetting import methods as methods_mod  # noqa: E402
-from forgetting import streams as streams_mod  # noqa: E402
+from forgetting.streams import default_data_dir  # noqa: E402
 from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.metrics import run_summary  # noqa: E402
-from forgetting.models import model_module  # noqa: E402
+from forgetting import registry  # noqa: E402
 from forgetting.options import check_all  # noqa: E402
 from forgetting.run import run_experiment  # noqa: E402
 
@@ -65,7 +65,7 @@ PUBLISHED_NAME = {"naive": "fine-tuning", "kl, T=2 (LwF's temperature)": "LwF", 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default=streams_mod.default_data_dir(), help="holds mnist/ (default: ../shared/data)")
+    p.add_argument("--data-dir", default=default_data_dir(), help="holds mnist/ (default: ../shared/data)")
     p.add_argument("--results-dir", default=str(ROOT / "results" / "split_mnist_methods"))
     p.add_argument("--output", default=str(ROOT / "benchmarks" / "split_mnist_methods.md"),
                    help="markdown file the tables are written into (between the BEGIN/END TABLES markers)")
@@ -88,11 +88,11 @@ def configs(args) -> list[tuple[str, RunConfig]]:
     for scenario in args.scenarios:
         for label, method, hparams in rows:
             for seed in args.seeds:
-                out.append((label, RunConfig(
+                out.append((label, make_config(
                     benchmark="split-mnist", scenario=scenario, method=method,
-                    hparams=check_all(methods_mod.method_options(method), hparams),
-                    model_options=check_all(model_module("mlp").OPTIONS, {"hidden": args.hidden}),
-                    stream_options=check_all(streams_mod.OPTIONS, {}),
+                    hparams=check_all(registry.method_options(method), hparams),
+                    model_options=check_all(list(registry.model("mlp").options), {"hidden": args.hidden}),
+                    
                     epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=seed, device="cpu",
                     data_dir=args.data_dir, results_dir=args.results_dir, progress=False,
                 )))

@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from forgetting.config import RunConfig  # noqa: E402
+from forgetting.registry import make_config  # noqa: E402
 from forgetting.metrics import run_summary  # noqa: E402
 from forgetting.run import prepare  # noqa: E402
 from forgetting.streams import default_data_dir  # noqa: E402
@@ -86,7 +87,7 @@ def main(argv=None) -> int:
     print(f"{'method':<8}{'train ex/s':>12}{'train s':>10}{'eval s':>9}{'wall s':>9}{'avg acc':>9}{'forgetting':>12}")
     with tempfile.TemporaryDirectory() as results:
         for method in args.methods:
-            config = RunConfig(
+            config = make_config(
                 benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=HPARAMS[method],
                 stream_options={"max_seq_len": args.max_seq_len, "text_train_per_task": args.train_per_task},
                 epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, eval_batch_size=args.eval_batch_size,

@@ -56,7 +56,7 @@ def timed_run(argv: list[str]) -> tuple[float, float]:
 
     config = config_from_args(build_parser().parse_args(argv))
     device, stream, model, methods = prepare(config)
-    cls = AvalancheTrainer if config.method.startswith("avalanche-") else Trainer
+    cls = AvalancheTrainer if config.method.name.startswith("avalanche-") else Trainer
     rows = Rows()
     trainer = cls(config, stream, model, methods, device, recorder=rows)
     t0 = time.perf_counter()

@@ -1,13 +1,27 @@
-"""forgetting: a continual-learning experiment harness for measuring and holding back forgetting."""
+"""forgetting: a continual-learning experiment harness for measuring and holding back forgetting.
 
-__all__ = ["kl_penalty", "train_epoch_kl_reg"]
-__version__ = "0.1.0"
+In a notebook::
+
+    import forgetting
+    rows = forgetting.run(method="kl", kl_lambda=0.5, epochs=2)      # one run's tidy rows
+    df = forgetting.load_results("results")                          # every run, config columns joined
+    figs = forgetting.plot.figures(df)                               # matplotlib figures
+"""
+
+__all__ = ["kl_penalty", "train_epoch_kl_reg", "run", "load_results"]
+__version__ = "0.2.0"
+
+_LAZY = {"kl_penalty": "penalty", "train_epoch_kl_reg": "penalty", "load_results": "api"}
 
 
 def __getattr__(name):
     # Imported on first use, so that reading results (forgetting.plot) does not pay for torch.
-    if name in __all__:
-        from . import penalty
+    if name in _LAZY:
+        from importlib import import_module
 
-        return getattr(penalty, name)
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    if name == "run":  # the module forgetting.run, which is also callable: forgetting.run(method="kl", ...)
+        from importlib import import_module
+
+        return import_module(f"{__name__}.run")
     raise AttributeError(f"module 'forgetting' has no attribute {name!r}")

@@ -1,98 +1,139 @@
-"""The full description of one run; its hash names the run's results directory."""
+"""The full description of one run, as plain data: one section per component; its hash names the run.
+
+A run is a stream (benchmark and scenario), a model, a method (possibly composed, ``kl+rdrop``)
+and the loop's own settings (epochs, batch size, ...), plus where it runs (device, paths). Each
+component section holds the ``options`` that change the numbers and the ``settings`` that do not
+(caches, downloads: options declared ``hashed=False``). ``registry.resolve`` fills and checks
+every section; the run id is a hash of the resolved sections' names and options only, so
+adding an option to one component never changes the ids of runs of the others, and paths,
+devices and caches never change an id.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .options import Option
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-# Options of the loop itself; methods, models and streams declare their own.
-CORE_OPTIONS = [
+# The loop's own options (methods, models and streams declare theirs).
+LOOP_OPTIONS = [
     Option("epochs", int, 5, "epochs per task", minimum=1),
     Option("batch_size", int, 32, "training batch size", minimum=1),
     Option("lr", float, 1e-3, "learning rate (Adam; a fresh optimiser per task)", minimum=0.0, exclusive_minimum=True),
-    Option("seed", int, 0, "seed of model initialisation, shuffling and dropout", minimum=0),
+    Option("seed", int, 0, "seed of model initialisation, shuffling and dropout", minimum=0, maximum=2**32 - 1),
     Option("eval_every", int, 0, "also evaluate every N training steps (0: after every epoch only)", minimum=0),
     Option("eval_batch_size", int, 1024, "evaluation batch size", minimum=1),
     Option("eval_subset", int, 0, "evaluate each task on a fixed random subset of this many test examples "
            "(0: the whole test set); for long runs", minimum=0),
 ]
+CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
+LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}
 
-# Keys that say where things are, not what is computed: left out of the run's hash.
-UNHASHED = ("data_dir", "results_dir", "device", "progress")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class Component:
+    """One part of a run: its registered name, its hashed options and its unhashed settings."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def values(self) -> dict[str, Any]:
+        """Options and settings together: what the component is built with."""
+        return {**self.options, **self.settings}
 
 
 @dataclass
 class RunConfig:
-    benchmark: str = "split-digits"
-    scenario: str = "domain"
-    model: str = "mlp"
-    method: str = "kl"
-    hparams: dict[str, Any] = field(default_factory=dict)  # the method's hyper-parameters
-    model_options: dict[str, Any] = field(default_factory=dict)
-    stream_options: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 5
-    batch_size: int = 32
-    lr: float = 1e-3
-    seed: int = 0
-    eval_every: int = 0
-    eval_batch_size: int = 1024
-    eval_subset: int = 0
+    stream: Component = field(default_factory=lambda: Component("split-digits", {"scenario": "domain"}))
+    model: Component = field(default_factory=lambda: Component("mlp"))
+    method: Component = field(default_factory=lambda: Component("kl"))
+    loop: dict[str, Any] = field(default_factory=dict)
+    # where and how it runs: never part of the run id
     device: str = "auto"
     data_dir: str | None = None
     results_dir: str = "results"
     progress: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["schema_version"] = SCHEMA_VERSION
-        return d
+    # --- read-only views with the flat names used across the code ----------------------------
+    @property
+    def benchmark(self) -> str:
+        return self.stream.name
 
-    def to_dict_no_schema(self) -> dict[str, Any]:
-        """The fields only, for ``RunConfig(**d)`` with some of them replaced."""
-        return asdict(self)
+    @property
+    def scenario(self) -> str:
+        return self.stream.options.get("scenario", "domain")
+
+    @property
+    def model_name(self) -> str:
+        return self.model.name
+
+    @property
+    def method_name(self) -> str:
+        return self.method.name
+
+    @property
+    def hparams(self) -> dict[str, Any]:
+        return self.method.values()
+
+    @property
+    def model_options(self) -> dict[str, Any]:
+        return self.model.values()
+
+    @property
+    def stream_options(self) -> dict[str, Any]:
+        return {k: v for k, v in self.stream.values().items() if k != "scenario"}
+
+    def __getattr__(self, name: str) -> Any:  # loop options: config.epochs, config.lr, ...
+        if name in LOOP_DEFAULTS:
+            return self.__dict__.get("loop", {}).get(name, LOOP_DEFAULTS[name])
+        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+
+    # --- serialisation and the run id ------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"schema_version": SCHEMA_VERSION, **asdict(self)}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunConfig":
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
-
-    def resolved(self) -> "RunConfig":
-        """A copy with every option checked and defaults filled in (BadInput on a bad value).
-
-        Configs from the CLI, suite files and Python code all pass through here, so a run's
-        hash does not depend on whether a default was spelled out.
-        """
-        from . import methods, models, streams
-        from .errors import BadInput
-        from .options import check_all
-
-        if self.benchmark not in streams.BENCHMARKS:
-            raise BadInput(f"benchmark: unknown benchmark {self.benchmark!r}, allowed: {', '.join(streams.BENCHMARKS)}")
-        if self.scenario not in streams.SCENARIOS:
-            raise BadInput(f"scenario: unknown scenario {self.scenario!r}, allowed: {', '.join(streams.SCENARIOS)}")
-        core = check_all(CORE_OPTIONS, {o.name: getattr(self, o.name) for o in CORE_OPTIONS}, where="")
-        d = self.to_dict()
-        d.pop("schema_version")
-        d.update(core)
-        d["hparams"] = check_all(methods.method_options(self.method), self.hparams, where="method option ")
-        d["model_options"] = check_all(models.model_module(self.model).OPTIONS, self.model_options, where="model option ")
-        d["stream_options"] = check_all(streams.OPTIONS, self.stream_options, where="stream option ")
-        return RunConfig(**d)
+        """A config from ``to_dict``'s output (a config.json of schema 2)."""
+        if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
+            raise ValueError(f"config schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
+        comp = {k: Component(**d[k]) for k in ("stream", "model", "method") if k in d}
+        rest = {k: d[k] for k in ("loop", "device", "data_dir", "results_dir", "progress") if k in d}
+        return cls(**comp, **rest)
 
     def hashed_dict(self) -> dict[str, Any]:
-        d = self.to_dict()
-        for k in UNHASHED:
-            d.pop(k, None)
-        return d
+        """What the run id hashes: the schema, each component's name and options, the loop."""
+        return {"schema_version": SCHEMA_VERSION, "loop": self.loop,
+                **{k: {"name": c.name, "options": c.options}
+                   for k, c in (("stream", self.stream), ("model", self.model), ("method", self.method))}}
 
     @property
     def run_id(self) -> str:
-        """A short hash of everything that changes the numbers (not paths or the device)."""
+        """A short hash of everything that changes the numbers (meaningful once resolved)."""
         blob = json.dumps(self.hashed_dict(), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def flat_view(d: dict[str, Any]) -> dict[str, Any]:
+    """A config.json of any schema as flat fields (benchmark, scenario, method, hparams, seed, ...), for reports."""
+    if d.get("schema_version", 1) < 2:
+        return dict(d)
+    stream, model, method = (d.get(k) or {"name": "", "options": {}} for k in ("stream", "model", "method"))
+    return {
+        **(d.get("loop") or {}),
+        "benchmark": stream["name"], "scenario": stream.get("options", {}).get("scenario"),
+        "model": model["name"], "method": method["name"],
+        "hparams": {**method.get("options", {}), **method.get("settings", {})},
+        "model_options": {**model.get("options", {}), **model.get("settings", {})},
+        "stream_options": {k: v for k, v in {**stream.get("options", {}), **stream.get("settings", {})}.items()
+                           if k != "scenario"},
+        **{k: d.get(k) for k in ("device", "data_dir", "results_dir", "progress", "schema_version")},
+    }

@@ -1,7 +1,9 @@
 """Declared options: one place that says a hyper-parameter's name, type, default and allowed range.
 
-Methods, models and streams each declare theirs; the CLI, suite files and the run config all
-check values through ``Option.check``, so a bad value gets the same one-line error everywhere.
+Methods, models, streams and the loop each declare theirs; ``registry.resolve`` checks every
+value through ``Option.check`` (the CLI, suite files and Python code alike), so a bad value gets
+the same one-line error everywhere. ``hashed=False`` marks an execution setting (a cache, a
+download) that is recorded but left out of the run id, because it never changes the numbers.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Option:
     exclusive_minimum: bool = False
     maximum: float | None = None
     nargs: str | None = None  # "+" for a list of values
+    hashed: bool = True  # False for execution settings (paths, caches, downloads) that never change the numbers
 
     @property
     def flag(self) -> str:
@@ -33,10 +36,11 @@ class Option:
         if self.choices:
             return "one of " + ", ".join(map(str, self.choices))
         kind = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[self.type]
+        num = (lambda v: str(int(v))) if self.type is int else (lambda v: f"{v:g}")
         if self.minimum is not None:
-            kind += f" {'above' if self.exclusive_minimum else 'at least'} {self.minimum:g}"
+            kind += f" {'above' if self.exclusive_minimum else 'at least'} {num(self.minimum)}"
         if self.maximum is not None:
-            kind += f"{' and' if self.minimum is not None else ''} at most {self.maximum:g}"
+            kind += f"{' and' if self.minimum is not None else ''} at most {num(self.maximum)}"
         return ("a list of " if self.nargs else "") + kind
 
     def check(self, value: Any, where: str | None = None) -> Any:

@@ -45,8 +45,11 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m forgetting.plot",
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
-                            "against forgetting, and summary.md / summary.csv (mean and 95%% t-interval over "
+                            "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "
                             "seeds) from run directories.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"forgetting {__version__}")
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results directories or run directories")
     p.add_argument("--out", default="report", help="where the figures and summary go (default: report)")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")

@@ -13,10 +13,11 @@ from typing import Iterable
 
 import pandas as pd
 
+from .config import flat_view
 from .errors import BadInput
 from .results import CONFIG, MANIFEST, METRICS, find_runs
 
-KNOWN_SCHEMA_VERSIONS = (1,)
+KNOWN_SCHEMA_VERSIONS = (1, 2)  # 2: config.json in sections (stream, model, method, loop)
 STATUSES = ("complete", "running", "failed", "interrupted")
 PHASES = ("init", "step", "epoch")
 REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed", "phase", "trained_task",
@@ -74,9 +75,9 @@ class Run:
         if len(self.rows):
             return float(self.rows["lambda"].iloc[0])
         try:
-            from .methods import parse_method
+            from .registry import method_classes
 
-            opt = next((c.strength_option for c in parse_method(self.method) if c.strength_option), None)
+            opt = next((c.strength_option for c in method_classes(self.method) if c.strength_option), None)
             return float(self.config.get("hparams", {})[opt]) if opt else 0.0
         except Exception:  # a method this version does not know
             return float("nan")
@@ -173,7 +174,7 @@ def read_checked(run_dir: Path) -> Run:
     if manifest.get("status") not in STATUSES:
         raise BadInput(f"{run_dir / MANIFEST}: unknown status {manifest.get('status')!r}, "
                        f"allowed: {', '.join(STATUSES)}")
-    config = _read_json(run_dir / CONFIG)
+    config = flat_view(_read_json(run_dir / CONFIG))  # the same flat fields for every schema version
     run = Run(run_dir, config, manifest, _read_metrics(run_dir / METRICS))
     trained = set(run.rows.loc[run.rows["phase"] == "epoch", "trained_task"])
     if run.complete and (not run.n_tasks or trained != set(range(run.n_tasks))):

@@ -15,65 +15,105 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import methods as methods_mod
-from . import models as models_mod
-from . import streams as streams_mod
-from .config import CORE_OPTIONS, RunConfig
+from . import registry
+from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
-from .metrics import accuracy_matrix, run_summary
-from .options import Option, check_all
+from .options import Option
 from .checkpoint import last_boundary, restore_boundary
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
-from .train import Trainer
-
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def _add_option(group, o: Option) -> None:
-    kwargs = dict(dest=o.name, default=argparse.SUPPRESS, help=f"{o.help} (default: {o.default})")
+    default = ("on" if o.default else "off") if o.type is bool else o.default
+    text = f"{o.help} (default: {default})".replace("%", "%%")
+    kwargs = dict(dest=o.name, default=argparse.SUPPRESS, help=text)
     if o.nargs:
         kwargs["nargs"] = o.nargs
-    if o.type is bool:
-        kwargs["type"] = str
-        kwargs["metavar"] = "{true,false}"
+    if o.type is bool:  # --teacher-cache / --no-teacher-cache, like --force
+        kwargs["action"] = argparse.BooleanOptionalAction
     else:
         kwargs["type"] = str  # checked by Option.check for one message format everywhere
         kwargs["metavar"] = "{" + ",".join(map(str, o.choices)) + "}" if o.choices else o.type.__name__.upper()
     group.add_argument(o.flag, **kwargs)
 
 
-def build_parser() -> argparse.ArgumentParser:
+TOP_LEVEL = {"benchmark": "split-digits", "model": "mlp", "method": "kl", "device": "auto",
+             "results_dir": "results", "data_dir": None}
+
+
+def _preparse(argv: Sequence[str] | None) -> argparse.Namespace:
+    """The component names (and --config) alone, so a user's own components (``--method mypkg.mymethod``)
+    can add their flags before the whole command line is parsed."""
+    p = argparse.ArgumentParser(add_help=False)
+    for flag in ("--benchmark", "--model", "--method", "--config"):
+        p.add_argument(flag, default=None)
+    return p.parse_known_args(argv)[0]
+
+
+def read_config_file(path: str) -> dict:
+    """A run's options from a TOML file: top-level keys ``benchmark``, ``model``, ``method``, ``device``,
+    ``data_dir``, ``results_dir`` and any option by its config name (``kl_lambda = 0.5``)."""
+    import tomllib
+
+    try:
+        values = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        raise BadInput(f"--config: cannot read {path!r}: {e.strerror or e}") from None
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise BadInput(f"--config: {path!r} is not valid TOML: {e}") from None
+    for key, value in values.items():
+        if isinstance(value, dict):
+            raise BadInput(f"--config {path}: {key!r} is a table; write options as top-level keys, e.g. kl_lambda = 0.5")
+    return values
+
+
+def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentParser:
+    """The CLI: one group per component, every option any registered component declares (each checked
+    and sorted to its component by ``registry.gather``/``resolve``, not here)."""
     p = OneLineParser(
         prog="python -m forgetting.run",
         description="Train a base model on the first task of a stream, fine-tune it on the others with a "
                     "method that holds forgetting back (by default the KL penalty towards a frozen copy), "
                     "evaluate every task after every epoch, and write the results to RESULTS_DIR/<run id>/.",
     )
-    g = p.add_argument_group("what to learn")
-    g.add_argument("--benchmark", default="split-digits", help=f"task stream: {', '.join(streams_mod.BENCHMARKS)} "
+    if chosen is not None:  # load a user's components named on the command line, so their options are declared
+        for lookup, name in ((registry.stream, chosen.benchmark), (registry.model, chosen.model),
+                             (registry.method_classes, chosen.method)):
+            try:
+                lookup(name)
+            except BadInput:
+                pass  # reported with the other values by resolve
+    declared: set[str] = set()
+
+    def add(group, options):
+        for o in options:
+            if o.name not in declared:
+                declared.add(o.name)
+                _add_option(group, o)
+
+    p.add_argument("--version", action="version", version=f"forgetting {_version()}")
+    p.add_argument("--config", metavar="FILE", default=None, help="read the run's options from a TOML file "
+                   "(top-level keys: benchmark, model, method and any option by its config name, e.g. "
+                   "kl_lambda = 0.5); flags given on the command line win")
+    g = p.add_argument_group("stream (what to learn)")
+    g.add_argument("--benchmark", default=None, help=f"task stream: {', '.join(registry.names('stream'))} "
                    "(default: split-digits, bundled with scikit-learn, no download)")
-    g.add_argument("--scenario", default="domain", help="task (a head per task, task id given), domain (one shared "
-                   "head), class (one head over all classes) (default: domain)")
     g.add_argument("--data-dir", default=None, help="directory of local data sets (default: $FORGETTING_DATA_DIR, "
                    "else ../shared/data when it exists)")
-    for o in streams_mod.OPTIONS:
-        _add_option(g, o)
+    add(g, registry.all_options("stream"))
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="mlp", help=f"model: {', '.join(models_mod.MODELS)} (default: mlp)")
-    for name in models_mod.MODELS:
-        for o in models_mod.model_module(name).OPTIONS:
-            _add_option(g, o)
+    g.add_argument("--model", default=None, help=f"model: {', '.join(registry.names('model'))}; kind:SOURCE loads "
+                   "a checkpoint, e.g. bert:PATH (default: mlp)")
+    add(g, registry.all_options("model"))
     g = p.add_argument_group("method")
-    g.add_argument("--method", default="kl", help=f"how fine-tuning is held back: {', '.join(methods_mod.METHODS)}; "
-                   "compose with '+', e.g. kl+rdrop (default: kl)")
-    for o in methods_mod.all_options():
-        _add_option(g, o)
-    g = p.add_argument_group("training")
-    for o in CORE_OPTIONS:
-        _add_option(g, o)
-    g.add_argument("--device", default="auto", help="cpu, cuda, or auto (cuda when available) (default: auto)")
+    g.add_argument("--method", default=None, help=f"how fine-tuning is held back: {', '.join(registry.names('method'))}; "
+                   "compose with '+', e.g. kl+rdrop; or a module of your own, e.g. mypkg.mymethod (default: kl)")
+    add(g, registry.all_options("method"))
+    g = p.add_argument_group("loop")
+    add(g, LOOP_OPTIONS)
+    g.add_argument("--device", default=None, help=f"{', '.join(DEVICES)} (cuda when available) or cuda:N (default: auto)")
     g = p.add_argument_group("output")
-    g.add_argument("--results-dir", default="results", help="where run directories go (default: results)")
+    g.add_argument("--results-dir", default=None, help="where run directories go (default: results)")
     g.add_argument("--force", action="store_true", help="run again even if a complete run with this config exists")
     g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
                    "finished task (checkpoints are saved at every task boundary)")
@@ -81,43 +121,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _pick(options: Sequence[Option], given: dict) -> dict:
-    return check_all(options, {o.name: given[o.name] for o in options if o.name in given})
+NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config")
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
 
 
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
-    """Check every value and build the run's config; BadInput on the first bad one."""
-    given = vars(ns)
-    if ns.benchmark not in streams_mod.BENCHMARKS:
-        raise BadInput(f"--benchmark: unknown benchmark {ns.benchmark!r}, allowed: {', '.join(streams_mod.BENCHMARKS)}")
-    if ns.scenario not in streams_mod.SCENARIOS:
-        raise BadInput(f"--scenario: unknown scenario {ns.scenario!r}, allowed: {', '.join(streams_mod.SCENARIOS)}")
-    if ns.device not in DEVICES:
-        raise BadInput(f"--device: unknown device {ns.device!r}, allowed: {', '.join(DEVICES)}")
-    method_opts = methods_mod.method_options(ns.method)
-    own = {o.name for o in method_opts}
-    for o in methods_mod.all_options():
-        if o.name in given and o.name not in own:
-            raise BadInput(f"{o.flag} does not apply to method {ns.method!r} (its options: "
-                           f"{', '.join(x.flag for x in method_opts) or 'none'})")
-    model_mod = models_mod.model_module(ns.model)
-    model_own = {o.name for o in model_mod.OPTIONS}
-    for name in models_mod.MODELS:
-        for o in models_mod.model_module(name).OPTIONS:
-            if o.name in given and o.name not in model_own:
-                raise BadInput(f"{o.flag} does not apply to model {ns.model!r}")
-    hparams = _pick(method_opts, given)
-    model_options = _pick(model_mod.OPTIONS, given)
-    stream_options = _pick(streams_mod.OPTIONS, given)
-    core = _pick(CORE_OPTIONS, given)
-    data_dir = ns.data_dir if ns.data_dir is not None else streams_mod.default_data_dir()
-    if ns.data_dir is not None and not Path(ns.data_dir).is_dir() and not stream_options.get("download"):
-        raise BadInput(f"--data-dir: {ns.data_dir!r} is not a directory")
-    return RunConfig(
-        benchmark=ns.benchmark, scenario=ns.scenario, model=ns.model, method=ns.method, hparams=hparams,
-        model_options=model_options, stream_options=stream_options, device=ns.device, data_dir=data_dir,
-        results_dir=ns.results_dir, progress=not ns.quiet, **core,
-    )
+    """The run's resolved config from the parsed command line (over ``--config FILE``, over the defaults);
+    BadInput on the first bad value."""
+    from .streams import default_data_dir
+
+    from_file = read_config_file(ns.config) if getattr(ns, "config", None) else {}
+    top = {k: (getattr(ns, k, None) if getattr(ns, k, None) is not None else from_file.get(k, default))
+           for k, default in TOP_LEVEL.items()}
+    given = {**{k: v for k, v in from_file.items() if k not in TOP_LEVEL},
+             **{k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}}
+    data_dir = top["data_dir"] if top["data_dir"] is not None else default_data_dir()
+    for key in ("benchmark", "model", "method", "device", "results_dir"):
+        if not isinstance(top[key], str):
+            raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
+    config = registry.gather(top["benchmark"], top["model"], top["method"], given, device=top["device"],
+                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet)
+    resolved = registry.resolve(config)
+    resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
+    return resolved
 
 
 def resolve_device(name: str) -> torch.device:
@@ -149,21 +180,37 @@ def determinism_settings(device: torch.device) -> dict:
     }
 
 
+def build_stream_for(config: RunConfig):
+    """The run's stream; a text stream is encoded with the tokenizer the run's model brings."""
+    from .streams import build_stream
+
+    extra = {"data_dir": config.data_dir, "tokenizer": registry.tokenizer_maker(config.model.name, config.model.values())}
+    return build_stream(registry.stream(config.benchmark), config.scenario, {**config.stream_options, **extra})
+
+
 def prepare(config: RunConfig):
-    """Everything a run needs, built and checked before any file is written."""
+    """Everything a run needs, built and checked before any file is written.
+
+    Data flows one way: the model's tokenizer maker (text models) goes to the stream, which
+    encodes its texts with it; the model is then built for the stream's layout.
+    """
+    from .models import split_spec
+
     device = resolve_device(config.device)
-    stream = streams_mod.build_stream(config.benchmark, config.scenario,
-                                      {**config.stream_options, "data_dir": config.data_dir, "model": config.model})
-    methods = methods_mod.build_methods(config.method, config.hparams)
+    spec = registry.model(config.model.name)
+    _, source = split_spec(config.model.name)
+    model_values = config.model.values()
+    stream = build_stream_for(config)
+    methods = registry.build_methods(config.method.name, config.hparams)
     for m in methods:
         m.check_stream(stream)
     seed_everything(config.seed)
     try:
-        model = models_mod.build_model(config.model, stream, config.model_options)
+        model = spec.build(stream, model_values, source)
     except (ValueError, OSError) as e:
         if isinstance(e, BadInput):
             raise
-        raise BadInput(f"--model {config.model}: {e}") from None
+        raise BadInput(f"--model {config.model.name}: {e}") from None
     return device, stream, model, methods
 
 
@@ -184,7 +231,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     With ``resume``, an unfinished one continues from its last task-boundary checkpoint and
     ends with the same rows as an uninterrupted run; otherwise it starts again from scratch.
     """
-    config = config.resolved()
+    config = registry.resolve(config)
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
     previous = None
@@ -199,9 +246,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     settings = determinism_settings(device)
     trainer_start = 0
     writer = RunWriter(config, str(device), extra_manifest={"determinism": settings})
-    trainer_cls = Trainer
-    if config.method.startswith("avalanche-"):  # Avalanche runs the loop; imported only here (slow import)
-        from .integrations.avalanche import AvalancheTrainer as trainer_cls
+    trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
     trainer = trainer_cls(config, stream, model, methods, device, recorder=writer)
     last = last_boundary(run_dir) if (resume and previous is not None) else None
     if last is not None:
@@ -231,6 +276,8 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
 
 
 def format_report(rows, run_dir: Path) -> str:
+    from .metrics import accuracy_matrix, run_summary
+
     A = accuracy_matrix(rows)
     s = run_summary(rows)
     names = rows.drop_duplicates("eval_task").sort_values("eval_task")["eval_task_name"].tolist()
@@ -267,9 +314,19 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    chosen = _preparse(argv)
+    try:
+        from_file = read_config_file(chosen.config) if chosen.config else {}
+    except BadInput as e:
+        print(f"python -m forgetting.run: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for key in ("benchmark", "model", "method"):  # a user's component named in the file declares its flags too
+        if getattr(chosen, key) is None:
+            setattr(chosen, key, from_file.get(key, TOP_LEVEL[key]))
+    parser = build_parser(chosen)
     ns = parser.parse_args(argv)
     setup_logging(ns.quiet)
+    config = None
     try:
         config = config_from_args(ns)
         run_dir, rows, status = run_experiment(config, force=ns.force, resume=ns.resume)
@@ -289,6 +346,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_report(rows, run_dir))
     return 0
 
+
+class _CallableModule(type(sys)):
+    """``forgetting.run`` is this module (``python -m forgetting.run``) and, called, the notebook API."""
+
+    def __call__(self, benchmark: str = "split-digits", method: str = "kl", **options):
+        from .api import run
+
+        return run(benchmark, method, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -33,10 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import methods as methods_mod
-from . import models as models_mod
-from . import streams as streams_mod
-from .config import CORE_OPTIONS, RunConfig
+from . import registry
+from .config import LOOP_OPTIONS, Component, RunConfig
 from .errors import BadInput
 from .options import Option
 
@@ -47,8 +45,8 @@ else:  # pragma: no cover - Python 3.10 reads TOML with tomli, the backport of t
 
 DATA_MISSING = ("error", "skip")
 SUITE_KEYS = ("name", "description", "defaults", "experiment")
-_CORE = {o.name: o for o in CORE_OPTIONS if o.name != "seed"}
-_SEED = next(o for o in CORE_OPTIONS if o.name == "seed")
+_CORE = {o.name: o for o in LOOP_OPTIONS if o.name != "seed"}
+_SEED = next(o for o in LOOP_OPTIONS if o.name == "seed")
 EXPERIMENT_KEYS = ("name", "benchmark", "scenarios", "model", "model_options", "stream_options", "seeds",
                    "if_data_missing", "method", *_CORE)
 REQUIRED = ("benchmark", "scenarios", "seeds", "epochs", "method")
@@ -72,13 +70,21 @@ class Experiment:
     where: str  # "FILE: experiment[i]" for messages
 
     def runs(self, results_dir: str, data_dir: str | None, device: str = "auto") -> list[RunConfig]:
-        return [
-            RunConfig(benchmark=self.benchmark, scenario=scenario, model=self.model, method=method,
-                      hparams=dict(hparams), model_options=dict(self.model_options),
-                      stream_options=dict(self.stream_options), seed=seed, device=device, data_dir=data_dir,
-                      results_dir=results_dir, progress=False, **self.core)
-            for scenario in self.scenarios for method, hparams in self.points for seed in self.seeds
-        ]
+        """One resolved config per scenario x method point x seed (``registry.resolve`` checks each)."""
+        out = []
+        for scenario in self.scenarios:
+            for method, hparams in self.points:
+                for seed in self.seeds:
+                    config = RunConfig(
+                        stream=Component(self.benchmark, {**self.stream_options, "scenario": scenario}),
+                        model=Component(self.model, dict(self.model_options)), method=Component(method, dict(hparams)),
+                        loop={**self.core, "seed": seed}, device=device, data_dir=data_dir,
+                        results_dir=results_dir, progress=False)
+                    try:
+                        out.append(registry.resolve(config))
+                    except BadInput as e:
+                        raise _fail(self.where, str(e)) from None
+        return out
 
 
 @dataclass
@@ -173,7 +179,7 @@ def _method_points(entry: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     if not isinstance(spec, str):
         raise _fail(f"{where}.name", f"bad value {spec!r} ({_kind(spec)}), allowed: a method spec such as kl+rdrop")
     try:
-        options = methods_mod.method_options(spec)
+        options = registry.method_options(spec)
     except BadInput as e:
         raise _fail(f"{where}.name", str(e).removeprefix("--method: ")) from None
     known = {o.name: o for o in options}
@@ -187,6 +193,7 @@ def _method_points(entry: Any, where: str) -> list[tuple[str, dict[str, Any]]]:
     base = check_options(options, fixed, where)
     axes = {key: _list_of(values, f"{where}.grid.{key}", lambda v, w, o=known[key]: check_value(o, v, w))
             for key, values in grid.items()}
+    spec = registry.normalise_method(spec)
     return [(spec, {**base, **dict(zip(axes, combo))}) for combo in itertools.product(*axes.values())]
 
 
@@ -200,14 +207,20 @@ def _experiment(raw: Any, defaults: dict, where: str, defaults_where: str) -> Ex
     for key in REQUIRED:
         if key not in exp:
             raise _fail(where, f"missing field {key!r}")
-    benchmark = _str_choice(exp["benchmark"], list(streams_mod.BENCHMARKS), at("benchmark"))
-    scenarios = _list_of(exp["scenarios"], at("scenarios"),
-                         lambda v, w: _str_choice(v, streams_mod.SCENARIOS, w))
+    benchmark = exp["benchmark"]
+    if not isinstance(benchmark, str):
+        raise _fail(at("benchmark"), f"bad value {benchmark!r}, allowed: {', '.join(registry.names('stream'))}")
+    try:
+        stream_opts = registry.stream_options(benchmark)
+    except BadInput as e:
+        raise _fail(at("benchmark"), str(e).removeprefix("--benchmark: ")) from None
+    scenario_option, stream_opts = stream_opts[0], stream_opts[1:]
+    scenarios = _list_of(exp["scenarios"], at("scenarios"), lambda v, w: check_value(scenario_option, v, w))
     model = exp.get("model", "mlp")
     if not isinstance(model, str):
-        raise _fail(at("model"), f"bad value {model!r}, allowed: {', '.join(models_mod.MODELS)}")
+        raise _fail(at("model"), f"bad value {model!r}, allowed: {', '.join(registry.names('model'))}")
     try:
-        model_module = models_mod.model_module(model)
+        model_spec = registry.model(model)
     except BadInput as e:
         raise _fail(at("model"), str(e).removeprefix("--model: ")) from None
     name = exp.get("name", benchmark)
@@ -223,8 +236,8 @@ def _experiment(raw: Any, defaults: dict, where: str, defaults_where: str) -> Ex
                 points.append(point)
     return Experiment(
         name=name, benchmark=benchmark, scenarios=scenarios, model=model,
-        model_options=check_options(model_module.OPTIONS, exp.get("model_options", {}), at("model_options")),
-        stream_options=check_options(streams_mod.OPTIONS, exp.get("stream_options", {}), at("stream_options")),
+        model_options=check_options(list(model_spec.options), exp.get("model_options", {}), at("model_options")),
+        stream_options=check_options(stream_opts, exp.get("stream_options", {}), at("stream_options")),
         seeds=_list_of(exp["seeds"], at("seeds"), lambda v, w: check_value(_SEED, v, w)),
         core={k: check_value(o, exp[k], at(k)) if k in exp else o.default for k, o in _CORE.items()},
         if_data_missing=_str_choice(exp.get("if_data_missing", "error"), DATA_MISSING, at("if_data_missing")),

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from . import methods as methods_mod
-from . import streams as streams_mod
-from .config import RunConfig
+from . import registry
+from .config import DEVICES, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput
 from .options import Option
 from .results import MANIFEST, atomic_write_json, now
-from .run import DEVICES, OneLineParser, ensure_writable
+from .errors import OneLineParser
+from .run import build_stream_for, ensure_writable
+from .streams import default_data_dir
 from .suite import Experiment, load_suite
 
 PROG = "python -m forgetting.sweep"
@@ -76,8 +77,7 @@ def run_state(config: RunConfig) -> str:
 def probe_data(experiment: Experiment, data_dir: str | None) -> str | None:
     """Why the experiment's stream cannot be built here (data missing or malformed), or None."""
     try:
-        streams_mod.build_stream(experiment.benchmark, experiment.scenarios[0],
-                                 {**experiment.stream_options, "data_dir": data_dir})
+        build_stream_for(experiment.runs("results", data_dir)[0])
     except BadInput as e:
         return str(e)
     return None
@@ -94,7 +94,7 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
     probed: dict[str, str | None] = {}
     for suite in suites:
         for exp in suite.experiments:
-            key = json.dumps([exp.benchmark, exp.stream_options], sort_keys=True)
+            key = json.dumps([exp.benchmark, exp.model, exp.stream_options], sort_keys=True)
             if key not in probed:
                 probed[key] = probe_data(exp, data_dir)
             if probed[key] is not None:
@@ -111,10 +111,10 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
 
 def describe(config: RunConfig) -> str:
     """A short label: stream, scenario, method with its non-default hyper-parameters, seed."""
-    defaults = {o.name: o.default for o in methods_mod.method_options(config.method)}
+    defaults = {o.name: o.default for o in registry.method_options(config.method.name)}
     hp = " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                   for k, v in config.hparams.items() if defaults.get(k) != v)
-    return f"{config.benchmark}/{config.scenario} {config.method}{' ' + hp if hp else ''} seed={config.seed}"
+    return f"{config.benchmark}/{config.scenario} {config.method.name}{' ' + hp if hp else ''} seed={config.seed}"
 
 
 # --- one run, in a worker ---------------------------------------------------------------------
@@ -190,7 +190,7 @@ def import_ray():
     try:
         import ray
     except ImportError:
-        raise BadInput("--executor ray: Ray is not installed; install it with pip install 'forgetting[ray]' "
+        raise BadInput("--executor ray needs the [ray] extra (ray not installed): pip install 'forgetting[ray]' "
                        "(or use --executor process)") from None
     return ray
 
@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     say = (lambda *a, **k: None) if ns.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
     try:
         check_args(ns)
-        data_dir = ns.data_dir if ns.data_dir is not None else streams_mod.default_data_dir()
+        data_dir = ns.data_dir if ns.data_dir is not None else default_data_dir()
         # absolute paths: Ray workers do not share the driver's working directory
         data_dir = str(Path(data_dir).resolve()) if data_dir else None
         runs = plan(ns.suites, str(Path(ns.results_dir).resolve()), data_dir, ns.device, note=lambda m: print(f"{PROG}: {m}", file=sys.stderr))

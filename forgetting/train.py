@@ -17,14 +17,18 @@ from .methods.base import Method
 from .streams.base import TaskStream
 
 
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A snapshot for use as a teacher: a deep copy in eval mode that takes no gradients."""
-    snap = copy.deepcopy(model)
-    snap.eval()
-    for p in snap.parameters():
+def freeze(model: nn.Module) -> nn.Module:
+    """``model`` itself, in eval mode and without gradients: a teacher."""
+    model.eval()
+    for p in model.parameters():
         p.requires_grad_(False)
         p.grad = None
-    return snap
+    return model
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A snapshot for use as a teacher: a deep copy, frozen (eval mode, no gradients)."""
+    return freeze(copy.deepcopy(model))
 
 
 class Trainer:

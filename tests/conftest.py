@@ -33,10 +33,15 @@ def mnist_dir(data_dir) -> Path:
     return data_dir
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` in a subprocess, as a user would; returns the finished process."""
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in a subprocess, as a user would; returns the finished process.
+    ``env`` adds variables (a ``PYTHONPATH`` there goes after the project's)."""
+    extra = dict(env or {})
     env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", ""))
+                                        if p)
+    env.update(extra)
     env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.metrics import average_accuracy, accuracy_matrix, run_summary
 from forgetting.run import run_experiment
 
 
 def forgetting_of(tmp_path, lam, seed, scenario="domain"):
-    cfg = RunConfig(benchmark="split-digits", scenario=scenario, method="kl",
+    cfg = make_config(benchmark="split-digits", scenario=scenario, method="kl",
                     hparams={"kl_lambda": lam, "kl_direction": "forward", "temperature": 1.0},
                     seed=seed, results_dir=str(tmp_path), progress=False)
     run_dir, rows, status = run_experiment(cfg)
@@ -29,7 +30,7 @@ def test_kl_reduces_forgetting_on_split_digits_domain(tmp_path):
 
 
 def test_rows_cover_every_task_at_every_evaluation_point(tmp_path):
-    cfg = RunConfig(epochs=2, seed=3, results_dir=str(tmp_path), progress=False,
+    cfg = make_config(epochs=2, seed=3, results_dir=str(tmp_path), progress=False,
                     hparams={"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 1.0})
     _, rows, _ = run_experiment(cfg)
     n_tasks = 5

@@ -304,8 +304,8 @@ def test_cli_runs_an_avalanche_strategy(cli, tmp_path):
     assert "average accuracy over the 5 tasks seen" in proc.stdout
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     cfg = json.loads((run_dir / "config.json").read_text())
-    assert cfg["method"] == "avalanche-ewc"
-    assert cfg["hparams"] == {"av_ewc_lambda": 5.0, "av_ewc_mode": "separate", "av_ewc_decay": 1.0}
+    assert cfg["method"] == {"name": "avalanche-ewc", "settings": {},
+                             "options": {"av_ewc_lambda": 5.0, "av_ewc_mode": "separate", "av_ewc_decay": 1.0}}
     assert (run_dir / "metrics.csv").read_text().splitlines()[1].split(",")[METRIC_COLUMNS.index("lambda")] == "5.0"
 
 
@@ -322,3 +322,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(cli, tmp_path, args, named):
     assert proc.returncode == 2
     assert len(proc.stderr.strip().splitlines()) == 1 and named in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_a_non_finite_loss_in_avalanches_loop_says_where_it_stopped(tmp_path):
+    from forgetting.errors import RunFailed
+    from forgetting.registry import make_config
+    from forgetting.results import read_run
+    from forgetting.run import run_experiment
+
+    config = make_config(method="avalanche-naive", lr=1e30, epochs=2, hidden=[16], results_dir=str(tmp_path),
+                         progress=False)
+    with pytest.raises(RunFailed) as e:
+        run_experiment(config)
+    assert set(e.value.where) >= {"task", "epoch", "step"} and e.value.where["epoch"] >= 1
+    _, _, manifest = read_run(tmp_path / config.run_id)
+    assert manifest["status"] == "failed"
+    assert {k: manifest["failed_at"][k] for k in ("task", "epoch", "step")} == \
+        {k: e.value.where[k] for k in ("task", "epoch", "step")}

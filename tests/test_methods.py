@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from forgetting.config import CORE_OPTIONS, RunConfig
+from forgetting.registry import make_config
 from forgetting.errors import BadInput
-from forgetting.methods import build_methods, method_options, parse_method
+from forgetting.registry import build_methods, method_classes as parse_method, method_options
 from forgetting.methods.ewc import Method as EWC, diagonal_fisher
 from forgetting.methods.ewc_online import Method as OnlineEWC
 from forgetting.methods.joint import Method as Joint
@@ -410,11 +411,11 @@ def _trainer(benchmark, scenario, method, hparams, hidden, epochs, n_tasks=None)
     stream = build_stream(benchmark, scenario, {"n_tasks": 5, "download": False})
     if n_tasks is not None:
         stream.tasks = stream.tasks[:n_tasks]
-    config = RunConfig(benchmark=benchmark, scenario=scenario, method=method,
+    config = make_config(benchmark=benchmark, scenario=scenario, method=method,
                        hparams=check_all(method_options(method), hparams),
                        model_options={"hidden": hidden, "dropout": 0.1}, epochs=epochs, batch_size=32,
                        progress=False, **{o.name: o.default for o in CORE_OPTIONS if o.name not in ("epochs", "batch_size")})
-    from forgetting.models import build_model
+    from forgetting.registry import build_model
 
     torch.manual_seed(config.seed)
     model = build_model("mlp", stream, config.model_options)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from forgetting import methods as methods_mod
-from forgetting import streams as streams_mod
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.metrics import run_summary
-from forgetting.models import model_module
+from forgetting import registry
 from forgetting.options import check_all
 from forgetting.run import run_experiment
 
@@ -29,11 +28,11 @@ def summarise(scenario: str, mnist_dir, results_dir) -> dict[str, dict[str, floa
     for method in METHODS:
         runs = []
         for seed in SEEDS:
-            config = RunConfig(
+            config = make_config(
                 benchmark="split-mnist", scenario=scenario, method=method,
-                hparams=check_all(methods_mod.method_options(method), {}),
-                model_options=check_all(model_module("mlp").OPTIONS, {"hidden": [100, 100]}),
-                stream_options=check_all(streams_mod.OPTIONS, {}),
+                hparams=check_all(registry.method_options(method), {}),
+                model_options=check_all(list(registry.model("mlp").options), {"hidden": [100, 100]}),
+                
                 epochs=2, batch_size=32, lr=3e-3, seed=seed, device="cpu",
                 data_dir=str(mnist_dir), results_dir=str(results_dir), progress=False,
             )

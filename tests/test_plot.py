@@ -83,7 +83,7 @@ def test_summary_confidence_interval_is_the_hand_computed_t_interval(sweep, repo
     runs = {}
     for d in sweep.iterdir():
         cfg = json.loads((d / "config.json").read_text())
-        runs.setdefault((cfg["method"], cfg["hparams"]["kl_lambda"]), []).append(hand_numbers(d))
+        runs.setdefault((cfg["method"]["name"], cfg["method"]["options"]["kl_lambda"]), []).append(hand_numbers(d))
     bounds = {"average_accuracy": (0.0, 1.0), "forgetting_max": (-1.0, 1.0)}
     cuts = 0
     for (method, lam), seeds in runs.items():
@@ -217,7 +217,7 @@ def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, cli):
         else:
             def bump(d):
                 c = json.loads((d / "config.json").read_text())
-                (d / "config.json").write_text(json.dumps({**c, "schema_version": 2}))
+                (d / "config.json").write_text(json.dumps({**c, "schema_version": 3}))
             victim = corrupt(sweep, tmp_path, bump)
             named = victim / "config.json"
         target = tmp_path / "results"

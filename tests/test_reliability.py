@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.errors import RunFailed
 from forgetting.run import run_experiment
 from forgetting.results import read_run
@@ -19,7 +20,7 @@ TIMING = ["wall_time"]
 
 
 def rows_of(tmp, seed, **kw):
-    cfg = RunConfig(seed=seed, epochs=2, results_dir=str(tmp), progress=False, **kw)
+    cfg = make_config(seed=seed, epochs=2, results_dir=str(tmp), progress=False, **kw)
     _, rows, _ = run_experiment(cfg, force=True)
     return rows.drop(columns=TIMING)
 
@@ -34,7 +35,7 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
 
 
 def test_manifest_records_what_reproduction_needs(tmp_path):
-    cfg = RunConfig(seed=3, epochs=1, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(seed=3, epochs=1, results_dir=str(tmp_path), progress=False)
     run_dir, _, _ = run_experiment(cfg)
     m = json.loads((run_dir / "manifest.json").read_text())
     assert m["status"] == "complete" and m["seed"] == 3 and m["device"] == "cpu"
@@ -92,11 +93,11 @@ def test_sigkill_during_third_task_then_resume_gives_identical_rows(tmp_path):
 
 
 def test_nan_loss_stops_at_once_and_keeps_rows(tmp_path):
-    cfg = RunConfig(lr=1e30, epochs=3, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(lr=1e30, epochs=3, results_dir=str(tmp_path), progress=False)
     with pytest.raises(RunFailed) as exc:
         run_experiment(cfg)
     where = exc.value.where
-    _, rows, manifest = read_run(tmp_path / cfg.resolved().run_id)
+    _, rows, manifest = read_run(tmp_path / cfg.run_id)
     assert manifest["status"] == "failed"
     assert manifest["failed_at"]["step"] == where["step"]
     assert f"step {where['step']}" in manifest["error"] and "task 0" in manifest["error"]
@@ -121,7 +122,7 @@ def test_resume_restores_method_state(method, tmp_path, monkeypatch):
     """EWC's Fisher, SI's importance, the replay buffer...: a resumed run gives the same rows."""
     from forgetting.results import RunWriter
 
-    cfg = RunConfig(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
+    cfg = make_config(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
                     progress=False, model_options={"hidden": [32], "dropout": 0.2})
     original = RunWriter.task_done
 

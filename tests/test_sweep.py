@@ -75,11 +75,11 @@ def test_grid_expands_to_the_product_with_every_value_checked(tmp_path):
         """))
     runs = suite.runs(str(tmp_path / "r"), None)
     assert len(runs) == 2 * 3 * (2 * 3 + 1)  # scenarios x seeds x (grid points + naive)
-    kl = [c for c in runs if c.method == "kl"]
+    kl = [c for c in runs if c.method.name == "kl"]
     assert {(c.hparams["kl_lambda"], c.hparams["kl_direction"]) for c in kl} == {
         (lam, d) for lam in (0.0, 0.5) for d in ("forward", "reverse", "symmetric")}
     assert all(c.hparams["temperature"] == 2.0 and isinstance(c.hparams["temperature"], float) for c in kl)
-    assert all(c.hparams == {} for c in runs if c.method == "naive")
+    assert all(c.hparams == {} for c in runs if c.method.name == "naive")
     assert {c.seed for c in runs} == {3, 4, 5} and {c.scenario for c in runs} == {"task", "class"}
     assert all(c.epochs == 2 and c.lr == 0.01 and c.batch_size == 32 for c in runs)  # default filled in
     assert len({c.run_id for c in runs}) == len(runs)
@@ -114,7 +114,7 @@ def test_default_and_quick_suites_load_and_quick_is_a_subset_of_default():
     assert quick_ids and quick_ids <= default_ids  # the full study reuses the quick study's runs
     assert {"task", "domain", "class"} <= {c.scenario for c in default.runs("results", None)
                                            if c.benchmark == "split-digits"}
-    grid = {c.hparams["kl_lambda"] for c in default.runs("results", None) if c.method == "kl"}
+    grid = {c.hparams["kl_lambda"] for c in default.runs("results", None) if c.method.name == "kl"}
     assert grid >= {0.0, 0.1, 0.3, 1.0, 3.0, 10.0}
 
 
@@ -322,7 +322,7 @@ def test_sweep_resumes_after_sigkill_without_rerunning_or_duplicating(tmp_path):
         assert not rows.duplicated(ROW_KEY).any()
         assert len(rows) == 5 * (1 + 5 * epochs)  # 5 tasks evaluated at init and after each epoch of 5 tasks
         config = json.loads((results / rid / CONFIG).read_text())
-        assert config["epochs"] == epochs
+        assert config["loop"]["epochs"] == epochs
 
 
 def test_failed_run_is_listed_and_the_others_finish(tmp_path):

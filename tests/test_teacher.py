@@ -9,7 +9,8 @@ from torch import nn
 
 from forgetting import train_epoch_kl_reg
 from forgetting.config import RunConfig
-from forgetting.methods import build_methods
+from forgetting.registry import make_config
+from forgetting.registry import build_methods
 from forgetting.models.mlp import MLP
 from forgetting.streams import build_stream, iterate_batches
 from forgetting.train import Trainer
@@ -98,7 +99,7 @@ def test_lambda_zero_is_exactly_a_cross_entropy_step():
 
 
 def small_trainer(scenario="domain", method="kl", lam=1.0, epochs=2, seed=0):
-    config = RunConfig(scenario=scenario, method=method, hparams={"kl_lambda": lam, "kl_direction": "forward",
+    config = make_config(scenario=scenario, method=method, hparams={"kl_lambda": lam, "kl_direction": "forward",
                        "temperature": 1.0} if method == "kl" else {}, epochs=epochs, seed=seed, progress=False)
     stream = build_stream("split-digits", scenario, {})
     torch.manual_seed(seed)

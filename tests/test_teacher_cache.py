@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from forgetting.config import RunConfig
-from forgetting.methods import build_methods
+from forgetting.registry import make_config
+from forgetting.registry import build_methods
 from forgetting.metrics import run_summary
 from forgetting.models.mlp import MLP
 from forgetting.run import run_experiment
@@ -18,7 +19,7 @@ HP = {"kl_lambda": 1.0, "kl_direction": "forward", "temperature": 2.0}
 
 
 def trainer_after_task0(scenario="domain", benchmark="split-digits", options=None, **hp):
-    config = RunConfig(benchmark=benchmark, scenario=scenario, epochs=1, progress=False, hparams={**HP, **hp})
+    config = make_config(benchmark=benchmark, scenario=scenario, epochs=1, progress=False, hparams={**HP, **hp})
     stream = build_stream(benchmark, scenario, options or {})
     torch.manual_seed(0)
     model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[64], dropout=0.3)
@@ -82,7 +83,7 @@ def test_cache_off_by_flag():
 @pytest.mark.slow
 def test_runs_with_and_without_cache_end_alike(tmp_path, mnist_dir):
     def final_acc(cache, seed):
-        cfg = RunConfig(benchmark="split-mnist", scenario="domain", epochs=1, seed=seed, data_dir=str(mnist_dir),
+        cfg = make_config(benchmark="split-mnist", scenario="domain", epochs=1, seed=seed, data_dir=str(mnist_dir),
                         model_options={"hidden": [100], "dropout": 0.2}, results_dir=str(tmp_path), progress=False,
                         hparams={**HP, "teacher_cache": cache})
         _, rows, _ = run_experiment(cfg)

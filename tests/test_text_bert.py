@@ -9,10 +9,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from forgetting.registry import tokenizer_maker
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.errors import BadInput
-from forgetting.methods import build_methods
-from forgetting.models import build_model
+from forgetting.registry import build_methods
+from forgetting.registry import build_model
 from forgetting.models import bert as bert_mod
 from forgetting.streams import build_stream, iterate_batches
 from forgetting.train import Trainer
@@ -27,7 +29,7 @@ def minilm_dir() -> Path:
 
 
 def uci(data_dir, model: str, n_train=48, n_test=32, scenario="domain"):
-    return build_stream("uci-sentiment", scenario, {"data_dir": str(data_dir), "model": model, "max_seq_len": 32,
+    return build_stream("uci-sentiment", scenario, {"data_dir": str(data_dir), "tokenizer": tokenizer_maker(model), "max_seq_len": 32,
                                                     "text_train_per_task": n_train, "text_test_per_task": n_test})
 
 
@@ -83,8 +85,8 @@ def test_hf_style_forward_computes_a_loss_only_with_labels(tiny_stream):
 @pytest.mark.parametrize("cache", [True, False])
 def test_frozen_bert_teacher_is_eval_mode_gradient_free_and_unchanged(tiny_stream, cache):
     torch.manual_seed(0)
-    config = RunConfig(benchmark="uci-sentiment", model="bert", method="kl", epochs=1, batch_size=16, lr=1e-3,
-                       hparams={"kl_lambda": 1.0, "teacher_cache": cache}, device="cpu", progress=False).resolved()
+    config = make_config(benchmark="uci-sentiment", model="bert", method="kl", epochs=1, batch_size=16, lr=1e-3,
+                       hparams={"kl_lambda": 1.0, "teacher_cache": cache}, device="cpu", progress=False)
     model = build_model("bert", tiny_stream, TINY)
     trainer = Trainer(config, tiny_stream, model, build_methods("kl", config.hparams), torch.device("cpu"))
     trainer.train_task(0)
@@ -154,10 +156,9 @@ def test_checkpoint_sources_are_checked_before_anything_loads(tmp_path, monkeypa
 
     monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
     with pytest.raises(BadInput) as e:
-        bert_mod.tokenizer_for("bert:prajjwal1/bert-tiny", [], 100)
+        tokenizer_maker("bert:prajjwal1/bert-tiny")([])
     assert seen == ["prajjwal1/bert-tiny"] and "\n" not in str(e.value) and "needs a network" in str(e.value)
-    with pytest.raises(BadInput, match="text streams need a text model"):
-        bert_mod.tokenizer_for("mlp", [], 100)
+    assert tokenizer_maker("mlp") is None  # a tensor model brings no tokenizer
 
 
 def test_bert_classifier_and_text_data_work_in_the_hugging_face_trainer(tiny_stream, tmp_path):

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from forgetting.registry import tokenizer_maker
 from forgetting.errors import BadInput
 from forgetting.run import main
 from forgetting.streams import build_stream
@@ -28,7 +29,7 @@ def write_csv(path: Path, rows, newline: str = "\r", header=("task", "text", "la
 
 
 def opts(path, **kw):
-    return {"text_file": str(path), "model": "bert", "max_seq_len": 16, **kw}
+    return {"text_file": str(path), "tokenizer": tokenizer_maker("bert"), "max_seq_len": 16, **kw}
 
 
 def decoded(stream, task: int, split: str) -> list[str]:
@@ -126,7 +127,7 @@ def test_cli_rejects_empty_tasks_checkpoints_without_config_and_non_text_models(
     code, err = run_main(capsys, *base[:-len(TINY)], "--model", f"bert:{tmp_path / 'ckpt'}")
     assert code == 2 and "no config.json in" in err and err.count("\n") == 1
     code, err = run_main(capsys, *base[:-len(TINY)], "--model", "mlp")
-    assert code == 2 and "text streams need a text model" in err
+    assert code == 2 and "it reads tensor inputs but benchmark 'text-file' gives text" in err
     code, err = run_main(capsys, *base, "--model", "bert", "--text-labels", "pos", "neg")
     assert code == 2 and "label 'sport' is outside the declared classes" in err
     assert not results.exists()

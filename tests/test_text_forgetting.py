@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.metrics import accuracy_matrix, forgetting_per_task_max
 from forgetting.run import run_experiment
 
@@ -23,10 +24,10 @@ SEEDS = (0, 1)
 
 def first_domain(results: Path, data_dir: Path, model: str, method: str, hparams: dict, seed: int):
     """(forgetting of amazon, max-based; KL(p_base || p_end) on amazon's test sentences) of one run."""
-    config = RunConfig(benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=hparams,
+    config = make_config(benchmark="uci-sentiment", scenario="domain", model=model, method=method, hparams=hparams,
                        stream_options={"max_seq_len": 32, "text_train_per_task": 200, "text_test_per_task": 200},
                        epochs=2, batch_size=16, lr=1e-4, seed=seed, eval_batch_size=64, device="cpu",
-                       data_dir=str(data_dir), results_dir=str(results), progress=False).resolved()
+                       data_dir=str(data_dir), results_dir=str(results), progress=False)
     _, rows, status = run_experiment(config)
     assert status == "complete"
     A = accuracy_matrix(rows)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from forgetting.registry import tokenizer_maker
 from forgetting.errors import BadInput
 from forgetting.streams import build_stream
 from forgetting.streams import hub
@@ -29,7 +30,7 @@ def fake_hub(monkeypatch):
 
 
 def test_five_datasets_asks_the_hub_for_the_papers_order_and_samples(fake_hub):
-    stream = build_stream("five-datasets", "class", {"model": "bert", "max_seq_len": 16, "five_order": 1,
+    stream = build_stream("five-datasets", "class", {"tokenizer": tokenizer_maker("bert"), "max_seq_len": 16, "five_order": 1,
                                                      "text_train_per_task": 30, "text_test_per_task": 10})
     order = ["yelp", "agnews", "dbpedia", "amazon", "yahoo"]
     assert fake_hub == [(hub.SOURCES[n].hub_id, s) for n in order for s in ("train", "test")]
@@ -51,7 +52,7 @@ def test_five_datasets_defaults_to_the_papers_sample_sizes(fake_hub, monkeypatch
     asked = []
     real = hub.load_split
     monkeypatch.setattr(hub, "load_split", lambda src, split, n: asked.append(n) or real(src, split, n))
-    stream = build_stream("five-datasets", "task", {"model": "bert", "max_seq_len": 16, "five_order": 4})
+    stream = build_stream("five-datasets", "task", {"tokenizer": tokenizer_maker("bert"), "max_seq_len": 16, "five_order": 4})
     assert asked == [115_000, 7_600] * 5
     assert [t.name for t in stream.tasks][0] == "five-datasets[agnews]" and stream.layout.n_outputs == 38
 
@@ -64,7 +65,7 @@ def test_five_datasets_without_a_network_is_bad_input(monkeypatch):
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(BadInput) as e:
-        build_stream("five-datasets", "class", {"model": "bert"})
+        build_stream("five-datasets", "class", {"tokenizer": tokenizer_maker("bert")})
     assert "cannot load 'Yelp/yelp_review_full' (train)" in str(e.value) and "\n" not in str(e.value)
     with pytest.raises(BadInput, match="allowed: class .* or task"):
-        build_stream("five-datasets", "domain", {"model": "bert"})
+        build_stream("five-datasets", "domain", {"tokenizer": tokenizer_maker("bert")})

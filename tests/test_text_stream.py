@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from forgetting.registry import tokenizer_maker
 from forgetting.errors import BadInput
 from forgetting.models.bert import scratch_tokenizer
 from forgetting.streams import build_stream, iterate_batches
@@ -100,18 +101,18 @@ def test_class_layout_shares_outputs_of_shared_labels_and_task_layout_does_not()
 def test_text_stream_targets_are_output_indices(tmp_path):
     raw = [RawTask("a", ["x y", "y"], ["p", "q"], ["x"], ["q"], ["p", "q"]),
            RawTask("b", ["z", "z x"], ["r", "s"], ["z z"], ["r"], ["r", "s"])]
-    stream = text_stream("toy", "task", raw, {"model": "bert"}, cache_dir=tmp_path)
+    stream = text_stream("toy", "task", raw, {"tokenizer": tokenizer_maker("bert")}, cache_dir=tmp_path)
     assert stream.tasks[1].train.targets.tolist() == [2, 3] and stream.tasks[1].test.targets.tolist() == [2]
     assert stream.info["tokenizer_source"] == "wordpiece"
     batch = next(iterate_batches(stream.tasks[1].train, 1, 8, shuffle=False))
     assert batch.task_ids.tolist() == [1, 1] and set(batch.inputs) >= {"input_ids", "attention_mask"}
     bad = [RawTask("a", ["x"], ["p"], ["x"], ["nope"], ["p"])]
     with pytest.raises(BadInput, match="'nope' is outside"):
-        text_stream("toy", "task", bad, {"model": "bert"}, cache_dir=tmp_path)
+        text_stream("toy", "task", bad, {"tokenizer": tokenizer_maker("bert")}, cache_dir=tmp_path)
 
 
 def test_uci_sentiment_reads_cr_files_into_three_balanced_domains(data_dir):
-    stream = build_stream("uci-sentiment", "domain", {"data_dir": str(data_dir), "model": "bert", "max_seq_len": 32})
+    stream = build_stream("uci-sentiment", "domain", {"data_dir": str(data_dir), "tokenizer": tokenizer_maker("bert"), "max_seq_len": 32})
     assert [t.name for t in stream.tasks] == ["uci-sentiment[amazon]", "uci-sentiment[yelp]", "uci-sentiment[imdb]"]
     assert stream.layout.n_outputs == 2 and stream.input_kind == "text"
     for t in stream.tasks:
@@ -127,13 +128,13 @@ def test_uci_sentiment_reads_cr_files_into_three_balanced_domains(data_dir):
 
 
 def test_ag_news_and_clinc150_streams(data_dir):
-    ag = build_stream("ag-news", "class", {"data_dir": str(data_dir), "model": "bert", "max_seq_len": 16,
+    ag = build_stream("ag-news", "class", {"data_dir": str(data_dir), "tokenizer": tokenizer_maker("bert"), "max_seq_len": 16,
                                            "text_train_per_task": 100, "text_test_per_task": 40})
     assert [t.classes for t in ag.tasks] == [["World", "Sports"], ["Business", "Sci/Tech"]]
     assert ag.layout.task_outputs == [[0, 1], [2, 3]]
     assert (len(ag.tasks[0].train), len(ag.tasks[0].test)) == (100, 40)
     assert sorted(ag.tasks[1].train.targets.unique().tolist()) == [2, 3]
-    clinc = build_stream("clinc150", "task", {"data_dir": str(data_dir), "model": "bert", "max_seq_len": 16})
+    clinc = build_stream("clinc150", "task", {"data_dir": str(data_dir), "tokenizer": tokenizer_maker("bert"), "max_seq_len": 16})
     assert len(clinc.tasks) == 10 and clinc.layout.n_outputs == 150
     assert [(len(t.train), len(t.test)) for t in clinc.tasks] == [(1500, 450)] * 10
     assert clinc.tasks[3].train.targets.unique().tolist() == list(range(45, 60))
@@ -146,7 +147,7 @@ def test_uci_label_outside_declared_classes_is_bad_input(tmp_path):
         (folder / name).write_bytes(b"good\t1\rbad\t0\r")
     (folder / "yelp_labelled.txt").write_bytes(b"good\t1\rso so\t2\r")
     with pytest.raises(BadInput, match=r"yelp_labelled.txt:2: label '2' is outside the declared classes"):
-        build_stream("uci-sentiment", "domain", {"data_dir": str(tmp_path), "model": "bert"})
+        build_stream("uci-sentiment", "domain", {"data_dir": str(tmp_path), "tokenizer": tokenizer_maker("bert")})
 
 
 def test_ag_news_and_clinc_labels_outside_declared_classes_are_bad_input(tmp_path):
@@ -155,10 +156,10 @@ def test_ag_news_and_clinc_labels_outside_declared_classes_are_bad_input(tmp_pat
     (ag / "classes.txt").write_text("World\nSports\nBusiness\nSci/Tech\n")
     (ag / "test.csv").write_text('"1","a","b"\n"5","c","d"\n')
     with pytest.raises(BadInput, match=r"test.csv:2: class '5' is outside the declared classes, allowed: 1-4"):
-        build_stream("ag-news", "class", {"data_dir": str(tmp_path / "ag"), "model": "bert"})
+        build_stream("ag-news", "class", {"data_dir": str(tmp_path / "ag"), "tokenizer": tokenizer_maker("bert")})
     clinc = tmp_path / "clinc" / "clinc150"
     clinc.mkdir(parents=True)
     (clinc / "domains.json").write_text('{"banking": ["balance"]}')
     (clinc / "data_full.json").write_text('{"train": [["my balance", "balance"]], "test": [["hi", "greeting"]]}')
     with pytest.raises(BadInput, match=r"test\[0\] intent 'greeting' is outside the declared classes"):
-        build_stream("clinc150", "task", {"data_dir": str(tmp_path / "clinc"), "model": "bert"})
+        build_stream("clinc150", "task", {"data_dir": str(tmp_path / "clinc"), "tokenizer": tokenizer_maker("bert")})

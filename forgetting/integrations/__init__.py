@@ -2,10 +2,11 @@
 ``Trainer`` (``integrations.hf``).
 
 This module stays light on purpose: it names the Avalanche strategies that ``--method
-avalanche-NAME`` runs and declares their options, so the CLI and the methods registry can list
-them without importing Avalanche (which takes seconds). Each entry is a placeholder ``Method``:
-our Trainer never calls its hooks; ``integrations.avalanche.AvalancheTrainer`` reads its
-``strategy`` and ``strategy_kwargs`` and runs Avalanche's own strategy instead.
+avalanche-NAME`` runs and declares their options, so the CLI and the registry can list them
+without importing Avalanche (which takes seconds). Each is a strategy spec, not a ``Method``: it
+has no hooks, and the registry declares the ``avalanche`` runner for it
+(``integrations.avalanche.AvalancheTrainer``), which reads its ``strategy`` and
+``strategy_kwargs`` and runs Avalanche's own strategy on our stream and model.
 """
 
 from __future__ import annotations
@@ -13,16 +14,25 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..errors import BadInput
-from ..methods.base import Method
 from ..options import Option
 
 
-class AvalancheMethod(Method):
+class AvalancheMethod:
     """An Avalanche strategy run on our stream and model, recorded into our results schema."""
 
-    name = "avalanche-naive"
+    name: ClassVar[str] = "avalanche-naive"
     strategy: ClassVar[str] = "Naive"  # class name in avalanche.training
-    standalone: ClassVar[bool] = True  # cannot be composed with '+': Avalanche runs the whole loop
+    runner: ClassVar[str] = "avalanche"  # Avalanche runs the whole loop: never composed with '+'
+    options: ClassVar[list[Option]] = []
+    strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
+    changes_task_loss: ClassVar[bool] = False
+    changes_batches: ClassVar[bool] = False
+
+    def __init__(self, **hparams):
+        self.hparams = hparams
+
+    def strength(self) -> float:
+        return float(self.hparams[self.strength_option]) if self.strength_option else 0.0
 
     def strategy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the Avalanche strategy's constructor, from our hyper-parameters."""

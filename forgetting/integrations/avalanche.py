@@ -235,7 +235,8 @@ class _Recorder(SupervisedPlugin):
         tr = self.trainer
         if not math.isfinite(loss):
             raise RunFailed(f"non-finite loss ({loss}) at task {tr.current_task} "
-                            f"({tr.stream.tasks[tr.current_task].name}), epoch {self.epoch}, step {tr.global_step + 1}")
+                            f"({tr.stream.tasks[tr.current_task].name}), epoch {self.epoch}, step {tr.global_step + 1}",
+                            task=tr.current_task, epoch=self.epoch, step=tr.global_step + 1, loss=loss)
         self.loss_sum += loss
         self.n_batches += 1
 
@@ -266,9 +267,9 @@ class AvalancheTrainer(Trainer):
 
     def __init__(self, config, stream, model, methods, device, recorder=None, plugins: Sequence[SupervisedPlugin] = ()):
         if len(methods) != 1 or not isinstance(methods[0], AvalancheMethod):
-            raise BadInput(f"--method: {config.method!r}: an Avalanche strategy runs alone")
+            raise BadInput(f"--method: {config.method.name!r}: an Avalanche strategy runs alone")
         if stream.input_kind != "tensor":
-            raise BadInput(f"--method {config.method}: Avalanche strategies need tensor inputs, "
+            raise BadInput(f"--method {config.method.name}: Avalanche strategies need tensor inputs, "
                            f"stream {stream.name!r} gives {stream.input_kind}")
         super().__init__(config, stream, model, methods, device, recorder)
         self.method = methods[0]

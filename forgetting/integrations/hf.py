@@ -20,16 +20,7 @@ from torch import nn
 from transformers import Trainer
 
 from ..penalty import check_penalty_options, kl_penalty
-from ..train import frozen_copy
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """``model`` itself, in eval mode and without gradients: a teacher."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    return model
+from ..train import freeze, frozen_copy
 
 
 class KLRegularizedTrainer(Trainer):

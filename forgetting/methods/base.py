@@ -42,6 +42,7 @@ class Method:
     naive_at_zero: ClassVar[bool] = False  # a strength of 0 makes the method plain fine-tuning (reports call it naive)
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
+    runner: ClassVar[str] = "forgetting"  # the loop that runs it (registry.RUNNERS): our Trainer
 
     def __init__(self, **hparams):
         self.hparams = hparams

@@ -61,9 +61,9 @@ class Method(Base):
                choices=("active", "old")),
         Option("teacher_cache", bool, True, "compute the frozen teacher's outputs on a task's training set once at "
                "the task boundary instead of at every step (exact for an eval-mode teacher and fixed inputs; "
-               "switched off automatically otherwise)"),
+               "switched off automatically otherwise); never changes the numbers, so not in the run id", hashed=False),
         Option("teacher_cache_mb", float, 2048.0, "largest teacher cache (examples x outputs x 4 bytes); above it the "
-               "live teacher is used", minimum=0.0),
+               "live teacher is used", minimum=0.0, hashed=False),
     ]
     strength_option = "kl_lambda"
     naive_at_zero = True  # its only effect is a penalty weighted by the strength

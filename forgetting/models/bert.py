@@ -6,9 +6,10 @@ id. The classifier is what ``BertForSequenceClassification`` computes: the poole
 (the encoder's pooler, or the [CLS] hidden state where an encoder has no pooler), dropout, and
 one linear layer holding every head of the stream's layout.
 
-The tokenizer always comes from the same place as the model (``tokenizer_for``): a checkpoint's
+The tokenizer always comes from the same place as the model (``tokenizer``): a checkpoint's
 own tokenizer, or for a model from scratch a WordPiece vocabulary counted on the stream's
-training texts. The text stream builds it (it tokenises), the model builder checks it matches.
+training texts. ``run.prepare`` hands it to the text stream (which tokenises); the model builder
+checks the stream was encoded with it.
 """
 
 from __future__ import annotations
@@ -26,7 +27,11 @@ from torch import Tensor, nn
 from ..errors import BadInput
 from ..options import Option
 
+INPUTS = "text"  # what the model reads: the streams it can learn from give text
+
 OPTIONS = [
+    Option("text_vocab_size", int, 8000, "vocabulary size of the WordPiece tokenizer counted on the training texts "
+           "(--model bert from scratch; a checkpoint keeps its own)", minimum=16, maximum=1_000_000),
     Option("bert_layers", int, 4, "transformer layers of a BERT built from scratch (--model bert)", minimum=1, maximum=48),
     Option("bert_hidden", int, 256, "hidden size of a BERT built from scratch (a multiple of --bert-heads)",
            minimum=8, maximum=4096),
@@ -132,15 +137,15 @@ def scratch_tokenizer(texts: Iterable[str], vocab_size: int):
                                    "token_type_ids", "attention_mask"])
 
 
-def tokenizer_for(model_spec: str | None, train_texts: Iterable[str], vocab_size: int):
-    """(tokenizer, source) for ``--model`` ``model_spec``: a checkpoint's own, or one counted on the texts."""
-    kind, _, source = (model_spec or "bert").partition(":")
-    if kind != "bert":
-        raise BadInput(f"--model: text streams need a text model, got {model_spec!r}, allowed: bert (from scratch) "
-                       "or bert:PATH_OR_HUB_ID (pretrained)")
-    if ":" not in (model_spec or "bert"):
-        return scratch_tokenizer(train_texts, vocab_size), SCRATCH
-    return load_tokenizer(source), source
+def tokenizer(source: str | None, options: dict):
+    """The tokenizer maker ``run.prepare`` hands to a text stream: training texts -> (tokenizer, source).
+
+    A checkpoint's own tokenizer (``source`` a directory or hub id), or for a model from scratch a
+    WordPiece vocabulary of ``--text-vocab-size`` counted on the texts.
+    """
+    if source is None:
+        return lambda texts: (scratch_tokenizer(texts, options["text_vocab_size"]), SCRATCH)
+    return lambda texts: (load_tokenizer(source), source)
 
 
 # --- the model -----------------------------------------------------------------------------

@@ -9,6 +9,8 @@ from torch import Tensor, nn
 
 from ..options import Option
 
+INPUTS = "tensor"
+
 OPTIONS = [
     Option("hidden", int, [400, 400], "hidden layer sizes of the MLP", minimum=1, nargs="+"),
     Option("dropout", float, 0.2, "dropout probability after each hidden layer of the MLP", minimum=0.0, maximum=0.95),

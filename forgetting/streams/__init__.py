@@ -1,36 +1,58 @@
-"""Task streams by name. Each entry: (module, builder function, whether it reads --data-dir)."""
+"""Task streams by name: the built-in benchmarks, each with the options it reads (the registry lists them)."""
 
 from __future__ import annotations
 
 import importlib
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 from ..errors import BadInput
 from ..options import Option
 from . import files, hub, text
 from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
-BENCHMARKS = {
-    "split-digits": ("forgetting.streams.digits", "build_split", False),
-    "permuted-digits": ("forgetting.streams.digits", "build_permuted", False),
-    "split-mnist": ("forgetting.streams.mnist", "build_split", True),
-    "permuted-mnist": ("forgetting.streams.mnist", "build_permuted", True),
-    "uci-sentiment": ("forgetting.streams.text_local", "build_uci", True),
-    "ag-news": ("forgetting.streams.text_local", "build_ag_news", True),
-    "clinc150": ("forgetting.streams.text_local", "build_clinc", True),
-    "text-file": ("forgetting.streams.files", "build", False),
-    "five-datasets": ("forgetting.streams.hub", "build", False),
-}
 
-OPTIONS = [
-    Option("n_tasks", int, 5, "number of tasks of a permuted stream (task 0 unpermuted)", minimum=2, maximum=100),
-    Option("class_outputs", str, "seen", "class scenario: seen = only the outputs of the tasks so far take part in "
-           "the cross-entropy while a task trains and in the evaluation after it (van de Ven & Tolias 2019); "
-           "all = every output from the first task on", choices=CLASS_OUTPUTS),
-    Option("download", bool, False, "download the data (torchvision, Hugging Face hub) when a network is present"),
-    *text.OPTIONS, *files.OPTIONS, *hub.OPTIONS,
-]
+@dataclass(frozen=True)
+class Benchmark:
+    """A registered stream: its builder ``build(scenario, options) -> TaskStream`` (as "module:function" or
+    the function itself), the options it reads, whether it reads ``--data-dir``, and its inputs
+    (``tensor`` or ``text``; text streams are tokenised by the model's tokenizer)."""
+
+    build: Any
+    options: tuple[Option, ...] = ()
+    reads_data_dir: bool = False
+    inputs: str = "tensor"
+
+    def builder(self) -> Callable:
+        if callable(self.build):
+            return self.build
+        module, _, fn = self.build.partition(":")
+        return getattr(importlib.import_module(module), fn)
+
+
+N_TASKS = Option("n_tasks", int, 5, "number of tasks of a permuted stream (task 0 unpermuted)", minimum=2, maximum=100)
+DOWNLOAD = Option("download", bool, False, "download the data (torchvision, Hugging Face hub) when a network is present",
+                  hashed=False)
+SCENARIO = Option("scenario", str, "domain", "task (a head per task, task id given), domain (one shared head), class "
+                  "(one head over all classes)", choices=SCENARIOS)
+CLASS_OUTPUTS_OPTION = Option("class_outputs", str, "seen", "class scenario: seen = only the outputs of the tasks so "
+                              "far take part in the cross-entropy while a task trains and in the evaluation after it "
+                              "(van de Ven & Tolias 2019); all = every output from the first task on",
+                              choices=CLASS_OUTPUTS)
+
+BENCHMARKS: dict[str, Benchmark] = {
+    "split-digits": Benchmark("forgetting.streams.digits:build_split"),
+    "permuted-digits": Benchmark("forgetting.streams.digits:build_permuted", (N_TASKS,)),
+    "split-mnist": Benchmark("forgetting.streams.mnist:build_split", (DOWNLOAD,), reads_data_dir=True),
+    "permuted-mnist": Benchmark("forgetting.streams.mnist:build_permuted", (N_TASKS, DOWNLOAD), reads_data_dir=True),
+    "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", tuple(text.OPTIONS), True, "text"),
+    "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", tuple(text.OPTIONS), True, "text"),
+    "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", tuple(text.OPTIONS), True, "text"),
+    "text-file": Benchmark("forgetting.streams.files:build", (*text.OPTIONS, *files.OPTIONS), False, "text"),
+    "five-datasets": Benchmark("forgetting.streams.hub:build", (*text.OPTIONS, *hub.OPTIONS), False, "text"),
+}
 
 
 def default_data_dir() -> str | None:
@@ -42,28 +64,23 @@ def default_data_dir() -> str | None:
     return str(shared) if shared.is_dir() else None
 
 
-def needs_data_dir(benchmark: str) -> bool:
-    return BENCHMARKS[benchmark][2]
-
-
-def build_stream(benchmark: str, scenario: str, options: dict) -> TaskStream:
-    """The stream, or BadInput naming an unknown benchmark or scenario, or unreadable data."""
-    if benchmark not in BENCHMARKS:
-        raise BadInput(f"--benchmark: unknown benchmark {benchmark!r}, allowed: {', '.join(BENCHMARKS)}")
-    if scenario not in SCENARIOS:
-        raise BadInput(f"--scenario: unknown scenario {scenario!r}, allowed: {', '.join(SCENARIOS)}")
-    module, fn, _ = BENCHMARKS[benchmark]
+def build_stream(benchmark: str | Benchmark, scenario: str, options: dict) -> TaskStream:
+    """The stream, or BadInput for unreadable data. ``options`` may omit defaults; text streams need
+    ``options["tokenizer"]``, a function from the training texts to ``(tokenizer, source)`` (the model's)."""
+    spec = BENCHMARKS[benchmark] if isinstance(benchmark, str) else benchmark
+    name = benchmark if isinstance(benchmark, str) else getattr(spec.build, "__name__", "stream")
+    opts = {**{o.name: o.default for o in spec.options}, **options}
     try:
-        stream = getattr(importlib.import_module(module), fn)(scenario, options)
+        stream = spec.builder()(scenario, opts)
     except (ValueError, KeyError) as e:
         if isinstance(e, BadInput):
             raise
-        raise BadInput(f"--benchmark {benchmark}: {e}") from None
-    stream.layout.class_outputs = options.get("class_outputs", "seen")
+        raise BadInput(f"--benchmark {name}: {e}") from None
+    stream.layout.class_outputs = opts.get("class_outputs", "seen")
     return stream
 
 
 __all__ = [
     "BENCHMARKS", "SCENARIOS", "Batch", "HeadLayout", "Task", "TaskData", "TaskStream", "TensorData",
-    "build_stream", "default_data_dir", "iterate_batches", "layout_for", "needs_data_dir",
+    "Benchmark", "build_stream", "default_data_dir", "iterate_batches", "layout_for",
 ]

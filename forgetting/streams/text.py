@@ -27,8 +27,6 @@ from .base import HeadLayout, Task, TaskStream, layout_for
 OPTIONS = [
     Option("max_seq_len", int, 128, "text streams: longest text in tokens, [CLS] and [SEP] included; longer texts "
            "are truncated", minimum=4, maximum=8192),
-    Option("text_vocab_size", int, 8000, "text streams with --model bert (from scratch): vocabulary size of the "
-           "WordPiece tokenizer counted on the training texts", minimum=16, maximum=1_000_000),
     Option("text_train_per_task", int, 0, "text streams: training examples per task, a stratified sample with a "
            "fixed seed (0: all; five-datasets: 115000, as in de Masson d'Autume et al. 2019)", minimum=0),
     Option("text_test_per_task", int, 0, "text streams: test examples per task, sampled likewise (0: all; "
@@ -206,9 +204,12 @@ def _targets(task: RawTask, split: str, labels: list, to_output: dict) -> Tensor
 
 def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info: dict | None = None,
                 cache_dir: str | Path | None = None) -> TextStream:
-    """The stream of ``raw`` tasks, tokenised by the tokenizer of ``options['model']``."""
-    from ..models.bert import tokenizer_for
-
+    """The stream of ``raw`` tasks, tokenised by ``options['tokenizer']``: a function from the training
+    texts to ``(tokenizer, source)`` that ``run.prepare`` makes from the model, so the data is encoded by
+    the model's own tokenizer without the stream knowing models."""
+    make_tokenizer = options.get("tokenizer")
+    if make_tokenizer is None:
+        raise BadInput(f"{name} is a text stream: it needs a model with a tokenizer (e.g. --model bert)")
     opts = {**defaults(OPTIONS), **options}
     for t in raw:
         if not t.classes:
@@ -222,8 +223,7 @@ def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, inf
     targets = [(_targets(t, "training", t.train_labels, m), _targets(t, "test", t.test_labels, m))
                for t, m in zip(raw, maps)]
     max_len = opts["max_seq_len"]
-    tokenizer, source = tokenizer_for(opts.get("model"), (x for t in raw for x in t.train_texts),
-                                      opts["text_vocab_size"])
+    tokenizer, source = make_tokenizer([x for t in raw for x in t.train_texts])
     tasks = []
     for i, (t, (y_train, y_test)) in enumerate(zip(raw, targets)):
         train = TextData(tokenise(t.train_texts, tokenizer, max_len, cache_dir), y_train, tokenizer)

@@ -1,0 +1,62 @@
+"""The Python API for notebooks: one run as a DataFrame, and every run's rows with its config beside them.
+
+``forgetting.run(benchmark=..., method=..., **options)`` goes through the same ``registry.resolve``
+and run id as ``python -m forgetting.run`` (a complete run with the same config is read back, not
+run again); ``forgetting.load_results(paths)`` reads what ``forgetting.plot`` reads.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import pandas as pd
+
+
+def run(benchmark: str = "split-digits", method: str = "kl", *, force: bool = False, resume: bool = False,
+        results_dir: str | Path = "results", progress: bool = False, **options) -> pd.DataFrame:
+    """Run one experiment and return its tidy metric rows (one per evaluation point and task).
+
+    ``options`` are any option of the chosen stream, model, method or loop, by their config names
+    (``scenario="class"``, ``model="bert"``, ``kl_lambda=0.5``, ``epochs=2``, ``data_dir=...``). An
+    option the components do not take raises ``BadInput`` naming it. The run's directory is in
+    ``df.attrs["run_dir"]`` and its status (``complete`` or ``skipped``) in ``df.attrs["status"]``.
+    """
+    from .registry import make_config
+    from .run import run_experiment
+    from .streams import default_data_dir
+
+    if "data_dir" not in options:
+        options["data_dir"] = default_data_dir()
+    config = make_config(benchmark=benchmark, method=method, results_dir=str(results_dir), progress=progress,
+                         **options)
+    run_dir, rows, status = run_experiment(config, force=force, resume=resume)
+    rows = rows.copy()
+    rows.attrs.update(run_dir=str(run_dir), status=status, run_id=config.run_id)
+    return rows
+
+
+def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
+    """Every run at or below ``paths``: its metric rows with its config joined as columns.
+
+    Config columns are the flat fields (``model``, ``epochs``, ``lr``, ...) and every option as
+    ``method.kl_lambda``, ``stream.n_tasks``, ``model.hidden``, ... so runs that differ in any
+    option are told apart without opening ``config.json``; ``status`` is the run's manifest status.
+    """
+    from .report_runs import load_runs
+
+    if isinstance(paths, (str, Path)):
+        paths = [paths]
+    frames = []
+    for r in load_runs(paths):
+        cfg = r.config
+        columns = {k: cfg.get(k) for k in ("model", "epochs", "batch_size", "lr", "eval_every", "eval_subset")}
+        for section, key in (("method", "hparams"), ("model", "model_options"), ("stream", "stream_options")):
+            for name, value in (cfg.get(key) or {}).items():
+                columns[f"{section}.{name}"] = value if not isinstance(value, list) else tuple(value)
+        columns["status"] = r.status
+        frame = r.rows.copy()
+        for k, v in columns.items():
+            frame[k] = [v] * len(frame)
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

@@ -1,0 +1,401 @@
+"""One place that knows every component of a run and resolves a run's config.
+
+Streams, models, methods and runners are registered here by name: the built-ins from their
+packages (``streams.BENCHMARKS``, ``models.MODELS``, ``methods.METHODS``, the Avalanche
+strategies), a user's own with the decorators below, installed packages through the
+``forgetting.streams`` / ``forgetting.models`` / ``forgetting.methods`` entry points, and any
+module named by its dotted path (``--method mypkg.mymethod``). Each declares its options.
+
+``resolve(config)`` is the only place a run's values are checked: names, scenario, device, data
+directory, and each component's options (an option of another component is refused). The CLI,
+suite files, sweeps and Python code only gather values (``gather``/``make_config``) and call it.
+This module sits above streams, models and methods: they never import it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Callable, Iterable
+
+from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
+from .errors import BadInput
+from .extras import require
+from .options import Option
+
+KINDS = ("stream", "model", "method")
+ENTRY_POINT_GROUPS = {"stream": "forgetting.streams", "model": "forgetting.models", "method": "forgetting.methods"}
+RUNNERS = {  # the loops a method can declare (``Method.runner``)
+    "forgetting": "forgetting.train:Trainer",
+    "avalanche": "forgetting.integrations.avalanche:AvalancheTrainer",
+}
+_DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A registered model: options, the inputs it reads, its builder and (text models) its tokenizer maker."""
+
+    build: Callable  # build(stream, options, source) -> nn.Module
+    options: tuple[Option, ...] = ()
+    inputs: str = "tensor"
+    tokenizer: Callable | None = None  # tokenizer(source, options) -> (texts -> (tokenizer, source))
+
+    @classmethod
+    def of_module(cls, module: ModuleType) -> "ModelSpec":
+        return cls(module.build, tuple(getattr(module, "OPTIONS", ())), getattr(module, "INPUTS", "tensor"),
+                   getattr(module, "tokenizer", None))
+
+
+_registered: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+_entry_points_loaded: set[str] = set()
+
+
+# --- registering -------------------------------------------------------------------------------
+def register_stream(name: str, *, options: Iterable[Option] = (), reads_data_dir: bool = False,
+                    inputs: str = "tensor"):
+    """Decorator: ``build(scenario, options) -> TaskStream`` becomes benchmark ``name``."""
+    from .streams import Benchmark
+
+    def wrap(build):
+        _registered["stream"][name] = Benchmark(build, tuple(options), reads_data_dir, inputs)
+        return build
+    return wrap
+
+
+def register_model(name: str, *, options: Iterable[Option] = (), inputs: str = "tensor",
+                   tokenizer: Callable | None = None):
+    """Decorator: ``build(stream, options, source) -> nn.Module`` becomes model ``name``."""
+    def wrap(build):
+        _registered["model"][name] = ModelSpec(build, tuple(options), inputs, tokenizer)
+        return build
+    return wrap
+
+
+def register_method(name: str | None = None):
+    """Class decorator: a ``Method`` subclass becomes method ``name`` (default: its ``name`` attribute)."""
+    def wrap(cls):
+        key = name or cls.name
+        if name:
+            cls.name = name
+        _registered["method"][key] = cls
+        return cls
+    return wrap
+
+
+# --- looking up --------------------------------------------------------------------------------
+def _builtins(kind: str) -> dict[str, Any]:
+    if kind == "stream":
+        from .streams import BENCHMARKS
+        return BENCHMARKS
+    if kind == "model":
+        from .models import MODELS
+        return MODELS
+    from .integrations import AVALANCHE_METHODS
+    from .methods import METHODS
+    return {**METHODS, **AVALANCHE_METHODS}
+
+
+def _load_entry_points(kind: str) -> None:
+    if kind in _entry_points_loaded:
+        return
+    _entry_points_loaded.add(kind)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group=ENTRY_POINT_GROUPS[kind]):
+        if ep.name in _registered[kind]:
+            continue
+        try:
+            obj = ep.load()  # importing the module runs its decorators
+        except Exception as e:  # a broken plug-in must not break the built-ins
+            raise BadInput(f"entry point {ep.name!r} ({ep.value}) of {ENTRY_POINT_GROUPS[kind]} does not load: {e}")
+        if ep.name not in _registered[kind]:
+            _adopt(kind, ep.name, obj)
+
+
+def _adopt(kind: str, name: str, obj: Any) -> bool:
+    """Register ``obj`` (a module, class or function a user named) under ``name``; False if it is not one."""
+    from .methods.base import Method
+    from .streams import Benchmark
+
+    if kind == "method":
+        if isinstance(obj, ModuleType):
+            own = [c for _, c in inspect.getmembers(obj, inspect.isclass)
+                   if issubclass(c, Method) and c is not Method and c.__module__ == obj.__name__]
+            if len(own) != 1:
+                return False
+            obj = own[0]
+        if inspect.isclass(obj) and (issubclass(obj, Method) or hasattr(obj, "runner")):
+            _registered[kind][name] = obj
+            return True
+        return False
+    if kind == "model":
+        if isinstance(obj, ModuleType) and hasattr(obj, "build"):
+            obj = ModelSpec.of_module(obj)
+        if isinstance(obj, ModelSpec):
+            _registered[kind][name] = obj
+            return True
+        return False
+    if isinstance(obj, ModuleType) and hasattr(obj, "build"):
+        obj = Benchmark(obj.build, tuple(getattr(obj, "OPTIONS", ())), getattr(obj, "READS_DATA_DIR", False),
+                        getattr(obj, "INPUTS", "tensor"))
+    if isinstance(obj, Benchmark):
+        _registered[kind][name] = obj
+        return True
+    return False
+
+
+def _import_named(kind: str, name: str) -> bool:
+    """A user's component named by module path (``mypkg.mymethod``) or ``module:attr``."""
+    module_name, _, attr = name.partition(":")
+    if not re.fullmatch(r"[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*", module_name) or ("." not in module_name and not attr):
+        return False
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as e:
+        if e.name and module_name.startswith(e.name):
+            return False  # no such module: reported as an unknown name
+        raise BadInput(f"{name}: importing it failed: {e}") from None
+    except Exception as e:
+        raise BadInput(f"{name}: importing it failed: {type(e).__name__}: {e}") from None
+    if name in _registered[kind]:
+        return True
+    return _adopt(kind, name, getattr(module, attr) if attr else module)
+
+
+def _lookup(kind: str, name: str, flag: str) -> Any:
+    if name in _registered[kind]:
+        return _registered[kind][name]
+    builtins = _builtins(kind)
+    if name in builtins:
+        return builtins[name]
+    _load_entry_points(kind)
+    if name in _registered[kind] or _import_named(kind, name):
+        return _registered[kind][name]
+    raise BadInput(f"{flag}: unknown {kind} {name!r}, allowed: {', '.join(names(kind))} "
+                   f"(or a module path of your own, e.g. mypkg.my{kind})")
+
+
+def names(kind: str) -> list[str]:
+    """The registered names of ``kind`` (built-ins first), entry points included."""
+    _load_entry_points(kind)
+    return [*_builtins(kind), *(n for n in _registered[kind] if n not in _builtins(kind))]
+
+
+def stream(name: str):
+    """The ``streams.Benchmark`` registered as ``name``."""
+    return _lookup("stream", name, "--benchmark")
+
+
+def model(name: str) -> ModelSpec:
+    """The ``ModelSpec`` of ``--model`` ``name`` (``kind`` or ``kind:SOURCE``)."""
+    from .models import split_spec
+
+    kind, _ = split_spec(name)
+    found = _lookup("model", kind, "--model")
+    if isinstance(found, str):  # a built-in module path, imported on first use
+        found = ModelSpec.of_module(importlib.import_module(found))
+        _registered["model"][kind] = found
+    return found
+
+
+def build_model(name: str, stream, options: dict | None = None):
+    """Model ``name`` (``kind`` or ``kind:SOURCE``) for ``stream``, its options checked, defaults filled in."""
+    from .models import split_spec
+
+    spec = model(name)
+    values = _check_section("model", name, list(spec.options), dict(options or {})).values()
+    return spec.build(stream, values, split_spec(name)[1])
+
+
+def tokenizer_maker(name: str, options: dict | None = None):
+    """What ``run.prepare`` hands a text stream for model ``name``: training texts -> (tokenizer, source)."""
+    from .models import split_spec
+
+    spec = model(name)
+    if spec.tokenizer is None:
+        return None
+    values = _check_section("model", name, list(spec.options), dict(options or {})).values()
+    return spec.tokenizer(split_spec(name)[1], values)
+
+
+def build_methods(spec: str, hparams: dict | None = None) -> list:
+    """The method objects of ``spec`` (``kl+rdrop``), each with its options (defaults where not given)."""
+    from .methods import instantiate
+
+    methods = instantiate(method_classes(spec), dict(hparams or {}))
+    for m, part in zip(methods, normalise_method(spec).split("+")):
+        m.name = part  # rows name a method as the run does (a user's class may be registered under a path)
+    return methods
+
+
+def method_class(name: str) -> type:
+    found = _lookup("method", name, "--method")
+    if isinstance(found, str):
+        module, _, attr = found.partition(":")
+        found = getattr(importlib.import_module(module), attr or "Method")
+        _registered["method"][name] = found
+    return found
+
+
+def normalise_method(spec: str) -> str:
+    """``kl + rdrop`` -> ``kl+rdrop``: one spelling, so one run id, for one computation."""
+    return "+".join(p.strip() for p in str(spec).split("+"))
+
+
+def method_classes(spec: str) -> list[type]:
+    """The classes of a method spec such as ``kl+rdrop``, checked for clashes."""
+    from .methods import check_composition
+
+    parts = normalise_method(spec).split("+")
+    if not all(parts):
+        raise BadInput(f"--method: malformed method {spec!r}: names joined by '+', e.g. kl+rdrop")
+    if len(set(parts)) != len(parts):
+        raise BadInput(f"--method: {spec!r} names a method twice")
+    classes = [method_class(p) for p in parts]
+    if len(classes) > 1 and any(getattr(c, "runner", "forgetting") != "forgetting" for c in classes):
+        raise BadInput(f"--method: {spec!r} composes a method that runs its own training loop (avalanche-*) with another")
+    check_composition(spec, classes)
+    return classes
+
+
+def method_options(spec: str) -> list[Option]:
+    """The options the methods of ``spec`` take, each once."""
+    seen: dict[str, Option] = {}
+    for cls in method_classes(spec):
+        for o in cls.options:
+            seen.setdefault(o.name, o)
+    return list(seen.values())
+
+
+def runner(spec: str) -> type:
+    """The training-loop class that runs method ``spec`` (our Trainer, or Avalanche's loop)."""
+    name = getattr(method_classes(spec)[0], "runner", "forgetting")
+    module, _, attr = RUNNERS[name].partition(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+def stream_options(benchmark: str) -> list[Option]:
+    """The options of a benchmark, the scenario first, then how the class scenario uses the outputs."""
+    from .streams import CLASS_OUTPUTS_OPTION, SCENARIO
+
+    return [SCENARIO, CLASS_OUTPUTS_OPTION, *stream(benchmark).options]
+
+
+def options_of(kind: str, name: str) -> list[Option]:
+    if kind == "stream":
+        return stream_options(name)
+    if kind == "model":
+        return list(model(name).options)
+    return method_options(name)
+
+
+def all_options(kind: str) -> list[Option]:
+    """Every option any registered component of ``kind`` declares, each name once (for --help)."""
+    seen: dict[str, Option] = {}
+    for n in names(kind):
+        for o in options_of(kind, n):
+            seen.setdefault(o.name, o)
+    return list(seen.values())
+
+
+# --- resolving -------------------------------------------------------------------------------
+def _check_section(kind: str, name: str, options: list[Option], values: dict[str, Any]) -> Component:
+    """The component with every value checked and defaults filled in, split into options and settings."""
+    known = {o.name: o for o in options}
+    for key in values:
+        if key not in known:
+            flag = "--" + key.replace("_", "-")
+            label = {"stream": "benchmark", "model": "model", "method": "method", "loop": "the"}[kind]
+            allowed = ", ".join(o.flag for o in options if o.name != "scenario") or "none"
+            raise BadInput(f"{flag} does not apply to {label} {name!r} (its options: {allowed})")
+    checked = {o.name: o.check(values.get(o.name, o.default)) for o in options}
+    return Component(name, {k: v for k, v in checked.items() if known[k].hashed},
+                     {k: v for k, v in checked.items() if not known[k].hashed})
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """``config`` with every name and value checked and every default filled in; BadInput on the first bad one.
+
+    The result is what a run uses and what its id hashes, whichever way the values came
+    (CLI, suite file, Python), so a default spelled out or left out gives the same id.
+    """
+    if not isinstance(config.device, str) or not _DEVICE.fullmatch(config.device):
+        raise BadInput(f"--device: unknown device {config.device!r}, allowed: {', '.join(DEVICES)} (or cuda:N)")
+    bench = stream(config.stream.name)
+    stream_c = _check_section("stream", config.stream.name, stream_options(config.stream.name), config.stream.values())
+    spec = model(config.model.name)
+    if spec.inputs != bench.inputs:
+        raise BadInput(f"--model {config.model.name}: it reads {spec.inputs} inputs but benchmark "
+                       f"{config.stream.name!r} gives {bench.inputs}, allowed: models that read {bench.inputs}")
+    model_c = _check_section("model", config.model.name, list(spec.options), config.model.values())
+    if bench.inputs == "text":
+        require("text", f"benchmark {config.stream.name!r} (text)")
+    method_name = normalise_method(config.method.name)
+    method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
+    if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
+        require("avalanche", f"--method {method_name}")
+    loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
+    if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
+            and not stream_c.settings.get("download"):
+        raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")
+    return RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
+                     data_dir=config.data_dir, results_dir=str(config.results_dir), progress=bool(config.progress))
+
+
+def gather(benchmark: str = "split-digits", model: str = "mlp", method: str = "kl", values: dict | None = None,
+           **where) -> RunConfig:
+    """An unresolved config from flat option values (as the CLI and ``make_config`` give them): each value
+    goes to the component that declares it; one that the chosen components do not declare is refused."""
+    values = dict(values or {})
+    method = normalise_method(method)
+    sections: dict[str, dict[str, Any]] = {"stream": {}, "model": {}, "method": {}, "loop": {}}
+    owners = {o.name: "loop" for o in LOOP_OPTIONS}
+    chosen = {"stream": benchmark, "model": model, "method": method}
+    for kind in ("method", "model", "stream"):  # method options first: a name both declare goes to the method
+        for o in options_of(kind, chosen[kind]):
+            owners.setdefault(o.name, kind)
+    for key, value in values.items():
+        owner = owners.get(key)
+        if owner is None:
+            _refuse(key, chosen)
+        sections[owner][key] = value
+    return RunConfig(stream=Component(benchmark, sections["stream"]), model=Component(model, sections["model"]),
+                     method=Component(method, sections["method"]), loop=sections["loop"], **where)
+
+
+def _refuse(key: str, chosen: dict[str, str]) -> None:
+    flag = "--" + key.replace("_", "-")
+    for kind in KINDS:
+        for n in names(kind):
+            try:
+                declared = any(o.name == key for o in options_of(kind, n))
+            except BadInput:
+                continue
+            if declared:
+                label = {"stream": "benchmark", "model": "model", "method": "method"}[kind]
+                raise BadInput(f"{flag} does not apply to {label} {chosen[kind]!r} (it is an option of {label} {n!r}; "
+                               f"the options of {chosen[kind]!r}: "
+                               f"{', '.join(o.flag for o in options_of(kind, chosen[kind]) if o.name != 'scenario') or 'none'})")
+    raise BadInput(f"unknown option {flag}")
+
+
+def make_config(benchmark: str = "split-digits", scenario: str | None = None, model: str = "mlp", method: str = "kl",
+                hparams: dict | None = None, model_options: dict | None = None, stream_options: dict | None = None,
+                device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
+                progress: bool = True, **options) -> RunConfig:
+    """A resolved config from Python: the components by name and any of their options as keywords
+    (``make_config(method="kl", kl_lambda=0.5, epochs=2)``); the same checks and run id as the CLI."""
+    values = {**(stream_options or {}), **(model_options or {}), **(hparams or {}), **options}
+    if scenario is not None:
+        values["scenario"] = scenario
+    return resolve(gather(benchmark, model, method, values, device=device, data_dir=data_dir,
+                          results_dir=str(results_dir), progress=progress))
+
+
+__all__ = ["ModelSpec", "RUNNERS", "build_methods", "build_model", "gather", "make_config", "method_classes", "method_options", "model", "names",
+           "normalise_method", "register_method", "tokenizer_maker", "register_model", "register_stream", "resolve", "runner", "stream"]
