@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from forgetting.config import RunConfig
+from forgetting.registry import make_config
 from forgetting.errors import BadInput
 from forgetting.evaluate import Evaluator
 from forgetting.metrics import accuracy_matrix
@@ -67,11 +67,11 @@ def test_evaluation_after_task_t_is_over_the_classes_seen_so_far(class_outputs):
 
 
 def _naive(tmp_path, seed, class_outputs):
-    cfg = RunConfig(benchmark="split-digits", scenario="class", method="naive", epochs=5, seed=seed,
-                    stream_options={"class_outputs": class_outputs}, results_dir=str(tmp_path), progress=False)
+    cfg = make_config(benchmark="split-digits", scenario="class", method="naive", epochs=5, seed=seed,
+                      stream_options={"class_outputs": class_outputs}, results_dir=str(tmp_path), progress=False)
     run_dir, rows, status = run_experiment(cfg)
     assert status == "complete"
-    assert json.loads((run_dir / "config.json").read_text())["stream_options"]["class_outputs"] == class_outputs
+    assert json.loads((run_dir / "config.json").read_text())["stream"]["options"]["class_outputs"] == class_outputs
     return accuracy_matrix(rows)
 
 
@@ -88,12 +88,12 @@ def test_naive_learns_each_new_task_when_trained_over_the_seen_classes(tmp_path)
 
 
 def default_is_seen() -> bool:
-    return RunConfig(scenario="class").resolved().stream_options["class_outputs"] == "seen"
+    return make_config(scenario="class").stream_options["class_outputs"] == "seen"
 
 
 def test_bad_class_outputs_is_one_line_error():
-    with pytest.raises(BadInput, match="class_outputs.*seen, all"):
-        RunConfig(scenario="class", stream_options={"class_outputs": "new"}).resolved()
+    with pytest.raises(BadInput, match="class.outputs.*seen, all"):
+        make_config(scenario="class", stream_options={"class_outputs": "new"})
 
 
 # --- the class-incremental KL: old-classes-only and van de Ven's padded form ----------------------
@@ -173,13 +173,13 @@ def test_student_copying_old_logits_and_pushing_new_ones_costs_only_in_the_padde
 
 def test_padded_form_is_forward_only_and_says_so_before_any_file(tmp_path):
     def cfg(scenario, direction, form="active"):
-        return RunConfig(benchmark="split-digits", scenario=scenario, method="kl", epochs=1, progress=False,
-                         hparams={"kl_direction": direction, "kl_class_outputs": form}, results_dir=str(tmp_path / "r"))
+        return make_config(benchmark="split-digits", scenario=scenario, method="kl", epochs=1, progress=False,
+                           hparams={"kl_direction": direction, "kl_class_outputs": form}, results_dir=str(tmp_path / "r"))
 
     with pytest.raises(BadInput, match="--kl-direction reverse.*--kl-class-outputs old"):
         run_experiment(cfg("class", "reverse"))
     assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
     from forgetting.run import prepare
 
-    prepare(cfg("class", "symmetric", "old").resolved())  # the old-classes form takes every direction
-    prepare(cfg("task", "reverse").resolved())  # the option plays no part outside class
+    prepare(cfg("class", "symmetric", "old"))  # the old-classes form takes every direction
+    prepare(cfg("task", "reverse"))  # the option plays no part outside class

@@ -96,13 +96,11 @@ def test_runs_with_and_without_cache_end_alike(tmp_path, mnist_dir):
 
 
 def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
-    from forgetting.methods import method_options
-    from forgetting.options import check_all
     from forgetting.penalty import kl_penalty
 
-    hp = check_all(method_options("replay+kl"), {**HP, "replay_size": 60})
-    config = RunConfig(benchmark="split-digits", scenario="domain", method="replay+kl", epochs=1, progress=False,
-                       hparams=hp)
+    config = make_config(benchmark="split-digits", scenario="domain", method="replay+kl", epochs=1, progress=False,
+                         hparams={**HP, "replay_size": 60})
+    hp = config.hparams
     stream = build_stream("split-digits", "domain", {})
     torch.manual_seed(0)
     model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[64], dropout=0.0)
