@@ -61,9 +61,9 @@ def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
     that is plain fine-tuning at strength 0 is left out, and nothing left is ``naive``.
     """
     try:
-        from .methods import parse_method
+        from .registry import method_classes
 
-        classes = parse_method(method)
+        classes = method_classes(method)
     except Exception:  # a method this version does not know: its spec as it is
         return method, []
     parts, shown = [], []

@@ -149,7 +149,7 @@ def test_a_task_stuck_at_its_majority_rate_is_warned_about(sweep, tmp_path):
     victim = corrupt(sweep, tmp_path, edit_csv(stuck))
     write_report([tmp_path / "results"], tmp_path / "out")
     md = (tmp_path / "out" / "summary.md").read_text()
-    seed = json.loads((victim / "config.json").read_text())["seed"]
+    seed = read_checked(victim).seed
     assert "**Warning: accuracy equal to the majority-class rate**" in md
     assert f"seed {seed}: A[1][1] = " in md and md.count("A[1][1] = ") == 1
 
@@ -170,7 +170,7 @@ def test_names_read_as_a_reader_would():
 
 
 def test_a_zero_strength_penalty_beside_a_real_naive_run_says_what_it_was(sweep):
-    dirs = [d for d in sorted(sweep.iterdir()) if json.loads((d / "config.json").read_text())["method"] == "kl"]
+    dirs = [d for d in sorted(sweep.iterdir()) if read_checked(d).method == "kl"]
     a = read_checked(dirs[0])
     a.config = {**a.config, "hparams": {**a.config["hparams"], "kl_lambda": 0.0}}
     b = read_checked(dirs[0])
