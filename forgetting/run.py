@@ -202,8 +202,9 @@ def prepare(config: RunConfig):
     model_values = config.model.values()
     stream = build_stream_for(config)
     methods = registry.build_methods(config.method.name, config.hparams)
-    for m in methods:
-        m.check_stream(stream)
+    for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
+        if hasattr(m, "check_stream"):
+            m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = spec.build(stream, model_values, source)
