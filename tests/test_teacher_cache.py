@@ -128,3 +128,5 @@ def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
     on_new = float(kl_penalty(logits[new], teacher[new], direction="forward", temperature=2.0))
     on_all = float(kl_penalty(logits, teacher, direction="forward", temperature=2.0))
     assert value == pytest.approx(on_new, abs=1e-6) and abs(on_new - on_all) > 1e-4
+    kl.hparams["kl_on_replayed"] = True  # every example of the batch held, the live teacher on all of them
+    assert float(kl.penalties(tr, batch, logits, 1)["kl"][0]) == pytest.approx(on_all, abs=1e-6)

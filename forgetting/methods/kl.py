@@ -16,7 +16,8 @@ chooses between two published forms:
 Only the batch's examples of the task being learned are held: composed with ``replay`` (or
 ``joint``), the examples of older tasks enter the cross-entropy with their labels and not the
 KL, as LwF puts its penalty on the new task's inputs; the KL term then means the same as in
-``kl`` alone and the teacher cache serves every example it holds.
+``kl`` alone and the teacher cache serves every example it holds. ``kl_on_replayed`` holds them
+too (a distillation on the replayed examples as well, with the live teacher).
 
 The teacher is frozen and in eval mode, so where a task's inputs are fixed its outputs on the
 task's training set are fixed too: they are computed once at the task boundary (the teacher
@@ -59,6 +60,9 @@ class Method(Base):
                "teacher's padded with zeros on the new ones (van de Ven et al.'s LwF; forward KL only); old = both "
                "softmaxes over the old classes only (blind to probability moved to new classes)",
                choices=("active", "old")),
+        Option("kl_on_replayed", bool, False, "composed with replay or joint: also hold the examples of older tasks "
+               "in the batch (the KL then averages over every example, the teacher run live on the batch); default: "
+               "the new task's examples only, LwF's placement"),
         Option("teacher_cache", bool, True, "compute the frozen teacher's outputs on a task's training set once at "
                "the task boundary instead of at every step (exact for an eval-mode teacher and fixed inputs; "
                "switched off automatically otherwise); never changes the numbers, so not in the run id", hashed=False),
@@ -132,7 +136,7 @@ class Method(Base):
         lam = self.hparams["kl_lambda"]
         if task == 0 or lam == 0:
             return {}
-        rows = self.new_rows(batch, task)
+        rows = None if self.hparams.get("kl_on_replayed", False) else self.new_rows(batch, task)
         if rows is not None:  # replayed (or joint) examples of older tasks: not held by the KL
             if len(rows) == 0:
                 return {"kl": (logits.new_zeros((), dtype=torch.float32), lam)}
