@@ -56,7 +56,8 @@ def weights_path(run_dir: Path, task: int) -> Path:
 def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
     folder = Path(run_dir) / CHECKPOINTS
     folder.mkdir(exist_ok=True)
-    weights = {k: v.detach().cpu().contiguous() for k, v in trainer.model.state_dict().items()}
+    # cloned: tied weights (a causal LM's embedding and output layer) share memory, which safetensors refuses
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in trainer.model.state_dict().items()}
     state = {
         "task": task,
         "global_step": trainer.global_step,

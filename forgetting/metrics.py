@@ -14,6 +14,9 @@ read at the last epoch of task t. With T tasks trained:
 - KL drift: ``kl_base`` = mean KL(p_base || p_current) per evaluated task, p_base the model at the
   end of task 0; "new task" is the task being trained at that evaluation point
 
+Causal-LM runs also have the NLL matrix N[t][k] (mean held-out NLL per token, ``value="nll"``):
+forgetting is the rise of an old task's NLL (``nll_forgetting_max``, ``nll_rise``).
+
 Every function takes the rows of one run. Forgetting and BWT are positive/negative when
 accuracy dropped, in accuracy units (fractions, not percent).
 """
@@ -49,16 +52,17 @@ def final_epoch_rows(rows: pd.DataFrame, tasks_completed: int | None = None) -> 
     return ep[ep["epoch"] == last]
 
 
-def accuracy_matrix(rows: pd.DataFrame, tasks_completed: int | None = None, values: str = "accuracy") -> np.ndarray:
+def accuracy_matrix(rows: pd.DataFrame, tasks_completed: int | None = None, value: str = "accuracy") -> np.ndarray:
     """A[t][k] for the tasks trained so far (rows: trained task, columns: evaluated task).
 
-    Rows of tasks not trained yet are absent; an unfinished run gives fewer rows. ``values``
-    names another column to lay out the same way (``majority_accuracy``, ``chance_accuracy``).
+    Rows of tasks not trained yet are absent; an unfinished run gives fewer rows. ``value`` picks
+    another measure of the rows (``nll``: the NLL matrix of a causal-LM run; ``majority_accuracy``,
+    ``chance_accuracy``: the reference accuracies laid out the same way).
     """
     fin = final_epoch_rows(rows, tasks_completed)
-    if fin.empty or values not in fin:
+    if fin.empty or value not in fin:
         return np.zeros((0, 0))
-    table = fin.pivot_table(index="trained_task", columns="eval_task", values=values, aggfunc="mean")
+    table = fin.pivot_table(index="trained_task", columns="eval_task", values=value, aggfunc="mean")
     table = table.sort_index().sort_index(axis=1)
     return table.to_numpy(dtype=float)
 
@@ -77,6 +81,24 @@ def at_majority_rate(rows: pd.DataFrame, tasks_completed: int | None = None) -> 
     hit = fin[(fin["accuracy"] - fin["majority_accuracy"]).abs() < 0.5 / n]
     return [(int(r.trained_task), int(r.eval_task), float(r.majority_accuracy))
             for r in hit.sort_values(["trained_task", "eval_task"]).itertuples()]
+
+
+def is_lm_run(rows: pd.DataFrame) -> bool:
+    """Whether the rows are a causal LM's (they carry a per-token NLL)."""
+    return "nll" in rows and bool(rows["nll"].notna().any())
+
+
+def nll_forgetting_max(N: np.ndarray) -> float:
+    """Causal LMs: mean over old tasks k of N[T-1][k] minus the lowest N[l][k], l in [k, T-1): the rise in
+    held-out NLL per token (nats) from its best, the NLL form of Chaudhry et al.'s forgetting."""
+    T = _check(N)
+    return _mean(np.array([N[T - 1, k] - N[k : T - 1, k].min() for k in range(T - 1)]))
+
+
+def nll_rise(N: np.ndarray) -> float:
+    """Causal LMs: mean over old tasks k of N[T-1][k] - N[k][k], the rise in NLL since task k was learned."""
+    T = _check(N)
+    return _mean(np.array([N[T - 1, k] - N[k, k] for k in range(T - 1)]))
 
 
 def untrained_accuracy(rows: pd.DataFrame) -> np.ndarray:
@@ -208,7 +230,14 @@ def run_summary(rows: pd.DataFrame, tasks_completed: int | None = None) -> dict[
         return {"tasks_trained": 0}
     b = untrained_accuracy(rows)
     kl_new, kl_old = final_kl(rows, tasks_completed)
+    lm = {}
+    if is_lm_run(rows):
+        N = accuracy_matrix(rows, tasks_completed, value="nll")
+        lm = {"nll_forgetting_max": nll_forgetting_max(N), "nll_rise": nll_rise(N),
+              "new_task_nll": float(N[T - 1, T - 1]),
+              "old_task_nll": float(N[T - 1, : T - 1].mean()) if T > 1 else float("nan")}
     return {
+        **lm,
         "tasks_trained": T,
         "average_accuracy": float(average_accuracy(A)[-1]),
         "forgetting_max": average_forgetting_max(A),

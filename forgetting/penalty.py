@@ -1,6 +1,7 @@
 """The KL penalty that keeps a fine-tuned model close to a frozen copy of its old self.
 
-``kl_penalty`` is the exact quantity; ``train_epoch_kl_reg`` is the one-step pattern from
+``kl_penalty`` is the exact quantity for classifiers; ``token_kl_penalty`` the same at every
+position of a causal LM's sequences that carries loss; ``train_epoch_kl_reg`` is the one-step pattern from
 DESIGN.md (student in train mode, teacher in eval mode under ``torch.no_grad``).
 """
 
@@ -88,6 +89,96 @@ def padded_teacher_kl(
     log_q = F.log_softmax(student_logits.float() / t, dim=-1).index_select(1, teacher_positions)
     log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
     return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+
+
+# Floats of one chunk's float32 log-probabilities in ``token_kl_penalty`` (16 MiB): bounds its memory.
+TOKEN_CHUNK_FLOATS = 2**22
+
+
+def _kl_sum(student: Tensor, teacher: Tensor, rows: Tensor, direction: str, t: float) -> Tensor:
+    """Sum over the positions ``rows`` of the flat [positions, vocabulary] logits of the KL, float32."""
+    log_s = F.log_softmax(student.index_select(0, rows).float() / t, dim=-1)
+    log_t = F.log_softmax(teacher.index_select(0, rows).float() / t, dim=-1)
+    forward = reverse = None
+    if direction in ("forward", "symmetric"):
+        forward = F.kl_div(log_s, log_t, reduction="sum", log_target=True)
+    if direction in ("reverse", "symmetric"):
+        reverse = F.kl_div(log_t, log_s, reduction="sum", log_target=True)
+    if direction == "forward":
+        return forward
+    if direction == "reverse":
+        return reverse
+    return 0.5 * (forward + reverse)
+
+
+def token_kl_sum(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor,
+    *,
+    direction: str = "forward",
+    temperature: float = 1.0,
+    chunk_floats: int = TOKEN_CHUNK_FLOATS,
+) -> tuple[Tensor, int]:
+    """(sum of the per-token KL over the positions where ``mask`` is True, number of such positions).
+
+    Logits are [..., vocabulary] with ``mask`` of their leading shape. The positions are taken
+    in chunks of at most ``chunk_floats`` logits, each through ``torch.utils.checkpoint`` when a
+    gradient is needed, so the float32 log-probabilities of one chunk at a time are alive: memory
+    stays bounded however long the sequences and large the vocabulary.
+    """
+    check_penalty_options(direction, temperature)
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
+        )
+    if mask.shape != student_logits.shape[:-1]:
+        raise ValueError(f"mask shape {tuple(mask.shape)} does not match logits {tuple(student_logits.shape)}")
+    vocab = student_logits.shape[-1]
+    student = student_logits.reshape(-1, vocab)
+    teacher = teacher_logits.detach().reshape(-1, vocab)
+    positions = mask.reshape(-1).nonzero().squeeze(1)
+    n = int(positions.numel())
+    t = float(temperature)
+    if n == 0:
+        return student.sum().float() * 0.0, 0
+    step = max(1, chunk_floats // vocab)
+    grad = torch.is_grad_enabled() and student.requires_grad
+    total = None
+    for start in range(0, n, step):
+        rows = positions[start : start + step]
+        if grad and n > step:
+            from torch.utils.checkpoint import checkpoint
+
+            part = checkpoint(_kl_sum, student, teacher, rows, direction, t, use_reentrant=False)
+        else:
+            part = _kl_sum(student, teacher, rows, direction, t)
+        total = part if total is None else total + part
+    return total * (t * t), n
+
+
+def token_kl_penalty(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    mask: Tensor,
+    *,
+    direction: str = "forward",
+    temperature: float = 1.0,
+    chunk_floats: int = TOKEN_CHUNK_FLOATS,
+) -> Tensor:
+    """Mean over the positions that carry loss of the KL between next-token distributions (causal LMs).
+
+    ``student_logits`` and ``teacher_logits`` are [batch, length, vocabulary] (or any [..., V]);
+    ``mask`` is True at the positions whose next token carries loss (not padding, and in
+    prompt/response tasks not the prompt). Each position's KL is taken over the whole
+    vocabulary in float32, in the ``direction`` and at the ``temperature`` of ``kl_penalty``
+    (scaled by T^2); the result is their mean over the masked positions of the batch, so
+    padding and prompt positions contribute nothing and the value does not depend on how a
+    batch is padded. Zero (with a graph) when no position is masked.
+    """
+    total, n = token_kl_sum(student_logits, teacher_logits, mask, direction=direction, temperature=temperature,
+                            chunk_floats=chunk_floats)
+    return total / max(n, 1)
 
 
 def train_epoch_kl_reg(

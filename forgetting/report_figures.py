@@ -21,9 +21,10 @@ from matplotlib.lines import Line2D  # noqa: E402
 
 from adjustText import adjust_text  # noqa: E402
 
-from .metrics import accuracy_matrix, bounded_ci, old_task_curves, pareto_front, task_boundaries  # noqa: E402
+from .metrics import (accuracy_matrix, bounded_ci, is_lm_run, mean_ci, old_task_curves, pareto_front,  # noqa: E402
+                      task_boundaries)
 from .report_runs import Run  # noqa: E402
-from .report_summary import kl_fit, reference_accuracies, summarize  # noqa: E402
+from .report_summary import forgetting_column, kl_fit, reference_accuracies, summarize  # noqa: E402
 
 DPI = 100
 FORMATS = ("png", "svg")
@@ -73,6 +74,12 @@ def t_band(x: pd.Series) -> tuple[float, float]:
     return lo, hi
 
 
+def t_band_unbounded(x: pd.Series) -> tuple[float, float]:
+    """seaborn errorbar: the 95% t-interval of the mean over seeds of a quantity without bounds (NLL)."""
+    _, lo, hi, _ = mean_ci(x.tolist())
+    return lo, hi
+
+
 REFERENCE_STYLE = {"chance": dict(color="0.45", ls=(0, (1, 2)), lw=1.1),
                    "majority": dict(color="firebrick", ls=(0, (6, 2, 1, 2)), lw=1.0, alpha=0.8)}
 
@@ -85,8 +92,10 @@ def reference_curves(ref: Run, k: int) -> pd.DataFrame:
     return c[c["eval_task"] == k][["finetune_step", "chance_accuracy", "majority_accuracy"]]
 
 
-def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
-    """Accuracy of each old task against the fine-tuning step; size 11 x (2.0 + 2.6 per old task) inches."""
+def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
+                      value: str = "accuracy") -> list[Path]:
+    """Accuracy (or, ``value="nll"``, a causal LM's held-out NLL per token) of each old task against the
+    fine-tuning step; size 11 x (2.0 + 2.6 per old task) inches."""
     names = task_names(runs)
     n_old = max(r.n_tasks for r in runs) - 1
     if n_old < 1:
@@ -107,11 +116,12 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     drew_reference = False
     for k, ax in enumerate(axes):
         ax.set_title(f"task {names[k]}", loc="left", fontsize=10)
-        ax.set_ylim(-0.02, 1.14)
-        ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_ylabel("test accuracy")
+        if value == "accuracy":
+            ax.set_ylim(-0.02, 1.14)
+            ax.set_yticks(np.linspace(0, 1, 6))
+        ax.set_ylabel("test accuracy" if value == "accuracy" else "test NLL per token (nats)")
         ax.grid(alpha=0.3)
-        rc = reference_curves(ref, k)
+        rc = reference_curves(ref, k) if value == "accuracy" else pd.DataFrame()
         if len(rc):  # chance may change along the way (class-incremental: more outputs), so a step line
             ax.step(rc["finetune_step"], rc["chance_accuracy"], where="post", **REFERENCE_STYLE["chance"])
             ax.step(rc["finetune_step"], rc["majority_accuracy"], where="post", **REFERENCE_STYLE["majority"])
@@ -121,10 +131,11 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         d = data[data["eval_task"] == k]
         done = d[d["complete"]]
         if len(done):
-            sns.lineplot(done, x="finetune_step", y="accuracy", hue="label", palette=palette, errorbar=t_band,
+            sns.lineplot(done, x="finetune_step", y=value, hue="label", palette=palette,
+                         errorbar=t_band if value == "accuracy" else t_band_unbounded,
                          estimator="mean", legend=False, ax=ax)
         for (rid, label, state), u in d[~d["complete"]].groupby(["run_id", "label", "state"]):
-            ax.plot(u["finetune_step"], u["accuracy"], ls="--", lw=1.2, color=palette[label])
+            ax.plot(u["finetune_step"], u[value], ls="--", lw=1.2, color=palette[label])
             seed = next(r.seed for r in runs if r.run_id == rid)
             unfinished[f"{label}, seed {seed}: unfinished, {state}"] = Line2D([], [], ls="--", color=palette[label])
     bounds = task_boundaries(ref.rows, ref.tasks_completed)
@@ -135,8 +146,9 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
                 ax.axvline(step, color="0.4", ls=":", lw=1)
             if t + 1 < len(names) and t + 1 in b:
                 for ax in axes:
-                    ax.text((step + b[t + 1]) / 2, 1.08, f"training {names[t + 1]}", ha="center", va="center",
-                            fontsize=7, color="0.35")
+                    ax.text((step + b[t + 1]) / 2, 1.08 if value == "accuracy" else 1.02, f"training {names[t + 1]}",
+                            ha="center", va="center", fontsize=7, color="0.35",
+                            transform=ax.get_xaxis_transform() if value != "accuracy" else ax.transData)
     axes[-1].set_xlabel("fine-tuning step (optimiser steps since the end of the base task; dotted lines: task ends)")
     handles = {}
     for label in sorted(table.loc[table["status"] == "complete", "label"].unique(), key=list(palette).index):
@@ -147,10 +159,15 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         handles["chance: a uniform guess among the outputs evaluated"] = Line2D([], [], **REFERENCE_STYLE["chance"])
         handles["majority class: always the task's most frequent test label"] = Line2D([], [], **REFERENCE_STYLE["majority"])
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=8,
-               title="method and strength (band: 95% t-interval over seeds, cut to 0-1; dashed: a run that did not finish)",
+               title="method and strength (band: 95% t-interval over seeds"
+                     + (", cut to 0-1" if value == "accuracy" else "") + "; dashed: a run that did not finish)",
                title_fontsize=8)
-    fig.suptitle(f"Forgetting curves: accuracy of each old task while fine-tuning on the next ones\n{where}")
-    return save(fig, out, f"{prefix}forgetting_curves")
+    if value == "accuracy":
+        fig.suptitle(f"Forgetting curves: accuracy of each old task while fine-tuning on the next ones\n{where}")
+        return save(fig, out, f"{prefix}forgetting_curves")
+    fig.suptitle(f"Forgetting curves: held-out NLL per token of each old task while fine-tuning on the next ones "
+                 f"(up: forgetting)\n{where}")
+    return save(fig, out, f"{prefix}nll_curves")
 
 
 def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
@@ -251,24 +268,31 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
 def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
     """Forgetting against KL drift from the base model, one point per complete run; size 13 x 5.5 inches."""
     d = table[table["status"] == "complete"]
+    y = forgetting_column(table)
+    scale = 100 if y == "forgetting_max" else 1  # accuracy points, or nats per token
     palette = colors(table)
     fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True, layout="constrained")
     panels = [("kl_new_task", "on the new (last) task's test inputs"), ("kl_old_tasks", "on the old tasks' test inputs")]
     for ax, (col, on) in zip(axes, panels):
         for label, g in d.groupby("label", sort=False):
-            ax.scatter(g[col], 100 * g["forgetting_max"], color=palette[label], label=label, s=36)
+            ax.scatter(g[col], scale * g[y], color=palette[label], label=label, s=36)
         fit = kl_fit(d.assign(kl_new_task=d[col]))
         if fit:
             xs = np.linspace(d[col].min(), d[col].max(), 50)
-            ax.plot(xs, 100 * (fit["intercept"] + fit["slope"] * xs), color="0.2", lw=1.2,
+            ax.plot(xs, scale * (fit["intercept"] + fit["slope"] * xs), color="0.2", lw=1.2,
                     label=f"least-squares line, R² = {fit['r2']:.2f} (n = {fit['n']} runs)")
+            if "quad" in fit:
+                q = fit["quad"]
+                ax.plot(xs, scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs), color="0.2", lw=1.2, ls="--",
+                        label=f"least-squares parabola, R² = {q['r2']:.2f}")
         else:
             ax.text(0.5, 0.5, "too few runs for a fitted line", transform=ax.transAxes, ha="center", color="0.4")
         ax.set_xlabel(f"KL(p_base ‖ p_final) {on} (nats)")
         ax.grid(alpha=0.3)
         if len(d):
             ax.legend(fontsize=8)
-    axes[0].set_ylabel("average forgetting, max-based (Chaudhry et al. 2018, points)")
+    axes[0].set_ylabel("average forgetting, max-based (Chaudhry et al. 2018, points)" if scale == 100 else
+                       "NLL rise on old tasks, max-based (nats per token)")
     fig.suptitle(f"Does drift from the base model predict forgetting? One point per run\n{where}")
     return save(fig, out, f"{prefix}kl_vs_forgetting")
 
@@ -281,6 +305,9 @@ def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = ""
     if not runs:
         return []
     table = table[table["run_id"].isin({r.run_id for r in runs})]
+    nll = [r for r in runs if is_lm_run(r.rows)]
     return (forgetting_curves(runs, table, where, out, prefix) + accuracy_heatmaps(runs, table, where, out, prefix)
+            + (forgetting_curves(nll, table[table["run_id"].isin({r.run_id for r in nll})], where, out, prefix,
+                                 value="nll") if nll else [])
             + tradeoff(table, where, out, prefix, reference_accuracies(runs))
             + kl_vs_forgetting(table, where, out, prefix))

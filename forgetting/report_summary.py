@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -34,8 +35,14 @@ METRICS = [
     ("old_task_accuracy", "old-task accuracy", True, (0.0, 1.0)),
     ("kl_new_task", "KL drift, new task", False, (0.0, INF)),
     ("kl_old_tasks", "KL drift, old tasks", False, (0.0, INF)),
+    # causal LMs only (a table shows these columns where some run has them)
+    ("nll_forgetting_max", "NLL rise, max-based (nats/token)", False, (-INF, INF)),
+    ("nll_rise", "NLL rise since learned (nats/token)", False, (-INF, INF)),
+    ("new_task_nll", "new-task NLL", False, (0.0, INF)),
+    ("old_task_nll", "old-task NLL", False, (0.0, INF)),
     ("wall_time_s", "wall time (s)", False, (0.0, INF)),
 ]
+LM_METRICS = ("nll_forgetting_max", "nll_rise", "new_task_nll", "old_task_nll")
 KEYS = ["benchmark", "scenario", "label"]
 SYMBOLS = {"lambda": "λ", "alpha": "α", "gamma": "γ"}
 
@@ -207,13 +214,35 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_unfinished").reset_index(drop=True)
 
 
+def forgetting_column(table: pd.DataFrame) -> str:
+    """The forgetting a group of runs is judged by: the NLL rise for causal LMs, else accuracy forgetting."""
+    if "nll_forgetting_max" in table and table["nll_forgetting_max"].notna().any():
+        return "nll_forgetting_max"
+    return "forgetting_max"
+
+
 def kl_fit(table: pd.DataFrame) -> dict | None:
-    """Least-squares line of forgetting (max-based) on KL drift on the new task, over complete runs."""
-    d = table[(table["status"] == "complete")][["kl_new_task", "forgetting_max"]].dropna()
+    """Least-squares line (and parabola) of forgetting on KL drift on the new task, over complete runs.
+
+    Forgetting is the max-based accuracy forgetting, or for causal LMs the max-based NLL rise
+    (``column`` says which). ``quad`` holds the quadratic fit's coefficients (c0 + c1 x + c2 x^2)
+    and R², given at least four runs (Shenfeld et al. 2025 fit forgetting against new-task KL).
+    """
+    y = forgetting_column(table)
+    d = table[(table["status"] == "complete")][["kl_new_task", y]].dropna()
     if len(d) < 3 or d["kl_new_task"].nunique() < 2:
         return None
-    fit = stats.linregress(d["kl_new_task"], d["forgetting_max"])
-    return {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(d)}
+    fit = stats.linregress(d["kl_new_task"], d[y])
+    out = {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(d),
+           "column": y}
+    if len(d) >= 4 and d["kl_new_task"].nunique() >= 3:
+        x, v = d["kl_new_task"].to_numpy(float), d[y].to_numpy(float)
+        c2, c1, c0 = np.polyfit(x, v, 2)
+        resid = v - (c0 + c1 * x + c2 * x * x)
+        total = float(((v - v.mean()) ** 2).sum())
+        out["quad"] = {"c0": float(c0), "c1": float(c1), "c2": float(c2),
+                       "r2": 1.0 - float((resid ** 2).sum()) / total if total > 0 else float("nan")}
+    return out
 
 
 def _cell(r: pd.Series, m: str, pct: bool) -> str:
@@ -231,7 +260,7 @@ def _cell(r: pd.Series, m: str, pct: bool) -> str:
 REFERENCE_COLUMNS = {"average_accuracy", "new_task_accuracy", "old_task_accuracy"}
 
 
-def _reference_rows(refs: pd.DataFrame, n_cols: int, with_variant: bool) -> list[str]:
+def _reference_rows(refs: pd.DataFrame, shown: list, with_variant: bool) -> list[str]:
     """Table rows for the chance and majority-class predictors (accuracy columns only)."""
     if refs.empty:
         return []
@@ -241,7 +270,7 @@ def _reference_rows(refs: pd.DataFrame, n_cols: int, with_variant: bool) -> list
         values = {"average_accuracy": v.mean(), "new_task_accuracy": v[-1],
                   "old_task_accuracy": v[:-1].mean() if len(v) > 1 else float("nan")}
         cells = [name] + (["–"] if with_variant else []) + ["–"]
-        cells += [f"{100 * values[m]:.1f}" if m in values and not math.isnan(values[m]) else "–" for m, *_ in METRICS]
+        cells += [f"{100 * values[m]:.1f}" if m in values and not math.isnan(values[m]) else "–" for m, *_ in shown]
         lines.append("| " + " | ".join(cells) + " |")
     return lines
 
@@ -274,10 +303,18 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         "always predicting each task's most frequent test label (majority class)",
         "",
     ]
+    if summary["nll_rise_mean"].notna().any():
+        lines[-1:-1] = [
+            "- causal LMs: accuracy is the answer accuracy of completion tasks (the choice of highest likelihood) "
+            "and the next-token accuracy of language-modelling tasks; KL drift is per token; NLL rise, max-based: "
+            "each old task's final held-out NLL per token minus its lowest before, averaged (nats); NLL rise since "
+            "learned: final minus right after learning it; new-/old-task NLL: final NLL per token"]
     for (bench, scen), s in summary.groupby(["benchmark", "scenario"], sort=True):
         lines += [f"## {bench}, {scen}-incremental", ""]
         with_variant = bool((s["variant"].fillna("") != "").any())
-        head = ["method", "runs"] + [h for _, h, *_ in METRICS]
+        shown = [(m, h, pct) for m, h, pct, _ in METRICS
+                 if m not in LM_METRICS or s[f"{m}_mean"].notna().any()]  # LM columns only for LM runs
+        head = ["method", "runs"] + [h for _, h, _ in shown]
         if with_variant:
             head.insert(1, "variant")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -287,10 +324,10 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
             cells = [r["name"], runs]
             if with_variant:
                 cells.insert(1, r["variant"] or "–")
-            cells += [_cell(r, m, pct) for m, _, pct, _ in METRICS]
+            cells += [_cell(r, m, pct) for m, _, pct in shown]
             lines.append("| " + " | ".join(cells) + " |")
         refs = references[(references["benchmark"] == bench) & (references["scenario"] == scen)]
-        lines += _reference_rows(refs, len(head), with_variant)
+        lines += _reference_rows(refs, shown, with_variant)
         unfinished = s[s["status"] != "complete"]
         lines.append("")
         if len(refs):
@@ -308,9 +345,17 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
                       "the tasks they completed; they are not pooled into the means and not used in the "
                       "trade-off and KL figures (the forgetting curves show them as far as they got).", ""]
         fit = kl_fit(table[(table["benchmark"] == bench) & (table["scenario"] == scen)])
-        if fit:
+        if fit and fit["column"] == "nll_forgetting_max":
+            quad = fit.get("quad")
+            lines += [f"NLL rise (max-based) against KL drift on the new task over {fit['n']} complete runs: "
+                      f"least-squares slope {fit['slope']:.3f} nats/token per nat, R² = {fit['r2']:.3f}"
+                      + (f"; quadratic fit {quad['c0']:.3f} + {quad['c1']:.3f} x + {quad['c2']:.3f} x², "
+                         f"R² = {quad['r2']:.3f}" if quad else "") + ".", ""]
+        elif fit:
+            quad = fit.get("quad")
             lines += [f"Forgetting (max-based) against KL drift on the new task over {fit['n']} complete runs: "
-                      f"least-squares slope {100 * fit['slope']:.2f} points per nat, R² = {fit['r2']:.3f}.", ""]
+                      f"least-squares slope {100 * fit['slope']:.2f} points per nat, R² = {fit['r2']:.3f}"
+                      + (f"; quadratic fit R² = {quad['r2']:.3f}" if quad else "") + ".", ""]
     return "\n".join(lines) + "\n"
 
 

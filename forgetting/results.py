@@ -38,6 +38,13 @@ METRIC_COLUMNS = [
     "majority_accuracy",  # always predicting eval_task's most frequent test label
     "train_loss",     # mean total training loss of the epoch so far (NaN for init)
     "wall_time",      # seconds since the run started (timing: differs between identical runs)
+    # causal LMs only (empty for classifiers), over the test tokens that carry loss; see evaluate_lm.py
+    "nll",            # mean negative log-likelihood per token (nats; "loss" holds the same)
+    "perplexity",     # exp(nll)
+    "token_accuracy", # fraction of tokens that are the most likely next token
+    "answer_accuracy",  # completion tasks with choices: the highest-likelihood choice is the answer
+    "exact_match",    # completion tasks: greedy decoding gives the whole response
+    "n_tokens",       # number of test tokens that carry loss
 ]
 
 

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from . import registry
+from .causal_lm import check_methods as check_lm_methods
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
 from .options import Option
@@ -212,6 +213,7 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model.name}: {e}") from None
+    check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 

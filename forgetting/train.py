@@ -12,7 +12,9 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .errors import RunFailed
+from .causal_lm import is_lm
 from .evaluate import Evaluator
+from .evaluate_lm import LMEvaluator
 from .methods.base import Method
 from .streams.base import TaskStream
 
@@ -49,7 +51,8 @@ class Trainer:
         self.methods = methods
         self.device = device
         self.recorder = recorder
-        self.evaluator = Evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
+        evaluator = LMEvaluator if is_lm(stream) else Evaluator
+        self.evaluator = evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None
@@ -99,11 +102,26 @@ class Trainer:
         bar.close()
         for m in self.methods:
             m.after_task(self, t)
+        self.snapshot_boundary(t)
+        if self.recorder is not None:
+            self.recorder.task_done(self, t)
+
+    def snapshot_boundary(self, t: int) -> None:
+        """The references at the end of task ``t``: ``previous_model`` (and after task 0 ``base_model``).
+
+        A frozen copy of the model; or, for a model that keeps its own reference (LoRA: the
+        adapters are merged and new ones started, the reference is the model with its adapters
+        disabled), that reference, with a copy kept only of the base model.
+        """
+        boundary = getattr(self.model, "task_boundary", None)
+        if boundary is not None and getattr(self.model, "lora", None):
+            if t == 0:
+                self.base_model = frozen_copy(self.model)
+            self.previous_model = boundary(t)
+            return
         self.previous_model = frozen_copy(self.model)
         if t == 0:
             self.base_model = self.previous_model
-        if self.recorder is not None:
-            self.recorder.task_done(self, t)
 
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""

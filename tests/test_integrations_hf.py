@@ -113,3 +113,39 @@ def test_reference_may_not_share_the_models_parameters(tmp_path, tokenizer, data
     with pytest.raises(ValueError, match="sideways"):
         KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset,
                              ref_model=copy.deepcopy(model), kl_direction="sideways")
+
+
+def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
+    """A tiny GPT-2 on prompt/response pairs: labels -100 on the prompt; the KL is the token-level one."""
+    from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
+
+    from forgetting.causal_lm import loss_mask, shifted
+    from forgetting.models.causal import byte_tokenizer
+    from forgetting.penalty import token_kl_penalty
+    from forgetting.streams.lm import LMData
+
+    tok = byte_tokenizer()
+    prompts = [tok(f"say {w}:", add_special_tokens=False)["input_ids"] for w in ("yes", "no", "maybe", "so")]
+    responses = [tok(f" {w}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for w in ("yes", "no", "maybe", "so")]
+    ds = LMData(prompts, responses, torch.zeros(4, dtype=torch.long), tok).with_labels()
+    collate = DataCollatorForSeq2Seq(tok, padding=True, label_pad_token_id=-100, return_tensors="pt")
+    torch.manual_seed(0)
+    cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=256,
+                     eos_token_id=256, pad_token_id=257)
+    model, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    trainer = KLRegularizedTrainer(model=model, args=args(tmp_path, max_steps=2, per_device_train_batch_size=2),
+                                   train_dataset=ds, data_collator=collate, ref_model=ref, kl_lambda=0.5)
+    batch = collate([ds[i] for i in range(4)])
+    assert (batch["labels"][0] == -100).sum() > len(prompts[0])  # prompt, <bos> and padding are ignored
+    model.eval()
+    loss = trainer.compute_loss(model, batch)
+    with torch.no_grad():
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        out, ref_logits = model(**inputs, labels=batch["labels"]), ref(**inputs).logits
+        labels = batch["labels"]
+        kl = token_kl_penalty(shifted(out.logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels))
+    assert kl > 0 and torch.allclose(loss.detach(), out.loss + 0.5 * kl, rtol=1e-5)
+    ref_before = {k: v.clone() for k, v in ref.state_dict().items()}
+    trainer.train()
+    assert [h["step"] for h in trainer.state.log_history if "kl" in h] == [1, 2]
+    assert all(torch.equal(v, ref_before[k]) for k, v in ref.state_dict().items())

@@ -110,7 +110,8 @@ def _value(o: Option) -> str:
 def test_every_inapplicable_option_is_refused_on_the_cli(capsys, tmp_path, kind, name, option):
     from forgetting.run import main
 
-    code = main(["--quiet", "--results-dir", str(tmp_path / "r"), option.flag, _value(option)])
+    given = [option.flag] if option.type is bool else [option.flag, _value(option)]  # booleans are flags
+    code = main(["--quiet", "--results-dir", str(tmp_path / "r"), *given])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert f"{option.flag} does not apply to" in err and repr(name) in err

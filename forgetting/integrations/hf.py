@@ -7,7 +7,16 @@ class distribution close to a frozen reference model (usually the model before f
 The loss of a batch is the model's own loss (cross-entropy for single-label classification,
 label smoothing if the arguments ask for it) plus ``kl_lambda * kl_penalty(student, reference)``,
 the reference run in eval mode under ``torch.no_grad`` on the same inputs. The penalty reads
-the logits as one categorical distribution per example: single-label sequence classification.
+the logits as one categorical distribution per example (single-label sequence classification,
+logits [batch, classes]), or for a causal LM (logits [batch, length, vocabulary]) one per token:
+``token_kl_penalty`` at every position whose next token carries loss, i.e. whose label is not
+-100 (put -100 on prompt tokens and padding: ``DataCollatorForSeq2Seq(tokenizer,
+label_pad_token_id=-100)`` pads them so). The data loss is then the model's own causal-LM loss.
+
+With TRL's ``SFTTrainer`` (which is a ``Trainer``), the same penalty goes into its
+``compute_loss``: subclass it as this class does, or call ``token_kl_penalty(shifted(logits,
+labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels))`` from ``forgetting.penalty`` and
+``forgetting.causal_lm`` (``KLRegularizedTrainer.penalty`` does exactly that).
 """
 
 from __future__ import annotations
@@ -19,7 +28,8 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from ..penalty import check_penalty_options, kl_penalty
+from ..causal_lm import loss_mask, shifted
+from ..penalty import check_penalty_options, kl_penalty, token_kl_penalty
 from ..train import freeze, frozen_copy
 
 
@@ -72,13 +82,12 @@ class KLRegularizedTrainer(Trainer):
             outputs = model(**inputs)
             data_loss = self.label_smoother(outputs, labels) if labels is not None else None
         logits = outputs.logits
-        if logits.dim() != 2:
-            raise ValueError(f"KLRegularizedTrainer needs sequence-classification logits [batch, classes], "
-                             f"got shape {tuple(logits.shape)}")
+        if logits.dim() not in (2, 3):
+            raise ValueError(f"KLRegularizedTrainer needs sequence-classification logits [batch, classes] or causal-LM "
+                             f"logits [batch, length, vocabulary], got shape {tuple(logits.shape)}")
         if data_loss is None:
             raise ValueError("KLRegularizedTrainer needs labels to compute a loss")
-        kl = kl_penalty(logits, self.reference_logits(inputs, logits.device),
-                        direction=self.kl_direction, temperature=self.temperature)
+        kl = self.penalty(logits, self.reference_logits(inputs, logits.device), labels)
         loss = data_loss + self.kl_lambda * kl
         if model.training:
             for name, value in (("ce", data_loss), ("kl", kl)):
@@ -86,6 +95,17 @@ class KLRegularizedTrainer(Trainer):
                 self._part_sums[name] = self._part_sums[name] + v if name in self._part_sums else v
             self._part_count += 1
         return (loss, outputs) if return_outputs else loss
+
+    def penalty(self, logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The KL term: per example for classifiers; for causal LMs per token whose label is not -100."""
+        options = {"direction": self.kl_direction, "temperature": self.temperature}
+        if logits.dim() == 2:
+            return kl_penalty(logits, ref_logits, **options)
+        if labels is None or labels.shape != logits.shape[:2]:
+            raise ValueError("KLRegularizedTrainer needs causal-LM labels [batch, length] (-100 where no loss is "
+                             "taken) to know which tokens the penalty holds")
+        return token_kl_penalty(shifted(logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels),
+                                **options)
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
         """Training logs also get the mean cross-entropy and KL of the batches since the last log."""

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, ClassVar, Iterator
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..causal_lm import is_lm, token_loss
 from ..options import Option
 from ..streams.base import Batch, iterate_batches
 
@@ -29,7 +30,10 @@ def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Te
 
     Its own head in ``task``; every output in ``domain``; in ``class`` the outputs of the tasks
     seen so far (``--class-outputs seen``, replayed examples included) or all of them.
+    For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
     """
+    if is_lm(getattr(trainer, "stream", None)):
+        return token_loss(logits, batch.inputs["labels"])
     return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids, trainer.current_task), batch.targets)
 
 

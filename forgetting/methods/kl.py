@@ -31,8 +31,9 @@ import logging
 import torch
 
 from ..options import Option
+from ..causal_lm import is_lm, loss_mask, shifted
 from ..errors import BadInput
-from ..penalty import DIRECTIONS, kl_penalty, padded_teacher_kl
+from ..penalty import DIRECTIONS, kl_penalty, padded_teacher_kl, token_kl_penalty
 from ..streams.base import iterate_batches
 from .base import Method as Base, Terms
 
@@ -46,6 +47,27 @@ def teacher_outputs(teacher, data, task: int, batch_size: int, device) -> torch.
         for batch in iterate_batches(data, task, batch_size, shuffle=False):
             chunks.append(teacher(batch.to(device).inputs).float())
     return torch.cat(chunks)
+
+
+def lm_teacher_outputs(teacher, data, task: int, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
+
+    (flat [positions, vocabulary] float32, offsets [examples + 1]): example i's positions, in
+    order, are rows ``offsets[i]:offsets[i + 1]``, the order in which ``logits[loss_mask]``
+    lists a batch's positions.
+    """
+    chunks = []
+    with torch.inference_mode():
+        for batch in iterate_batches(data, task, batch_size, shuffle=False):
+            inputs = batch.to(device).inputs
+            logits, _ = shifted(teacher(inputs), inputs["labels"])
+            chunks.append(logits[loss_mask(inputs["labels"])].float())
+    counts = torch.as_tensor([len(r) for r in data.responses])
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+    offsets[1:] = counts.cumsum(0)
+    flat = torch.cat(chunks)
+    assert flat.shape[0] == int(offsets[-1]), "cached positions do not match the examples' loss tokens"
+    return flat, offsets.to(flat.device)
 
 
 class Method(Base):
@@ -66,8 +88,9 @@ class Method(Base):
         Option("teacher_cache", bool, True, "compute the frozen teacher's outputs on a task's training set once at "
                "the task boundary instead of at every step (exact for an eval-mode teacher and fixed inputs; "
                "switched off automatically otherwise); never changes the numbers, so not in the run id", hashed=False),
-        Option("teacher_cache_mb", float, 2048.0, "largest teacher cache (examples x outputs x 4 bytes); above it the "
-               "live teacher is used", minimum=0.0, hashed=False),
+        Option("teacher_cache_mb", float, 2048.0, "largest teacher cache (examples x outputs x 4 bytes; causal LMs: "
+               "tokens that carry loss x vocabulary x 4 bytes); above it the live teacher is used", minimum=0.0,
+               hashed=False),
     ]
     strength_option = "kl_lambda"
     naive_at_zero = True  # its only effect is a penalty weighted by the strength
@@ -76,6 +99,7 @@ class Method(Base):
         super().__init__(**hparams)
         self.cache: torch.Tensor | None = None
         self.cache_task: int | None = None
+        self.offsets: torch.Tensor | None = None  # causal LMs: each example's first row in the cache
 
     def before_task(self, trainer, task: int) -> None:
         self.cache, self.cache_task = None, None
@@ -83,16 +107,24 @@ class Method(Base):
             return
         reason = self.cache_blocker(trainer)
         data = trainer.stream.tasks[task].train
-        size_mb = len(data) * trainer.layout.n_outputs * 4 / 2**20
+        lm = is_lm(trainer.stream)
+        rows = sum(len(r) for r in data.responses) if lm else len(data)  # LMs: every token that carries loss
+        size_mb = rows * trainer.layout.n_outputs * 4 / 2**20
         if reason is None and size_mb > self.hparams["teacher_cache_mb"]:
             reason = f"it would take {size_mb:.1f} MB, above --teacher-cache-mb {self.hparams['teacher_cache_mb']:g}"
         if reason is not None:
             log.info("teacher cache off for task %d: %s; using the live teacher", task, reason)
             return
-        self.cache = teacher_outputs(trainer.previous_model, data, task, trainer.config.eval_batch_size, trainer.device)
+        if lm:
+            size = max(1, min(trainer.config.eval_batch_size,
+                              2**24 // (trainer.stream.info["max_seq_len"] * trainer.layout.n_outputs)))
+            self.cache, self.offsets = lm_teacher_outputs(trainer.previous_model, data, task, size, trainer.device)
+        else:
+            self.cache = teacher_outputs(trainer.previous_model, data, task, trainer.config.eval_batch_size,
+                                         trainer.device)
         self.cache_task = task
-        log.info("teacher cache for task %d: %d examples x %d outputs (%.2f MB)", task, len(data),
-                 trainer.layout.n_outputs, size_mb)
+        log.info("teacher cache for task %d: %d %s x %d outputs (%.2f MB)", task, rows,
+                 "tokens" if lm else "examples", trainer.layout.n_outputs, size_mb)
 
     def check_stream(self, stream) -> None:
         if (stream.scenario == "class" and self.hparams.get("kl_class_outputs", "active") == "active"
@@ -103,7 +135,7 @@ class Method(Base):
 
     @staticmethod
     def cache_blocker(trainer) -> str | None:
-        """Why cached teacher outputs would not equal live ones, or None."""
+        """Why cached teacher outputs would not equal live ones (or cannot be kept), or None."""
         if not trainer.stream.deterministic_inputs:
             return "the stream's training inputs change between visits (augmentation)"
         if trainer.previous_model.training:
@@ -136,6 +168,9 @@ class Method(Base):
         lam = self.hparams["kl_lambda"]
         if task == 0 or lam == 0:
             return {}
+        options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
+        if is_lm(getattr(trainer, "stream", None)):  # every next-token distribution that carries loss, whole vocabulary
+            return {"kl": (self.token_penalty(trainer, batch, logits, options), lam)}
         rows = None if self.hparams.get("kl_on_replayed", False) else self.new_rows(batch, task)
         if rows is not None:  # replayed (or joint) examples of older tasks: not held by the KL
             if len(rows) == 0:
@@ -148,7 +183,6 @@ class Method(Base):
             kl = padded_teacher_kl(student, teacher.index_select(1, old), positions,
                                    temperature=self.hparams["temperature"])
             return {"kl": (kl, lam)}
-        options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
         kls = []
         for idx in self.output_groups(trainer, task, logits.device):
             if idx is None:  # the group is every output: no copy needed
@@ -156,6 +190,24 @@ class Method(Base):
             else:
                 kls.append(kl_penalty(logits.index_select(1, idx), teacher.index_select(1, idx), **options))
         return {"kl": (kls[0] if len(kls) == 1 else torch.stack(kls).mean(), lam)}
+
+    def token_penalty(self, trainer, batch, logits, options) -> torch.Tensor:
+        """A causal LM's penalty: ``token_kl_penalty`` at the positions that carry loss, the teacher's
+        logits there from the cache where it holds the whole batch, else from the live teacher."""
+        labels = batch.inputs["labels"]
+        student, _ = shifted(logits, labels)
+        mask = loss_mask(labels)
+        if self.cache is not None and bool(((batch.task_ids == self.cache_task) & (batch.index >= 0)).all()):
+            start, end = self.offsets[batch.index], self.offsets[batch.index + 1]
+            counts = end - start
+            rows = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts) + \
+                torch.arange(int(counts.sum()), device=counts.device)
+            teacher = self.cache.index_select(0, rows)
+            selected = student[mask]
+            return token_kl_penalty(selected, teacher, torch.ones(len(teacher), dtype=torch.bool,
+                                                                  device=teacher.device), **options)
+        teacher = self.teacher_logits(trainer, batch)
+        return token_kl_penalty(student, shifted(teacher, labels)[0], mask, **options)
 
     def output_groups(self, trainer, task: int, device) -> list[torch.Tensor | None]:
         """The penalty's output groups as index tensors, made once per task (None: all outputs)."""
@@ -183,4 +235,4 @@ class Method(Base):
         return self._padded
 
     def after_task(self, trainer, task: int) -> None:
-        self.cache, self.cache_task = None, None
+        self.cache, self.cache_task, self.offsets = None, None, None

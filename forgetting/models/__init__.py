@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert"}
+MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert",
+          "gpt2": "forgetting.models.causal", "causal": "forgetting.models.causal"}
 
 
 def split_spec(name: str) -> tuple[str, str | None]:

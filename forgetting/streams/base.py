@@ -239,7 +239,8 @@ def concat_inputs(parts: Sequence[Inputs], pad_value: int = 0) -> Inputs:
 
     Tensors are concatenated. Dicts (padded token tensors of text models) are joined key by key;
     values of shape [batch, length] with different lengths are first right-padded to the
-    longest with ``pad_value`` (0: BERT's [PAD] id, and a zero attention mask).
+    longest with ``pad_value`` (0: BERT's [PAD] id, and a zero attention mask); ``labels`` (causal
+    LMs' per-token targets) are padded with -100, the ignored label.
     """
     first = parts[0]
     if isinstance(first, Tensor):
@@ -250,7 +251,8 @@ def concat_inputs(parts: Sequence[Inputs], pad_value: int = 0) -> Inputs:
             values = [p[key] for p in parts]
             if values[0].dim() >= 2:
                 length = max(v.shape[1] for v in values)
-                values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]), value=pad_value)
+                fill = -100 if key == "labels" else pad_value
+                values = [torch.nn.functional.pad(v, (0, 0) * (v.dim() - 2) + (0, length - v.shape[1]), value=fill)
                           for v in values]
             out[key] = torch.cat(values, dim=0)
         return out

@@ -26,6 +26,10 @@ OPTIONS = [
     Option("task_column", str, "task", "text-file stream: the column holding the task name"),
     Option("text_labels", str, [], "text-file stream: the declared classes, in output order; any other label is "
            "an error (none: the labels found, sorted)", nargs="*"),
+    Option("prompt_column", str, "", "text-file stream, causal LMs: the column holding the prompt (with "
+           "--response-column: prompt/response rows, no labels; empty: labelled texts)"),
+    Option("response_column", str, "", "text-file stream, causal LMs: the column holding the response the loss is "
+           "taken on (empty: labelled texts)"),
     Option("text_tasks", str, [], "text-file stream: the tasks to learn, in order (none: all, in order of "
            "first appearance)", nargs="*"),
 ]
@@ -97,11 +101,29 @@ def read_rows(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]
     return rows
 
 
+def read_pairs(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]:
+    """(task, prompt, response) per row, checked: no empty task or response."""
+    cols = {"--task-column": options["task_column"], "--prompt-column": options["prompt_column"],
+            "--response-column": options["response_column"]}
+    table = load_table(path, flag, cols)
+    rows = []
+    for i, (task, prompt, response) in enumerate(zip(*(table[c] for c in cols.values())), 1):
+        for value, col in ((task, options["task_column"]), (response, options["response_column"])):
+            if _missing(value) or not str(value).strip():
+                raise BadInput(f"{flag}: row {i} of {path!r} has an empty {col!r} column")
+        rows.append((str(task), "" if _missing(prompt) else str(prompt), str(response)))
+    if not rows:
+        raise BadInput(f"{flag}: {path!r} has no rows")
+    return rows
+
+
 def build(scenario: str, options: dict):
     options = {**defaults(OPTIONS), **options}
     if not options.get("text_file"):
         raise BadInput("--text-file: the text-file benchmark needs a data file, allowed: a .csv, .tsv, .jsonl, "
                        ".json or .parquet file with text, label and task columns")
+    if options.get("prompt_column") or options.get("response_column"):
+        return build_pairs(scenario, options)
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows = read_rows(path, "--text-file", options)
     test_rows = read_rows(test_path, "--text-test-file", options) if test_path else None
@@ -143,4 +165,43 @@ def build(scenario: str, options: dict):
         raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, classes))
     info = {"source": str(Path(path).expanduser().resolve()),
             "split": f"test file {test_path}" if test_path else "each task split 80/20 stratified, seed 0"}
+    return text_stream("text-file", scenario, raw, options, info)
+
+
+def build_pairs(scenario: str, options: dict):
+    """Prompt/response rows per task, for causal LMs (``--prompt-column`` and ``--response-column``)."""
+    from .lm import wants_lm
+
+    if not (options.get("prompt_column") and options.get("response_column")):
+        missing = "--response-column" if options.get("prompt_column") else "--prompt-column"
+        raise BadInput(f"{missing}: prompt/response rows need both --prompt-column and --response-column")
+    if not wants_lm(options):
+        raise BadInput("--response-column: prompt/response rows need a causal LM, allowed: --model gpt2 or "
+                       "causal:PATH_OR_HUB_ID")
+    path, test_path = options["text_file"], options.get("text_test_file") or ""
+    train_rows = read_pairs(path, "--text-file", options)
+    test_rows = read_pairs(test_path, "--text-test-file", options) if test_path else None
+    order = list(dict.fromkeys(t for t, _, _ in train_rows))
+    chosen = list(options.get("text_tasks") or order)
+    for task in chosen:
+        if task not in order:
+            raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
+    if len(set(chosen)) != len(chosen):
+        raise BadInput(f"--text-tasks: a task is listed twice in {chosen}")
+    raw = []
+    for task in chosen:
+        x = [p for t, p, _ in train_rows if t == task]
+        y = [r for t, _, r in train_rows if t == task]
+        if test_rows is None:
+            x_tr, y_tr, x_te, y_te = split_train_test(task, x, y)
+        else:
+            x_tr, y_tr = x, y
+            x_te = [p for t, p, _ in test_rows if t == task]
+            y_te = [r for t, _, r in test_rows if t == task]
+            if not x_te:
+                raise BadInput(f"--text-test-file: task {task!r} has no rows in {test_path!r}: every task needs "
+                               "test examples")
+        raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, sorted(set(y_tr) | set(y_te))))
+    info = {"source": str(Path(path).expanduser().resolve()), "lm_pairs": True,
+            "split": f"test file {test_path}" if test_path else "each task split 80/20 (stratified where possible), seed 0"}
     return text_stream("text-file", scenario, raw, options, info)

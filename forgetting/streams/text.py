@@ -219,6 +219,9 @@ def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, inf
         for split, texts in (("training", t.train_texts), ("test", t.test_texts)):
             if not texts:
                 raise BadInput(f"task {t.name!r} of {name} has no {split} examples")
+    build_stream = getattr(make_tokenizer, "build_stream", None)
+    if build_stream is not None:  # a causal LM's maker: language-modelling tasks (streams/lm.py)
+        return build_stream(name, scenario, raw, opts, info)
     layout, maps = text_layout(scenario, [t.classes for t in raw])
     targets = [(_targets(t, "training", t.train_labels, m), _targets(t, "test", t.test_labels, m))
                for t, m in zip(raw, maps)]

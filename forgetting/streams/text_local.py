@@ -63,7 +63,9 @@ def build_uci(scenario: str, options: dict):
         texts, labels = read_uci(folder / filename)
         x_tr, y_tr, x_te, y_te = split_train_test(name, texts, labels)
         raw.append(RawTask(name, x_tr, y_tr, x_te, y_te, list(UCI_CLASSES)))
-    info = {"source": str(folder), "split": "each domain split 80/20 stratified, seed 0"}
+    info = {"source": str(folder), "split": "each domain split 80/20 stratified, seed 0",
+            # causal LMs, completion form: the prompt and the answers' words
+            "lm_template": "Review: {text}\nSentiment:", "label_names": {0: "negative", 1: "positive"}}
     return text_stream("uci-sentiment", scenario, raw, options, info)
 
 

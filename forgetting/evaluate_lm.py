@@ -1,0 +1,122 @@
+"""Held-out measures of a causal LM on every task of the stream, at one evaluation point.
+
+Per task, over the tokens of its test set that carry loss (every token of an ``lm`` text, the
+response of a ``completion``):
+
+- ``nll``: mean negative log-likelihood per token (nats; also the row's ``loss``), and
+  ``perplexity`` = exp(nll);
+- ``token_accuracy``: fraction of those tokens that are the model's most likely next token;
+- ``exact_match`` (completion tasks): fraction of examples whose whole response, end-of-text
+  token included, is what greedy decoding from the prompt gives. Computed exactly by teacher
+  forcing: greedy decoding reproduces a response iff each of its tokens is the argmax given the
+  tokens before it, so no generation loop is needed;
+- ``answer_accuracy`` (completion tasks with choices): fraction of examples whose response is
+  the choice with the highest likelihood (sum of its tokens' log-probabilities);
+- ``kl_base``: mean per-token KL(p_base || p_current) over the same tokens, p_base the model at
+  the end of task 0 (run live: full-vocabulary logits per token are too large to cache).
+
+``accuracy`` is the answer accuracy where a task has choices and the token accuracy otherwise,
+so the accuracy matrix, forgetting and transfer of ``metrics`` apply to LM runs unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .causal_lm import IGNORE, loss_mask, shifted
+from .evaluate import SUBSET_SEED
+from .penalty import token_kl_sum
+from .streams.base import TaskStream
+
+# Logits floats per evaluation batch (64 MiB): bounds the batch size for long texts or large vocabularies.
+EVAL_FLOATS = 2**24
+
+
+class LMEvaluator:
+    """Evaluates a causal LM on each task's test set under ``torch.inference_mode`` (same interface as ``Evaluator``)."""
+
+    def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
+        self.stream = stream
+        self.device = device
+        longest = stream.info.get("max_seq_len", 512)
+        self.batch_size = max(1, min(batch_size, EVAL_FLOATS // (longest * stream.layout.n_outputs)))
+        self.index: list[torch.Tensor] = []
+        g = torch.Generator().manual_seed(SUBSET_SEED)
+        for t in stream.tasks:
+            n = len(t.test)
+            self.index.append(torch.randperm(n, generator=g)[:subset].sort().values if 0 < subset < n
+                              else torch.arange(n))
+
+    def _batches(self, task: int):
+        idx = self.index[task]
+        for start in range(0, len(idx), self.batch_size):
+            yield idx[start : start + self.batch_size]
+
+    @staticmethod
+    def _to(inputs: dict, device) -> dict:
+        return {k: v.to(device) for k, v in inputs.items()}
+
+    def _response_logprob(self, model: nn.Module, data, rows: torch.Tensor, response: list[int]) -> torch.Tensor:
+        """Sum of log p(response tokens) per example at ``rows``, with every example given ``response``."""
+        inputs = self._to(data.sequences(rows, [response] * len(rows)), self.device)
+        logits, labels = shifted(model(inputs).float(), inputs["labels"])
+        mask = labels != IGNORE
+        logp = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+        return (logp * mask).sum(1)
+
+    def evaluate_task(self, model: nn.Module, task: int, base_model: nn.Module | None = None) -> dict:
+        data = self.stream.tasks[task].test
+        completion = self.stream.info.get("lm_task") == "completion"
+        sums = {"nll": 0.0, "tokens": 0, "correct": 0, "exact": 0, "answer": 0, "kl": 0.0}
+        n = 0
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                for rows in self._batches(task):
+                    inputs = self._to(data.gather(rows)[0], self.device)
+                    logits = model(inputs).float()
+                    lg, labels = shifted(logits, inputs["labels"])
+                    mask = loss_mask(inputs["labels"])
+                    logp = torch.log_softmax(lg, -1)
+                    target_logp = logp.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
+                    hit = (lg.argmax(-1) == labels) & mask
+                    sums["nll"] -= float((target_logp * mask).sum())
+                    sums["tokens"] += int(mask.sum())
+                    sums["correct"] += int(hit.sum())
+                    sums["exact"] += int((hit.sum(1) == mask.sum(1)).sum())
+                    if base_model is not None:
+                        base = base_model(inputs).float()
+                        kl, _ = token_kl_sum(lg, shifted(base, inputs["labels"])[0], mask)
+                        sums["kl"] += float(kl)
+                    if completion and data.choices:
+                        scores = torch.stack([self._response_logprob(model, data, rows, c) for c in data.choices], 1)
+                        sums["answer"] += int((scores.argmax(1).cpu() == data.targets[rows]).sum())
+                    n += len(rows)
+        finally:
+            model.train(was_training)
+        tokens = max(sums["tokens"], 1)
+        nll = sums["nll"] / tokens
+        token_accuracy = sums["correct"] / tokens
+        answer = sums["answer"] / max(n, 1) if completion and data.choices else float("nan")
+        return {
+            "eval_task": task,
+            "eval_task_name": self.stream.tasks[task].name,
+            "accuracy": answer if not math.isnan(answer) else token_accuracy,
+            "loss": nll,
+            "kl_base": sums["kl"] / tokens if base_model is not None else float("nan"),
+            "n_eval": n,
+            "nll": nll,
+            "perplexity": math.exp(min(nll, 700.0)),
+            "token_accuracy": token_accuracy,
+            "answer_accuracy": answer,
+            "exact_match": sums["exact"] / max(n, 1) if completion else float("nan"),
+            "n_tokens": sums["tokens"],
+        }
+
+    def evaluate(self, model: nn.Module, base_model: nn.Module | None = None) -> list[dict]:
+        """One row per task of the stream, seen and unseen."""
+        return [self.evaluate_task(model, k, base_model) for k in range(len(self.stream))]

@@ -1,0 +1,114 @@
+"""The token-level KL penalty of causal LMs against a float64 hand computation, with padding and prompts."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from forgetting.causal_lm import loss_mask, shifted, token_loss
+from forgetting.penalty import token_kl_penalty
+from forgetting.streams.base import concat_inputs
+
+
+def hand_kl(student, teacher, labels, direction, T):
+    """Mean over (example, position) with labels[b, i+1] != -100 of KL at position i, in float64 loops."""
+    total, n = 0.0, 0
+    B, L, V = student.shape
+    for b in range(B):
+        for i in range(L - 1):
+            if int(labels[b, i + 1]) == -100:
+                continue
+            s = [float(x) / T for x in student[b, i]]
+            t = [float(x) / T for x in teacher[b, i]]
+            zs, zt = math.log(sum(math.exp(x) for x in s)), math.log(sum(math.exp(x) for x in t))
+            ls, lt = [x - zs for x in s], [x - zt for x in t]
+            fwd = sum(math.exp(a) * (a - c) for a, c in zip(lt, ls))
+            rev = sum(math.exp(c) * (c - a) for a, c in zip(lt, ls))
+            total += {"forward": fwd, "reverse": rev, "symmetric": 0.5 * (fwd + rev)}[direction] * T * T
+            n += 1
+    return total / n
+
+
+def batch(seed=0, pad_to=9, vocab=11):
+    """Three sequences: an lm text (loss on every token), a prompt + response, a short one; right-padded."""
+    g = torch.Generator().manual_seed(seed)
+    lengths, prompt = [7, 8, 4], [0, 4, 0]  # prompt tokens after <bos>
+    labels = torch.full((3, pad_to), -100)
+    for b, (n, p) in enumerate(zip(lengths, prompt)):
+        labels[b, 1 + p : n] = torch.randint(vocab, (n - 1 - p,), generator=g)
+    student = torch.randn(3, pad_to, vocab, generator=g) * 2
+    teacher = torch.randn(3, pad_to, vocab, generator=g) * 2
+    return student, teacher, labels
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "symmetric"])
+@pytest.mark.parametrize("T", [1.0, 2.0])
+def test_token_kl_equals_float64_hand_computation(direction, T):
+    student, teacher, labels = batch()
+    s, _ = shifted(student, labels)
+    t, _ = shifted(teacher, labels)
+    got = token_kl_penalty(s, t, loss_mask(labels), direction=direction, temperature=T)
+    assert got.dtype == torch.float32
+    assert got.item() == pytest.approx(hand_kl(student.double(), teacher.double(), labels, direction, T), rel=1e-5)
+    # one position per chunk gives the same value
+    small = token_kl_penalty(s, t, loss_mask(labels), direction=direction, temperature=T, chunk_floats=1)
+    assert small.item() == pytest.approx(got.item(), rel=1e-6)
+
+
+def test_padding_and_prompt_positions_contribute_nothing():
+    student, teacher, labels = batch()
+    mask = loss_mask(labels)
+    value = token_kl_penalty(shifted(student, labels)[0], shifted(teacher, labels)[0], mask)
+    # anything at positions that carry no loss (prompt, padding, the last position) changes nothing
+    noisy_s, noisy_t = student.clone(), teacher.clone()
+    off = torch.ones_like(student[..., 0], dtype=torch.bool)
+    off[:, :-1] = ~mask
+    noisy_s[off] = 100.0 * torch.randn_like(noisy_s[off])
+    noisy_t[off] = -50.0
+    again = token_kl_penalty(shifted(noisy_s, labels)[0], shifted(noisy_t, labels)[0], mask)
+    assert torch.equal(value, again)
+    # the same examples padded to a longer length (garbage logits on the padding): the same mean
+    pad = 5
+    longer_l = torch.cat([labels, torch.full((3, pad), -100)], 1)
+    longer_s = torch.cat([student, torch.randn(3, pad, student.shape[-1]) * 9], 1)
+    longer_t = torch.cat([teacher, torch.randn(3, pad, teacher.shape[-1]) * 9], 1)
+    padded = token_kl_penalty(shifted(longer_s, longer_l)[0], shifted(longer_t, longer_l)[0], loss_mask(longer_l))
+    assert padded.item() == pytest.approx(value.item(), rel=1e-6)
+
+
+def test_chunked_gradient_equals_unchunked_and_nothing_masked_is_zero():
+    student, teacher, labels = batch(seed=3)
+    grads = []
+    for chunk in (2**22, 11, 1):
+        s = student.clone().requires_grad_(True)
+        token_kl_penalty(shifted(s, labels)[0], shifted(teacher, labels)[0], loss_mask(labels),
+                         chunk_floats=chunk).backward()
+        grads.append(s.grad)
+        assert torch.all(s.grad[:, -1] == 0)  # the last position predicts nothing
+    assert torch.allclose(grads[0], grads[1], atol=1e-7) and torch.allclose(grads[0], grads[2], atol=1e-7)
+    none = torch.full_like(labels, -100)
+    s = student.clone().requires_grad_(True)
+    zero = token_kl_penalty(shifted(s, none)[0], shifted(teacher, none)[0], loss_mask(none))
+    assert zero.item() == 0.0
+    zero.backward()
+    assert torch.all(s.grad == 0)
+
+
+def test_token_loss_is_the_mean_over_tokens_that_carry_loss():
+    student, _, labels = batch(seed=5)
+    logp = torch.log_softmax(student.double(), -1)
+    nll = [-float(logp[b, i, labels[b, i + 1]]) for b in range(3) for i in range(student.shape[1] - 1)
+           if labels[b, i + 1] != -100]
+    assert token_loss(student, labels).item() == pytest.approx(sum(nll) / len(nll), rel=1e-6)
+
+
+def test_replayed_labels_are_padded_with_the_ignore_index():
+    a = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+         "labels": torch.full((2, 3), 7)}
+    b = {"input_ids": torch.ones(1, 5, dtype=torch.long), "attention_mask": torch.ones(1, 5, dtype=torch.long),
+         "labels": torch.full((1, 5), 7)}
+    joined = concat_inputs([a, b])
+    assert joined["labels"].shape == (3, 5)
+    assert torch.all(joined["labels"][:2, 3:] == -100) and torch.all(joined["attention_mask"][:2, 3:] == 0)
