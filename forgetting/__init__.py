@@ -20,8 +20,8 @@ def __getattr__(name):
         from importlib import import_module
 
         return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
-    if name == "run":  # the module forgetting.run, which is also callable: forgetting.run(method="kl", ...)
+    if name in ("run", "plot"):  # forgetting.run is also callable: forgetting.run(method="kl", ...)
         from importlib import import_module
 
-        return import_module(f"{__name__}.run")
+        return import_module(f"{__name__}.{name}")
     raise AttributeError(f"module 'forgetting' has no attribute {name!r}")

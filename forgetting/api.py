@@ -41,7 +41,8 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
 
     Config columns are the flat fields (``model``, ``epochs``, ``lr``, ...) and every option as
     ``method.kl_lambda``, ``stream.n_tasks``, ``model.hidden``, ... so runs that differ in any
-    option are told apart without opening ``config.json``; ``status`` is the run's manifest status.
+    option are told apart without opening ``config.json``; ``status``, ``tasks_completed`` and
+    ``wall_time_s`` are the run's manifest's (so ``forgetting.plot.figures`` can draw from this frame).
     """
     from .report_runs import load_runs
 
@@ -55,8 +56,39 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
             for name, value in (cfg.get(key) or {}).items():
                 columns[f"{section}.{name}"] = value if not isinstance(value, list) else tuple(value)
         columns["status"] = r.status
+        columns["tasks_completed"] = r.tasks_completed
+        columns["wall_time_s"] = r.wall_time_s
         frame = r.rows.copy()
         for k, v in columns.items():
             frame[k] = [v] * len(frame)
         frames.append(frame)
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def runs_from_frame(df: pd.DataFrame) -> list:
+    """The runs of a ``load_results`` frame (or any subset of its rows) as the reports read them."""
+    from .report_runs import Run
+    from .results import METRIC_COLUMNS
+
+    needed = [c for c in ("run_id", "status", "tasks_completed") if c not in df.columns]
+    if needed:
+        from .errors import BadInput
+
+        raise BadInput(f"not a frame from forgetting.load_results: no column {', '.join(needed)}")
+    runs = []
+    for run_id, g in df.groupby("run_id", sort=False):
+        first = g.iloc[0]
+
+        def present(v):
+            return not (isinstance(v, float) and v != v)  # NaN: an option this run's components lack
+
+        config = {k: first[k] for k in ("benchmark", "scenario", "method", "seed", "model", "epochs", "batch_size",
+                                        "lr", "eval_every", "eval_subset") if k in g.columns and present(first[k])}
+        for section, key in (("method", "hparams"), ("model", "model_options"), ("stream", "stream_options")):
+            config[key] = {c.split(".", 1)[1]: first[c] for c in g.columns
+                           if c.startswith(section + ".") and present(first[c])}
+        manifest = {"run_id": run_id, "status": first["status"], "completed_tasks": int(first["tasks_completed"]),
+                    "wall_time_s": first.get("wall_time_s")}
+        rows = g[[c for c in METRIC_COLUMNS if c in g.columns]].reset_index(drop=True)
+        runs.append(Run(Path(str(run_id)), config, manifest, rows))
+    return runs

@@ -20,16 +20,35 @@ from .options import Option
 
 SCHEMA_VERSION = 2
 
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("none", "cosine", "step")
+AMP = ("off", "bf16", "fp16")
+
 # The loop's own options (methods, models and streams declare theirs).
 LOOP_OPTIONS = [
     Option("epochs", int, 5, "epochs per task", minimum=1),
     Option("batch_size", int, 32, "training batch size", minimum=1),
-    Option("lr", float, 1e-3, "learning rate (Adam; a fresh optimiser per task)", minimum=0.0, exclusive_minimum=True),
+    Option("lr", float, 1e-3, "learning rate (a fresh optimiser per task)", minimum=0.0, exclusive_minimum=True),
     Option("seed", int, 0, "seed of model initialisation, shuffling and dropout", minimum=0, maximum=2**32 - 1),
     Option("eval_every", int, 0, "also evaluate every N training steps (0: after every epoch only)", minimum=0),
     Option("eval_batch_size", int, 1024, "evaluation batch size", minimum=1),
     Option("eval_subset", int, 0, "evaluate each task on a fixed random subset of this many test examples "
            "(0: the whole test set); for long runs", minimum=0),
+    # training recipes (forgetting/optim.py builds them)
+    Option("optimizer", str, "adam", "optimiser, fresh for each task: adam, adamw (decoupled weight decay) or sgd",
+           choices=OPTIMIZERS),
+    Option("momentum", float, 0.0, "SGD momentum (sgd only)", minimum=0.0, maximum=1.0),
+    Option("weight_decay", float, 0.0, "weight decay (L2 for sgd and adam, decoupled for adamw)", minimum=0.0),
+    Option("lr_schedule", str, "none", "learning-rate schedule over each task's epochs, stepped per epoch: none, "
+           "cosine (lr (1 + cos(pi e / E)) / 2 in epoch e) or step (x --lr-gamma at each of --lr-milestones)",
+           choices=SCHEDULES),
+    Option("warmup_epochs", int, 0, "epochs of linear learning-rate warm-up at the start of each task", minimum=0),
+    Option("lr_milestones", int, [], "epochs (1-based counts of finished epochs) after which the step schedule "
+           "multiplies the rate by --lr-gamma", minimum=1, nargs="*"),
+    Option("lr_gamma", float, 0.1, "factor of the step schedule", minimum=0.0, exclusive_minimum=True, maximum=1.0),
+    Option("grad_clip", float, 0.0, "clip the gradients' total L2 norm to this before each step (0: off)", minimum=0.0),
+    Option("amp", str, "off", "mixed precision of the loop: off, or bf16/fp16 autocast of the student's forward pass "
+           "and task loss (CUDA only; penalties and teachers stay fp32)", choices=AMP),
 ]
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
 LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}
@@ -61,6 +80,7 @@ class RunConfig:
     data_dir: str | None = None
     results_dir: str = "results"
     progress: bool = True
+    log_to: list[str] = field(default_factory=list)  # experiment trackers (forgetting.tracking)
 
     # --- read-only views with the flat names used across the code ----------------------------
     @property
@@ -106,7 +126,7 @@ class RunConfig:
         if d.get("schema_version", SCHEMA_VERSION) != SCHEMA_VERSION:
             raise ValueError(f"config schema version {d.get('schema_version')!r}, expected {SCHEMA_VERSION}")
         comp = {k: Component(**d[k]) for k in ("stream", "model", "method") if k in d}
-        rest = {k: d[k] for k in ("loop", "device", "data_dir", "results_dir", "progress") if k in d}
+        rest = {k: d[k] for k in ("loop", "device", "data_dir", "results_dir", "progress", "log_to") if k in d}
         return cls(**comp, **rest)
 
     def hashed_dict(self) -> dict[str, Any]:
@@ -136,4 +156,5 @@ def flat_view(d: dict[str, Any]) -> dict[str, Any]:
         "stream_options": {k: v for k, v in {**stream.get("options", {}), **stream.get("settings", {})}.items()
                            if k != "scenario"},
         **{k: d.get(k) for k in ("device", "data_dir", "results_dir", "progress", "schema_version")},
+        "log_to": d.get("log_to") or [],
     }

@@ -12,12 +12,14 @@ EXTRAS = {  # extra -> the top-level modules it brings
     "avalanche": ("avalanche", "torchvision", "quadprog"),
     "ray": ("ray",),
     "lm": ("transformers", "tokenizers", "peft"),
+    "track": ("tensorboard", "mlflow", "wandb"),
 }
 
 
-def require(extra: str, what: str) -> None:
-    """BadInput naming the extra when one of its modules is missing (checked without importing them)."""
-    missing = [m for m in EXTRAS[extra] if find_spec(m) is None]
+def require(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """BadInput naming the extra when one of its modules (or of ``modules``, the ones ``what`` needs) is
+    missing (checked without importing them)."""
+    missing = [m for m in (modules or EXTRAS[extra]) if find_spec(m) is None]
     if missing:
         raise BadInput(f"{what} needs the [{extra}] extra ({', '.join(missing)} not installed): "
                        f"pip install 'forgetting[{extra}]'")

@@ -2,25 +2,30 @@
 
 Reads only run directories (config.json, manifest.json, metrics.csv), so it works on results
 copied from another machine. One figure set per benchmark and scenario: in ``DIR`` itself when
-there is one, else in ``DIR/<benchmark>-<scenario>/``; ``summary.md`` and ``summary.csv`` cover all.
+there is one, else in ``DIR/<benchmark>-<scenario>/``; ``summary.md``, ``summary.csv``, ``runs.csv``
+(one row per run with every config field) and ``report.html`` (all of it on one page) cover all.
 """
 
 from __future__ import annotations
 
+import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
+from .results import atomic_write_text
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
-    """Read every run under ``paths`` and write the figures and summary into ``out``; the files written.
+def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None) -> list[Path]:
+    """Read every run under ``paths`` and write the figures, the summary, ``runs.csv`` and ``report.html``
+    into ``out``; the files written. ``command`` is shown in the page as what made it.
 
     BadInput (nothing written) for a path without runs, a corrupt file, or an unknown schema version.
     """
     from .report_figures import figure_set
-    from .report_runs import load_runs
+    from .report_html import write_html
+    from .report_runs import load_runs, runs_config_table
     from .report_summary import reference_accuracies, run_table, write_summary
 
     if not paths:
@@ -35,11 +40,44 @@ def write_report(paths: Sequence[str | Path], out: str | Path) -> list[Path]:
         sets.setdefault((r.benchmark, r.scenario), []).append(r)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    figures: dict[tuple[str, str], list[Path]] = {}
     for (bench, scen), group in sorted(sets.items()):
         sub = out if len(sets) == 1 else out / f"{bench}-{scen}"
         ids = {r.run_id for r in group}
-        written += figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub)
-    return written + write_summary(table, out, reference_accuracies(runs))
+        figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub)
+        written += figures[bench, scen]
+    written += write_summary(table, out, reference_accuracies(runs))
+    configs = runs_config_table(runs)
+    runs_csv = out / "runs.csv"  # one row per run: its numbers, every config field, its command
+    atomic_write_text(runs_csv, table.merge(configs[["run_id"] + [c for c in configs if c not in table]],
+                                            on="run_id", how="left").to_csv(index=False))
+    command = command or " ".join(["python -m forgetting.plot", *map(str, paths), "--out", str(out)])
+    html = write_html(out, table, figures, dict(zip(configs["run_id"], configs["command"])), command)
+    return written + [runs_csv, html]
+
+
+def figures(df) -> dict:
+    """The report's figures as matplotlib figures, by name (``forgetting_curves``, ...; prefixed with
+    ``benchmark-scenario/`` when ``df`` holds several), from a ``forgetting.load_results`` frame or any
+    subset of its rows; nothing is written. Close them with ``matplotlib.pyplot.close``."""
+    from .api import runs_from_frame
+    from .report_figures import Collect, figure_set
+    from .report_summary import run_table
+
+    runs = runs_from_frame(df)
+    if not runs:
+        raise BadInput("no runs in the frame: load some with forgetting.load_results(path)")
+    table = run_table(runs)
+    sets: dict[tuple[str, str], list] = {}
+    for r in runs:
+        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    out: dict = {}
+    for (bench, scen), group in sorted(sets.items()):
+        got = Collect()
+        ids = {r.run_id for r in group}
+        figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got)
+        out.update({(name if len(sets) == 1 else f"{bench}-{scen}/{name}"): fig for name, fig in got.items()})
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,7 +93,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
     ns = p.parse_args(argv)
     try:
-        files = write_report(ns.results, ns.out)
+        command = shlex.join(["python", "-m", "forgetting.plot", *(sys.argv[1:] if argv is None else argv)])
+        files = write_report(ns.results, ns.out, command=command)
     except BadInput as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

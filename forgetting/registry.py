@@ -25,6 +25,8 @@ from typing import Any, Callable, Iterable
 from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
 from .errors import BadInput
 from .extras import require
+from .optim import check as check_recipe
+from .tracking import check as tracking_check
 from .options import Option
 
 KINDS = ("stream", "model", "method")
@@ -340,11 +342,13 @@ def resolve(config: RunConfig) -> RunConfig:
     if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
         require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
+    check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")
     return RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
-                     data_dir=config.data_dir, results_dir=str(config.results_dir), progress=bool(config.progress))
+                     data_dir=config.data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
+                     log_to=tracking_check(config.log_to))
 
 
 def gather(benchmark: str = "split-digits", model: str = "mlp", method: str = "kl", values: dict | None = None,
@@ -387,14 +391,15 @@ def _refuse(key: str, chosen: dict[str, str]) -> None:
 def make_config(benchmark: str = "split-digits", scenario: str | None = None, model: str = "mlp", method: str = "kl",
                 hparams: dict | None = None, model_options: dict | None = None, stream_options: dict | None = None,
                 device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
-                progress: bool = True, **options) -> RunConfig:
+                progress: bool = True, log_to: list[str] | tuple[str, ...] = (), **options) -> RunConfig:
     """A resolved config from Python: the components by name and any of their options as keywords
     (``make_config(method="kl", kl_lambda=0.5, epochs=2)``); the same checks and run id as the CLI."""
     values = {**(stream_options or {}), **(model_options or {}), **(hparams or {}), **options}
     if scenario is not None:
         values["scenario"] = scenario
     return resolve(gather(benchmark, model, method, values, device=device, data_dir=data_dir,
-                          results_dir=str(results_dir), progress=progress))
+                          results_dir=str(results_dir), progress=progress,
+                          log_to=[log_to] if isinstance(log_to, str) else list(log_to)))
 
 
 __all__ = ["ModelSpec", "RUNNERS", "build_methods", "build_model", "gather", "make_config", "method_classes", "method_options", "model", "names",

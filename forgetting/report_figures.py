@@ -31,7 +31,17 @@ FORMATS = ("png", "svg")
 SEQUENTIAL = ["Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd", "BuGn", "RdPu"]
 
 
+class Collect(dict):
+    """A destination that keeps the figures by name instead of writing them (``forgetting.plot.figures``)."""
+
+    def mkdir(self, *args, **kwargs) -> None:
+        pass
+
+
 def save(fig, out: Path, name: str) -> list[Path]:
+    if isinstance(out, Collect):
+        out[name] = fig
+        return []
     paths = []
     for fmt in FORMATS:
         p = out / f"{name}.{fmt}"

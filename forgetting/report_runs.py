@@ -25,7 +25,7 @@ REQUIRED_COLUMNS = ["run_id", "benchmark", "scenario", "method", "lambda", "seed
 INT_COLUMNS = ["seed", "trained_task", "epoch", "global_step", "eval_task"]
 FLOAT_COLUMNS = ["lambda", "accuracy", "kl_base"]
 # Config keys that say where or how a run was executed, not what it computed.
-NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "schema_version")
+NOT_EXPERIMENT = ("seed", "data_dir", "results_dir", "device", "progress", "log_to", "schema_version")
 
 
 @dataclass
@@ -202,3 +202,53 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     for r in sorted(runs, key=lambda r: not r.complete):
         by_id.setdefault(r.run_id, r)
     return sorted(by_id.values(), key=lambda r: (r.benchmark, r.scenario, r.method, r.lam, r.seed, r.run_id))
+
+
+# --- one row per run with its whole config (runs.csv) ---------------------------------------
+LOOP_FIELDS = ("epochs", "batch_size", "lr", "seed", "eval_every", "eval_batch_size", "eval_subset")
+SECTIONS = (("method", "hparams"), ("model", "model_options"), ("stream", "stream_options"))
+
+
+def config_columns(cfg: dict) -> dict:
+    """A run's flat config as columns: top-level fields by name (``epochs``, ``device``, ...) and each
+    component's option as ``method.kl_lambda``, ``model.hidden``, ``stream.n_tasks`` (lists as JSON text)."""
+    def cell(v):
+        return json.dumps(v) if isinstance(v, (list, tuple)) else v
+
+    out = {k: cell(v) for k, v in cfg.items() if not isinstance(v, dict) and k != "schema_version"}
+    for section, key in SECTIONS:
+        out.update({f"{section}.{k}": cell(v) for k, v in sorted((cfg.get(key) or {}).items())})
+    return out
+
+
+def _flag(name: str, value) -> list[str]:
+    import shlex
+
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool):
+        return [flag if value else "--no-" + name.replace("_", "-")]
+    if isinstance(value, (list, tuple)):
+        return [flag, *(shlex.quote(str(v)) for v in value)]
+    return [flag, shlex.quote(repr(value) if isinstance(value, float) else str(value))]  # repr: exact
+
+
+def run_command(cfg: dict) -> str:
+    """The ``python -m forgetting.run`` command line that computes this run again (the same run id):
+    its components and every option it recorded; where it ran (device, paths) is left to the reader."""
+    parts = ["python", "-m", "forgetting.run"]
+    for flag, key in (("benchmark", "benchmark"), ("scenario", "scenario"), ("model", "model"), ("method", "method")):
+        if cfg.get(key) is not None:
+            parts += _flag(flag, cfg[key])
+    for _, key in reversed(SECTIONS):
+        for k, v in sorted((cfg.get(key) or {}).items()):
+            parts += _flag(k, v)
+    for k in LOOP_FIELDS:
+        if cfg.get(k) is not None:
+            parts += _flag(k, cfg[k])
+    return " ".join(parts)
+
+
+def runs_config_table(runs: list[Run]) -> pd.DataFrame:
+    """Per run id: every config field as a column and the command that computes the run again."""
+    return pd.DataFrame([{"run_id": r.run_id, **config_columns(r.config), "command": run_command(r.config)}
+                         for r in runs])

@@ -19,7 +19,9 @@ from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from . import progress
 from .config import SCHEMA_VERSION, RunConfig
+from .tracking import Trackers
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -107,6 +109,8 @@ class RunWriter:
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
         self.checkpoints = checkpoints
+        self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
+        self._tracking = False
         self.manifest: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "run_id": config.run_id,
@@ -133,14 +137,26 @@ class RunWriter:
         atomic_write_json(self.dir / CONFIG, self.config.to_dict())
         self.write_metrics()
         self.write_manifest()
+        if self.trackers:
+            self.trackers.start(self.config.to_dict(), self.dir)
+            self._tracking = True
         return self
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.t0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
+        rows = list(rows)
         self.rows.extend(rows)
         self.write_metrics()
+        progress.evaluation(rows, enabled=self.config.progress)
+        if self._tracking:
+            self.trackers.rows(rows)
+
+    def add_losses(self, step: int, parts: dict[str, float]) -> None:
+        """The training losses of one optimiser step (total, data and each penalty): to the trackers only."""
+        if self._tracking:
+            self.trackers.losses(step, parts)
 
     def write_metrics(self) -> None:
         df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
@@ -170,6 +186,10 @@ class RunWriter:
 
     def finish(self, status: str, error: str | None = None) -> None:
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
+        if self._tracking:
+            self._tracking = False
+            self.trackers.artifacts([self.dir / CONFIG, self.dir / METRICS, self.dir / MANIFEST])
+            self.trackers.finish(status)
 
 
 def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:

@@ -22,6 +22,7 @@ from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
 from .options import Option
 from .checkpoint import last_boundary, restore_boundary
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
+from .tracking import TRACKERS
 
 
 def _add_option(group, o: Option) -> None:
@@ -119,10 +120,15 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
     g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
                    "finished task (checkpoints are saved at every task boundary)")
     g.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
+    g.add_argument("--log-to", action="append", default=None, metavar="{" + ",".join(TRACKERS) + "}",
+                   help="also stream the config, every evaluation and the training losses to an experiment "
+                        "tracker (repeatable; never changes the run id): tensorboard (RUN_DIR/tensorboard), "
+                        "mlflow ($MLFLOW_TRACKING_URI, else sqlite:///RESULTS_DIR/mlflow.db), wandb (offline "
+                        "under RUN_DIR/wandb unless $WANDB_MODE says otherwise); needs the [track] extra")
     return p
 
 
-NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config")
+NOT_OPTIONS = (*TOP_LEVEL, "force", "resume", "quiet", "config", "log_to")
 
 
 def _version() -> str:
@@ -145,8 +151,12 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     for key in ("benchmark", "model", "method", "device", "results_dir"):
         if not isinstance(top[key], str):
             raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
-    config = registry.gather(top["benchmark"], top["model"], top["method"], given, device=top["device"],
-                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet)
+    log_to = getattr(ns, "log_to", None) or from_file.get("log_to", [])
+    log_to = [log_to] if isinstance(log_to, str) else log_to
+    config = registry.gather(top["benchmark"], top["model"], top["method"],
+                             {k: v for k, v in given.items() if k != "log_to"}, device=top["device"],
+                             data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet,
+                             log_to=log_to)
     resolved = registry.resolve(config)
     resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
     return resolved

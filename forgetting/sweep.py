@@ -245,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-report", action="store_true", help="do not write the plots and summary")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is complete; run nothing")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--log-to", action="append", default=[], metavar="{tensorboard,mlflow,wandb}",
+                   help="stream every run to an experiment tracker, and the report's figures as files of a "
+                        "run named 'report' (repeatable; see python -m forgetting.run --help)")
     return p
 
 
@@ -260,6 +263,9 @@ def check_args(ns: argparse.Namespace) -> None:
     if ns.data_dir is not None and not Path(ns.data_dir).is_dir():
         raise BadInput(f"--data-dir: {ns.data_dir!r} is not a directory")
     ensure_writable(ns.results_dir)
+    from . import tracking
+
+    ns.log_to = tracking.check(ns.log_to)
     if ns.executor == "ray":
         import_ray()
 
@@ -287,6 +293,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         for r in runs:
             print(f"{r.state:<10} {r.config.run_id}  {describe(r.config)}")
         return 0
+    for r in runs:  # never part of a run id
+        r.config.log_to = list(ns.log_to)
+    if ns.log_to and not ns.list:
+        from .tracking import prepare_stores
+
+        prepare_stores(ns.log_to, ns.results_dir)  # one store made before the workers share it
     todo = [r.config for r in runs if r.state != "complete"]
     done_before = len(runs) - len(todo)
     say(f"{PROG}: {len(runs)} runs in {', '.join(ns.suites)}: {done_before} already complete, "
@@ -300,17 +312,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]:
-    from tqdm.auto import tqdm
+    from . import progress
 
     labels = {c.run_id: describe(c) for c in todo}
     outcomes: dict[str, Outcome] = {}
-    bar = tqdm(total=len(todo), desc="sweep", unit="run", disable=ns.quiet or not todo, dynamic_ncols=True)
+    bar = progress.bar(len(todo), "sweep", not ns.quiet and bool(todo), unit="run", per_update=True)
 
     def on_result(o: Outcome) -> None:
         outcomes[o.run_id] = o
-        bar.update(1)
         failed = sum(x.status in ("failed", "interrupted") for x in outcomes.values())
-        bar.set_postfix(failed=failed, refresh=True)
+        bar.set_postfix(failed=failed, refresh=False)
+        bar.update(1)
         if o.status in ("failed", "interrupted"):
             bar.write(f"{PROG}: run {o.run_id} ({labels[o.run_id]}) {o.status}: {o.error}", file=sys.stderr)
 
@@ -391,6 +403,10 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
             if table:
                 print(table)
             print(f"tables and figures ({len(files)} files): {out}")
+            if ns.log_to:
+                from .tracking import log_report
+
+                log_report(ns.log_to, files, out, ns.results_dir)
     print(f"results: {ns.results_dir} (log of this sweep: {log})")
     if failed:
         print(f"{PROG}: {len(failed)} of {len(runs)} runs failed:", file=sys.stderr)

@@ -8,14 +8,15 @@ from collections import defaultdict
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
+from . import progress
 from .config import RunConfig
 from .errors import RunFailed
 from .causal_lm import is_lm
 from .evaluate import Evaluator
 from .evaluate_lm import LMEvaluator
 from .methods.base import Method
+from . import optim
 from .streams.base import TaskStream
 
 
@@ -59,6 +60,9 @@ class Trainer:
         self.global_step = 0
         self.current_task = 0  # the task being trained (its active outputs in ``class``)
         self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler = None  # per-epoch learning-rate schedule (optim.py), fresh per task
+        optim.check_device(config.amp, device)
+        self.scaler = optim.grad_scaler(device, config.amp)
         self.method_name = "+".join(m.name for m in methods)
         self.strength = next((m.strength() for m in methods if m.strength_option), 0.0)
         loss_changers = [m for m in methods if m.changes_task_loss]
@@ -74,18 +78,18 @@ class Trainer:
             self.train_task(t)
 
     def new_optimizer(self) -> torch.optim.Optimizer:
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(params, lr=self.config.lr)
+        """The optimiser of the loop options (Adam by default), over the trainable parameters."""
+        return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
 
     def train_task(self, t: int) -> None:
         self.current_task = t
         self.optimizer = self.new_optimizer()
+        self.scheduler = optim.build_scheduler(self.optimizer, self.config)
         for m in self.methods:
             m.before_task(self, t)
         task = self.stream.tasks[t]
         steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
-        bar = tqdm(total=steps_per_epoch * self.config.epochs, desc=f"task {t} {task.name}", leave=False,
-                   disable=not self.config.progress, dynamic_ncols=True)
+        bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", self.config.progress)
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
@@ -96,8 +100,12 @@ class Trainer:
                 n_batches += 1
                 bar.update(1)
                 bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
+                if self.recorder is not None:
+                    self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:
                     self.record("step", t, epoch, sums["loss"] / n_batches)
+            if self.scheduler is not None:
+                self.scheduler.step()
             self.record("epoch", t, epoch, sums["loss"] / max(n_batches, 1))
         bar.close()
         for m in self.methods:
@@ -126,7 +134,10 @@ class Trainer:
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""
         self.model.train()
-        logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+        with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
+            logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+        if self.config.amp != "off":
+            logits, data_loss = logits.float(), data_loss.float()
         for m in self.methods:
             terms.update(m.penalties(self, batch, logits, t))
         total = data_loss
@@ -138,10 +149,19 @@ class Trainer:
                             f"epoch {epoch}, step {self.global_step + 1}",
                             task=t, epoch=epoch, step=self.global_step + 1, loss=value)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        if self.scaler is None:
+            total.backward()
+        else:  # fp16: scaled loss, gradients unscaled before the hooks and clipping see them
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
         for m in self.methods:
             m.after_backward(self, t)
-        self.optimizer.step()
+        optim.clip(self.model, self.config.grad_clip)
+        if self.scaler is None:
+            self.optimizer.step()
+        else:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.global_step += 1
         for m in self.methods:
             m.after_step(self, t)

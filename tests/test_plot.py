@@ -51,7 +51,8 @@ def report(sweep, tmp_path_factory):
 
 def test_every_file_is_written_and_every_image_decodes_at_its_size(report):
     out, files = report
-    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | {out / "summary.csv", out / "summary.md"}
+    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | \
+        {out / "summary.csv", out / "summary.md", out / "runs.csv", out / "report.html"}
     assert set(files) == expected
     for name, (w, h) in SIZES.items():
         img = mpimg.imread(out / f"{name}.png")

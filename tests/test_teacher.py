@@ -2,6 +2,8 @@
 
 import copy
 
+import numpy as np
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -137,3 +139,60 @@ def test_trainer_kl_step_equals_train_epoch_kl_reg():
     train_epoch_kl_reg(reference, tr.previous_model, batch.inputs, batch.targets, opt_ref, F.cross_entropy, 0.5)
     for (k, va), vb in zip(tr.model.state_dict().items(), reference.state_dict().values()):
         assert torch.equal(va, vb), f"{k} differs"
+
+
+# --- ResNet-18 (BatchNorm): the same invariants on tiny images --------------------------------------
+
+
+def tiny_image_stream(scenario="class"):
+    """4 classes of random 3x8x8 images in 2 tasks: the reduced ResNet-18 runs on them in well under a second."""
+    from forgetting.streams.splits import class_split_stream
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(4), 12)
+    x = rng.normal(size=(len(y), 3, 8, 8)).astype(np.float32) + y[:, None, None, None]  # learnable
+    return class_split_stream("tiny-images", scenario, x, y, x[::3], y[::3], [(0, 1), (2, 3)], (3, 8, 8))
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_resnet18_teacher_unchanged_through_fine_tuning_bn_stats_included(cache):
+    from forgetting.models.resnet import ReducedResNet18
+    from forgetting.registry import build_model
+
+    stream = tiny_image_stream()
+    config = make_config(method="kl", model="resnet18", scenario="class", epochs=2, batch_size=8, lr=1e-2,
+                         teacher_cache=cache, resnet_width=4, progress=False, device="cpu")
+    torch.manual_seed(0)
+    model = build_model("resnet18", stream, {"resnet_width": 4})
+    assert isinstance(model, ReducedResNet18) and any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    tr = Trainer(config, stream, model, build_methods("kl", config.hparams), torch.device("cpu"))
+    tr.train_task(0)
+    teacher = tr.previous_model
+    saved = state_copy(teacher)
+    assert any(k.endswith("running_mean") for k in saved) and any(k.endswith("num_batches_tracked") for k in saved)
+    student_before = state_copy(tr.model)
+    tr.train_task(1)
+    x = stream.tasks[1].test.inputs
+    assert_frozen_teacher(teacher, saved, x)  # weights, running stats and the batch counter bitwise unchanged
+    moved = [k for k in student_before if not torch.equal(tr.model.state_dict()[k], student_before[k])]
+    assert any(k.endswith("running_mean") for k in moved) and any(k.endswith("weight") for k in moved)
+
+
+def test_resnet18_shapes_and_options():
+    from forgetting.models.resnet import ReducedResNet18, TorchvisionResNet18
+    from forgetting.registry import build_model
+    from forgetting.errors import BadInput
+
+    stream = tiny_image_stream("task")
+    reduced = build_model("resnet18", stream, {})
+    assert isinstance(reduced, ReducedResNet18) and reduced.head.in_features == 8 * 20  # GEM's nf=20
+    assert reduced.eval()(stream.tasks[0].test.inputs).shape == (8, 4)
+    # GEM's reduced ResNet-18 for CIFAR-100 has 1.09M parameters, Mammoth's (nf=64) for CIFAR-10 11.17M
+    assert sum(p.numel() for p in ReducedResNet18(3, 100, 20).parameters()) == 1_109_240
+    assert sum(p.numel() for p in ReducedResNet18(3, 10, 64).parameters()) == 11_173_962
+    tv = build_model("resnet18", stream, {"resnet_variant": "torchvision"})
+    assert isinstance(tv, TorchvisionResNet18) and tv.head.in_features == 512
+    with pytest.raises(BadInput, match="--resnet-width: bad value 0"):
+        build_model("resnet18", stream, {"resnet_width": 0})
+    with pytest.raises(BadInput, match="needs tensor inputs|reads tensor inputs"):
+        make_config(benchmark="uci-sentiment", model="resnet18", data_dir=None)

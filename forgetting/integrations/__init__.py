@@ -27,6 +27,8 @@ class AvalancheMethod:
     strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
+    scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")  # where the strategy is defined
+    multi_head: ClassVar[bool] = True  # in ``task``, hand Avalanche our model as multi-head (TaskLabelled)
 
     def __init__(self, **hparams):
         self.hparams = hparams
@@ -140,9 +142,97 @@ class AvalancheJoint(AvalancheMethod):
     name, strategy = "avalanche-joint", "JointTraining"
 
 
+class AvalancheDER(AvalancheMethod):
+    """DER / DER++ (Buzzega et al. 2020) as Avalanche implements it: a class-balanced buffer whose logits are
+    computed after each experience (not at the step), one joint forward pass, unmasked cross-entropy."""
+
+    name, strategy = "avalanche-der", "DER"
+    multi_head = False  # Avalanche's DER computes the buffer's logits with model(x): one output layer
+    options = [
+        Option("av_der_mem_size", int, 200, "Avalanche DER: mem_size, examples in the buffer", minimum=1),
+        Option("av_der_alpha", float, 0.1, "Avalanche DER: alpha, weight of the MSE to the stored logits", minimum=0.0),
+        Option("av_der_beta", float, 0.5, "Avalanche DER: beta, weight of the buffer's cross-entropy (0: DER, "
+               "above 0: DER++)", minimum=0.0),
+        Option("av_der_batch_size_mem", int, 0, "Avalanche DER: batch_size_mem (0: --batch-size)", minimum=0),
+    ]
+    strength_option = "av_der_alpha"
+
+    def strategy_kwargs(self):
+        h = self.hparams
+        return {"mem_size": h["av_der_mem_size"], "alpha": h["av_der_alpha"], "beta": h["av_der_beta"],
+                "batch_size_mem": h["av_der_batch_size_mem"] or None}
+
+
+class AvalancheERACE(AvalancheMethod):
+    """ER-ACE (Caccia et al. 2022): replay with the asymmetric cross-entropy (new examples compete only
+    among the classes of their batch)."""
+
+    name, strategy = "avalanche-er-ace", "ER_ACE"
+    options = [
+        Option("av_erace_mem_size", int, 200, "Avalanche ER_ACE: mem_size, examples in the buffer", minimum=1),
+        Option("av_erace_batch_size_mem", int, 10, "Avalanche ER_ACE: batch_size_mem, buffer examples per step",
+               minimum=1),
+    ]
+
+    def strategy_kwargs(self):
+        return {"mem_size": self.hparams["av_erace_mem_size"], "batch_size_mem": self.hparams["av_erace_batch_size_mem"]}
+
+
+class AvalancheICaRL(AvalancheMethod):
+    """iCaRL (Rebuffi et al. 2017): herding exemplars, distillation, nearest-mean-of-exemplars classifier.
+    Class-incremental only; needs a model split into ``features`` and ``head`` (mlp, resnet18). Rows are the
+    nearest-mean classifier's predictions once class means exist (after the first task), the head's before."""
+
+    name, strategy = "avalanche-icarl", "ICaRL"
+    scenarios = ("class",)
+    options = [
+        Option("av_icarl_memory", int, 200, "Avalanche ICaRL: memory_size, exemplars over all classes (fixed_memory)",
+               minimum=1),
+    ]
+
+    def strategy_kwargs(self):
+        return {"memory_size": self.hparams["av_icarl_memory"], "buffer_transform": None, "fixed_memory": True}
+
+
+class AvalancheGDumb(AvalancheMethod):
+    """GDumb (Prabhu et al. 2020): a class-balanced buffer; at every task the model is retrained from its
+    initial weights on the buffer alone."""
+
+    name, strategy = "avalanche-gdumb", "GDumb"
+    options = [Option("av_gdumb_mem_size", int, 200, "Avalanche GDumb: mem_size, examples in the buffer", minimum=1)]
+
+    def strategy_kwargs(self):
+        return {"mem_size": self.hparams["av_gdumb_mem_size"]}
+
+
+class AvalancheBiC(AvalancheMethod):
+    """BiC (Wu et al. 2019): replay and distillation, then a two-parameter bias correction of the newest
+    classes' logits fitted on a held-out part of the buffer. Class-incremental only."""
+
+    name, strategy = "avalanche-bic", "BiC"
+    scenarios = ("class",)
+    options = [
+        Option("av_bic_mem_size", int, 200, "Avalanche BiC: mem_size, examples in the buffer", minimum=1),
+        Option("av_bic_val_percentage", float, 0.1, "Avalanche BiC: val_percentage, share of the buffer held out "
+               "for the bias correction", minimum=0.0, exclusive_minimum=True, maximum=0.9),
+        Option("av_bic_temperature", int, 2, "Avalanche BiC: T, distillation temperature", minimum=1),
+        Option("av_bic_stage2_epochs", int, 200, "Avalanche BiC: stage_2_epochs, epochs of the bias correction",
+               minimum=1),
+        Option("av_bic_lr", float, 0.1, "Avalanche BiC: lr of the bias correction (SGD, momentum 0.9)", minimum=0.0,
+               exclusive_minimum=True),
+    ]
+
+    def strategy_kwargs(self):
+        h = self.hparams
+        return {"mem_size": h["av_bic_mem_size"], "val_percentage": h["av_bic_val_percentage"],
+                "T": h["av_bic_temperature"], "stage_2_epochs": h["av_bic_stage2_epochs"], "lamb": -1,
+                "lr": h["av_bic_lr"]}
+
+
 AVALANCHE_METHODS: dict[str, type[AvalancheMethod]] = {
     c.name: c for c in (AvalancheNaive, AvalancheEWC, AvalancheSI, AvalancheLwF, AvalancheGEM, AvalancheAGEM,
-                        AvalancheReplay, AvalancheMAS, AvalancheJoint)
+                        AvalancheReplay, AvalancheMAS, AvalancheJoint, AvalancheDER, AvalancheERACE, AvalancheICaRL,
+                        AvalancheGDumb, AvalancheBiC)
 }
 
 __all__ = ["AVALANCHE_METHODS", "AvalancheMethod"]

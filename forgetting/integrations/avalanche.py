@@ -5,7 +5,7 @@ recorded by our evaluator, and our KL penalty as an Avalanche plugin.
   streams); targets are our output indices; task labels are the task ids in the ``task``
   scenario and 0 otherwise.
 - ``AvalancheTrainer``: ``--method avalanche-ewc`` and the others. It is our ``Trainer`` with
-  the loop handed to Avalanche: the same model object, a fresh Adam per task, the same epochs
+  the loop handed to Avalanche: the same model object, a fresh optimiser per task (--optimizer, --momentum, --weight-decay), the same epochs
   and batch size, and the same ``Evaluator`` rows after every epoch, so ``forgetting.plot``
   draws the runs beside ours.
 - ``KLRegPlugin``: ``kl_penalty`` towards a frozen eval-mode snapshot, inside any Avalanche
@@ -21,6 +21,7 @@ import copy
 import math
 import os
 import warnings
+from types import SimpleNamespace
 from typing import Callable, Sequence
 
 import torch
@@ -38,18 +39,28 @@ from avalanche.benchmarks.utils import (
 from avalanche.core import SupervisedPlugin
 from avalanche.models import MultiTaskModule, avalanche_forward
 from avalanche.models.utils import is_multi_task_module
-from avalanche.training.plugins import EvaluationPlugin, SynapticIntelligencePlugin
+from avalanche.training.plugins import BiCPlugin, EvaluationPlugin, SynapticIntelligencePlugin
 from torch import Tensor, nn
 from torch.utils.data import TensorDataset
-from tqdm.auto import tqdm
 
+from .. import progress
 from ..errors import BadInput, RunFailed
+from ..optim import build_optimizer
 from ..penalty import check_penalty_options, kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
 from ..train import Trainer, frozen_copy
 from . import AvalancheMethod
 
 # --- data ----------------------------------------------------------------------------------
+
+
+class _Examples(TensorDataset):
+    """(input, target) pairs with the target a Python int, as Avalanche's own tensor datasets give them, so
+    batches mixing a task's examples with a strategy's memory (iCaRL) collate."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x, int(y)
 
 
 def avalanche_dataset(data: TaskData, task_label: int) -> TaskAwareSupervisedClassificationDataset:
@@ -59,7 +70,7 @@ def avalanche_dataset(data: TaskData, task_label: int) -> TaskAwareSupervisedCla
     if not isinstance(x, Tensor):
         raise BadInput(f"Avalanche strategies need tensor inputs; this stream gives {type(x).__name__} inputs")
     return TaskAwareSupervisedClassificationDataset(
-        [TensorDataset(x, y)],
+        [_Examples(x, y)],
         data_attributes=[DataAttribute(y.tolist(), "targets"), TaskLabels(ConstantSequence(task_label, n))],
     )
 
@@ -178,6 +189,33 @@ class KLRegPlugin(SupervisedPlugin):
 # --- running Avalanche's strategies in our harness -------------------------------------------
 
 
+class NearestMeanOfExemplars(nn.Module):
+    """iCaRL's prediction: the nearest class mean of exemplars on the feature extractor's (normalised)
+    features; before any class mean exists (during the first task) the trained head's."""
+
+    def __init__(self, net: nn.Module):  # Avalanche's TrainEvalModel
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = self.net.feature_extractor(x)
+        if self.net.eval_classifier.class_means_dict:
+            return self.net.eval_classifier(features)
+        return self.net.train_classifier(features)
+
+
+class BiasCorrected(nn.Module):
+    """BiC's prediction: the model's logits with the newest classes' scaled and shifted by the bias layer."""
+
+    def __init__(self, model: nn.Module, bias_layer: nn.Module):
+        super().__init__()
+        self.model, self.bias_layer = model, bias_layer
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bias_layer(self.model(x))
+
+
+
 class CopyingSIPlugin(SynapticIntelligencePlugin):
     """Avalanche 0.6.0's Synaptic Intelligence with its CPU aliasing undone.
 
@@ -199,11 +237,44 @@ class CopyingSIPlugin(SynapticIntelligencePlugin):
             d.data = d.data.clone()
 
 
+class SettableDatasetBiCPlugin(BiCPlugin):
+    """Avalanche 0.6.0's BiC made to run on our experiences and this torch.
+
+    BiC sets ``strategy.experience.dataset`` to the task's data minus the examples it holds out for
+    the bias correction, but ``dataset`` is a read-only property of the experiences
+    ``benchmark_from_datasets`` makes (AttributeError). For that one assignment the experience gets
+    a setter that stores the data where the property reads it. Its bias correction passes
+    ``verbose=`` to ``MultiStepLR``, which torch 2.14 no longer takes: it is dropped.
+    """
+
+    def bias_correction_step(self, strategy, *args, **kwargs):
+        import avalanche.training.plugins.bic as bic_module
+
+        original = bic_module.MultiStepLR
+        bic_module.MultiStepLR = lambda optimizer, *a, verbose=None, **kw: original(optimizer, *a, **kw)
+        try:
+            return super().bias_correction_step(strategy, *args, **kwargs)
+        finally:
+            bic_module.MultiStepLR = original
+
+    def before_train_dataset_adaptation(self, strategy, **kwargs):
+        exp = strategy.experience
+        cls = type(exp)
+        exp.__class__ = type(cls.__name__, (cls,), {
+            "dataset": property(cls.dataset.fget, lambda self, value: setattr(self, "_dataset", value))})
+        try:
+            super().before_train_dataset_adaptation(strategy, **kwargs)
+        finally:
+            exp.__class__ = cls
+
+
 def strategy_class_and_plugins(method: AvalancheMethod) -> tuple[type, dict, list]:
     """The Avalanche strategy class, its keyword arguments and extra plugins for ``method``."""
     kwargs = method.strategy_kwargs()
     if method.strategy == "SynapticIntelligence":  # the same strategy: SupervisedTemplate + the SI plugin
         return av_training.Naive, {}, [CopyingSIPlugin(**kwargs)]
+    if method.strategy == "BiC":  # the same strategy: SupervisedTemplate + the BiC plugin, made to run
+        return av_training.Naive, {}, [SettableDatasetBiCPlugin(**kwargs)]
     return getattr(av_training, method.strategy), kwargs, []
 
 
@@ -217,14 +288,15 @@ class _Recorder(SupervisedPlugin):
         self.epoch = 0
         self.loss_sum = 0.0
         self.n_batches = 0
+        self.last_loss = float("nan")
         self.bar = None
 
     def before_training_exp(self, strategy, **kwargs):
         tr = self.trainer
         self.epoch = 0
         steps = len(strategy.dataloader) * strategy.train_epochs if hasattr(strategy.dataloader, "__len__") else None
-        self.bar = tqdm(total=steps, desc=f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
-                        leave=False, disable=not tr.config.progress, dynamic_ncols=True)
+        self.bar = progress.bar(steps, f"task {tr.current_task} {tr.stream.tasks[tr.current_task].name}",
+                                tr.config.progress)
 
     def before_training_epoch(self, strategy, **kwargs):
         self.epoch += 1
@@ -239,18 +311,23 @@ class _Recorder(SupervisedPlugin):
                             task=tr.current_task, epoch=self.epoch, step=tr.global_step + 1, loss=loss)
         self.loss_sum += loss
         self.n_batches += 1
+        self.last_loss = loss
 
     def after_training_iteration(self, strategy, **kwargs):
         tr = self.trainer
         tr.global_step += 1
         self.bar.update(1)
+        if tr.recorder is not None:
+            tr.recorder.add_losses(tr.global_step, {"loss": self.last_loss})
         every = tr.config.eval_every
         if every and tr.global_step % every == 0:
             tr.record("step", tr.current_task, self.epoch, self.loss_sum / max(self.n_batches, 1))
 
     def after_training_epoch(self, strategy, **kwargs):
         tr = self.trainer
-        tr.record("epoch", tr.current_task, self.epoch, self.loss_sum / max(self.n_batches, 1))
+        self.last_loss = self.loss_sum / max(self.n_batches, 1)
+        if self.epoch < strategy.train_epochs:  # the last epoch is recorded at the task boundary, once the
+            tr.record("epoch", tr.current_task, self.epoch, self.last_loss)  # strategy's end-of-task work is done
 
     def after_training_exp(self, strategy, **kwargs):
         self.bar.close()
@@ -271,6 +348,16 @@ class AvalancheTrainer(Trainer):
         if stream.input_kind != "tensor":
             raise BadInput(f"--method {config.method.name}: Avalanche strategies need tensor inputs, "
                            f"stream {stream.name!r} gives {stream.input_kind}")
+        method = methods[0]
+        if stream.scenario not in method.scenarios:
+            raise BadInput(f"--method {config.method.name}: defined for the {' and '.join(method.scenarios)} "
+                           f"scenario only, not {stream.scenario!r}")
+        if method.strategy == "ICaRL" and not (hasattr(model, "features") and hasattr(model, "head")):
+            raise BadInput(f"--method {config.method.name}: iCaRL needs a model split into a feature extractor and a "
+                           f"classifier (.features and .head, as mlp and resnet18 are); {config.model.name!r} is not")
+        if not stream.deterministic_inputs:
+            raise BadInput(f"--method {config.method.name}: Avalanche strategies train on a fixed copy of each task's "
+                           "data, so train-time augmentation (--augment) cannot reach them; run without --augment")
         super().__init__(config, stream, model, methods, device, recorder)
         self.method = methods[0]
         self.benchmark = to_avalanche_benchmark(stream)
@@ -280,20 +367,55 @@ class AvalancheTrainer(Trainer):
 
     def make_strategy(self):
         cls, kwargs, plugins = strategy_class_and_plugins(self.method)
-        net = TaskLabelled(self.model) if self.stream.scenario == "task" else self.model
-        self.optimizer = torch.optim.Adam([p for p in self.model.parameters() if p.requires_grad], lr=self.config.lr)
+        multi_head = self.stream.scenario == "task" and self.method.multi_head
+        net = TaskLabelled(self.model) if multi_head else self.model
+        self.optimizer = build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="No loggers specified")
-            return cls(model=net, optimizer=self.optimizer, criterion=HeadCrossEntropy(self.layout, lambda: self.current_task),
-                       train_mb_size=self.config.batch_size, train_epochs=self.config.epochs,
-                       eval_mb_size=self.config.eval_batch_size, device=self.device, plugins=[_Recorder(self), *plugins, *self.extra_plugins],
-                       evaluator=EvaluationPlugin(), eval_every=-1, **kwargs)
+            common = dict(optimizer=self.optimizer, train_mb_size=self.config.batch_size,
+                          train_epochs=self.config.epochs, eval_mb_size=self.config.eval_batch_size, device=self.device,
+                          plugins=[_Recorder(self), *plugins, *self.extra_plugins], evaluator=EvaluationPlugin(),
+                          eval_every=-1)
+            if self.method.strategy == "ICaRL":  # its own model (features + head + nearest-mean) and loss
+                return cls(feature_extractor=self.model.features, classifier=self.model.head, **common, **kwargs)
+            return cls(model=net, criterion=HeadCrossEntropy(self.layout, lambda: self.current_task), **common, **kwargs)
+
+    def evaluated_model(self) -> nn.Module:
+        """What the strategy predicts with at evaluation time: our model, or the strategy's view of it.
+
+        GDumb retrains a copy of the initial model (``self.model`` follows it); iCaRL predicts with the
+        nearest mean of exemplars once class means exist; BiC corrects the logits of the newest classes.
+        """
+        if self.strategy is None:
+            return self.model
+        net = self.strategy.model
+        if self.method.strategy == "ICaRL":  # a wrapper in the mode of what it wraps, so evaluation restores that
+            return NearestMeanOfExemplars(net).train(net.training)
+        self.model = net.model if isinstance(net, TaskLabelled) else net
+        if self.method.strategy == "BiC":
+            [bic] = [p for p in self.strategy.plugins if isinstance(p, BiCPlugin)]
+            if not bic.is_first_experience and bic.bias_layer is not None:
+                return BiasCorrected(self.model, bic.bias_layer).train(self.model.training)
+        return self.model
+
+    def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
+        model = self.evaluated_model()
+        trained, self.model = self.model, model
+        try:
+            return super().record(phase, t, epoch, train_loss)
+        finally:
+            self.model = trained
 
     def fit(self, start_task: int = 0) -> None:
         if start_task != 0:
             raise ValueError("an Avalanche run starts from the first task")
         self.record("init", -1, 0, float("nan"))
         experiences = list(self.benchmark.train_stream)
+        if self.method.strategy == "ICaRL":  # it reads the class order from nc_benchmark's experiences; ours say it here
+            order = SimpleNamespace(n_classes_per_exp=[len(o) for o in self.layout.task_outputs],
+                                    classes_order=[c for o in self.layout.task_outputs for c in o])
+            for exp in experiences:
+                exp.benchmark = order
         joint = self.method.strategy == "JointTraining"
         initial = copy.deepcopy(self.model.state_dict()) if joint else None
         # Avalanche warns of deprecations inside itself, resetting the filters as it does: drop those, pass the rest
@@ -317,7 +439,9 @@ class AvalancheTrainer(Trainer):
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
 
     def task_boundary(self, t: int) -> None:
-        self.previous_model = frozen_copy(self.model)
+        [rec] = [p for p in self.strategy.plugins if isinstance(p, _Recorder)]
+        self.record("epoch", t, rec.epoch, rec.last_loss)  # the last epoch, after the strategy's end-of-task work
+        self.previous_model = frozen_copy(self.evaluated_model())
         if t == 0:
             self.base_model = self.previous_model
         if self.recorder is not None:

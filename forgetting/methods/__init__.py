@@ -16,6 +16,7 @@ METHODS = {
     "mas": "forgetting.methods.mas",
     "l2sp": "forgetting.methods.l2sp",
     "replay": "forgetting.methods.replay",
+    "der": "forgetting.methods.der",
 }
 
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert",
+MODELS = {"mlp": "forgetting.models.mlp", "bert": "forgetting.models.bert", "resnet18": "forgetting.models.resnet",
           "gpt2": "forgetting.models.causal", "causal": "forgetting.models.causal"}
 
 

@@ -41,12 +41,22 @@ CLASS_OUTPUTS_OPTION = Option("class_outputs", str, "seen", "class scenario: see
                               "far take part in the cross-entropy while a task trains and in the evaluation after it "
                               "(van de Ven & Tolias 2019); all = every output from the first task on",
                               choices=CLASS_OUTPUTS)
+AUGMENT = Option("augment", bool, False, "train-time augmentation of image streams: random crop (padding 4) and "
+                 "horizontal flip (switches the KL teacher cache off)")
+TRAIN_PER_CLASS = Option("train_per_class", int, 0, "keep this many training images per class, drawn with a fixed "
+                         "seed (0: all); for small CPU studies", minimum=0)
+CIFAR100_TASKS = Option("n_tasks", int, 10, "number of tasks of split-cifar100: 10 (of 10 classes) or 20 (of 5)",
+                        choices=(10, 20))
+IMAGE_OPTIONS = (AUGMENT, TRAIN_PER_CLASS, DOWNLOAD)
 
 BENCHMARKS: dict[str, Benchmark] = {
     "split-digits": Benchmark("forgetting.streams.digits:build_split"),
     "permuted-digits": Benchmark("forgetting.streams.digits:build_permuted", (N_TASKS,)),
     "split-mnist": Benchmark("forgetting.streams.mnist:build_split", (DOWNLOAD,), reads_data_dir=True),
     "permuted-mnist": Benchmark("forgetting.streams.mnist:build_permuted", (N_TASKS, DOWNLOAD), reads_data_dir=True),
+    "split-cifar10": Benchmark("forgetting.streams.cifar:build_split10", IMAGE_OPTIONS, reads_data_dir=True),
+    "split-cifar100": Benchmark("forgetting.streams.cifar:build_split100", (CIFAR100_TASKS, *IMAGE_OPTIONS),
+                                reads_data_dir=True),
     "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", tuple(text.OPTIONS), True, "text"),
     "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", tuple(text.OPTIONS), True, "text"),
     "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", tuple(text.OPTIONS), True, "text"),

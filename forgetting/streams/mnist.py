@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BadInput
+from ..extras import require
+from .local import data_root
 from .splits import class_split_stream, permuted_stream, stratified_split
 
 IMAGES_MAGIC = 0x00000803
@@ -74,16 +76,14 @@ def _pair(data_dir: Path, prefix: str):
 
 
 def load_arrays(data_dir: str | None, download: bool = False):
-    if data_dir is None:
-        raise BadInput("--data-dir: MNIST streams need a data directory holding the MNIST IDX files (or --download)")
-    root = Path(data_dir)
+    root = data_root(data_dir, download, "MNIST")  # with --download and no --data-dir: the download cache
     if download:
+        require("vision", "--download of MNIST")
         from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
 
         MNIST(str(root), train=True, download=True)
         MNIST(str(root), train=False, download=True)
-    if not root.is_dir():
-        raise BadInput(f"--data-dir: {data_dir!r} is not a directory")
+    data_dir = str(root)
     test = _pair(root, "t10k")
     train = _pair(root, "train")
     if test is None and train is None:

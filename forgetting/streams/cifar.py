@@ -1,0 +1,158 @@
+"""split-CIFAR-10 (5 tasks of 2 classes) and split-CIFAR-100 (10 or 20 tasks), read through torchvision.
+
+The files are torchvision's (and the CIFAR authors') ``cifar-10-batches-py`` / ``cifar-100-python``
+folders under ``--data-dir``, or fetched there with ``--download`` (the archive's md5 is checked
+then). The per-file md5 sums are not checked on reading, so any copy in the real format reads;
+shapes and labels are. Classes go to tasks in their numeric order, as in Mammoth and FACIL
+(split-CIFAR-10: airplane/automobile, bird/cat, ...).
+
+Images are kept as uint8 and normalised per batch with the data set's channel means and
+standard deviations. ``--augment`` applies the usual train-time augmentation (random 32x32 crop
+of the image zero-padded by 4, horizontal flip with probability 1/2, both before normalisation,
+as torchvision's RandomCrop(32, padding=4) + RandomHorizontalFlip) drawn from torch's global
+generator (seeded by the run, saved in checkpoints); the stream then says its inputs are not
+deterministic, and the KL teacher cache switches itself off.
+"""
+
+from __future__ import annotations
+
+import functools
+import pickle
+
+import numpy as np
+import torch
+from torch import Tensor
+from ..errors import BadInput
+from ..extras import require
+from .base import Task, TaskStream, layout_for
+from .local import data_root
+
+MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
+STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
+PAD = 4
+SUBSET_SEED = 0
+
+@functools.cache
+def readers() -> dict:
+    """torchvision's CIFAR readers with the per-file md5 checks off (the download still checks the archive),
+    and each data set's number of classes."""
+    require("vision", "the split-CIFAR streams (torchvision reads the files)")
+    from torchvision.datasets import CIFAR10, CIFAR100
+
+    def local(base):
+        return type(f"Local{base.__name__}", (base,), {
+            "train_list": [[name, None] for name, _ in base.train_list],
+            "test_list": [[name, None] for name, _ in base.test_list],
+            "meta": {**base.meta, "md5": None},
+        })
+
+    return {"cifar10": (local(CIFAR10), 10), "cifar100": (local(CIFAR100), 100)}
+
+
+def read_split(kind: str, root, train: bool, download: bool = False) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Images uint8 [N, 3, 32, 32], labels int64 [N] and class names of one split, or BadInput."""
+    reader, n_classes = readers()[kind]
+    folder = root / reader.base_folder
+    try:
+        ds = reader(str(root), train=train, download=download)
+    except RuntimeError as e:
+        if "not found" in str(e):
+            files = ", ".join(n for n, _ in (*reader.train_list, *reader.test_list)) + ", " + reader.meta["filename"]
+            raise BadInput(f"--data-dir: no {kind.upper()} files ({files}) in {folder} (or use --download)") from None
+        raise BadInput(f"malformed {kind.upper()} files in {folder}: {e}") from None
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, AttributeError, IndexError) as e:
+        raise BadInput(f"malformed {kind.upper()} files in {folder}: {type(e).__name__}: {e}") from None
+    x = np.ascontiguousarray(np.asarray(ds.data, dtype=np.uint8).transpose(0, 3, 1, 2))
+    y = np.asarray(ds.targets, dtype=np.int64)
+    if len(x) != len(y):
+        raise BadInput(f"malformed {kind.upper()} files in {folder}: {len(x)} images but {len(y)} labels")
+    if len(y) and (y.min() < 0 or y.max() >= n_classes):
+        bad = int(y.max() if y.max() >= n_classes else y.min())
+        raise BadInput(f"malformed {kind.upper()} labels in {folder}: label {bad} outside 0-{n_classes - 1}")
+    return x, y, list(ds.classes)
+
+
+def random_crop_flip(images: Tensor, pad: int = PAD, generator: torch.Generator | None = None) -> Tensor:
+    """Each image [C, H, W] cropped at a random offset from its zero-padded copy, flipped with probability 1/2."""
+    n, _, h, w = images.shape
+    padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
+    top = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    left = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    flip = torch.rand(n, generator=generator) < 0.5
+    rows = (top[:, None] + torch.arange(h))[:, None, :, None]
+    cols = left[:, None] + torch.arange(w)
+    cols = torch.where(flip[:, None], cols.flip(1), cols)[:, None, None, :]
+    return padded[torch.arange(n)[:, None, None, None], torch.arange(images.shape[1])[None, :, None, None], rows, cols]
+
+
+class ImageData:
+    """uint8 images held in memory; a batch is normalised (and, for training with ``augment``, augmented)."""
+
+    def __init__(self, images: Tensor, targets: Tensor, mean, std, augment: bool = False):
+        if images.shape[0] != targets.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {targets.shape[0]} targets")
+        self.images = images
+        self.targets = targets.long()
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        self.augment = augment
+
+    def __len__(self) -> int:
+        return int(self.targets.shape[0])
+
+    def gather(self, index: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.images[index]
+        if self.augment:
+            x = random_crop_flip(x)
+        return (x.float() / 255.0 - self.mean) / self.std, self.targets[index]
+
+
+def _subset(y: np.ndarray, per_class: int) -> np.ndarray:
+    """Indices of ``per_class`` examples of each class (all where fewer), drawn with a fixed seed, in file order."""
+    rng = np.random.default_rng(SUBSET_SEED)
+    keep = [rng.permutation(np.flatnonzero(y == c))[:per_class] for c in np.unique(y)]
+    return np.sort(np.concatenate(keep)) if keep else np.arange(0)
+
+
+def cifar_stream(name: str, kind: str, scenario: str, options: dict, n_tasks: int) -> TaskStream:
+    download = bool(options.get("download", False))
+    root = data_root(options.get("data_dir"), download, kind.upper())
+    x_tr, y_tr, classes = read_split(kind, root, train=True, download=download)
+    x_te, y_te, _ = read_split(kind, root, train=False)
+    if options.get("train_per_class"):
+        keep = _subset(y_tr, options["train_per_class"])
+        x_tr, y_tr = x_tr[keep], y_tr[keep]
+    n_classes = readers()[kind][1]
+    per_task = n_classes // n_tasks
+    groups = [list(range(t * per_task, (t + 1) * per_task)) for t in range(n_tasks)]
+    layout = layout_for(scenario, n_tasks, [per_task] * n_tasks)
+    augment = bool(options.get("augment", False))
+    images_tr, images_te = torch.from_numpy(x_tr), torch.from_numpy(x_te)
+    tasks = []
+    for t, group in enumerate(groups):
+        outs = layout.task_outputs[t]
+        to_output = torch.full((n_classes,), -1, dtype=torch.long)
+        to_output[group] = torch.as_tensor(outs)
+
+        def part(images, y, aug):
+            keep = torch.from_numpy(np.isin(y, group))
+            return ImageData(images[keep], to_output[torch.from_numpy(y)[keep]], MEAN[kind], STD[kind], aug)
+
+        label = "/".join(classes[c] for c in group) if len(group) <= 2 else f"{group[0]}-{group[-1]}"
+        tasks.append(Task(t, f"{name}[{label}]", part(images_tr, y_tr, augment), part(images_te, y_te, False),
+                          list(group), outs))
+    info = {"source": f"torchvision {reader_name(kind)} files in {root / readers()[kind][0].base_folder}",
+            "train_images": int(len(y_tr)), "test_images": int(len(y_te)), "augment": augment}
+    return TaskStream(name, scenario, tasks, layout, "tensor", (3, 32, 32), deterministic_inputs=not augment, info=info)
+
+
+def reader_name(kind: str) -> str:
+    return {"cifar10": "CIFAR10", "cifar100": "CIFAR100"}[kind]
+
+
+def build_split10(scenario: str, options: dict) -> TaskStream:
+    return cifar_stream("split-cifar10", "cifar10", scenario, options, 5)
+
+
+def build_split100(scenario: str, options: dict) -> TaskStream:
+    return cifar_stream("split-cifar100", "cifar100", scenario, options, int(options.get("n_tasks", 10)))
