@@ -95,7 +95,8 @@ def write_html(out: Path, table: pd.DataFrame, figures: dict[tuple[str, str], li
              f"<p>Made {datetime.now(timezone.utc).isoformat(timespec='seconds')} by</p>",
              f"<pre>{html.escape(plot_command)}</pre>",
              "<p>Each summary row pools the complete runs of one experiment over seeds: the mean, then in "
-             "brackets the 95% t-interval over seeds (one seed gives none). Accuracies, forgetting and "
+             "brackets the 95% t-interval over seeds, cut to the range the quantity can take († where cut; one "
+             "seed gives none). Accuracies, forgetting and "
              "transfers in percentage points after the last task; definitions in <code>summary.md</code>. "
              "Figures are also in the folder as PNG and SVG; every run's command is in the last table and in "
              "<code>runs.csv</code>.</p>"]
