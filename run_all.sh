@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The whole study: ./run_all.sh [--quick] [sweep options...]
+# The whole study: ./run_all.sh [--quick | --suite FILE] [sweep options...]
 #
 # On a fresh clone it makes a virtual environment (.venv) and installs the project into it, then
 # runs the default suite (benchmarks/default.toml; --quick: benchmarks/quick.toml, a subset that
-# takes a few minutes), then writes the plots and summary and says where they are. Runs already
-# complete are skipped, so running it again resumes an interrupted study. Other arguments pass
-# through to `python -m forgetting.sweep` (see --help there): --workers N, --results-dir DIR,
+# takes a few minutes; --suite FILE: another suite file), then writes the plots and summary and
+# says where they are. Runs already complete are skipped, so running it again resumes an
+# interrupted study. Other arguments pass through to `python -m forgetting.sweep` (see --help there): --workers N, --results-dir DIR,
 # --data-dir DIR, --executor ray [--ray-address ADDR], ... It exits non-zero when any run failed,
 # after finishing the others.
 #
@@ -13,18 +13,27 @@
 # interpreter that already has the project's dependencies: no .venv, no install); pip's own
 # settings, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu for CPU-only torch.
 set -euo pipefail
+called_from="$PWD"
 cd "$(dirname "$0")"
 
 suite=benchmarks/default.toml
 args=()
 extras="text,avalanche"  # the default suite has a text experiment; avalanche for its comparisons
-for a in "$@"; do
-    case "$a" in
+given_suite=""
+while [ $# -gt 0 ]; do
+    case "$1" in
         --quick) suite=benchmarks/quick.toml ;;
-        *) args+=("$a") ;;
+        --suite) [ $# -ge 2 ] || { echo "run_all.sh: --suite needs a suite file" >&2; exit 2; }
+                 given_suite="$2"; shift ;;
+        --suite=*) given_suite="${1#--suite=}" ;;
+        *) args+=("$1") ;;
     esac
+    shift
 done
-case " $* " in *" --executor ray "*|*" --executor=ray "*) extras="$extras,ray" ;; esac
+if [ -n "$given_suite" ]; then  # a path relative to where run_all.sh was called from
+    case "$given_suite" in /*) suite="$given_suite" ;; *) suite="$called_from/$given_suite" ;; esac
+fi
+case " ${args[*]-} " in *" --executor ray "*|*" --executor=ray "*) extras="$extras,ray" ;; esac
 
 if [ -n "${FORGETTING_PYTHON:-}" ]; then
     py="$FORGETTING_PYTHON"

@@ -28,7 +28,6 @@ from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 EVAL_PHASES = ("step", "epoch")
 
@@ -264,6 +263,8 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
     m = float(x.mean())
     if n < 2:
         return m, float("nan"), float("nan"), 1
+    from scipy import stats  # here, not at the top: it is slow to import and only this needs it
+
     half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return m, m - half, m + half, n
 

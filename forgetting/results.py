@@ -8,20 +8,26 @@ manifest's ``status`` says whether the rows are complete: ``running`` (or a kill
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import math
 import os
 import platform
 import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from . import progress
 from .config import SCHEMA_VERSION, RunConfig
 from .tracking import Trackers
+
+METRICS_EVERY_S = 1.0  # the longest metrics.csv lags behind a running run's rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd  # imported where used: `python -m forgetting.run --help` does not pay for it
 
 CONFIG, METRICS, MANIFEST = "config.json", "metrics.csv", "manifest.json"
 
@@ -59,24 +65,45 @@ def _umask() -> int:
 FILE_MODE = 0o666 & ~_umask()  # what open() would give; mkstemp's 0600 would hide results from others
 
 
-def atomic_write(path: Path, write: Callable[[str], None]) -> None:
-    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk and renamed into place."""
+def atomic_write(path: Path, write: Callable[[str], None], sync: bool = True) -> None:
+    """``write(tmp)`` fills a temporary file beside ``path``; it is flushed to disk (unless not ``sync``)
+    and renamed into place. Unsynced, a killed process still leaves the old or the new file whole;
+    only an operating-system crash could lose the new one (see ``sync_file``)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.fchmod(fd, FILE_MODE)
     os.close(fd)
     try:
         write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
+        if sync:
+            sync_file(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+def sync_file(path: str | Path) -> None:
+    """Flush a file's data to disk."""
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def atomic_write_text(path: Path, text: str, sync: bool = True) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text), sync)
+
+
+def metrics_csv(rows: Iterable[dict]) -> str:
+    """The rows as CSV text, byte for byte what ``pandas.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)``
+    writes for them (NaN and None as empty fields; a test compares the two), without pandas: a run writes it
+    after every evaluation."""
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(METRIC_COLUMNS)
+    for r in rows:
+        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                    for v in (r.get(c) for c in METRIC_COLUMNS)])
+    return out.getvalue()
 
 
 def atomic_write_json(path: Path, obj: Any) -> None:
@@ -108,6 +135,7 @@ class RunWriter:
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
         self.t0 = time.perf_counter()
+        self._written_at = float("-inf")
         self.checkpoints = checkpoints
         self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
         self._tracking = False
@@ -146,9 +174,12 @@ class RunWriter:
         return time.perf_counter() - self.t0
 
     def add_rows(self, rows: Iterable[dict]) -> None:
+        """Keep the rows; metrics.csv is rewritten at most every ``METRICS_EVERY_S`` seconds here (a run
+        evaluates many times a second), and always, synced, at task boundaries and at the end."""
         rows = list(rows)
         self.rows.extend(rows)
-        self.write_metrics()
+        if time.perf_counter() - self._written_at >= METRICS_EVERY_S:
+            self.write_metrics(sync=False)
         progress.evaluation(rows, enabled=self.config.progress)
         if self._tracking:
             self.trackers.rows(rows)
@@ -158,9 +189,9 @@ class RunWriter:
         if self._tracking:
             self.trackers.losses(step, parts)
 
-    def write_metrics(self) -> None:
-        df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS)
-        atomic_write_text(self.dir / METRICS, df.to_csv(index=False))
+    def write_metrics(self, sync: bool = True) -> None:
+        atomic_write_text(self.dir / METRICS, metrics_csv(self.rows), sync)
+        self._written_at = time.perf_counter()
 
     def write_manifest(self) -> None:
         atomic_write_json(self.dir / MANIFEST, self.manifest)
@@ -171,6 +202,7 @@ class RunWriter:
 
     def task_done(self, trainer, task: int) -> None:
         """A task boundary: save the checkpoint, then say the rows up to here are complete."""
+        self.write_metrics(sync=True)  # before the manifest says the task's rows are complete
         if self.checkpoints:
             from .checkpoint import save_boundary
 
@@ -185,6 +217,8 @@ class RunWriter:
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        if self.dir.is_dir():
+            self.write_metrics(sync=True)
         self.update(status=status, error=error, ended=now(), wall_time_s=round(self.elapsed(), 3))
         if self._tracking:
             self._tracking = False
@@ -197,6 +231,8 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
     d = Path(run_dir)
     config = json.loads((d / CONFIG).read_text())
     manifest = json.loads((d / MANIFEST).read_text())
+    import pandas as pd
+
     metrics = pd.read_csv(d / METRICS)
     return config, metrics, manifest
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-import pandas as pd
 import torch
 
 from . import registry
@@ -285,6 +284,8 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
         writer.finish("failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
+    import pandas as pd  # imported when a run has rows to return, not for --help
+
     return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
 
 

@@ -98,8 +98,9 @@ class Trainer:
                 for k, v in parts.items():
                     sums[k] += v
                 n_batches += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
+                if self.config.progress:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
                 if self.recorder is not None:
                     self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:

@@ -2,8 +2,10 @@
 
 Each of kl, ewc, si and replay must end with less average forgetting (max-based, Chaudhry et
 al. 2018) than plain fine-tuning, and joint training with the least. A small budget: an MLP
-784-100-100, two epochs per task at Adam 3e-3 (enough drift for naive fine-tuning to forget in
-the task-incremental scenario too), every method at its documented default.
+784-100-100, two epochs per task at Adam 3e-3 in batches of 128 (enough drift for naive fine-tuning
+to forget in the task-incremental scenario too; batch 128 takes half the time of 32 for the same
+ordering: task forgetting naive 5.1, kl 4.1, ewc 0.2, si 0.2, replay 0.7, joint 0.1 points; domain
+naive 49, kl 32, ewc 2.5, si 28, replay 9.7, joint 0.7), every method at its documented default.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def summarise(scenario: str, mnist_dir, results_dir) -> dict[str, dict[str, floa
                 hparams=check_all(registry.method_options(method), {}),
                 model_options=check_all(list(registry.model("mlp").options), {"hidden": [100, 100]}),
                 
-                epochs=2, batch_size=32, lr=3e-3, seed=seed, device="cpu",
+                epochs=2, batch_size=128, lr=3e-3, seed=seed, device="cpu",
                 data_dir=str(mnist_dir), results_dir=str(results_dir), progress=False,
             )
             _, rows, status = run_experiment(config)

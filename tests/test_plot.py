@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 from forgetting.errors import BadInput
+from forgetting.plot import main as plot_main
 from forgetting.plot import write_report
 from forgetting.report_runs import read_checked
 from forgetting.report_summary import assign_experiments
@@ -27,7 +28,7 @@ SIZES = {"forgetting_curves": (11, 2.0 + 2.6 * 4), "accuracy_matrix": (0.8 + 4.6
 def run(results: Path, *args: str) -> Path:
     from forgetting.run import build_parser, config_from_args, run_experiment
 
-    argv = ["--epochs", "1", "--results-dir", str(results), "--quiet", "--device", "cpu", *args]
+    argv = ["--epochs", "1", "--hidden", "32", "--results-dir", str(results), "--quiet", "--device", "cpu", *args]
     run_dir, _, _ = run_experiment(config_from_args(build_parser().parse_args(argv)))
     return run_dir
 
@@ -207,7 +208,7 @@ def corrupt(sweep: Path, tmp_path: Path, edit) -> Path:
 
 
 @pytest.mark.parametrize("case", ["no runs", "corrupt metrics", "schema version"])
-def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, cli):
+def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, capsys):
     if case == "no runs":
         target, named = tmp_path / "empty", tmp_path / "empty"
         target.mkdir()
@@ -222,10 +223,11 @@ def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, cli):
             victim = corrupt(sweep, tmp_path, bump)
             named = victim / "config.json"
         target = tmp_path / "results"
-    p = cli("forgetting.plot", str(target), "--out", str(tmp_path / "out"))
-    assert p.returncode == 2, p.stderr
-    assert "Traceback" not in p.stderr and p.stderr.count("\n") == 1
-    assert str(named) in p.stderr
+    code = plot_main([str(target), "--out", str(tmp_path / "out")])  # the CLI's main, in this process
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "Traceback" not in err and err.count("\n") == 1
+    assert str(named) in err
     assert not (tmp_path / "out").exists()
 
 

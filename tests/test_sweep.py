@@ -348,16 +348,16 @@ def test_failed_run_is_listed_and_the_others_finish(tmp_path):
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_rows_as_processes(tmp_path):
     pytest.importorskip("ray")
-    suite = write(tmp_path, TINY.format(epochs=2))
+    suite = write(tmp_path, TINY.format(epochs=2).replace("seeds = [0, 1]", "seeds = [0]"))  # 2 runs: kl at 0 and 1
     rows = {}
     for executor in ("process", "ray"):
         results = tmp_path / executor
-        p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "2",
+        p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "1",
                     "--executor", executor, "--no-report", "--quiet")
         assert p.returncode == 0, p.stderr[-2000:]
         rows[executor] = {rid: pd.read_csv(results / rid / METRICS).drop(columns="wall_time")
                           for rid in complete_runs(results)}
-    assert len(rows["process"]) == 4 and rows["ray"].keys() == rows["process"].keys()
+    assert len(rows["process"]) == 2 and rows["ray"].keys() == rows["process"].keys()
     for rid, df in rows["process"].items():
         pd.testing.assert_frame_equal(rows["ray"][rid], df, check_exact=True)
 

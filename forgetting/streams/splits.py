@@ -4,16 +4,59 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import math
+
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 
 from .base import Task, TaskStream, TensorData, layout_for
 
 
 def stratified_split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int):
-    """Train and test parts with the same class proportions, fixed by ``seed``."""
-    return train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    """Train and test parts with the same class proportions, fixed by ``seed``.
+
+    The very split ``sklearn.model_selection.train_test_split(x, y, test_size=test_size,
+    random_state=seed, stratify=y)`` returns (StratifiedShuffleSplit's algorithm, step for step on
+    the same ``RandomState``; tests compare the two), written out because importing scikit-learn
+    costs a run about as much as importing torch.
+    """
+    n = len(y)
+    n_test = math.ceil(test_size * n)
+    n_train = n - n_test
+    classes, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    if class_counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
+        raise ValueError(f"cannot split {n} examples of {len(classes)} classes (smallest class: "
+                         f"{class_counts.min()}) into {n_train} train and {n_test} test examples, stratified")
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    rng = np.random.RandomState(seed)
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train: list[int] = []
+    test: list[int] = []
+    for i in range(len(classes)):
+        perm = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(perm[: n_i[i]])
+        test.extend(perm[n_i[i] : n_i[i] + t_i[i]])
+    train_idx, test_idx = rng.permutation(train), rng.permutation(test)
+    return x[train_idx], x[test_idx], y[train_idx], y[test_idx]
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """Examples per class in a draw of ``n_draws`` (scikit-learn's ``_approximate_mode``): the floored
+    proportional shares, then one more for the largest remainders, ties broken by ``rng``."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
 
 
 def class_split_stream(

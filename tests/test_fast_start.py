@@ -1,0 +1,86 @@
+"""A fast start: `--help` and a default run import only what they use; the import-free data paths
+give exactly what scikit-learn gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from forgetting.streams.digits import load_digits_arrays
+from forgetting.streams.splits import stratified_split
+
+HEAVY = ("scipy", "pandas", "sklearn", "transformers", "datasets", "avalanche", "ray", "matplotlib", "seaborn")
+
+
+def modules_after(*args: str) -> set[str]:
+    """The top-level packages in sys.modules after ``python -m forgetting.run ARGS`` in a fresh interpreter."""
+    code = ("import json, runpy, sys\n"
+            f"sys.argv = ['forgetting.run', *{list(args)!r}]\n"
+            "try:\n    runpy.run_module('forgetting.run', run_name='__main__')\n"
+            "except SystemExit as e:\n    assert not e.code, e.code\n"
+            "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))\n")
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    return set(json.loads(p.stdout.strip().splitlines()[-1]))
+
+
+def test_help_imports_none_of_the_heavy_libraries():
+    loaded = modules_after("--help")
+    assert "torch" in loaded
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_a_default_run_imports_no_scipy_sklearn_or_text_libraries(tmp_path):
+    loaded = modules_after("--epochs", "1", "--quiet", "--results-dir", str(tmp_path))
+    assert list(tmp_path.glob("*/metrics.csv")), "the run wrote no results"
+    unwanted = set(HEAVY) - {"pandas"}  # pandas writes metrics.csv and reads the final table
+    assert not loaded & unwanted, sorted(loaded & unwanted)
+
+
+def test_digits_read_without_scikit_learn_equal_load_digits():
+    from sklearn.datasets import load_digits
+
+    images, target = load_digits_arrays()
+    digits = load_digits()
+    assert np.array_equal(images, digits.images) and np.array_equal(target, digits.target)
+    assert images.shape == (1797, 8, 8)
+
+
+@pytest.mark.parametrize("case", range(6))
+def test_stratified_split_is_scikit_learns_train_test_split(case):
+    from sklearn.model_selection import train_test_split
+
+    rng = np.random.default_rng(case)
+    if case == 0:
+        images, y = load_digits_arrays()
+        x, test_size, seed = images, 0.3, 0  # split-digits' own split
+    else:
+        n_classes = int(rng.integers(2, 11))
+        y = np.repeat(np.arange(n_classes), rng.integers(2, 40, size=n_classes))  # uneven classes: ties to break
+        y = rng.permutation(y)
+        x = np.arange(len(y) * 3).reshape(len(y), 3)
+        test_size, seed = float(rng.choice([0.2, 0.25, 0.3, 0.5])), int(rng.integers(0, 1000))
+    ours = stratified_split(x, y, test_size, seed)
+    theirs = train_test_split(x, y, test_size=test_size, random_state=seed, stratify=y)
+    for a, b in zip(ours, theirs):
+        assert np.array_equal(a, b)
+
+
+def test_metrics_csv_is_what_pandas_writes():
+    import pandas as pd
+
+    from forgetting.results import METRIC_COLUMNS, metrics_csv
+
+    row = dict(zip(METRIC_COLUMNS, ["abc123", "split-digits", "domain", "kl+rdrop", 0.5, 3, "epoch", 2, 5, 1234, 4,
+                                    "split-digits[8/9]", 0.987654321, 0.1, float("nan"), 108, 1e-20, 12.345678]))
+    rows = [row, {**row, "phase": "init", "trained_task": -1, "kl_base": 0.0, "train_loss": float("nan"),
+                  "eval_task_name": 'a "quoted", name', "accuracy": 1.0, "loss": 2.5e-7}]
+    assert metrics_csv(rows) == pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)
+    assert metrics_csv([]) == pd.DataFrame([], columns=METRIC_COLUMNS).to_csv(index=False)
