@@ -2,6 +2,7 @@
 
     python benchmarks/split_mnist_methods.py            # runs what is missing, then writes the table
     python benchmarks/split_mnist_methods.py --workers 2 --seeds 0 1 2 3 4
+    python benchmarks/split_mnist_methods.py --scenarios class --update     # re-measure one column only
 
 Runs go through ``forgetting.run.run_experiment`` into ``--results-dir`` (one directory per run,
 named by its config hash), so an interrupted benchmark resumes where it stopped and a finished
@@ -35,6 +36,7 @@ ROWS = [
     ("naive", "naive", {}),
     ("kl", "kl", {}),
     ("kl, T=2 (LwF's temperature)", "kl", {"temperature": 2.0}),
+    ("kl, T=2, old classes only", "kl", {"temperature": 2.0, "kl_class_outputs": "old"}),  # differs in class only
     ("rdrop", "rdrop", {}),
     ("kl+rdrop", "kl+rdrop", {}),
     ("ewc", "ewc", {}),
@@ -75,6 +77,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--workers", type=int, default=1, help="parallel runs (1: one after the other)")
+    p.add_argument("--update", action="store_true", help="with --rows or --scenarios: replace only the cells run in "
+                   "the tables already in --output, keep the others (the command is appended to 'Produced by')")
     return p.parse_args(argv)
 
 
@@ -112,37 +116,73 @@ def cell(values: pd.Series) -> str:
     return f"{values.mean():.1f} ± {values.std(ddof=0):.1f}"
 
 
-def tables(results: pd.DataFrame, args) -> str:
-    labels = [r[0] for r in ROWS if r[0] in set(results["row"])]
-    scen = [s for s in SCENARIOS if s in set(results["scenario"])]
+ACC, FORG = "average accuracy", "forgetting"
+BEGIN, END = "<!-- BEGIN TABLES (written by benchmarks/split_mnist_methods.py) -->", "<!-- END TABLES -->"
+
+
+def cells_of(results: pd.DataFrame) -> dict[tuple[str, str, str], str]:
+    """(table, row label, scenario) -> 'mean ± sd' for every row and scenario measured."""
+    out = {}
+    for (label, scen), r in results.groupby(["row", "scenario"]):
+        out[(ACC, label, scen)] = cell(r["average_accuracy"])
+        out[(FORG, label, scen)] = cell(r["forgetting_max"])
+    return out
+
+
+def cells_in(text: str) -> dict[tuple[str, str, str], str]:
+    """The cells of tables this script wrote earlier (so that a partial run updates only its own)."""
+    out, table, scen = {}, None, []
+    for line in text.splitlines():
+        if line.startswith("### Average accuracy"):
+            table = ACC
+        elif line.startswith("### Average forgetting"):
+            table = FORG
+        elif line.startswith("| method |") and table:
+            scen = [c.strip().removesuffix(" (ours)") for c in line.strip("|").split("|")[1:]]
+            scen = [c for c in scen if c in SCENARIOS]
+        elif line.startswith("| ") and table and scen and not line.startswith("|---"):
+            parts = [c.strip() for c in line.strip().strip("|").split("|")]
+            for sc, c in zip(scen, parts[1:]):
+                if c and c != "–":
+                    out[(table, parts[0], sc)] = c
+    return out
+
+
+def tables(cells: dict, seeds) -> str:
+    labels = [r[0] for r in ROWS if any(k[1] == r[0] for k in cells)]
+    scen = [s for s in SCENARIOS if any(k[2] == s for k in cells)]
     lines = ["### Average accuracy (%) over the 5 tasks after the last, mean ± sd over seeds "
-             f"{', '.join(map(str, args.seeds))}", "",
+             f"{', '.join(map(str, seeds))}", "",
              "| method | " + " | ".join(f"{s} (ours)" for s in scen) + " | published (task / domain / class) |",
              "|---|" + "---|" * len(scen) + "---|"]
     for label in labels:
-        r = results[results["row"] == label]
-        cells = [cell(r[r["scenario"] == s]["average_accuracy"]) for s in scen]
         pub = PUBLISHED.get(label)
         pub_txt = f"{PUBLISHED_NAME[label]}: " + " / ".join(f"{pub[s]:.1f}" for s in SCENARIOS) if pub else ""
-        lines.append(f"| {label} | " + " | ".join(cells) + f" | {pub_txt} |")
+        lines.append(f"| {label} | " + " | ".join(cells.get((ACC, label, s), "–") for s in scen) + f" | {pub_txt} |")
     lines += ["", "### Average forgetting (percentage points, max-based, Chaudhry et al. 2018), mean ± sd", "",
               "| method | " + " | ".join(scen) + " |", "|---|" + "---|" * len(scen)]
     for label in labels:
-        r = results[results["row"] == label]
-        lines.append(f"| {label} | " + " | ".join(cell(r[r["scenario"] == s]["forgetting_max"]) for s in scen) + " |")
+        lines.append(f"| {label} | " + " | ".join(cells.get((FORG, label, s), "–") for s in scen) + " |")
     return "\n".join(lines)
 
 
-def write_into(path: Path, text: str, command: str) -> None:
+def write_into(path: Path, text: str, produced: str) -> None:
     """Replace what lies between the markers of ``path`` (or create it with just the tables)."""
-    begin, end = "<!-- BEGIN TABLES (written by benchmarks/split_mnist_methods.py) -->", "<!-- END TABLES -->"
-    block = f"{begin}\n\nProduced by `{command}`.\n\n{text}\n\n{end}"
-    old = path.read_text() if path.exists() else f"{begin}\n{end}\n"
-    if begin in old and end in old:
-        new = old[: old.index(begin)] + block + old[old.index(end) + len(end):]
+    block = f"{BEGIN}\n\n{produced}\n\n{text}\n\n{END}"
+    old = path.read_text() if path.exists() else f"{BEGIN}\n{END}\n"
+    if BEGIN in old and END in old:
+        new = old[: old.index(BEGIN)] + block + old[old.index(END) + len(END):]
     else:
         new = old.rstrip("\n") + "\n\n" + block + "\n"
     path.write_text(new)
+
+
+def produced_line(old_block: str, command: str, full: bool) -> str:
+    """'Produced by `...`.', with the partial re-measurements that followed appended."""
+    if full:
+        return f"Produced by `{command}`."
+    prev = next((line for line in old_block.splitlines() if line.startswith("Produced by")), "Produced by (unknown).")
+    return prev.rstrip(".") + f"; then re-measured, only the cells it covers: `{command}`."
 
 
 def main(argv=None) -> int:
@@ -164,15 +204,21 @@ def main(argv=None) -> int:
                   f"{r['status']} {r['seconds']:.1f}s", flush=True)
     results = pd.DataFrame(out)
     print(f"{len(out)} runs in {time.perf_counter() - t0:.0f} s")
+    defaults = [("--seeds", args.seeds, [0, 1, 2]), ("--hidden", args.hidden, [400, 400]), ("--epochs", args.epochs, 4),
+                ("--batch-size", args.batch_size, 32), ("--lr", args.lr, 1e-3), ("--scenarios", args.scenarios, SCENARIOS)]
     command = "python benchmarks/split_mnist_methods.py" + "".join(
-        f" {flag} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-        for flag, v, default in [("--seeds", args.seeds, [0, 1, 2]), ("--hidden", args.hidden, [400, 400]),
-                                 ("--epochs", args.epochs, 4), ("--batch-size", args.batch_size, 32),
-                                 ("--lr", args.lr, 1e-3)] if v != default)
-    text = tables(results, args)
+        f" {flag} {' '.join(map(str, v)) if isinstance(v, list) else v}" for flag, v, default in defaults if v != default)
+    if args.rows is not None:
+        command += " --rows " + " ".join(f"'{r}'" if " " in r else r for r in args.rows)
+    full = args.rows is None and args.scenarios == SCENARIOS
+    path = Path(args.output)
+    old = path.read_text() if path.exists() else ""
+    old_block = old[old.index(BEGIN): old.index(END)] if BEGIN in old and END in old else ""
+    cells = cells_of(results) if full or not args.update else {**cells_in(old_block), **cells_of(results)}
+    text = tables(cells, args.seeds)
     print(text)
-    if args.rows is None and args.scenarios == SCENARIOS:
-        write_into(Path(args.output), text, command)
+    if full or args.update:
+        write_into(path, text, produced_line(old_block, command, full))
     return 0
 
 

@@ -14,10 +14,16 @@ SUBSET_SEED = 12345  # the same evaluation subset for every run, so methods are 
 class Evaluator:
     """Evaluates a model on each task's test set in large batches under ``torch.inference_mode``.
 
-    In ``task`` the model predicts among its task's head only; otherwise among all outputs.
-    KL drift is KL(p_base || p_current) on the same outputs, averaged over test examples. The
-    base model is frozen, so its logits on each test set are computed once and kept.
-    ``subset`` > 0 evaluates a fixed random subset of that many examples per task (long runs).
+    The model predicts among the outputs active after ``trained_task``: in ``task`` its task's
+    head; in ``domain`` every output; in ``class`` with ``--class-outputs seen`` the outputs of
+    tasks 0..trained_task (van de Ven & Tolias 2019), and for a task not trained yet those of
+    tasks 0..that task (the outputs it will be learned with; over the seen ones alone its accuracy
+    would be 0 by construction). Each row also holds the task's reference accuracies on the same
+    outputs: ``chance_accuracy`` (a uniform guess among them) and ``majority_accuracy`` (always
+    predicting the most frequent label of the task's test examples). KL drift is KL(p_base || p_current) on the same outputs,
+    averaged over test examples. The base model is frozen, so its logits on each test set are
+    computed once and kept. ``subset`` > 0 evaluates a fixed random subset of that many examples
+    per task (long runs).
     """
 
     def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
@@ -30,42 +36,60 @@ class Evaluator:
             n = len(t.test)
             self.index.append(torch.randperm(n, generator=g)[:subset].sort().values if 0 < subset < n else None)
         self._base_id: int | None = None
-        self._base_logits: dict[int, torch.Tensor] = {}
+        self._base_logits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
-    def outputs_of(self, task: int) -> list[int] | None:
-        return self.stream.layout.task_outputs[task] if self.stream.scenario == "task" else None
+    def outputs_of(self, task: int, trained_task: int | None = None) -> list[int] | None:
+        """The outputs task ``task`` is evaluated on after ``trained_task`` (None: every task trained); None: all."""
+        layout = self.stream.layout
+        if self.stream.scenario == "task":
+            return layout.task_outputs[task]
+        last = len(self.stream) - 1 if trained_task is None else trained_task
+        return layout.active_outputs(max(last, task))
 
     def _logits(self, model: nn.Module, task: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """All logits (float32, on the task's outputs) and targets of a task's test examples."""
-        outs = self.outputs_of(task)
+        """All logits (float32, every output) and targets (output indices) of a task's test examples."""
         chunks, targets = [], []
         for batch in iterate_batches(self.stream.tasks[task].test, task, self.batch_size, shuffle=False,
                                      index=self.index[task]):
             batch = batch.to(self.device)
-            logits = model(batch.inputs)
-            chunks.append((logits if outs is None else logits[:, outs]).float())
-            targets.append(batch.targets if outs is None else batch.targets - outs[0])
+            chunks.append(model(batch.inputs).float())
+            targets.append(batch.targets)
         return torch.cat(chunks), torch.cat(targets)
 
+    def _restrict(self, logits: torch.Tensor, targets: torch.Tensor, outs: list[int] | None):
+        """Logits on ``outs`` only and targets as positions among them (unchanged when ``outs`` is None)."""
+        if outs is None:
+            return logits, targets
+        idx = torch.as_tensor(outs, device=logits.device)
+        position = torch.full((logits.shape[1],), -1, dtype=torch.long, device=logits.device)
+        position[idx] = torch.arange(len(outs), device=logits.device)
+        return logits.index_select(1, idx), position[targets]
+
     def base_logits(self, base_model: nn.Module, task: int) -> torch.Tensor:
+        """The base model's logits on every output for a task's test examples (computed once)."""
         if self._base_id != id(base_model):
             self._base_id, self._base_logits = id(base_model), {}
         if task not in self._base_logits:
             self._base_logits[task] = self._logits(base_model, task)[0]
         return self._base_logits[task]
 
-    def evaluate_task(self, model: nn.Module, task: int, base_model: nn.Module | None = None) -> dict:
+    def evaluate_task(self, model: nn.Module, task: int, base_model: nn.Module | None = None,
+                      trained_task: int | None = None) -> dict:
+        outs = self.outputs_of(task, trained_task)
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
-                logits, targets = self._logits(model, task)
+                logits, targets = self._restrict(*self._logits(model, task), outs)
                 n = len(targets)
                 accuracy = float((logits.argmax(1) == targets).float().mean())
+                majority = float(torch.bincount(targets).max()) / max(n, 1)
                 loss = float(F.cross_entropy(logits, targets))
                 kl = float("nan")
                 if base_model is not None:
                     base = self.base_logits(base_model, task)
+                    if outs is not None:
+                        base = base.index_select(1, torch.as_tensor(outs, device=base.device))
                     kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(base, 1),
                                         reduction="batchmean", log_target=True))
         finally:
@@ -77,8 +101,14 @@ class Evaluator:
             "loss": loss,
             "kl_base": kl,
             "n_eval": n,
+            "chance_accuracy": 1.0 / logits.shape[1],
+            "majority_accuracy": majority,
         }
 
-    def evaluate(self, model: nn.Module, base_model: nn.Module | None = None) -> list[dict]:
-        """One row per task of the stream, seen and unseen (unseen ones give forward transfer)."""
-        return [self.evaluate_task(model, k, base_model) for k in range(len(self.stream))]
+    def evaluate(self, model: nn.Module, base_model: nn.Module | None = None, trained_task: int | None = None) -> list[dict]:
+        """One row per task of the stream, seen and unseen (unseen ones give forward transfer).
+
+        ``trained_task``: the last task trained (-1 before any; None: every task), which sets the
+        active outputs in ``class``.
+        """
+        return [self.evaluate_task(model, k, base_model, trained_task) for k in range(len(self.stream))]

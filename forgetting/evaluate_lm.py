@@ -117,6 +117,8 @@ class LMEvaluator:
             "n_tokens": sums["tokens"],
         }
 
-    def evaluate(self, model: nn.Module, base_model: nn.Module | None = None) -> list[dict]:
-        """One row per task of the stream, seen and unseen."""
+    def evaluate(self, model: nn.Module, base_model: nn.Module | None = None,
+                 trained_task: int | None = None) -> list[dict]:
+        """One row per task of the stream, seen and unseen (``trained_task``: as ``Evaluator``'s, unused here:
+        a language model's outputs are its vocabulary whatever has been trained)."""
         return [self.evaluate_task(model, k, base_model) for k in range(len(self.stream))]

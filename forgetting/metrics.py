@@ -55,14 +55,31 @@ def accuracy_matrix(rows: pd.DataFrame, tasks_completed: int | None = None, valu
     """A[t][k] for the tasks trained so far (rows: trained task, columns: evaluated task).
 
     Rows of tasks not trained yet are absent; an unfinished run gives fewer rows. ``value`` picks
-    another measure of the rows (``nll``: the NLL matrix of a causal-LM run).
+    another measure of the rows (``nll``: the NLL matrix of a causal-LM run; ``majority_accuracy``,
+    ``chance_accuracy``: the reference accuracies laid out the same way).
     """
     fin = final_epoch_rows(rows, tasks_completed)
-    if fin.empty:
+    if fin.empty or value not in fin:
         return np.zeros((0, 0))
     table = fin.pivot_table(index="trained_task", columns="eval_task", values=value, aggfunc="mean")
     table = table.sort_index().sort_index(axis=1)
     return table.to_numpy(dtype=float)
+
+
+def at_majority_rate(rows: pd.DataFrame, tasks_completed: int | None = None) -> list[tuple[int, int, float]]:
+    """(t, k, rate) for every cell A[t][k], k <= t, whose accuracy equals task k's majority-class rate.
+
+    Equal means the same count of correct examples (within half an example): the model most
+    likely predicts one class for the whole task. Runs without the ``majority_accuracy`` column give [].
+    """
+    fin = final_epoch_rows(rows, tasks_completed)
+    if fin.empty or "majority_accuracy" not in fin:
+        return []
+    fin = fin[(fin["eval_task"] <= fin["trained_task"]) & fin["majority_accuracy"].notna()]
+    n = fin["n_eval"].clip(lower=1) if "n_eval" in fin else 1e9
+    hit = fin[(fin["accuracy"] - fin["majority_accuracy"]).abs() < 0.5 / n]
+    return [(int(r.trained_task), int(r.eval_task), float(r.majority_accuracy))
+            for r in hit.sort_values(["trained_task", "eval_task"]).itertuples()]
 
 
 def is_lm_run(rows: pd.DataFrame) -> bool:
@@ -250,6 +267,21 @@ def mean_ci(values: Sequence[float], level: float = 0.95) -> tuple[float, float,
 
     half = float(stats.t.ppf((1 + level) / 2, n - 1) * x.std(ddof=1) / math.sqrt(n))
     return m, m - half, m + half, n
+
+
+def bounded_ci(values: Sequence[float], low: float = -math.inf, high: float = math.inf,
+               level: float = 0.95) -> tuple[float, float, float, int, bool]:
+    """``mean_ci`` cut to the range the quantity can take: (mean, low, high, n, cut).
+
+    The t-interval is symmetric and, with few seeds, can reach past a bound (an accuracy above
+    100 %); the part outside is cut off and ``cut`` says so, so the reader knows the interval
+    is not the symmetric one (its nominal coverage no longer holds exactly).
+    """
+    m, lo, hi, n = mean_ci(values, level)
+    if math.isnan(lo):
+        return m, lo, hi, n, False
+    cut = lo < low or hi > high
+    return m, max(lo, low), min(hi, high), n, cut
 
 
 def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:

@@ -63,6 +63,34 @@ def kl_penalty(
     return kl * (t * t)
 
 
+def padded_teacher_kl(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    teacher_positions: Tensor,
+    *,
+    temperature: float = 1.0,
+) -> Tensor:
+    """Forward KL from a teacher that knew fewer outputs than the student, its distribution padded with zeros.
+
+    ``student_logits`` [batch, n] cover the student's outputs, ``teacher_logits`` [batch, m] the
+    teacher's (m <= n), and ``teacher_positions`` [m] says where each teacher output sits among the
+    student's. The teacher's softmax over its m outputs gets probability 0 on the student's other
+    outputs; the result is KL(p_teacher_padded || p_student) = sum_j p_j (log p_j - log q_pos(j)),
+    batchmean, times T^2. That is van de Ven et al.'s class-incremental LwF (soft-target
+    cross-entropy over all active classes, minus the teacher's entropy, which has no gradient):
+    unlike a KL over the teacher's outputs alone, it grows when the student moves probability to
+    the new outputs. Only the forward direction exists: the reverse one is infinite.
+    """
+    check_penalty_options("forward", temperature)
+    if student_logits.shape[0] != teacher_logits.shape[0] or teacher_logits.shape[1] != len(teacher_positions):
+        raise ValueError(f"shapes do not match: student {tuple(student_logits.shape)}, teacher "
+                         f"{tuple(teacher_logits.shape)}, {len(teacher_positions)} teacher positions")
+    t = float(temperature)
+    log_q = F.log_softmax(student_logits.float() / t, dim=-1).index_select(1, teacher_positions)
+    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+
+
 # Floats of one chunk's float32 log-probabilities in ``token_kl_penalty`` (16 MiB): bounds its memory.
 TOKEN_CHUNK_FLOATS = 2**22
 

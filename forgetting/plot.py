@@ -26,7 +26,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
     from .report_figures import figure_set
     from .report_html import write_html
     from .report_runs import load_runs, runs_config_table
-    from .report_summary import run_table, write_summary
+    from .report_summary import reference_accuracies, run_table, write_summary
 
     if not paths:
         raise BadInput("no results paths given: name at least one results directory or run directory")
@@ -46,7 +46,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
         ids = {r.run_id for r in group}
         figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub)
         written += figures[bench, scen]
-    written += write_summary(table, out)
+    written += write_summary(table, out, reference_accuracies(runs))
     configs = runs_config_table(runs)
     runs_csv = out / "runs.csv"  # one row per run: its numbers, every config field, its command
     atomic_write_text(runs_csv, table.merge(configs[["run_id"] + [c for c in configs if c not in table]],

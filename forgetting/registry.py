@@ -282,10 +282,10 @@ def runner(spec: str) -> type:
 
 
 def stream_options(benchmark: str) -> list[Option]:
-    """The options of a benchmark, the scenario first."""
-    from .streams import SCENARIO
+    """The options of a benchmark, the scenario first, then how the class scenario uses the outputs."""
+    from .streams import CLASS_OUTPUTS_OPTION, SCENARIO
 
-    return [SCENARIO, *stream(benchmark).options]
+    return [SCENARIO, CLASS_OUTPUTS_OPTION, *stream(benchmark).options]
 
 
 def options_of(kind: str, name: str) -> list[Option]:

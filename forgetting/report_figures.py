@@ -19,9 +19,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .metrics import accuracy_matrix, is_lm_run, mean_ci, old_task_curves, pareto_front, task_boundaries  # noqa: E402
+from adjustText import adjust_text  # noqa: E402
+
+from .metrics import (accuracy_matrix, bounded_ci, is_lm_run, mean_ci, old_task_curves, pareto_front,  # noqa: E402
+                      task_boundaries)
 from .report_runs import Run  # noqa: E402
-from .report_summary import forgetting_column, kl_fit, summarize  # noqa: E402
+from .report_summary import forgetting_column, kl_fit, reference_accuracies, summarize  # noqa: E402
 
 DPI = 100
 FORMATS = ("png", "svg")
@@ -49,11 +52,16 @@ def save(fig, out: Path, name: str) -> list[Path]:
 
 
 def colors(table: pd.DataFrame) -> dict[str, tuple]:
-    """A colour per experiment label: a hue per method, darker for larger λ."""
+    """A colour per experiment label: a hue per method (naive its own, grey), darker for larger λ."""
     out = {}
-    methods = sorted(table["method"].unique())
+    hue = table["method"].where(~table["label"].str.startswith("naive"), "naive")
+    methods = sorted(hue.unique(), key=lambda m: (m != "naive", m))
     for i, m in enumerate(methods):
-        labels = table[table["method"] == m].sort_values(["lambda", "label"])["label"].unique()
+        if m == "naive":
+            labels = sorted(table.loc[hue == m, "label"].unique())
+            out.update(zip(labels, sns.color_palette("Greys", len(labels) + 3)[3:]))
+            continue
+        labels = table[hue == m].sort_values(["lambda", "label"])["label"].unique()
         shades = sns.color_palette(SEQUENTIAL[i % len(SEQUENTIAL)], len(labels) + 2)[2:]
         out.update(zip(labels, shades))
     return out
@@ -71,9 +79,27 @@ def task_names(runs: list[Run]) -> list[str]:
 
 
 def t_band(x: pd.Series) -> tuple[float, float]:
-    """seaborn errorbar: the 95% t-interval of the mean over seeds (same as in the summary)."""
+    """seaborn errorbar: the 95% t-interval of the mean accuracy over seeds, cut to [0, 1] (as in the summary)."""
+    _, lo, hi, _, _ = bounded_ci(x.tolist(), 0.0, 1.0)
+    return lo, hi
+
+
+def t_band_unbounded(x: pd.Series) -> tuple[float, float]:
+    """seaborn errorbar: the 95% t-interval of the mean over seeds of a quantity without bounds (NLL)."""
     _, lo, hi, _ = mean_ci(x.tolist())
     return lo, hi
+
+
+REFERENCE_STYLE = {"chance": dict(color="0.45", ls=(0, (1, 2)), lw=1.1),
+                   "majority": dict(color="firebrick", ls=(0, (6, 2, 1, 2)), lw=1.0, alpha=0.8)}
+
+
+def reference_curves(ref: Run, k: int) -> pd.DataFrame:
+    """Chance and majority-class accuracy of task k at the evaluation points of ``ref`` (empty without them)."""
+    if "majority_accuracy" not in ref.rows:
+        return pd.DataFrame(columns=["finetune_step", "chance_accuracy", "majority_accuracy"])
+    c = old_task_curves(ref.rows, ref.tasks_completed)
+    return c[c["eval_task"] == k][["finetune_step", "chance_accuracy", "majority_accuracy"]]
 
 
 def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
@@ -96,6 +122,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     axes = axes[:, 0]
     data = pd.concat(pts, ignore_index=True) if pts else None
     unfinished = {}
+    ref = next((r for r in runs if r.complete), max(runs, key=lambda r: r.tasks_completed))
+    drew_reference = False
     for k, ax in enumerate(axes):
         ax.set_title(f"task {names[k]}", loc="left", fontsize=10)
         if value == "accuracy":
@@ -103,18 +131,23 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
             ax.set_yticks(np.linspace(0, 1, 6))
         ax.set_ylabel("test accuracy" if value == "accuracy" else "test NLL per token (nats)")
         ax.grid(alpha=0.3)
+        rc = reference_curves(ref, k) if value == "accuracy" else pd.DataFrame()
+        if len(rc):  # chance may change along the way (class-incremental: more outputs), so a step line
+            ax.step(rc["finetune_step"], rc["chance_accuracy"], where="post", **REFERENCE_STYLE["chance"])
+            ax.step(rc["finetune_step"], rc["majority_accuracy"], where="post", **REFERENCE_STYLE["majority"])
+            drew_reference = True
         if data is None:
             continue
         d = data[data["eval_task"] == k]
         done = d[d["complete"]]
         if len(done):
-            sns.lineplot(done, x="finetune_step", y=value, hue="label", palette=palette, errorbar=t_band,
+            sns.lineplot(done, x="finetune_step", y=value, hue="label", palette=palette,
+                         errorbar=t_band if value == "accuracy" else t_band_unbounded,
                          estimator="mean", legend=False, ax=ax)
         for (rid, label, state), u in d[~d["complete"]].groupby(["run_id", "label", "state"]):
             ax.plot(u["finetune_step"], u[value], ls="--", lw=1.2, color=palette[label])
             seed = next(r.seed for r in runs if r.run_id == rid)
             unfinished[f"{label}, seed {seed}: unfinished, {state}"] = Line2D([], [], ls="--", color=palette[label])
-    ref = next((r for r in runs if r.complete), max(runs, key=lambda r: r.tasks_completed))
     bounds = task_boundaries(ref.rows, ref.tasks_completed)
     if len(bounds):
         b = (bounds - bounds.iloc[0]).to_dict()
@@ -132,8 +165,12 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         n = int(((table["label"] == label) & (table["status"] == "complete")).sum())
         handles[f"{label}: mean of {n} seed{'s' * (n > 1)}"] = Line2D([], [], color=palette[label])
     handles.update(unfinished)
+    if drew_reference:
+        handles["chance: a uniform guess among the outputs evaluated"] = Line2D([], [], **REFERENCE_STYLE["chance"])
+        handles["majority class: always the task's most frequent test label"] = Line2D([], [], **REFERENCE_STYLE["majority"])
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=8,
-               title="method, λ (band: 95% t-interval over seeds; dashed: a run that did not finish)",
+               title="method and strength (band: 95% t-interval over seeds"
+                     + (", cut to 0-1" if value == "accuracy" else "") + "; dashed: a run that did not finish)",
                title_fontsize=8)
     if value == "accuracy":
         fig.suptitle(f"Forgetting curves: accuracy of each old task while fine-tuning on the next ones\n{where}")
@@ -186,35 +223,55 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     return save(fig, out, f"{prefix}accuracy_matrix")
 
 
-def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
-    """Final old-task against new-task accuracy per experiment, Pareto front marked; size 9 x 6.5 inches."""
+def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references: pd.DataFrame | None = None) -> list[Path]:
+    """Final old-task against new-task accuracy per experiment, Pareto front marked; size 9 x 6.5 inches.
+
+    Each point is labelled with its experiment's name; labels are moved apart (adjustText) so that
+    points that coincide keep readable names, with a thin line to their point.
+    """
     s = summarize(table)
     s = s[s["status"] == "complete"].dropna(subset=["new_task_accuracy_mean", "old_task_accuracy_mean"])
     palette = colors(table)
     fig, ax = plt.subplots(figsize=(9, 6.5), layout="constrained")
     x, y = 100 * s["new_task_accuracy_mean"].to_numpy(), 100 * s["old_task_accuracy_mean"].to_numpy()
 
-    def half(m):
-        return (100 * (s[f"{m}_ci95_hi"] - s[f"{m}_mean"])).fillna(0).to_numpy()
+    def bars(m):  # asymmetric: the intervals are cut to [0, 100]
+        lo = (100 * (s[f"{m}_mean"] - s[f"{m}_ci95_lo"])).fillna(0).to_numpy()
+        hi = (100 * (s[f"{m}_ci95_hi"] - s[f"{m}_mean"])).fillna(0).to_numpy()
+        return np.vstack([lo, hi])
 
+    xerr, yerr = bars("new_task_accuracy"), bars("old_task_accuracy")
+    texts = []
     for i, (_, r) in enumerate(s.iterrows()):
-        ax.errorbar(x[i], y[i], xerr=half("new_task_accuracy")[i], yerr=half("old_task_accuracy")[i], fmt="o",
+        ax.errorbar(x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o",
                     ms=7, color=palette[r["label"]], ecolor=palette[r["label"]], elinewidth=1, capsize=2,
                     label=f"{r['label']} ({r['n_seeds']} seeds)")
-        ax.annotate(f"λ={r['lambda']:g}" + (f", {r['variant']}" if r["variant"] else ""), (x[i], y[i]), xytext=(5, 5), textcoords="offset points", fontsize=8)
+        texts.append(ax.text(x[i], y[i], r["label"], fontsize=8, color="0.15"))
     front = pareto_front(x, y)
     if len(front):
         ax.plot(x[front], y[front], "-", color="0.2", lw=1, zorder=0)
         ax.scatter(x[front], y[front], s=180, facecolors="none", edgecolors="0.1", lw=1.5,
                    label="Pareto front (no other setting better on both)")
+    if references is not None and len(references):
+        v = references.sort_values("task")
+        for col, what in (("chance_accuracy", "chance"), ("majority_accuracy", "majority class")):
+            style = REFERENCE_STYLE["chance" if what == "chance" else "majority"]
+            ax.axvline(100 * v[col].iloc[-1], **style)
+            if len(v) > 1:
+                ax.axhline(100 * v[col].iloc[:-1].mean(), **style)
+            ax.plot([], [], **style, label=f"{what} (new task: vertical, old tasks: horizontal)")
     ax.set_xlabel("accuracy on the new (last) task after fine-tuning (%)")
     ax.set_ylabel("mean accuracy on the old tasks after fine-tuning (%)")
     ax.grid(alpha=0.3)
     if len(s):
-        ax.legend(fontsize=8, loc="best", title="mean over seeds, bars: 95% t-interval", title_fontsize=8)
+        ax.legend(fontsize=8, loc="best", title="mean over seeds, bars: 95% t-interval cut to 0-100",
+                  title_fontsize=8)
+        ax.set_xlim(-5, 105)
+        ax.set_ylim(-5, 105)
+        adjust_text(texts, ax=ax, expand=(1.3, 1.6), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6))
     else:
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")
-    ax.set_title(f"Stability–plasticity trade-off across λ\n{where}")
+    ax.set_title(f"Stability–plasticity trade-off\n{where}")
     return save(fig, out, f"{prefix}tradeoff")
 
 
@@ -262,4 +319,5 @@ def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = ""
     return (forgetting_curves(runs, table, where, out, prefix) + accuracy_heatmaps(runs, table, where, out, prefix)
             + (forgetting_curves(nll, table[table["run_id"].isin({r.run_id for r in nll})], where, out, prefix,
                                  value="nll") if nll else [])
-            + tradeoff(table, where, out, prefix) + kl_vs_forgetting(table, where, out, prefix))
+            + tradeoff(table, where, out, prefix, reference_accuracies(runs))
+            + kl_vs_forgetting(table, where, out, prefix))

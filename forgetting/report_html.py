@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .report_summary import METRICS, summarize
+from .report_summary import LM_METRICS, METRICS, summarize
 from .results import atomic_write_text
 
 STYLE = """
@@ -41,6 +41,8 @@ def _cell(row: pd.Series, metric: str, pct: bool) -> str:
     lo, hi = row[f"{metric}_ci95_lo"], row[f"{metric}_ci95_hi"]
     if text != "–" and not (isinstance(lo, float) and math.isnan(lo)):
         text += f" [{_number(lo, pct, digits)}, {_number(hi, pct, digits)}]"
+        if bool(row.get(f"{metric}_ci95_cut", False)):
+            text += "†"  # cut to the range the quantity can take, as in summary.md
     return text
 
 
@@ -57,15 +59,16 @@ def summary_tables(table: pd.DataFrame) -> dict[tuple[str, str], str]:
     """Per benchmark and scenario: the summary table (mean [95% interval] over seeds), as in summary.md."""
     out = {}
     for (bench, scen), s in summarize(table).groupby(["benchmark", "scenario"], sort=True):
-        head = ["method", "λ", "variant", "runs"] + [h + (" (%)" if pct else "") for _, h, pct in METRICS]
+        shown = [(m, h, pct) for m, h, pct, _ in METRICS if m not in LM_METRICS or s[f"{m}_mean"].notna().any()]
+        head = ["method", "variant", "runs"] + [h + (" (%)" if pct else "") for _, h, pct in shown]
         rows, classes = [], []
         for _, r in s.iterrows():
             runs = (f"{r['n_seeds']} (seeds {r['seeds']})" if r["status"] == "complete"
                     else f"unfinished: {r['state']} (run {r['run_ids']})")
-            rows.append([html.escape(str(r["method"])), f"{r['lambda']:g}", html.escape(r["variant"] or "–"),
-                         html.escape(runs)] + [_cell(r, m, pct) for m, _, pct in METRICS])
+            rows.append([html.escape(str(r["name"])), html.escape(r["variant"] or "–"),
+                         html.escape(runs)] + [_cell(r, m, pct) for m, _, pct in shown])
             classes.append("" if r["status"] == "complete" else "unfinished")
-        out[(bench, scen)] = _table(head, rows, 4, classes)
+        out[(bench, scen)] = _table(head, rows, 3, classes)
     return out
 
 
@@ -92,7 +95,8 @@ def write_html(out: Path, table: pd.DataFrame, figures: dict[tuple[str, str], li
              f"<p>Made {datetime.now(timezone.utc).isoformat(timespec='seconds')} by</p>",
              f"<pre>{html.escape(plot_command)}</pre>",
              "<p>Each summary row pools the complete runs of one experiment over seeds: the mean, then in "
-             "brackets the 95% t-interval over seeds (one seed gives none). Accuracies, forgetting and "
+             "brackets the 95% t-interval over seeds, cut to the range the quantity can take († where cut; one "
+             "seed gives none). Accuracies, forgetting and "
              "transfers in percentage points after the last task; definitions in <code>summary.md</code>. "
              "Figures are also in the folder as PNG and SVG; every run's command is in the last table and in "
              "<code>runs.csv</code>.</p>"]

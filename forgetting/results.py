@@ -43,6 +43,8 @@ METRIC_COLUMNS = [
     "accuracy", "loss",
     "kl_base",        # mean KL(p_base || p_current) on eval_task's test inputs (NaN before the base task ends)
     "n_eval",         # number of test examples evaluated
+    "chance_accuracy",    # a uniform guess among the outputs eval_task was evaluated on
+    "majority_accuracy",  # always predicting eval_task's most frequent test label
     "train_loss",     # mean total training loss of the epoch so far (NaN for init)
     "wall_time",      # seconds since the run started (timing: differs between identical runs)
     # causal LMs only (empty for classifiers), over the test tokens that carry loss; see evaluate_lm.py

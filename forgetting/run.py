@@ -229,6 +229,9 @@ def prepare(config: RunConfig):
     stream = build_stream_for(config)
     warn_one_class_tasks(stream)
     methods = registry.build_methods(config.method.name, config.hparams)
+    for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
+        if hasattr(m, "check_stream"):
+            m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = spec.build(stream, model_values, source)

@@ -15,18 +15,19 @@ def console_table(summary_csv: Path) -> str:
     if df.empty:
         return ""
 
-    def pct(row, key):
+    def pct(row, key):  # the interval as the summary gives it: cut to the quantity's range, † when cut
         m, lo, hi = row[f"{key}_mean"], row[f"{key}_ci95_lo"], row[f"{key}_ci95_hi"]
         if pd.isna(m):
             return "-"
-        return f"{100 * m:5.1f}" + ("" if pd.isna(lo) or lo == hi else f" ±{100 * (hi - lo) / 2:4.1f}")
+        cut = "†" if str(row.get(f"{key}_ci95_cut", False)) == "True" else " "
+        return f"{100 * m:5.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:5.1f},{100 * hi:5.1f}]{cut}")
 
-    lines = ["", "old tasks kept (after the last task; mean ±95% CI half-width over seeds, in %):",
-             f"{'benchmark':<16}{'scenario':<9}{'method, lambda':<30}{'seeds':>6}  {'avg acc':>12}  "
-             f"{'old-task acc':>12}  {'forgetting':>12}"]
+    lines = ["", "old tasks kept (after the last task; mean [95% CI over seeds, † cut to the possible range], in %):",
+             f"{'benchmark':<16}{'scenario':<9}{'method':<30}{'seeds':>6}  {'avg acc':>20}  "
+             f"{'old-task acc':>20}  {'forgetting':>20}"]
     for _, row in df.iterrows():
         label = str(row["label"]) + ("" if row["status"] == "complete" else " (unfinished)")
         lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}  "
-                     f"{pct(row, 'average_accuracy'):>12}  {pct(row, 'old_task_accuracy'):>12}  "
-                     f"{pct(row, 'forgetting_max'):>12}")
+                     f"{pct(row, 'average_accuracy'):>20}  {pct(row, 'old_task_accuracy'):>20}  "
+                     f"{pct(row, 'forgetting_max'):>20}")
     return "\n".join(lines)

@@ -58,6 +58,7 @@ class Trainer:
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None
         self.global_step = 0
+        self.current_task = 0  # the task being trained (its active outputs in ``class``)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None  # per-epoch learning-rate schedule (optim.py), fresh per task
         optim.check_device(config.amp, device)
@@ -81,6 +82,7 @@ class Trainer:
         return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
 
     def train_task(self, t: int) -> None:
+        self.current_task = t
         self.optimizer = self.new_optimizer()
         self.scheduler = optim.build_scheduler(self.optimizer, self.config)
         for m in self.methods:
@@ -170,7 +172,7 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
-        rows = self.evaluator.evaluate(self.model, self.base_model)
+        rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,

@@ -127,7 +127,8 @@ def test_a_run_on_split_cifar10_files(tmp_path):
     run_dir, rows, status = run_experiment(cfg)
     assert status == "complete" and len(rows) == 5 + 5 * 5
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["stream"]["options"] == {"scenario": "class", "augment": True, "train_per_class": 0}
+    assert config["stream"]["options"] == {"scenario": "class", "class_outputs": "seen", "augment": True,
+                                           "train_per_class": 0}
 
 
 @pytest.mark.parametrize("damage, named", [

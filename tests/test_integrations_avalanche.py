@@ -84,8 +84,10 @@ def test_head_cross_entropy_is_masked_cross_entropy_by_hand():
     by_hand = ((math.log(math.exp(0.3) + math.exp(-1.0)) - (-1.0))
                + (math.log(math.exp(1.0) + math.exp(5.0)) - 5.0)) / 2
     assert float(HeadCrossEntropy(layout)(logits, targets)) == pytest.approx(by_hand, rel=1e-6)
-    domain = HeadCrossEntropy(digits("class").layout)  # no masking outside the task scenario
-    assert torch.equal(domain(logits, targets), F.cross_entropy(logits, targets))
+    every = HeadCrossEntropy(digits("class").layout, lambda: 4)  # class, last task: every output active
+    assert torch.equal(every(logits, targets), F.cross_entropy(logits, targets))
+    seen = HeadCrossEntropy(digits("class").layout, lambda: 3)  # class, task 3: outputs 0-7 active
+    assert float(seen(logits, targets)) == pytest.approx(float(F.cross_entropy(logits[:, :8], targets)), rel=1e-6)
 
 
 def test_task_labelled_model_gives_the_wrapped_models_outputs():

@@ -159,15 +159,17 @@ def test_ewc_penalty_is_one_term_per_task_and_online_ewc_accumulates():
     hand = 0.5 * (2 * 0.5**2 + 3 * 1.0**2) + 0.5 * (1 * 1.0**2 + 4 * 0.5**2)
     assert weight == 10.0 and value.item() == pytest.approx(hand)
 
-    online = OnlineEWC(ewc_lambda=10.0, ewc_fisher="true", ewc_gamma=0.5)
+    online = OnlineEWC(ewc_lambda=10.0, ewc_fisher="true", ewc_gamma=0.9)
     online.consolidate(f1, a1)
     online.consolidate(f2, a2)
-    value, _ = online.penalties(_fake_trainer(model), None, None, 2)["ewc"]
-    # Fisher 0.5 * F1 + F2 = (2.0, 5.5), anchored at the last parameters only
+    value, weight = online.penalties(_fake_trainer(model), None, None, 2)["ewc"]
+    # stored Fisher 0.9 * F1 + F2 = (2.8, 6.7), anchored at the last parameters only, and decayed once
+    # more in the penalty (Schwarz et al. 2018; van de Ven et al.): 1/2 * 0.9 * sum F (theta - theta*)^2
     assert len(online.consolidated) == 1
-    assert value.item() == pytest.approx(0.5 * (2.0 * 1.0**2 + 5.5 * 0.5**2))
-    value.backward()  # d/da = F_a (a - a*) = 2.0
-    assert model.a.grad.item() == pytest.approx(2.0)
+    assert torch.allclose(online.consolidated[0][0]["a"], torch.tensor(2.8))
+    assert weight == 10.0 and value.item() == pytest.approx(0.5 * 0.9 * (2.8 * 1.0**2 + 6.7 * 0.5**2))  # 2.016
+    value.backward()  # d/da = 0.9 F_a (a - a*) = 0.9 * 2.8 * 1.0
+    assert model.a.grad.item() == pytest.approx(2.52)
     assert EWC(ewc_lambda=1.0, ewc_fisher="true").penalties(_fake_trainer(model), None, None, 0) == {}
 
 
@@ -381,7 +383,7 @@ def test_rdrop_passes_differ_under_dropout_and_its_loss_matches_a_hand_computati
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
     layout = HeadLayout("domain", [[0, 1, 2]], 3)
-    trainer = SimpleNamespace(model=model, layout=layout)
+    trainer = SimpleNamespace(model=model, layout=layout, current_task=0)
     batch = Batch(torch.randn(5, 6), torch.tensor([0, 2, 1, 1, 0]), torch.zeros(5, dtype=torch.long), torch.arange(5))
     method = RDrop(rdrop_alpha=0.8)
     model.train()

@@ -159,6 +159,27 @@ def test_mean_ci_against_the_t_table():
     assert m == 0.5 and n == 1 and math.isnan(lo) and math.isnan(hi)
 
 
+def test_bounded_ci_cuts_the_t_interval_to_the_range_and_says_so():
+    values = [0.99, 1.0, 0.97]  # mean 0.98667, s = 0.015275, half = 4.3027 * s / sqrt(3) = 0.037946
+    m, lo, hi, n, cut = M.bounded_ci(values, 0.0, 1.0)
+    assert m == pytest.approx(0.986667, abs=1e-6) and lo == pytest.approx(0.986667 - 0.037946, abs=1e-6)
+    assert hi == 1.0 and cut and n == 3
+    assert M.bounded_ci([0.4, 0.5, 0.6], 0.0, 1.0)[4] is False
+    assert M.bounded_ci([0.5], 0.0, 1.0)[4] is False  # no interval, nothing cut
+
+
+def test_cells_at_the_majority_rate_are_found_to_half_an_example():
+    rows = pd.DataFrame([
+        # phase, trained, epoch, eval, accuracy, majority, n
+        ("epoch", 0, 1, 0, 0.9, 0.5, 100), ("epoch", 0, 1, 1, 0.3, 0.3, 100),  # unseen task: not a warning
+        ("epoch", 1, 1, 0, 0.504, 0.5, 100), ("epoch", 1, 1, 1, 0.3, 0.3, 100),
+    ], columns=["phase", "trained_task", "epoch", "eval_task", "accuracy", "majority_accuracy", "n_eval"])
+    assert M.at_majority_rate(rows) == [(1, 0, 0.5), (1, 1, 0.3)]  # 0.504 * 100 = 50.4 examples: within half
+    rows.loc[2, "accuracy"] = 0.51
+    assert M.at_majority_rate(rows) == [(1, 1, 0.3)]
+    assert M.at_majority_rate(rows.drop(columns="majority_accuracy")) == []
+
+
 def test_pareto_front_by_hand():
     x = [0.9, 0.8, 0.7, 0.6, 0.85]
     y = [0.1, 0.5, 0.4, 0.9, 0.45]

@@ -86,17 +86,28 @@ def test_summary_confidence_interval_is_the_hand_computed_t_interval(sweep, repo
     for d in sweep.iterdir():
         cfg = json.loads((d / "config.json").read_text())
         runs.setdefault((cfg["method"]["name"], cfg["method"]["options"]["kl_lambda"]), []).append(hand_numbers(d))
+    bounds = {"average_accuracy": (0.0, 1.0), "forgetting_max": (-1.0, 1.0)}
+    cuts = 0
     for (method, lam), seeds in runs.items():
         row = summary[(summary["method"] == method) & (summary["lambda"] == lam)].iloc[0]
-        for m in ("average_accuracy", "forgetting_max"):
+        for m, (low, high) in bounds.items():
             x1, x2 = seeds[0][m], seeds[1][m]
             half = T_975_1 * abs(x1 - x2) / 2  # t * s / sqrt(2) with s = |x1 - x2| / sqrt(2)
-            assert row[f"{m}_mean"] == pytest.approx((x1 + x2) / 2)
-            assert row[f"{m}_ci95_lo"] == pytest.approx((x1 + x2) / 2 - half)
-            assert row[f"{m}_ci95_hi"] == pytest.approx((x1 + x2) / 2 + half)
+            mean = (x1 + x2) / 2
+            assert row[f"{m}_mean"] == pytest.approx(mean)
+            # the t-interval, cut to what the quantity can take, and flagged when cut
+            assert row[f"{m}_ci95_lo"] == pytest.approx(max(mean - half, low))
+            assert row[f"{m}_ci95_hi"] == pytest.approx(min(mean + half, high))
+            assert bool(row[f"{m}_ci95_cut"]) == (mean - half < low or mean + half > high)
+            cuts += bool(row[f"{m}_ci95_cut"])
+    for col in summary.columns:
+        if col.endswith(("_ci95_lo", "_ci95_hi")) and "accuracy" in col:
+            assert summary[col].dropna().between(0, 1).all(), col
     md = (out / "summary.md").read_text()
-    assert "t distribution" in md and "kl+rdrop" in md and "max-based (Chaudhry" in md
+    assert "t distribution" in md and "max-based (Chaudhry" in md
+    assert "| kl λ=5 + rdrop α=1 |" in md and "| kl, λ=0.5 |" in md  # every part keeps its strength
     assert f"{100 * summary.loc[0, 'average_accuracy_mean']:.1f} [" in md
+    assert ("†" in md) == (cuts > 0) and "*reference: majority class*" in md and "*reference: chance*" in md
 
 
 @pytest.mark.slow
@@ -130,6 +141,47 @@ def test_an_unfinished_run_is_plotted_as_far_as_it_got_and_named(sweep, tmp_path
     assert "**unfinished**: running after 2 of 5 tasks" in (tmp_path / "out" / "summary.md").read_text()
     assert (summary["scenario"] == "task").sum() == 1
     assert summary.set_index("run_ids").loc["fresh", "state"] == "running, nothing recorded yet"
+
+
+def test_a_task_stuck_at_its_majority_rate_is_warned_about(sweep, tmp_path):
+    def stuck(rows):  # task 1 right after training it: exactly its majority-class rate
+        at = (rows.trained_task == 1) & (rows.eval_task == 1)
+        return rows.assign(accuracy=rows.accuracy.where(~at, rows.majority_accuracy))
+
+    victim = corrupt(sweep, tmp_path, edit_csv(stuck))
+    write_report([tmp_path / "results"], tmp_path / "out")
+    md = (tmp_path / "out" / "summary.md").read_text()
+    seed = read_checked(victim).seed
+    assert "**Warning: accuracy equal to the majority-class rate**" in md
+    assert f"seed {seed}: A[1][1] = " in md and md.count("A[1][1] = ") == 1
+
+
+def test_names_read_as_a_reader_would():
+    from forgetting.report_summary import display_name
+
+    assert display_name("kl", {"kl_lambda": 0.0})[0] == "naive"
+    assert display_name("kl", {"kl_lambda": 0.3})[0] == "kl, λ=0.3"
+    assert display_name("replay", {"replay_size": 200})[0] == "replay"
+    assert display_name("replay+kl", {"kl_lambda": 1.0})[0] == "replay + kl λ=1"
+    assert display_name("replay+kl", {"kl_lambda": 0.0})[0] == "replay"
+    assert display_name("kl+rdrop", {"kl_lambda": 1.0, "rdrop_alpha": 0.5})[0] == "kl λ=1 + rdrop α=0.5"
+    assert display_name("kl+rdrop", {"kl_lambda": 0.0, "rdrop_alpha": 0.5})[0] == "rdrop, α=0.5"
+    assert display_name("si", {"si_c": 1.0})[0] == "si, c=1"
+    assert display_name("ewc", {"ewc_lambda": 1e5})[0] == "ewc, λ=1e5"
+    assert display_name("joint", {})[0] == "joint" and display_name("naive", {})[0] == "naive"
+
+
+def test_a_zero_strength_penalty_beside_a_real_naive_run_says_what_it_was(sweep):
+    dirs = [d for d in sorted(sweep.iterdir()) if read_checked(d).method == "kl"]
+    a = read_checked(dirs[0])
+    a.config = {**a.config, "hparams": {**a.config["hparams"], "kl_lambda": 0.0}}
+    b = read_checked(dirs[0])
+    b.config = {**b.config, "method": "naive", "hparams": {}}
+    b.manifest = {**b.manifest, "run_id": "naive-run"}
+    b.rows = b.rows.assign(method="naive", **{"lambda": 0.0})
+    labels = assign_experiments([a, b])
+    assert labels["naive-run"] == "naive" and labels[a.run_id] == "naive (kl, λ=0)"
+    assert assign_experiments([a])[a.run_id] == "naive"
 
 
 def test_runs_that_differ_beyond_the_seed_are_not_pooled(sweep, tmp_path):

@@ -93,3 +93,40 @@ def test_runs_with_and_without_cache_end_alike(tmp_path, mnist_dir):
     with_cache = np.mean([final_acc(True, s) for s in seeds])
     without = np.mean([final_acc(False, s) for s in seeds])
     assert abs(with_cache - without) <= 0.005, (with_cache, without)
+
+
+def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
+    from forgetting.penalty import kl_penalty
+
+    config = make_config(benchmark="split-digits", scenario="domain", method="replay+kl", epochs=1, progress=False,
+                         hparams={**HP, "replay_size": 60})
+    hp = config.hparams
+    stream = build_stream("split-digits", "domain", {})
+    torch.manual_seed(0)
+    model = MLP(stream.input_shape, stream.layout.n_outputs, hidden=[64], dropout=0.0)
+    tr = Trainer(config, stream, model, build_methods("replay+kl", hp), torch.device("cpu"))
+    tr.train_task(0)
+    replay, kl = tr.methods
+    tr.current_task = 1
+    for m in tr.methods:
+        m.before_task(tr, 1)
+    assert kl.cache is not None
+    with torch.no_grad():  # the student drifts from the teacher
+        for p in tr.model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    batch = next(iter(replay.batches(tr, 1, 1)))
+    new = batch.task_ids == 1
+    assert 0 < int(new.sum()) < len(batch)  # new and replayed examples in one batch
+    calls = []
+    hook = tr.previous_model.register_forward_hook(lambda *args: calls.append(1))
+    logits = tr.model(batch.inputs)
+    value = float(kl.penalties(tr, batch, logits, 1)["kl"][0])
+    hook.remove()
+    assert calls == []  # the teacher was not run: its outputs on the new examples came from the cache
+    with torch.no_grad():
+        teacher = tr.previous_model(batch.inputs)
+    on_new = float(kl_penalty(logits[new], teacher[new], direction="forward", temperature=2.0))
+    on_all = float(kl_penalty(logits, teacher, direction="forward", temperature=2.0))
+    assert value == pytest.approx(on_new, abs=1e-6) and abs(on_new - on_all) > 1e-4
+    kl.hparams["kl_on_replayed"] = True  # every example of the batch held, the live teacher on all of them
+    assert float(kl.penalties(tr, batch, logits, 1)["kl"][0]) == pytest.approx(on_all, abs=1e-6)

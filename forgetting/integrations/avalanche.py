@@ -92,20 +92,21 @@ class HeadCrossEntropy:
     """Our masked cross-entropy as an Avalanche criterion ``(logits, targets)``.
 
     In ``task`` the head is the one holding the target (heads are disjoint blocks of outputs),
-    so examples replayed from memory (GEM, A-GEM, Replay) get their own head too.
+    so examples replayed from memory (GEM, A-GEM, Replay) get their own head too. In ``class``
+    the outputs active while the current task (``current_task()``) trains, as in our Trainer.
     """
 
-    def __init__(self, layout: HeadLayout):
+    def __init__(self, layout: HeadLayout, current_task: Callable[[], int] = lambda: 0):
         self.layout = layout
+        self.current_task = current_task
         owner = torch.zeros(layout.n_outputs, dtype=torch.long)
         for t, outs in enumerate(layout.task_outputs):
             owner[outs] = t
         self.owner = owner
 
     def __call__(self, logits: Tensor, targets: Tensor) -> Tensor:
-        if self.layout.scenario == "task":
-            logits = self.layout.masked(logits, self.owner.to(targets.device)[targets])
-        return F.cross_entropy(logits, targets)
+        task_ids = self.owner.to(targets.device)[targets]
+        return F.cross_entropy(self.layout.masked(logits, task_ids, self.current_task()), targets)
 
 
 class TaskLabelled(MultiTaskModule):
@@ -377,7 +378,7 @@ class AvalancheTrainer(Trainer):
                           eval_every=-1)
             if self.method.strategy == "ICaRL":  # its own model (features + head + nearest-mean) and loss
                 return cls(feature_extractor=self.model.features, classifier=self.model.head, **common, **kwargs)
-            return cls(model=net, criterion=HeadCrossEntropy(self.layout), **common, **kwargs)
+            return cls(model=net, criterion=HeadCrossEntropy(self.layout, lambda: self.current_task), **common, **kwargs)
 
     def evaluated_model(self) -> nn.Module:
         """What the strategy predicts with at evaluation time: our model, or the strategy's view of it.

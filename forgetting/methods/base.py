@@ -27,13 +27,15 @@ Terms = dict[str, tuple[Tensor, float]]  # name -> (unweighted value, weight in 
 
 
 def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy over the outputs each example's task may predict (its own head in ``task``).
+    """Cross-entropy over the outputs each example may predict while the current task trains.
 
+    Its own head in ``task``; every output in ``domain``; in ``class`` the outputs of the tasks
+    seen so far (``--class-outputs seen``, replayed examples included) or all of them.
     For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
     """
     if is_lm(getattr(trainer, "stream", None)):
         return token_loss(logits, batch.inputs["labels"])
-    return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids), batch.targets)
+    return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids, trainer.current_task), batch.targets)
 
 
 class Method:
@@ -42,12 +44,16 @@ class Method:
     name: ClassVar[str] = "naive"
     options: ClassVar[list[Option]] = []
     strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
+    naive_at_zero: ClassVar[bool] = False  # a strength of 0 makes the method plain fine-tuning (reports call it naive)
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
     runner: ClassVar[str] = "forgetting"  # the loop that runs it (registry.RUNNERS): our Trainer
 
     def __init__(self, **hparams):
         self.hparams = hparams
+
+    def check_stream(self, stream) -> None:
+        """BadInput where the method's options cannot work on ``stream`` (called before any file is written)."""
 
     # --- hooks, in the order the loop calls them -------------------------------------------
     def before_task(self, trainer: "Trainer", task: int) -> None:

@@ -109,7 +109,7 @@ class Method(Base):
         terms["der_mse"] = (F.mse_loss(out, self.buffer.logits[slots].to(out.device)), self.hparams["der_alpha"])
         if self.hparams["der_beta"] > 0:
             old, slots = self._replayed(trainer, self.buffer.draw(k, gen))
-            out = trainer.layout.masked(trainer.model(old.inputs).float(), old.task_ids)
+            out = trainer.layout.masked(trainer.model(old.inputs).float(), old.task_ids, task)
             terms["der_ce"] = (F.cross_entropy(out, self.buffer.labels[slots].to(out.device)), self.hparams["der_beta"])
         return terms
 

@@ -92,6 +92,7 @@ class Method(Base):
                "(Kirkpatrick et al. 2017), empirical = the training labels", choices=FISHER_LABELS),
     ]
     strength_option = "ewc_lambda"
+    naive_at_zero = True  # its only effect is a penalty weighted by the strength
 
     def __init__(self, **hparams):
         super().__init__(**hparams)

@@ -46,8 +46,8 @@ def weighted_sq_distance(model: nn.Module, anchor: Params, weight: Params | None
 
 
 def allowed_outputs(layout, task: int, device) -> Tensor:
-    """The output indices task ``task`` trains with (its head in ``task``, every output otherwise)."""
-    return layout.mask(torch.tensor([task], device=device))[0].nonzero().squeeze(1)
+    """The output indices task ``task`` trains with (its head in ``task``, the active outputs otherwise)."""
+    return layout.mask(torch.tensor([task], device=device), task)[0].nonzero().squeeze(1)
 
 
 TRANSFORMS = {"square": torch.square, "abs": torch.abs}

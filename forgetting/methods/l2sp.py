@@ -21,6 +21,7 @@ class Method(Base):
                "(Li et al. 2018: 0.1)", minimum=0.0),
     ]
     strength_option = "l2sp_alpha"
+    naive_at_zero = True  # its only effect is a penalty weighted by the strength
 
     def penalties(self, trainer, batch, logits, task) -> Terms:
         alpha = self.hparams["l2sp_alpha"]

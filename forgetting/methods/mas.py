@@ -42,6 +42,7 @@ class Method(Base):
         Option("mas_lambda", float, 1.0, "MAS penalty weight lambda (Aljundi et al. 2018: 1.0)", minimum=0.0),
     ]
     strength_option = "mas_lambda"
+    naive_at_zero = True  # its only effect is a penalty weighted by the strength
 
     def __init__(self, **hparams):
         super().__init__(**hparams)

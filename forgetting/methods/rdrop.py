@@ -17,14 +17,18 @@ from ..penalty import kl_penalty
 from .base import Method as Base, Terms, masked_cross_entropy
 
 
-def per_head_symmetric_kl(layout, logits1: Tensor, logits2: Tensor, task_ids: Tensor) -> Tensor:
-    """Symmetric KL per example over the outputs its task predicts with, averaged over the batch.
+def per_head_symmetric_kl(layout, logits1: Tensor, logits2: Tensor, task_ids: Tensor, task: int) -> Tensor:
+    """Symmetric KL per example over the outputs it predicts with while ``task`` trains, batch mean.
 
     In ``task`` each example's own head is compared (other heads play no part in its
-    prediction); in ``domain`` and ``class`` all outputs.
+    prediction); in ``domain`` all outputs; in ``class`` the active outputs of ``task``.
     """
     if layout.scenario != "task":
-        return kl_penalty(logits1, logits2, direction="symmetric")
+        active = layout.active_outputs(task)
+        if active is None:
+            return kl_penalty(logits1, logits2, direction="symmetric")
+        idx = torch.as_tensor(active, device=logits1.device)
+        return kl_penalty(logits1.index_select(1, idx), logits2.index_select(1, idx), direction="symmetric")
     total = logits1.new_zeros((), dtype=torch.float32)
     for t in torch.unique(task_ids).tolist():
         rows = (task_ids == t).nonzero(as_tuple=True)[0]
@@ -52,5 +56,5 @@ class Method(Base):
             return logits1, ce1, {}
         logits2 = model(batch.inputs)
         ce2 = masked_cross_entropy(trainer, logits2, batch)
-        kl = per_head_symmetric_kl(trainer.layout, logits1, logits2, batch.task_ids)
+        kl = per_head_symmetric_kl(trainer.layout, logits1, logits2, batch.task_ids, trainer.current_task)
         return logits1, 0.5 * (ce1 + ce2), {"rdrop": (kl, self.hparams["rdrop_alpha"])}

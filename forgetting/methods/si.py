@@ -23,6 +23,7 @@ class Method(Base):
                "(Zenke et al. 2017: 1e-3)", minimum=0.0, exclusive_minimum=True),
     ]
     strength_option = "si_c"
+    naive_at_zero = True  # its only effect is a penalty weighted by the strength
 
     def __init__(self, **hparams):
         super().__init__(**hparams)

@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..errors import BadInput
 from ..options import Option
 from . import files, hub, text
-from .base import SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
+from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,10 @@ DOWNLOAD = Option("download", bool, False, "download the data (torchvision, Hugg
                   hashed=False)
 SCENARIO = Option("scenario", str, "domain", "task (a head per task, task id given), domain (one shared head), class "
                   "(one head over all classes)", choices=SCENARIOS)
+CLASS_OUTPUTS_OPTION = Option("class_outputs", str, "seen", "class scenario: seen = only the outputs of the tasks so "
+                              "far take part in the cross-entropy while a task trains and in the evaluation after it "
+                              "(van de Ven & Tolias 2019); all = every output from the first task on",
+                              choices=CLASS_OUTPUTS)
 AUGMENT = Option("augment", bool, False, "train-time augmentation of image streams: random crop (padding 4) and "
                  "horizontal flip (switches the KL teacher cache off)")
 TRAIN_PER_CLASS = Option("train_per_class", int, 0, "keep this many training images per class, drawn with a fixed "
@@ -87,11 +91,13 @@ def build_stream(benchmark: str | Benchmark, scenario: str, options: dict) -> Ta
     name = benchmark if isinstance(benchmark, str) else getattr(spec.build, "__name__", "stream")
     opts = {**{o.name: o.default for o in spec.options}, **options}
     try:
-        return spec.builder()(scenario, opts)
+        stream = spec.builder()(scenario, opts)
     except (ValueError, KeyError) as e:
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--benchmark {name}: {e}") from None
+    stream.layout.class_outputs = opts.get("class_outputs", "seen")
+    return stream
 
 
 __all__ = [

@@ -4,7 +4,10 @@ A model has one output layer; each scenario reads it differently (van de Ven & T
 
 - ``task``:   one block of outputs per task (a head per task); the task id picks the block.
 - ``domain``: one shared block; every task uses the same label space.
-- ``class``:  one block over all classes of all tasks; no task id at test time.
+- ``class``:  one block over all classes of all tasks; no task id at test time. By default
+  (``class_outputs="seen"``, van de Ven & Tolias 2019) only the outputs of tasks <= t are
+  active while task t trains and when the model is evaluated after it: outputs of classes not
+  seen yet take no part in the softmax. ``"all"`` makes every output active from task 0 on.
 
 Targets in every dataset are *output indices* (task: block offset + local label; domain:
 local label; class: global class), so one masked cross-entropy serves all three scenarios.
@@ -19,6 +22,7 @@ import torch
 from torch import Tensor
 
 SCENARIOS = ("task", "domain", "class")
+CLASS_OUTPUTS = ("seen", "all")
 
 Inputs = Any  # a Tensor, or a dict of Tensors for text models
 
@@ -95,30 +99,62 @@ class Task:
 
 @dataclass
 class HeadLayout:
-    """Which model outputs each task uses, for training, evaluation and the penalty."""
+    """Which model outputs each task uses, for training, evaluation and the penalty.
+
+    ``class_outputs`` (``class`` scenario only): ``seen`` makes the outputs of tasks <= t the
+    active ones while task t trains and when evaluating after it; ``all`` makes every output active.
+    """
 
     scenario: str
     task_outputs: list[list[int]]  # output indices per task
     n_outputs: int
+    class_outputs: str = "seen"
+    _masks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    def mask(self, task_ids: Tensor) -> Tensor:
-        """Boolean [batch, n_outputs]: True where an example's task may predict.
+    def active_outputs(self, task: int) -> list[int] | None:
+        """The outputs a model chooses among while training ``task`` and when evaluated after it.
 
-        In ``task`` only the example's own head; in ``domain`` and ``class`` every output.
+        ``class`` with ``seen``: the outputs of tasks 0..task (sorted); None where every output
+        is active (``domain``, ``class`` with ``all``, or once every task is seen). In ``task``
+        each example has its own head (``mask``); this returns None there too.
+        """
+        if self.scenario != "class" or self.class_outputs == "all":
+            return None
+        outs = sorted({o for outs in self.task_outputs[: max(task, 0) + 1] for o in outs})
+        return None if len(outs) == self.n_outputs else outs
+
+    def mask(self, task_ids: Tensor, task: int) -> Tensor:
+        """Boolean [batch, n_outputs]: True where an example may predict while ``task`` trains.
+
+        In ``task`` only the example's own head; in ``domain`` every output; in ``class`` the
+        active outputs of ``task`` (``active_outputs``), the same for every example.
         """
         n = task_ids.shape[0]
-        if self.scenario != "task":
-            return torch.ones(n, self.n_outputs, dtype=torch.bool, device=task_ids.device)
-        allowed = torch.zeros(len(self.task_outputs), self.n_outputs, dtype=torch.bool, device=task_ids.device)
-        for t, outs in enumerate(self.task_outputs):
-            allowed[t, outs] = True
-        return allowed[task_ids]
+        return self._allowed(task, task_ids.device)[task_ids if self.scenario == "task" else
+                                                      torch.zeros(n, dtype=torch.long, device=task_ids.device)]
 
-    def masked(self, logits: Tensor, task_ids: Tensor) -> Tensor:
-        """Logits with the outputs an example may not predict set to -inf."""
-        if self.scenario != "task":
+    def _allowed(self, task: int, device) -> Tensor:
+        """Rows of allowed outputs: one per task's head in ``task``, else one row for ``task``; cached."""
+        key = (self.scenario, self.class_outputs, -1 if self.scenario == "task" else task, str(device))
+        if key not in self._masks:
+            if self.scenario == "task":
+                allowed = torch.zeros(len(self.task_outputs), self.n_outputs, dtype=torch.bool)
+                for t, outs in enumerate(self.task_outputs):
+                    allowed[t, outs] = True
+            else:
+                active = self.active_outputs(task)
+                allowed = torch.zeros(1, self.n_outputs, dtype=torch.bool)
+                allowed[0, slice(None) if active is None else active] = True
+            self._masks[key] = allowed.to(device)
+        return self._masks[key]
+
+    def masked(self, logits: Tensor, task_ids: Tensor, task: int) -> Tensor:
+        """Logits with the outputs an example may not predict while ``task`` trains set to -inf."""
+        if self.scenario == "task":
+            return logits.masked_fill(~self.mask(task_ids, task), float("-inf"))
+        if self.active_outputs(task) is None:
             return logits
-        return logits.masked_fill(~self.mask(task_ids), float("-inf"))
+        return logits.masked_fill(~self._allowed(task, logits.device)[0], float("-inf"))
 
     def penalty_outputs(self, task: int) -> list[list[int]]:
         """Output groups the penalty holds while fine-tuning on ``task``: one per old head.
