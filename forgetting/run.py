@@ -443,13 +443,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def experiment(benchmark: str = "split-digits", method: str = "kl", *, force: bool = False, resume: bool = False,
+               results_dir: str | Path = "results", progress: bool = False, **options) -> "pd.DataFrame":
+    """Run one experiment and return its tidy metric rows (one per evaluation point and task).
+
+    ``options`` are any option of the chosen stream, model, method or loop, by their config names
+    (``scenario="class"``, ``model="bert"``, ``kl_lambda=0.5``, ``epochs=2``, ``data_dir=...``). An
+    option the components do not take raises ``BadInput`` naming it. The run's directory is in
+    ``df.attrs["run_dir"]`` and its status (``complete`` or ``skipped``) in ``df.attrs["status"]``.
+    """
+    from .streams import default_data_dir
+
+    if "data_dir" not in options:
+        options["data_dir"] = default_data_dir()
+    config = registry.make_config(benchmark=benchmark, method=method, results_dir=str(results_dir),
+                                  progress=progress, **options)
+    run_dir, rows, status = run_experiment(config, force=force, resume=resume)
+    rows = rows.copy()
+    rows.attrs.update(run_dir=str(run_dir), status=status, run_id=config.run_id)
+    return rows
+
+
 class _CallableModule(type(sys)):
     """``forgetting.run`` is this module (``python -m forgetting.run``) and, called, the notebook API."""
 
     def __call__(self, benchmark: str = "split-digits", method: str = "kl", **options):
-        from .api import run
-
-        return run(benchmark, method, **options)
+        return experiment(benchmark, method, **options)
 
 
 sys.modules[__name__].__class__ = _CallableModule
