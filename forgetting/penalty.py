@@ -209,3 +209,17 @@ def train_epoch_kl_reg(
     loss.backward()
     optimizer.step()
     return {"loss": float(loss.detach()), "ce": float(loss_new.detach()), "kl": float(kl.detach())}
+
+
+def grouped_kl_penalty(student_logits: Tensor, teacher_logits: Tensor, groups, **options) -> Tensor:
+    """The mean of ``kl_penalty`` over groups of outputs (LwF's old heads): each group an index tensor or
+    list of output indices, or None for every output (no copy is made then)."""
+    kls = []
+    for idx in groups:
+        if idx is None:
+            kls.append(kl_penalty(student_logits, teacher_logits, **options))
+            continue
+        if not isinstance(idx, Tensor):
+            idx = torch.as_tensor(list(idx), device=student_logits.device)
+        kls.append(kl_penalty(student_logits.index_select(1, idx), teacher_logits.index_select(1, idx), **options))
+    return kls[0] if len(kls) == 1 else torch.stack(kls).mean()

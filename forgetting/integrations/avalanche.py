@@ -46,7 +46,7 @@ from torch.utils.data import TensorDataset
 from .. import progress
 from ..errors import BadInput, RunFailed
 from ..optim import build_optimizer
-from ..penalty import check_penalty_options, kl_penalty
+from ..penalty import check_penalty_options, grouped_kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
 from ..train import Trainer, frozen_copy
 from . import AvalancheMethod
@@ -167,12 +167,7 @@ class KLRegPlugin(SupervisedPlugin):
             groups = [list(range(student.shape[1]))]
         else:
             groups = self.output_groups(self.experiences_seen)
-        kls = []
-        for outs in groups:
-            idx = torch.as_tensor(list(outs), device=student.device)
-            kls.append(kl_penalty(student.index_select(1, idx), teacher.index_select(1, idx),
-                                  direction=self.direction, temperature=self.temperature))
-        return torch.stack(kls).mean()
+        return grouped_kl_penalty(student, teacher, groups, direction=self.direction, temperature=self.temperature)
 
     def before_backward(self, strategy, **kwargs):
         if self.teacher is None or self.kl_lambda == 0:

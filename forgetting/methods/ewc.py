@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from ..options import Option
 from ..streams.lm import LMData
 from .base import Method as Base, Terms
-from .importance import (Params, allowed_outputs, eval_mode, example_chunks, example_grad_sums, snapshot,
-                         trainable, weighted_sq_distance, zeros_like)
+from .importance import (Params, allowed_outputs, eval_mode, mean_grad_sums, snapshot, trainable,
+                         weighted_sq_distance, zeros_like)
 
 FISHER_LABELS = ("true", "empirical")
 
@@ -65,22 +65,14 @@ def diagonal_fisher(model: nn.Module, data, task: int, layout, labels: str, devi
     def nll(logits: Tensor, y: Tensor) -> Tensor:
         return -F.log_softmax(logits[:, outs].float(), dim=1).gather(1, y[:, None]).squeeze(1)
 
-    fisher = zeros_like({n: p.detach() for n, p in trainable(model).items()})
-    n = 0
-    with eval_mode(model):
-        for batch in example_chunks(model, data, task, device):
-            if labels == "empirical":
-                weighted = [(position[batch.targets], None)]
-            else:
-                with torch.no_grad():
-                    probs = F.softmax(model(batch.inputs)[:, outs].float(), dim=1)
-                weighted = [(torch.full_like(batch.targets, c), probs[:, c]) for c in range(len(outs))]
-            for ys, w in weighted:
-                sums = example_grad_sums(model, batch.inputs, ys, nll, "square", w, shortcut=shortcut)
-                for name, v in sums.items():
-                    fisher[name] += v
-            n += len(batch)
-    return {name: f / max(n, 1) for name, f in fisher.items()}
+    def terms(batch):
+        if labels == "empirical":
+            return [(position[batch.targets], nll, "square", None)]
+        with torch.no_grad():  # the expectation under the model's own prediction (eval mode: see mean_grad_sums)
+            probs = F.softmax(model(batch.inputs)[:, outs].float(), dim=1)
+        return [(torch.full_like(batch.targets, c), nll, "square", probs[:, c]) for c in range(len(outs))]
+
+    return mean_grad_sums(model, data, task, device, terms, shortcut=shortcut)
 
 
 class Method(Base):

@@ -118,6 +118,22 @@ def example_chunks(model: nn.Module, data: TaskData, task: int, device) -> Itera
         yield batch.to(device)
 
 
+def mean_grad_sums(model: nn.Module, data: TaskData, task: int, device, terms: Callable, shortcut: bool = True) -> Params:
+    """Mean over ``data``'s examples of per-example gradient sums, the model in eval mode: the loop EWC's
+    Fisher and MAS's importance share. ``terms(batch)`` gives ``(targets, loss, power, weight)`` tuples,
+    each summed with ``example_grad_sums``."""
+    total = zeros_like({n: p.detach() for n, p in trainable(model).items()})
+    n = 0
+    with eval_mode(model):
+        for batch in example_chunks(model, data, task, device):
+            for ys, loss, power, weight in terms(batch):
+                for name, v in example_grad_sums(model, batch.inputs, ys, loss, power, weight,
+                                                 shortcut=shortcut).items():
+                    total[name] += v
+            n += len(batch)
+    return {name: t / max(n, 1) for name, t in total.items()}
+
+
 class eval_mode:
     """Context manager: the model in eval mode inside, its previous mode restored after."""
 

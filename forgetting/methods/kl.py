@@ -33,7 +33,7 @@ import torch
 from ..options import Option
 from ..causal_lm import is_lm, loss_mask, shifted
 from ..errors import BadInput
-from ..penalty import DIRECTIONS, kl_penalty, padded_teacher_kl, token_kl_penalty
+from ..penalty import DIRECTIONS, grouped_kl_penalty, padded_teacher_kl, token_kl_penalty
 from ..streams.base import iterate_batches
 from .base import Method as Base, Terms
 
@@ -183,13 +183,8 @@ class Method(Base):
             kl = padded_teacher_kl(student, teacher.index_select(1, old), positions,
                                    temperature=self.hparams["temperature"])
             return {"kl": (kl, lam)}
-        kls = []
-        for idx in self.output_groups(trainer, task, logits.device):
-            if idx is None:  # the group is every output: no copy needed
-                kls.append(kl_penalty(logits, teacher, **options))
-            else:
-                kls.append(kl_penalty(logits.index_select(1, idx), teacher.index_select(1, idx), **options))
-        return {"kl": (kls[0] if len(kls) == 1 else torch.stack(kls).mean(), lam)}
+        groups = self.output_groups(trainer, task, logits.device)
+        return {"kl": (grouped_kl_penalty(logits, teacher, groups, **options), lam)}
 
     def token_penalty(self, trainer, batch, logits, options) -> torch.Tensor:
         """A causal LM's penalty: ``token_kl_penalty`` at the positions that carry loss, the teacher's

@@ -13,8 +13,7 @@ from torch import Tensor, nn
 
 from ..options import Option
 from .base import Method as Base, Terms
-from .importance import (Params, allowed_outputs, eval_mode, example_chunks, example_grad_sums, snapshot,
-                         trainable, weighted_sq_distance, zeros_like)
+from .importance import Params, allowed_outputs, mean_grad_sums, snapshot, weighted_sq_distance
 
 
 def output_sensitivity(model: nn.Module, data, task: int, layout, device, shortcut: bool = True) -> Params:
@@ -24,16 +23,10 @@ def output_sensitivity(model: nn.Module, data, task: int, layout, device, shortc
     def sq_norm(logits: Tensor, _unused: Tensor) -> Tensor:
         return (logits[:, outs].float() ** 2).sum(1)
 
-    omega = zeros_like({n: p.detach() for n, p in trainable(model).items()})
-    n = 0
-    with eval_mode(model):
-        for batch in example_chunks(model, data, task, device):
-            sums = example_grad_sums(model, batch.inputs, torch.zeros_like(batch.targets), sq_norm, "abs",
-                                     shortcut=shortcut)
-            for name, v in sums.items():
-                omega[name] += v
-            n += len(batch)
-    return {name: o / max(n, 1) for name, o in omega.items()}
+    def terms(batch):
+        return [(torch.zeros_like(batch.targets), sq_norm, "abs", None)]
+
+    return mean_grad_sums(model, data, task, device, terms, shortcut=shortcut)
 
 
 class Method(Base):
