@@ -50,3 +50,44 @@ def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 6
 @pytest.fixture
 def cli():
     return run_cli
+
+
+class Crash(Exception):
+    """Stands in for a kill right after a task boundary was saved."""
+
+
+def cut_after_task(cfg, task: int, monkeypatch) -> Path:
+    """Run ``cfg`` until the checkpoint after ``task`` is written and kill it there; returns its run directory."""
+    from forgetting.results import RunWriter
+    from forgetting.run import run_experiment
+
+    original = RunWriter.task_done
+
+    def crash(self, trainer, t):
+        original(self, trainer, t)
+        if t == task:
+            raise Crash()
+
+    monkeypatch.setattr(RunWriter, "task_done", crash)
+    with pytest.raises(Crash):
+        run_experiment(cfg)
+    monkeypatch.setattr(RunWriter, "task_done", original)
+    return Path(cfg.results_dir) / cfg.run_id
+
+
+def resumed_equals_whole(cfg, tmp_path, monkeypatch) -> Path:
+    """Kill ``cfg``'s run after task 1, ``--resume`` it, and check its rows equal an uninterrupted run's
+    (timings aside). Returns the resumed run's directory."""
+    import pandas as pd
+
+    from forgetting.results import read_run
+    from forgetting.run import run_experiment
+
+    cut_after_task(cfg, 1, monkeypatch)
+    run_dir, _, status = run_experiment(cfg, resume=True)
+    assert status == "complete"
+    cfg.results_dir = str(tmp_path / "whole")
+    whole_dir, _, _ = run_experiment(cfg)
+    resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
+    pd.testing.assert_frame_equal(resumed.drop(columns="wall_time"), whole.drop(columns="wall_time"), check_exact=True)
+    return run_dir

@@ -225,7 +225,7 @@ def test_mnist_without_data_dir_or_download_is_refused():
 
 def test_augmented_run_resumes_with_the_same_crops(tmp_path, monkeypatch):
     """Augmentation draws from torch's global generator, which task-boundary checkpoints save."""
-    from test_der import resumed_equals_whole
+    from conftest import resumed_equals_whole
 
     write_cifar10(tmp_path / "data")
     cfg = make_config(benchmark="split-cifar10", method="kl", augment=True, epochs=1, hidden=[16], batch_size=4,

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import resumed_equals_whole
 from forgetting.methods.der import Reservoir
 from forgetting.metrics import run_summary
 from forgetting.registry import build_methods, make_config
@@ -129,35 +130,6 @@ def test_der_forgets_less_than_naive_on_split_digits_class_incremental(tmp_path)
         acc[method] = run_summary(rows)["average_accuracy"]
     assert acc["naive"] < 0.3  # class-incremental fine-tuning keeps little more than the last task
     assert acc["der"] > acc["naive"] + 0.2
-
-
-class Crash(Exception):
-    """Stands in for a kill right after a task boundary was saved."""
-
-
-def resumed_equals_whole(cfg, tmp_path, monkeypatch):
-    import pandas as pd
-
-    from forgetting.results import RunWriter, read_run
-
-    original = RunWriter.task_done
-
-    def crash_after_task_1(self, trainer, task):
-        original(self, trainer, task)
-        if task == 1:
-            raise Crash()
-
-    monkeypatch.setattr(RunWriter, "task_done", crash_after_task_1)
-    with pytest.raises(Crash):
-        run_experiment(cfg)
-    monkeypatch.setattr(RunWriter, "task_done", original)
-    run_dir, _, status = run_experiment(cfg, resume=True)
-    assert status == "complete"
-    cfg.results_dir = str(tmp_path / "whole")
-    whole_dir, _, _ = run_experiment(cfg)
-    timing = ["wall_time"]
-    resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
-    pd.testing.assert_frame_equal(resumed.drop(columns=timing), whole.drop(columns=timing), check_exact=True)
 
 
 def test_der_resumes_with_its_buffer(tmp_path, monkeypatch):

@@ -284,36 +284,14 @@ def test_a_run_of_a_causal_lm_writes_lm_rows(tmp_path, capsys):
 
 def test_a_lora_run_resumes_to_the_same_rows(tmp_path, monkeypatch):
     pytest.importorskip("peft")
-    from forgetting.results import RunWriter, read_run
-    from forgetting.run import run_experiment
+    from conftest import resumed_equals_whole
 
     write_pairs(tmp_path / "pairs.csv")
     cfg = make_config(benchmark="text-file", model="gpt2", method="kl", epochs=1, batch_size=8, lr=3e-3, device="cpu",
                       progress=False, model_options={**TINY, "lora_rank": 2}, results_dir=str(tmp_path / "cut"),
                       stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
                                       "response_column": "response", "max_seq_len": 40})
-    original = RunWriter.task_done
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_task_1(self, trainer, task):
-        original(self, trainer, task)
-        if task == 1:
-            raise Crash()
-
-    monkeypatch.setattr(RunWriter, "task_done", crash_after_task_1)
-    with pytest.raises(Crash):
-        run_experiment(cfg)
-    monkeypatch.setattr(RunWriter, "task_done", original)
-    run_dir, _, status = run_experiment(cfg, resume=True)
-    assert status == "complete"
-    cfg.results_dir = str(tmp_path / "whole")
-    whole_dir, _, _ = run_experiment(cfg)
-    resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
-    import pandas as pd
-
-    pd.testing.assert_frame_equal(resumed.drop(columns="wall_time"), whole.drop(columns="wall_time"), check_exact=True)
+    resumed_equals_whole(cfg, tmp_path, monkeypatch)
 
 
 def test_kl_fit_gives_the_line_and_the_parabola_of_the_nll_rise():

@@ -17,7 +17,7 @@ from forgetting.registry import make_config
 from forgetting.errors import RunFailed
 from forgetting.run import run_experiment
 from forgetting.results import read_run
-from conftest import ROOT, run_cli
+from conftest import ROOT, cut_after_task, resumed_equals_whole, run_cli
 
 TIMING = ["wall_time"]
 
@@ -116,34 +116,12 @@ def test_nan_loss_on_the_cli_is_one_line_without_traceback(tmp_path):
     assert len(lines) == 1 and "non-finite loss" in lines[0] and "Traceback" not in p.stderr
 
 
-class Crash(Exception):
-    """Stands in for a kill right after a task boundary was saved."""
-
-
 @pytest.mark.parametrize("method", ["ewc", "ewc-online", "si", "mas", "l2sp", "replay+kl", "joint", "kl+rdrop"])
 def test_resume_restores_method_state(method, tmp_path, monkeypatch):
     """EWC's Fisher, SI's importance, the replay buffer...: a resumed run gives the same rows."""
-    from forgetting.results import RunWriter
-
     cfg = make_config(method=method, epochs=2, seed=1, scenario="task", results_dir=str(tmp_path / "cut"),
                     progress=False, model_options={"hidden": [32], "dropout": 0.2})
-    original = RunWriter.task_done
-
-    def crash_after_task_1(self, trainer, task):
-        original(self, trainer, task)
-        if task == 1:
-            raise Crash()
-
-    monkeypatch.setattr(RunWriter, "task_done", crash_after_task_1)
-    with pytest.raises(Crash):
-        run_experiment(cfg)
-    monkeypatch.setattr(RunWriter, "task_done", original)
-    run_dir, _, status = run_experiment(cfg, resume=True)
-    assert status == "complete"
-    cfg.results_dir = str(tmp_path / "whole")
-    whole_dir, _, _ = run_experiment(cfg)
-    resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
-    pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), whole.drop(columns=TIMING), check_exact=True)
+    run_dir = resumed_equals_whole(cfg, tmp_path, monkeypatch)
     assert read_run(run_dir)[2]["resumed_at"][0]["after_task"] == 1
 
 
@@ -237,23 +215,6 @@ def test_complete_only_with_every_tasks_rows(tmp_path, monkeypatch):
 
 
 # --- faults: corrupt checkpoints, a full disk, file modes ----------------------------------------
-def _cut_after_task(cfg, task, monkeypatch):
-    from forgetting.results import RunWriter
-
-    original = RunWriter.task_done
-
-    def crash(self, trainer, t):
-        original(self, trainer, t)
-        if t == task:
-            raise Crash()
-
-    monkeypatch.setattr(RunWriter, "task_done", crash)
-    with pytest.raises(Crash):
-        run_experiment(cfg)
-    monkeypatch.setattr(RunWriter, "task_done", original)
-    return Path(cfg.results_dir) / cfg.run_id
-
-
 @pytest.mark.parametrize("damage, expect", [
     ("truncate task_2.state.pt", "resuming from the end of task 1"),
     ("garbage task_2.safetensors", "resuming from the end of task 1"),
@@ -262,7 +223,7 @@ def _cut_after_task(cfg, task, monkeypatch):
 def test_corrupt_checkpoint_on_resume_names_the_file_and_falls_back(damage, expect, tmp_path, monkeypatch, caplog):
     cfg = make_config(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
                     model_options={"hidden": [16]})
-    run_dir = _cut_after_task(cfg, 2, monkeypatch)
+    run_dir = cut_after_task(cfg, 2, monkeypatch)
     how, name = damage.split()
     bad = run_dir / "checkpoints" / name
     if how == "truncate":
@@ -354,7 +315,7 @@ def test_resume_restores_the_der_buffer(tmp_path, monkeypatch):
     """DER's reservoir (references, stored logits, labels, count seen) comes back from the checkpoint."""
     cfg = make_config(method="der", epochs=1, seed=3, scenario="task", results_dir=str(tmp_path / "cut"),
                       progress=False, model_options={"hidden": [16]})
-    run_dir = _cut_after_task(cfg, 1, monkeypatch)
+    run_dir = cut_after_task(cfg, 1, monkeypatch)
     assert run_experiment(cfg, resume=True)[2] == "complete"
     cfg.results_dir = str(tmp_path / "whole")
     whole_dir, _, _ = run_experiment(cfg)
