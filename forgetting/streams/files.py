@@ -193,13 +193,7 @@ def build(scenario: str, options: dict):
                 if label not in declared:
                     raise BadInput(f"row {i} of {where!r}: label {label!r} is outside the declared classes "
                                    f"(--text-labels), allowed: {', '.join(declared)}")
-    order = list(dict.fromkeys(t for t, _, _ in train_rows))
-    chosen = list(options.get("text_tasks") or order)
-    for task in chosen:
-        if task not in order:
-            raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
-    if len(set(chosen)) != len(chosen):
-        raise BadInput(f"--text-tasks: a task is listed twice in {chosen}")
+    chosen = chosen_tasks(train_rows, options, path)
 
     def of(rows, task):
         picked = [(x, y) for t, x, y in rows if t == task]
@@ -225,6 +219,18 @@ def build(scenario: str, options: dict):
     return text_stream("text-file", scenario, raw, options, info)
 
 
+def chosen_tasks(train_rows: list[tuple], options: dict, path: str) -> list:
+    """The tasks to learn, in order: ``--text-tasks``, checked against the tasks the rows hold, or all of them."""
+    order = list(dict.fromkeys(t for t, _, _ in train_rows))
+    chosen = list(options.get("text_tasks") or order)
+    for task in chosen:
+        if task not in order:
+            raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
+    if len(set(chosen)) != len(chosen):
+        raise BadInput(f"--text-tasks: a task is listed twice in {chosen}")
+    return chosen
+
+
 def build_pairs(scenario: str, options: dict):
     """Prompt/response rows per task, for causal LMs (``--prompt-column`` and ``--response-column``)."""
     from .lm import wants_lm
@@ -238,13 +244,7 @@ def build_pairs(scenario: str, options: dict):
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows = read_pairs(path, "--text-file", options)
     test_rows = read_pairs(test_path, "--text-test-file", options) if test_path else None
-    order = list(dict.fromkeys(t for t, _, _ in train_rows))
-    chosen = list(options.get("text_tasks") or order)
-    for task in chosen:
-        if task not in order:
-            raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
-    if len(set(chosen)) != len(chosen):
-        raise BadInput(f"--text-tasks: a task is listed twice in {chosen}")
+    chosen = chosen_tasks(train_rows, options, path)
     raw = []
     for task in chosen:
         x = [p for t, p, _ in train_rows if t == task]
