@@ -11,7 +11,7 @@ EXTRAS = {  # extra -> the top-level modules it brings
     "vision": ("torchvision",),
     "avalanche": ("avalanche", "torchvision", "quadprog"),
     "ray": ("ray",),
-    "lm": ("transformers", "tokenizers", "peft"),
+    "lm": ("transformers", "tokenizers", "peft", "trl"),
     "track": ("tensorboard", "mlflow", "wandb"),
 }
 

@@ -19,8 +19,8 @@ LAYERS = [  # (layer name, module prefixes)
     ("objectives", ["causal_lm"]),  # the causal-LM loss and masks, beside the classifiers' cross-entropy
     ("methods", ["methods", "evaluate", "integrations"]),  # integrations/__init__: strategy specs only
     ("loop", ["train", "optim", "objectives"]),
-    ("bridges and files", ["integrations.avalanche", "integrations.hf", "results", "checkpoint", "claim",
-                           "tracking"]),
+    ("bridges and files", ["integrations.avalanche", "integrations.hf", "integrations.trl", "results", "checkpoint",
+                           "claim", "tracking"]),
     ("registry", ["registry"]),
     ("entry points", ["run", "suite", "api", "executors", "sweep", "console", "plot", "report", "__main__", ""]),
 ]

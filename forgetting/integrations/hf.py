@@ -13,10 +13,8 @@ logits [batch, classes]), or for a causal LM (logits [batch, length, vocabulary]
 -100 (put -100 on prompt tokens and padding: ``DataCollatorForSeq2Seq(tokenizer,
 label_pad_token_id=-100)`` pads them so). The data loss is then the model's own causal-LM loss.
 
-With TRL's ``SFTTrainer`` (which is a ``Trainer``), the same penalty goes into its
-``compute_loss``: subclass it as this class does, or call ``token_kl_penalty(shifted(logits,
-labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels))`` from ``forgetting.penalty`` and
-``forgetting.causal_lm`` (``KLRegularizedTrainer.penalty`` does exactly that).
+With TRL's ``SFTTrainer``, ``forgetting.integrations.trl.KLRegularizedSFTTrainer`` adds the same
+penalty (``KLPenaltyMixin`` holds the code both share: the reference, its logits, the KL term, the logs).
 """
 
 from __future__ import annotations
@@ -33,17 +31,15 @@ from ..penalty import check_penalty_options, kl_penalty, token_kl_penalty
 from ..train import freeze, frozen_copy
 
 
-class KLRegularizedTrainer(Trainer):
-    """A ``Trainer`` whose loss adds the KL penalty towards ``ref_model``.
+class KLPenaltyMixin:
+    """The KL penalty's part of a Hugging Face ``Trainer`` subclass (put it first in the bases):
+    the frozen reference model, its logits, the KL term and the "ce"/"kl" logs.
 
     ``ref_model``: a separate model with the same label space (frozen in place: eval mode, no
     gradients); by default a frozen copy of ``model`` as it is when the trainer is built.
     ``kl_direction``: forward = KL(p_ref || p_model) (what ``F.kl_div(log p_model, p_ref)``
     computes), reverse, or symmetric; ``temperature`` T softens both and scales by T^2.
     """
-
-    # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
-    loss_is_scaled_for_ga = False
 
     def __init__(self, *args, ref_model: nn.Module | None = None, kl_lambda: float = 1.0,
                  kl_direction: str = "forward", temperature: float = 1.0, **kwargs):
@@ -72,6 +68,40 @@ class KLRegularizedTrainer(Trainer):
         with torch.no_grad():
             return ref(**inputs).logits
 
+    def penalty(self, logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The KL term: per example for classifiers; for causal LMs per token whose label is not -100."""
+        options = {"direction": self.kl_direction, "temperature": self.temperature}
+        if logits.dim() == 2:
+            return kl_penalty(logits, ref_logits, **options)
+        if labels is None or labels.shape != logits.shape[:2]:
+            raise ValueError(f"{type(self).__name__} needs causal-LM labels [batch, length] (-100 where no loss is "
+                             "taken) to know which tokens the penalty holds")
+        return token_kl_penalty(shifted(logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels),
+                                **options)
+
+    def record_parts(self, model: nn.Module, ce: torch.Tensor, kl: torch.Tensor) -> None:
+        """Keep a training batch's mean cross-entropy and KL for the next log."""
+        if model.training:
+            for name, value in (("ce", ce), ("kl", kl)):
+                v = value.detach().float()
+                self._part_sums[name] = self._part_sums[name] + v if name in self._part_sums else v
+            self._part_count += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Training logs also get the mean cross-entropy and KL of the batches since the last log."""
+        if "loss" in logs and self._part_count:
+            for name, total in self._part_sums.items():
+                logs[name] = float(total) / self._part_count
+            self._part_sums, self._part_count = {}, 0
+        super().log(logs, *args, **kwargs)
+
+
+class KLRegularizedTrainer(KLPenaltyMixin, Trainer):
+    """A ``Trainer`` whose loss adds the KL penalty towards ``ref_model`` (options: ``KLPenaltyMixin``)."""
+
+    # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
+    loss_is_scaled_for_ga = False
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels", None)
@@ -89,31 +119,8 @@ class KLRegularizedTrainer(Trainer):
             raise ValueError("KLRegularizedTrainer needs labels to compute a loss")
         kl = self.penalty(logits, self.reference_logits(inputs, logits.device), labels)
         loss = data_loss + self.kl_lambda * kl
-        if model.training:
-            for name, value in (("ce", data_loss), ("kl", kl)):
-                v = value.detach().float()
-                self._part_sums[name] = self._part_sums[name] + v if name in self._part_sums else v
-            self._part_count += 1
+        self.record_parts(model, data_loss, kl)
         return (loss, outputs) if return_outputs else loss
 
-    def penalty(self, logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """The KL term: per example for classifiers; for causal LMs per token whose label is not -100."""
-        options = {"direction": self.kl_direction, "temperature": self.temperature}
-        if logits.dim() == 2:
-            return kl_penalty(logits, ref_logits, **options)
-        if labels is None or labels.shape != logits.shape[:2]:
-            raise ValueError("KLRegularizedTrainer needs causal-LM labels [batch, length] (-100 where no loss is "
-                             "taken) to know which tokens the penalty holds")
-        return token_kl_penalty(shifted(logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels),
-                                **options)
 
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Training logs also get the mean cross-entropy and KL of the batches since the last log."""
-        if "loss" in logs and self._part_count:
-            for name, total in self._part_sums.items():
-                logs[name] = float(total) / self._part_count
-            self._part_sums, self._part_count = {}, 0
-        super().log(logs, *args, **kwargs)
-
-
-__all__ = ["KLRegularizedTrainer", "freeze"]
+__all__ = ["KLPenaltyMixin", "KLRegularizedTrainer", "freeze"]

@@ -308,5 +308,5 @@ def build(stream, options: dict, source: str | None = None) -> CausalLM:
     if lora["rank"]:
         from ..extras import require
 
-        require("lm", "--lora-rank")
+        require("lm", "--lora-rank", ("peft",))
     return CausalLM(lm, source, lora, options.get("precision", "float32"))
