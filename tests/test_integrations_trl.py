@@ -101,6 +101,12 @@ def test_training_leaves_the_reference_unchanged_and_logs_the_parts(tmp_path, ch
     assert not ref.training and all(not p.requires_grad and p.grad is None for p in ref.parameters())
     assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())  # bitwise: the snapshot of the start
     assert not all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():  # the reference runs its own forward: the start's logits, not the trained model's
+        start = load(checkpoint)[0].eval()(**inputs).logits
+        assert torch.allclose(ref(**inputs).logits, start, rtol=0, atol=1e-6)
+        assert not torch.allclose(trainer.model.eval()(**inputs).logits, start, rtol=0, atol=1e-3)
     logs = [h for h in trainer.state.log_history if "kl" in h]
     assert [h["step"] for h in logs] == [1, 2, 3]
     assert logs[0]["kl"] < 1e-6 < logs[2]["kl"]  # 0 while the model is the snapshot, then it moves
@@ -109,29 +115,28 @@ def test_training_leaves_the_reference_unchanged_and_logs_the_parts(tmp_path, ch
 
 
 def test_lambda_zero_is_plain_sft_step_for_step(tmp_path, checkpoint):
+    """TRL computes its loss through a fused LM head, ours from the full logits: equal up to float rounding."""
     from trl import SFTTrainer
 
     from forgetting.integrations.trl import KLRegularizedSFTTrainer
 
-    weights = []
+    weights, losses = [], []
     for make in (SFTTrainer, lambda **kw: KLRegularizedSFTTrainer(kl_lambda=0.0, **kw)):
         model, tok = load(checkpoint)  # dropout 0.1 on: both runs draw the same masks from the same seed
         trainer = make(model=model, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
         trainer.train()
         weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
-    assert all(torch.equal(v, weights[1][k]) for k, v in weights[0].items())
+        losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
+    assert len(losses[0]) == 3 and losses[1] == pytest.approx(losses[0], rel=1e-5)
+    moved = [k for k, v in weights[0].items() if not torch.equal(v, load(checkpoint)[0].state_dict()[k])]
+    assert moved and all(torch.allclose(weights[0][k], weights[1][k], rtol=0, atol=1e-5) for k in weights[0])
 
 
-def test_chunked_loss_runs_as_nll_and_liger_is_refused(tmp_path, checkpoint):
+def test_a_model_given_by_name_needs_a_reference(tmp_path, checkpoint):
     from forgetting.integrations.trl import KLRegularizedSFTTrainer
 
-    model, tok = load(checkpoint)
-    args = config(tmp_path, loss_type="chunked_nll")
-    trainer = KLRegularizedSFTTrainer(model=model, args=args, train_dataset=dataset(), processing_class=tok)
-    assert trainer.args.loss_type == "nll" and args.loss_type == "chunked_nll"  # the caller's config is left alone
-    with pytest.raises(ValueError, match="use_liger_kernel"):
-        KLRegularizedSFTTrainer(model=model, args=config(tmp_path, use_liger_kernel=True), train_dataset=dataset(),
-                                processing_class=tok)
+    with pytest.raises(ValueError, match="is a name; pass the loaded model"):
+        KLRegularizedSFTTrainer(model=str(checkpoint / "model"), args=config(tmp_path), train_dataset=dataset())
 
 
 def test_without_trl_the_import_names_the_extra(monkeypatch):

@@ -2,90 +2,99 @@
 holding its next-token distributions close to a frozen reference (usually the model before).
 
     from forgetting.integrations.trl import KLRegularizedSFTTrainer
-    trainer = KLRegularizedSFTTrainer(model=model, args=SFTConfig(..., loss_type="nll"),
-                                      train_dataset=ds, processing_class=tokenizer, kl_lambda=0.5)
+    trainer = KLRegularizedSFTTrainer(model=model, args=SFTConfig(...), train_dataset=ds,
+                                      processing_class=tokenizer, kl_lambda=0.5)
     trainer.train()   # logs "ce" and "kl" beside "loss"
 
-The loss of a batch is SFTTrainer's own data loss (its tokenization, completion-only and
-assistant-only masks, ``nll`` or ``dft``) plus ``kl_lambda * token_kl_penalty`` at every token
+SFTTrainer prepares the data as always (tokenization, completion-only and assistant-only labels,
+packing); the loss of a batch is its data loss plus ``kl_lambda * token_kl_penalty`` at every token
 that carries loss (label not -100), the reference run in eval mode under ``torch.no_grad`` on the
 same inputs. The penalty code is ``KLPenaltyMixin``'s, shared with ``KLRegularizedTrainer``.
-TRL's default ``loss_type="chunked_nll"`` (the same loss, with the output layer computed on the
-loss-carrying tokens only) returns no logits: the trainer runs ``nll`` instead and says so;
-``use_liger_kernel`` (no logits either) is refused. Needs ``pip install 'forgetting[lm]'``.
+
+Why ``compute_loss`` is our own: TRL (1.16) computes its loss through a fused LM head that never
+builds the logits, and the penalty is taken over the whole vocabulary, so the student runs its
+plain forward (full logits) and the data loss is SFT's from them: the summed token NLL (``dft``:
+weighted by the token's probability; or ``compute_loss_func`` / label smoothing when set) over the
+accumulated batch's token count ``num_items_in_batch``, and the summed token KL over the same count,
+so gradient accumulation weighs both alike. SFT's ``entropy`` and ``mean_token_accuracy`` metrics
+are not logged. Needs ``pip install 'forgetting[lm]'``.
 """
 
 from __future__ import annotations
 
-import copy
-import logging
+import torch
+import torch.nn.functional as F
+from torch import nn
 
-from ..causal_lm import loss_mask
+from ..causal_lm import IGNORE, loss_mask, shifted
 from ..extras import require
+from ..train import frozen_copy
 from .hf import KLPenaltyMixin
 
 require("lm", "KLRegularizedSFTTrainer (TRL's SFTTrainer with the token-level KL penalty)", ("trl",))
 
-from trl import SFTConfig, SFTTrainer  # noqa: E402
-
-logger = logging.getLogger(__name__)
+from trl import SFTTrainer  # noqa: E402
 
 
 class KLRegularizedSFTTrainer(KLPenaltyMixin, SFTTrainer):
     """TRL's ``SFTTrainer`` whose loss adds the token-level KL penalty towards ``ref_model``.
 
     Options as ``KLRegularizedTrainer``'s (``ref_model``, ``kl_lambda``, ``kl_direction``,
-    ``temperature``). The penalty is normalised like the data loss: when the Trainer divides the
-    summed token loss by the tokens of the whole accumulated batch (``num_items_in_batch``), the
-    summed token KL is divided by the same count, so gradient accumulation weighs both alike; with
-    one batch per step both are the means over the batch's loss-carrying tokens.
+    ``temperature``). The default reference is a frozen copy of ``model`` taken before SFTTrainer
+    patches its forward (a copy taken after would run the patched forward of the live model), so
+    ``model`` must then be a loaded model, not a name.
     """
 
-    def __init__(self, model, args: SFTConfig | None = None, *rest, **kwargs):
-        if args is None:
-            args = SFTConfig(loss_type="nll")
-        if getattr(args, "use_liger_kernel", False):
-            raise ValueError("KLRegularizedSFTTrainer needs the model's logits for the penalty, and use_liger_kernel "
-                             "does not compute them: set use_liger_kernel=False")
-        if getattr(args, "loss_type", None) == "chunked_nll":
-            logger.warning("KLRegularizedSFTTrainer: loss_type 'chunked_nll' computes no logits and the penalty needs "
-                           "them; running 'nll' (the same loss). Pass loss_type='nll' to silence this.")
-            args = copy.copy(args)
-            args.loss_type = "nll"
-        super().__init__(model, args, *rest, **kwargs)
+    def __init__(self, model, *args, ref_model: nn.Module | None = None, **kwargs):
+        if ref_model is None:
+            if not isinstance(model, nn.Module):
+                raise ValueError(f"KLRegularizedSFTTrainer: model {model!r} is a name; pass the loaded model "
+                                 "(AutoModelForCausalLM.from_pretrained(...)) or a ref_model, so the reference is "
+                                 "a copy of the model before SFTTrainer patches its forward")
+            ref_model = frozen_copy(model)
+        super().__init__(model, *args, ref_model=ref_model, **kwargs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         if "shift_labels" in inputs:
             raise ValueError("KLRegularizedSFTTrainer reads the penalty's tokens from unshifted labels; pre-shifted "
                              "shift_labels (context or sequence parallelism) are not supported")
-        labels = inputs.get("labels")
-        data_loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                  num_items_in_batch=num_items_in_batch)
+        labels = inputs.pop("labels", None)
+        if labels is None:
+            raise ValueError("KLRegularizedSFTTrainer needs the batch's labels (-100 where no loss is taken)")
+        inputs["use_cache"] = False
+        outputs = model(**inputs)  # without fused_lm_head: TRL's patched forward is the plain one, full logits
         logits = getattr(outputs, "logits", None)
-        if logits is None or labels is None:
-            raise ValueError("KLRegularizedSFTTrainer needs the batch's labels and the model's logits for the penalty")
-        ref_inputs = {k: v for k, v in inputs.items() if k != "labels"}  # as the model got them (use_cache etc.)
-        kl = self.penalty(logits, self.reference_logits(ref_inputs, logits.device), labels)
-        tokens = int(loss_mask(labels).sum())
-        share = self._token_share(num_items_in_batch, tokens)
-        loss = data_loss + self.kl_lambda * kl * share
-        self.record_parts(model, data_loss / share, kl)  # both as means over this batch's tokens
+        if logits is None:
+            raise ValueError("KLRegularizedSFTTrainer needs the model's logits for the penalty, and its forward "
+                             "returned none (use_liger_kernel skips them: set it to False)")
+        tokens = loss_mask(labels).sum()
+        count = num_items_in_batch if num_items_in_batch is not None else tokens
+        count = torch.as_tensor(count, device=logits.device).clamp(min=1)
+        share = float(tokens) / float(count)  # 1 with one batch per step
+        data_loss = self.data_loss(outputs, labels, num_items_in_batch, count)
+        kl_mean = self.penalty(logits, self.reference_logits(inputs, logits.device), labels)
+        kl = kl_mean * share  # the summed token KL over the same count as the data loss
+        scale = 1  # as TRL and Trainer scale theirs: num_items_in_batch counts every rank's tokens, DDP averages
+        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
+            scale = self.accelerator.num_processes // self.get_tp_size()
+        loss = (data_loss + self.kl_lambda * kl) * scale
+        self.record_parts(model, data_loss / share if share else data_loss, kl_mean)  # this batch's token means
         return (loss, outputs) if return_outputs else loss
 
-    def _token_share(self, num_items_in_batch, tokens: int) -> float:
-        """The factor by which the Trainer's normalisation of the data loss differs from this batch's token
-        mean: tokens / num_items_in_batch when the loss was divided by the accumulated batch's token count
-        (times the processes when tokens are averaged across devices), else 1."""
-        normalised = num_items_in_batch is not None and (self.model_accepts_loss_kwargs
-                                                         or self.compute_loss_func is not None)
-        if not normalised or tokens == 0:
-            return 1.0
-        share = tokens / float(num_items_in_batch)
-        if self.args.average_tokens_across_devices:  # as Trainer.compute_loss scales the data loss
-            processes = self.accelerator.num_processes // self.get_tp_size()
-            share *= processes if self.args.n_gpu <= 1 else self.args.n_gpu
-        return share
+    def data_loss(self, outputs, labels: torch.Tensor, num_items_in_batch, count: torch.Tensor) -> torch.Tensor:
+        """SFT's data loss from the full logits: ``compute_loss_func`` or label smoothing when set, else the
+        summed token NLL (``dft``: times the token's probability, detached) over ``count`` tokens."""
+        if self.compute_loss_func is not None:
+            return self.compute_loss_func(outputs, labels, num_items_in_batch=num_items_in_batch)
+        if self.label_smoother is not None:
+            return self.label_smoother(outputs, labels, shift_labels=True, num_items_in_batch=num_items_in_batch)
+        logits, targets = shifted(outputs.logits, labels)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1),
+                              ignore_index=IGNORE, reduction="none")
+        if self.args.loss_type == "dft":  # Dynamic Fine-Tuning: https://huggingface.co/papers/2508.05629
+            nll = nll * torch.exp(-nll).detach()
+        return nll.sum() / count
 
 
 __all__ = ["KLRegularizedSFTTrainer"]
