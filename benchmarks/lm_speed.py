@@ -112,7 +112,9 @@ def main(argv=None) -> int:
               f"{results['naive'] / results[name]:9.2f}x")
     print(f"time per token: kl / naive {results['naive'] / results['kl']:.2f}x (goal <= 1.3x), naive / hand loop "
           f"{results['hand loop'] / results['naive']:.2f}x (goal <= 1.15x)")
-    print(f"load average after: {os.getloadavg()[0]:.2f} (above the number of CPUs: the figures are not final)")
+    load = os.getloadavg()[0]
+    busy = " (above the number of CPUs: the figures are not final)" if load > (os.cpu_count() or 1) else ""
+    print(f"load average after: {load:.2f}{busy}")
     return 0
 
 
