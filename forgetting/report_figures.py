@@ -375,35 +375,35 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
               + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
     fig, ax = plt.subplots(figsize=(W, height), layout="constrained")
     ms = plt.rcParams["lines.markersize"]
-    texts = []
+    texts, handles = [], {}
     for i, (_, r) in enumerate(s.iterrows()):
-        ax.errorbar(x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o", ms=ms,
-                    color=palette[r["label"]], ecolor=palette[r["label"]], elinewidth=0.8, capsize=1.5,
-                    label=f"{r['label']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)})")
+        handles[f"{r['label']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)})"] = ax.errorbar(
+            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o", ms=ms, color=palette[r["label"]],
+            ecolor=palette[r["label"]], elinewidth=0.8, capsize=1.5)
         texts.append(ax.text(x[i], y[i], r["label"], fontsize=points("legend.fontsize"), color="0.15"))
     front = pareto_front(x, y)
     if len(front):
         ax.plot(x[front], y[front], "-", color="0.2", lw=0.8, zorder=0)
-        ax.scatter(x[front], y[front], s=(2.2 * ms) ** 2, facecolors="none", edgecolors="0.1", lw=0.9,
-                   label="Pareto front (no other setting better on both)")
+        handles["Pareto front (no other setting better on both)"] = ax.scatter(
+            x[front], y[front], s=(2.2 * ms) ** 2, facecolors="none", edgecolors="0.1", lw=0.9)
     lowest = [*(x - xerr[0]), *(y - yerr[0])]
     if references is not None and len(references):
         v = references.sort_values("task")
         for col, what in (("chance_accuracy", "chance"), ("majority_accuracy", "majority class")):
             style = REFERENCE_STYLE["chance" if what == "chance" else "majority"]
-            ax.axvline(100 * v[col].iloc[-1], **style)
+            handles[f"{what} (new task: vertical, old: horizontal)"] = ax.axvline(100 * v[col].iloc[-1], **style)
             lowest.append(100 * v[col].iloc[-1])
             if len(v) > 1:
                 ax.axhline(100 * v[col].iloc[:-1].mean(), **style)
                 lowest.append(100 * v[col].iloc[:-1].mean())
-            ax.plot([], [], **style, label=f"{what} (new task: vertical, old: horizontal)")
     ax.set_xlabel("new (last) task accuracy (%)")
     ax.set_ylabel("old tasks' mean accuracy (%)")
     if len(s):
         low = max(0.0, 10 * math.floor(min(lowest) / 10)) if lowest else 0.0
         ax.set_xlim(low - MARGIN, 100 + MARGIN)
         ax.set_ylim(low - MARGIN, 100 + MARGIN)
-        fig.legend(loc="outside lower center", ncols=legend_cols, title=legend_title)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
+                   title=legend_title)
         adjust_text(texts, ax=ax, expand=(1.2, 1.4), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5))
     else:
         ax.set_xlim(-MARGIN, 100 + MARGIN)
