@@ -462,7 +462,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
         axes[1].set_ylabel(axes[0].get_ylabel())
         axes[1].yaxis.set_tick_params(labelleft=True)
     if scale == 100:
-        clip_limits(axes[0], "y", low=-100.0, high=100.0, margin=0)
+        clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
     fig.suptitle(title)
