@@ -59,14 +59,21 @@ class Collect(dict):
         pass
 
 
-def save(fig, out: Path, name: str, formats: tuple[str, ...] = FORMATS) -> list[Path]:
-    """Write ``fig`` as ``out/name.<format>`` for each format at ``DPI``, then close it."""
+def save(fig, out: Path, name: str, look: Look | None = None, formats: tuple[str, ...] | None = None) -> list[Path]:
+    """Write ``fig`` as ``out/name.<format>`` for each of ``look.formats`` at ``DPI``, then close it.
+
+    Drawing reads rcParams too (layout, tick choice), so the files are written in the figure's own
+    style: that of ``look``, else the one it was made with (``forgetting.plot.figures``' figures keep
+    theirs), so that a figure saved later gives the report's bytes whatever the caller's settings.
+    """
+    look = look or getattr(fig, "forgetting_look", Look())
     if isinstance(out, Collect):
+        fig.forgetting_look = look
         out[name] = fig
         return []
     paths = []
-    with plt.rc_context(SAVE_RC):
-        for fmt in formats:
+    with plt.rc_context(style_rc(look.style)):
+        for fmt in formats or look.formats:
             p = out / f"{name}.{fmt}"
             fig.savefig(p, dpi=DPI, metadata=METADATA[fmt])
             paths.append(p)
@@ -279,7 +286,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
                title=legend_title)
     fig.suptitle(title)
-    return save(fig, out, f"{prefix}{'forgetting' if pct else 'nll'}_curves", look.formats)
+    return save(fig, out, f"{prefix}{'forgetting' if pct else 'nll'}_curves", look)
 
 
 def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
@@ -340,7 +347,7 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     fig.supxlabel("evaluated on task k")
     fig.supylabel("after training task t")
     fig.suptitle(title)
-    return save(fig, out, f"{prefix}accuracy_matrix", look.formats)
+    return save(fig, out, f"{prefix}accuracy_matrix", look)
 
 
 def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references: pd.DataFrame | None = None,
@@ -410,7 +417,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
         ax.set_ylim(-MARGIN, 100 + MARGIN)
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")
     ax.set_title(title)
-    return save(fig, out, f"{prefix}tradeoff", look.formats)
+    return save(fig, out, f"{prefix}tradeoff", look)
 
 
 def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, look: Look = Look()) -> list[Path]:
@@ -466,7 +473,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
     fig.suptitle(title)
-    return save(fig, out, f"{prefix}kl_vs_forgetting", look.formats)
+    return save(fig, out, f"{prefix}kl_vs_forgetting", look)
 
 
 def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = "", look: Look = Look()) -> list[Path]:

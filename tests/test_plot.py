@@ -72,7 +72,7 @@ def test_every_figure_is_written_as_pdf_svg_and_a_300_dpi_png_a_page_wide(report
         assert b"<dc:date>" not in (out / f"{name}.svg").read_bytes()
         pdf = (out / f"{name}.pdf").read_bytes()
         assert pdf.startswith(b"%PDF-") and b"/CreationDate" not in pdf and b"/FontFile2" in pdf  # TrueType
-        assert f"/MediaBox [ 0 0 {72 * w:g} ".encode() in pdf
+        assert f"/MediaBox [ 0 0 {72 * PAGE:g} ".encode() in pdf
 
 
 def test_the_same_figure_drawn_again_gives_the_same_bytes(sweep, report):
@@ -86,7 +86,7 @@ def test_the_same_figure_drawn_again_gives_the_same_bytes(sweep, report):
     figs = forgetting.plot.figures(forgetting.load_results(sweep))
     again = out.parent / f"{out.name}-again"
     again.mkdir()
-    save(figs["kl_vs_forgetting"], again, "kl_vs_forgetting", ("pdf", "svg"))
+    save(figs["kl_vs_forgetting"], again, "kl_vs_forgetting", formats=("pdf", "svg"))
     for ext in ("pdf", "svg"):
         assert (again / f"kl_vs_forgetting.{ext}").read_bytes() == (out / f"kl_vs_forgetting.{ext}").read_bytes()
     for fig in figs.values():
@@ -123,7 +123,7 @@ def test_one_scale_percent_and_axes_end_where_the_quantity_does(figs):
             lo, hi = ax.get_xlim() if xy == "x" else ax.get_ylim()
             assert -MARGIN <= lo < hi <= 100 + MARGIN, (name, xy, lo, hi)
             found += 1
-    assert found == 4 + 2  # a curve panel per old task, both axes of the trade-off
+    assert found == 4 + 2 + 1  # a curve panel per old task, both axes of the trade-off, the colour bar
     curves = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
     assert len(curves) == 4
     for ax in curves:
@@ -145,14 +145,14 @@ def test_type_is_7_to_9_pt_and_inside_the_figure(figs):
     from matplotlib.text import Text
 
     for name, fig in figs.items():
-        box = fig.bbox
         texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
         assert len(texts) > 10, name
         for t in texts:
             assert 7 <= t.get_fontsize() <= 9, (name, t.get_text(), t.get_fontsize())
-            e = t.get_window_extent()
-            assert box.x0 - 2 <= e.x0 and e.x1 <= box.x1 + 2 and box.y0 - 2 <= e.y0 and e.y1 <= box.y1 + 2, \
-                (name, t.get_text())
+        drawn = fig.get_tightbbox()  # inches: everything drawn, ticks as shown
+        w, h = fig.get_size_inches()
+        assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= w + 0.01 and drawn.y1 <= h + 0.01, \
+            (name, drawn.bounds, (w, h))
 
 
 def test_methods_tasks_bands_and_width_restrict_what_is_drawn(sweep):

@@ -106,16 +106,15 @@ def test_plot_figures_from_load_results_draws_what_the_cli_writes(report, tmp_pa
     import numpy as np
 
     import forgetting
-    from forgetting.report_figures import DPI
+    from forgetting.report_figures import save
 
     results, out, ids = report
     df = forgetting.load_results(results)
     figs = forgetting.plot.figures(df)
     assert sorted(figs) == sorted(p.stem for p in out.glob("*.png"))
     for name, fig in figs.items():
-        fig.savefig(tmp_path / f"{name}.png", dpi=DPI)
+        save(fig, tmp_path, name, formats=("png",))  # in the figure's own style, as the report saves it
         assert np.array_equal(mpimg.imread(tmp_path / f"{name}.png"), mpimg.imread(out / f"{name}.png")), name
-        plt.close(fig)
     # any subset of the rows: here only temperature 1
     figs = forgetting.plot.figures(df[df["method.temperature"] == 1.0])
     legend = [t.get_text() for t in figs["tradeoff"].legends[0].get_texts()]
