@@ -212,7 +212,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     if reference:
         handles["chance (uniform guess)"] = Line2D([], [], **REFERENCE_STYLE["chance"])
         handles["majority class"] = Line2D([], [], **REFERENCE_STYLE["majority"])
-    handles["end of a task"] = Line2D([], [], **BOUNDARY_STYLE)
+    handles["end of a task (on top: the task then trained)"] = Line2D([], [], **BOUNDARY_STYLE)
     W = look.inches
     ncols = 1 if look.width == "column" or len(panels) == 1 else 2
     nrows = math.ceil(len(panels) / ncols)
@@ -278,8 +278,9 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         for (t, start), (_, end) in zip(steps, steps[1:]):
             if t + 1 < len(names):
                 mids.append((start + end) / 2)
-                fits = (end - start) / (hi - lo) * W / ncols * 72 > 0.6 * points("xtick.labelsize") * (len(names[t + 1]) + 10)
-                labels.append(f"training {names[t + 1]}" if fits else str(t + 1))
+                room = (end - start) / (hi - lo) * W / ncols * 72 / (0.6 * points("xtick.labelsize"))  # characters
+                labels.append(next(text for text in (f"training {names[t + 1]}", names[t + 1], str(t + 1))
+                                   if len(text) + 2 <= room or text == str(t + 1)))
         top = ax.secondary_xaxis("top")
         top.set_xticks(mids, labels=labels)
         top.tick_params(length=0, pad=1, labelcolor="0.35")

@@ -113,7 +113,7 @@ def test_plot_figures_from_load_results_draws_what_the_cli_writes(report, tmp_pa
     figs = forgetting.plot.figures(df)
     assert sorted(figs) == sorted(p.stem for p in out.glob("*.png"))
     for name, fig in figs.items():
-        save(fig, tmp_path, name, formats=("png",))  # in the figure's own style, as the report saves it
+        save(fig, tmp_path, name)  # in the figure's own style and formats, in the report's order
         assert np.array_equal(mpimg.imread(tmp_path / f"{name}.png"), mpimg.imread(out / f"{name}.png")), name
     # any subset of the rows: here only temperature 1
     figs = forgetting.plot.figures(df[df["method.temperature"] == 1.0])
