@@ -101,6 +101,11 @@ def n_lines(text: str) -> int:
     return text.count("\n") + 1
 
 
+def legend_columns(look: Look) -> int:
+    """Two legend columns on a page width with paper-sized type, else one (so that no entry is cut)."""
+    return 1 if look.width == "column" or points("legend.fontsize") > 9 else 2
+
+
 def clip_limits(ax, axis: str, low: float | None = None, high: float | None = None, margin: float = 0.03) -> None:
     """Keep the autoscaled limits of ``axis`` within [low, high], give or take ``margin`` of the span."""
     get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
@@ -216,7 +221,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     W = look.inches
     ncols = 1 if look.width == "column" or len(panels) == 1 else 2
     nrows = math.ceil(len(panels) / ncols)
-    legend_cols = 1 if look.width == "column" else 2
+    legend_cols = legend_columns(look)
     title = wrap(("Accuracy of each old task while fine-tuning on the next ones" if pct else
                   "Held-out NLL per token of each old task while fine-tuning on the next ones (up: forgetting)")
                  + f"\n{where}", W, "figure.titlesize")
@@ -375,7 +380,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     xerr, yerr = bars("new_task_accuracy"), bars("old_task_accuracy")
     entries = len(s) + 1 + 2 * (references is not None and len(references) > 0)
     W = look.inches
-    legend_cols = 1 if look.width == "column" else 2
+    legend_cols = legend_columns(look)
     title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize")
     legend_title = wrap("mean over seeds; bars: 95% t-interval, cut to 0-100 %", W, "legend.title_fontsize")
     axes_h = (2.7 if look.width == "column" else 3.6) * max(1.0, points("axes.labelsize") / 8)
@@ -431,9 +436,10 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     scale = 100 if y == "forgetting_max" else 1  # accuracy points, or nats per token
     palette = colors(table)
     W = look.inches
-    column = look.width == "column"
-    legend_cols = 1 if column else 2
-    title = wrap(f"Does drift from the base model predict forgetting? One point per run\n{where}", W,
+    column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
+    legend_cols = legend_columns(look)
+    title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
+                 f"\n{where}", W,
                  "figure.titlesize")
     entries = d["label"].nunique() + 2
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
@@ -441,7 +447,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
               + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
     fig, axes = plt.subplots(2 if column else 1, 1 if column else 2, figsize=(W, height), sharey=True,
                              layout="constrained")
-    panels = [("kl_new_task", "on the new (last) task's test inputs"), ("kl_old_tasks", "on the old tasks' test inputs")]
+    panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
     handles: dict[str, object] = {}
     for ax, (col, on) in zip(axes, panels):
         for label in order:
@@ -462,8 +468,9 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
                                                             color="0.2", lw=0.9, ls="--")[0]
                 fitted += f", parabola R² = {q['r2']:.2f}"
             fitted += f" (n = {fit['n']})"
-        ax.set_title(wrap(f"{on}: {fitted}", W / (1 if column else 2), "axes.titlesize"))
-        ax.set_xlabel("KL(p_base ‖ p_final) (nats)")
+        ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else 2), "axes.titlesize"))
+        ax.set_xlabel("KL from the base model (nats)")
+        ax.locator_params(axis="x", nbins=5)
         clip_limits(ax, "x", low=0.0)
     axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100 else "NLL rise, max-based (nats/token)")
     if column:
