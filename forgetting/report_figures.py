@@ -324,7 +324,7 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         panel_titles[label] = wrap(f"{label}\n{what}", panel, "axes.titlesize")
     title_lines = max(map(n_lines, panel_titles.values()))
     height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + line_in("figure.labelsize") + 0.1
-              + nrows * (panel + line_in("axes.titlesize", title_lines) + line_in("xtick.labelsize") + 0.1))
+              + nrows * (0.9 * panel + line_in("axes.titlesize", title_lines) + line_in("xtick.labelsize") + 0.1))
     fig, axes = plt.subplots(nrows, ncols, figsize=(W, height), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
