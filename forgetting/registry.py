@@ -346,10 +346,13 @@ def resolve(config: RunConfig) -> RunConfig:
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")
+    from .streams import default_data_dir  # the default is looked up only after an explicit one was checked
+
+    data_dir = config.data_dir if config.data_dir is not None else default_data_dir()
     return RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
-                     data_dir=config.data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
+                     data_dir=data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
                      log_to=tracking_check(config.log_to),
-                     data_fingerprint=fingerprint(bench, stream_c, config.data_dir))
+                     data_fingerprint=fingerprint(bench, stream_c, data_dir))
 
 
 def fingerprint(bench, stream_c: Component, data_dir: str | None) -> dict:
