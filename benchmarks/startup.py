@@ -5,6 +5,8 @@
 Times three commands as fresh processes, interleaved over the repeats (a busy moment hits all
 alike), and prints each one's median wall time and its ratio to importing torch:
 - `python -c "import torch"`: the floor of any PyTorch program;
+- `import torch` and making one `torch.optim.Adam`: the floor of any PyTorch training program (the
+  optimiser's constructor imports TorchDynamo, about a second);
 - `python -m forgetting.run --help` (goal: <= 1.3x);
 - `python -m forgetting.run` on the default (split-digits, an MLP, kl; a new results directory
   each time so nothing is read back; goal: <= 2x).
@@ -29,6 +31,7 @@ def commands(tmp: Path) -> dict[str, list[str]]:
     py = sys.executable
     return {
         "import torch": [py, "-c", "import torch"],
+        "import torch + an Adam optimiser": [py, "-c", "import torch; torch.optim.Adam([torch.zeros(1, requires_grad=True)])"],
         "forgetting.run --help": [py, "-m", "forgetting.run", "--help"],
         "forgetting.run (default run)": [py, "-m", "forgetting.run", "--results-dir", str(tmp / "results")],
     }

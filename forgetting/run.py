@@ -173,11 +173,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing TorchInductor.
+
+    The torch function also sets ``torch._inductor.config.deterministic``, and importing that module
+    imports all of TorchDynamo: about a second, a quarter of a default run's wall time. The harness
+    never compiles, so it sets the flag only where Inductor is already loaded; a later import of
+    Inductor (a user's ``torch.compile``) reads its own default.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
 def determinism_settings(device: torch.device) -> dict:
     """Ask torch for deterministic kernels (warning where one has none) and say what was set."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     torch.backends.cudnn.benchmark = False
     return {
         "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
