@@ -330,6 +330,10 @@ def resolve(config: RunConfig) -> RunConfig:
         raise BadInput(f"--device: unknown device {config.device!r}, allowed: {', '.join(DEVICES)} (or cuda:N)")
     bench = stream(config.stream.name)
     stream_c = _check_section("stream", config.stream.name, stream_options(config.stream.name), config.stream.values())
+    if stream_c.options.get("scenario") != "class" and "class_outputs" in stream_c.options:
+        from .streams import CLASS_OUTPUTS_OPTION  # outside class it changes nothing, so it changes no run id
+
+        stream_c.options["class_outputs"] = CLASS_OUTPUTS_OPTION.default
     spec = model(config.model.name)
     if spec.inputs != bench.inputs:
         raise BadInput(f"--model {config.model.name}: it reads {spec.inputs} inputs but benchmark "
