@@ -115,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m forgetting.plot",
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "
-                            "seeds) from run directories.")
+                            "seeds) from run directories; each figure as PDF, SVG and 300-dpi PNG, sized for a "
+                            "paper (a column or a page wide, 7-9 pt type).")
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"forgetting {__version__}")
