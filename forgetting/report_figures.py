@@ -24,6 +24,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from adjustText import adjust_text  # noqa: E402
 
@@ -271,6 +272,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
             ax.set_yticks(np.linspace(0, 100, 6))
         else:
             clip_limits(ax, "y", low=0.0)
+    drawn[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (the x axis is shared)
     for ax in axes[-1]:
         if ax.axison:
             ax.set_xlabel("fine-tuning step")
