@@ -85,14 +85,41 @@ def data_fingerprint(options: dict) -> dict:
                    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
 
+def fetch(root: Path) -> None:
+    """torchvision's MNIST download of the four IDX files into ``root/MNIST/raw`` (md5-checked), ``root``
+    created if missing; nothing when ``root`` already holds both pairs. A failed download removes what it
+    wrote (a partial ``.gz`` would otherwise be read as data next time) and is one BadInput line."""
+    if all(_find(root, f"{prefix}-{kind}") for prefix in ("train", "t10k")
+           for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")):
+        return
+    require("vision", "--download of MNIST")
+    from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
+
+    made = [p for p in (root, *root.parents) if not p.exists()]  # folders this download creates
+    before = set(root.rglob("*")) if root.exists() else set()
+    try:
+        MNIST(str(root), train=True, download=True)
+        MNIST(str(root), train=False, download=True)
+    except BaseException as e:
+        new = sorted(set(root.rglob("*")) - before if root.exists() else (), key=lambda q: len(q.parts), reverse=True)
+        for q in new:  # deepest first: files, then the folders that held them
+            if q.is_dir() and not q.is_symlink():
+                q.rmdir()
+            else:
+                q.unlink(missing_ok=True)
+        for q in made:
+            if q.is_dir() and not any(q.iterdir()):
+                q.rmdir()
+        if isinstance(e, (RuntimeError, OSError)):  # torchvision: every mirror failed or an md5 mismatch
+            reason = " ".join(str(e).split())
+            raise BadInput(f"--download: could not fetch MNIST into {str(root)!r}: {reason[:300]}") from None
+        raise
+
+
 def load_arrays(data_dir: str | None, download: bool = False):
     root = data_root(data_dir, download, "MNIST")  # with --download and no --data-dir: the download cache
     if download:
-        require("vision", "--download of MNIST")
-        from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
-
-        MNIST(str(root), train=True, download=True)
-        MNIST(str(root), train=False, download=True)
+        fetch(root)
     data_dir = str(root)
     test = _pair(root, "t10k")
     train = _pair(root, "train")
