@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BadInput
 from ..extras import require
 from .digest import digests
-from .local import data_root
+from .local import data_root, downloading
 from .splits import class_split_stream, permuted_stream, stratified_split
 
 IMAGES_MAGIC = 0x00000803
@@ -95,25 +95,9 @@ def fetch(root: Path) -> None:
     require("vision", "--download of MNIST")
     from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
 
-    made = [p for p in (root, *root.parents) if not p.exists()]  # folders this download creates
-    before = set(root.rglob("*")) if root.exists() else set()
-    try:
+    with downloading(root, "MNIST"):
         MNIST(str(root), train=True, download=True)
         MNIST(str(root), train=False, download=True)
-    except BaseException as e:
-        new = sorted(set(root.rglob("*")) - before if root.exists() else (), key=lambda q: len(q.parts), reverse=True)
-        for q in new:  # deepest first: files, then the folders that held them
-            if q.is_dir() and not q.is_symlink():
-                q.rmdir()
-            else:
-                q.unlink(missing_ok=True)
-        for q in made:
-            if q.is_dir() and not any(q.iterdir()):
-                q.rmdir()
-        if isinstance(e, (RuntimeError, OSError)):  # torchvision: every mirror failed or an md5 mismatch
-            reason = " ".join(str(e).split())
-            raise BadInput(f"--download: could not fetch MNIST into {str(root)!r}: {reason[:300]}") from None
-        raise
 
 
 def load_arrays(data_dir: str | None, download: bool = False):

@@ -1,5 +1,5 @@
-"""--download of MNIST from a fresh clone: no data directory yet, torchvision's own download code fetching
-(the network call replaced by files written in the real IDX format), then a run on what arrived."""
+"""--download from a fresh clone: no data directory yet, torchvision's own download code fetching (the
+network call replaced by files written in the real format), then a run on what arrived; a failed download."""
 
 from __future__ import annotations
 
@@ -103,3 +103,18 @@ def test_a_failed_download_keeps_what_was_there(network, tmp_path):
     with pytest.raises(BadInput, match="could not fetch MNIST"):
         load_arrays(str(data), download=True)
     assert sorted(p.relative_to(data).as_posix() for p in data.rglob("*")) == ["notes", "notes/readme.txt"]
+
+
+def test_a_failed_cifar_download_says_why_and_leaves_nothing(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as tv_cifar
+
+    def fetch(url, download_root, filename=None, md5=None, **kwargs):
+        (tmp_path / "clone" / "data" / filename).write_bytes(b"\x1f\x8b half an archive")
+        raise URLError("connection reset")
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fetch)
+    data = tmp_path / "clone" / "data"
+    data.mkdir(parents=True)  # torchvision writes into it; this test made it, so it stays
+    with pytest.raises(BadInput, match=r"--download: could not fetch CIFAR10 into .*connection reset"):
+        prepare(make_config(benchmark="split-cifar10", download=True, data_dir=str(data), device="cpu"))
+    assert list(data.iterdir()) == []
