@@ -45,7 +45,7 @@ def executed(tmp_path_factory):
             mp.setenv(k, v)
         work = tmp / "cwd"
         work.mkdir()
-        NotebookClient(nb, kernel_name="python3", timeout=300, resources={"metadata": {"path": str(work)}}).execute()
+        NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120, resources={"metadata": {"path": str(work)}}).execute()
     return nb, tmp
 
 
