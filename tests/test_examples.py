@@ -16,7 +16,6 @@ from nbclient import NotebookClient
 from conftest import ROOT
 
 NOTEBOOK = ROOT / "examples" / "quickstart.ipynb"
-slow = pytest.mark.slow  # the executed notebook: a kernel and 8 short runs, about 20 s under load
 PROBE = "import sys, forgetting; print(sys.executable); print(forgetting.__file__)"
 
 
@@ -24,13 +23,11 @@ def tagged(nb, tag: str) -> list:
     return [c for c in nb.cells if tag in c.metadata.get("tags", [])]
 
 
-@pytest.fixture(scope="module")
-def executed(tmp_path_factory):
+def execute(tmp):
     """The notebook run by nbclient in a temporary folder, with a first cell that says which Python and
     which ``forgetting`` the kernel has. The kernel spec ``python3`` is this interpreter's, in a folder only
     this test reads (JUPYTER_PATH), so neither a kernel registered elsewhere nor the installed copy of the
     package takes part; Jupyter's and IPython's own files go to the temporary folder too."""
-    tmp = tmp_path_factory.mktemp("notebook")
     spec = tmp / "jupyter" / "kernels" / "python3"
     spec.mkdir(parents=True)
     (spec / "kernel.json").write_text(json.dumps({
@@ -48,7 +45,7 @@ def executed(tmp_path_factory):
         work = tmp / "cwd"
         work.mkdir()
         NotebookClient(nb, kernel_name="python3", timeout=300, startup_timeout=120, resources={"metadata": {"path": str(work)}}).execute()
-    return nb, tmp
+    return nb
 
 
 def test_the_stored_notebook_has_no_outputs():
@@ -58,9 +55,7 @@ def test_the_stored_notebook_has_no_outputs():
     assert code and all(c.outputs == [] and c.execution_count is None for c in code)
 
 
-@slow
-def test_the_kernel_is_this_python_on_the_code_under_test(executed):
-    nb, _ = executed
+def check_the_kernel_is_this_python_on_the_code_under_test(nb):
     lines = "".join(o.get("text", "") for o in nb.cells[0].outputs).split()
     assert lines == [sys.executable, str(ROOT / "forgetting" / "__init__.py")]
 
@@ -70,9 +65,7 @@ def lambdas(nb) -> list[float]:
     return [float(v) for v in re.search(r"LAMBDAS = \[(.*?)\]", "".join(c.source for c in nb.cells)).group(1).split(",")]
 
 
-@slow
-def test_no_cell_failed_or_warned_and_the_runs_went_to_a_temporary_directory(executed):
-    nb, tmp = executed
+def check_no_cell_failed_or_warned_and_the_runs_went_to_a_temporary_directory(nb, tmp):
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert [o for o in outputs if o.output_type == "error"] == []
     assert [o.text for o in outputs if o.get("name") == "stderr"] == []  # no warning for a reader to wonder about
@@ -81,12 +74,10 @@ def test_no_cell_failed_or_warned_and_the_runs_went_to_a_temporary_directory(exe
     assert list((tmp / "cwd").iterdir()) == []  # nothing written where the notebook runs
 
 
-@slow
-def test_the_table_has_naive_and_every_lambda_and_the_report_s_numbers(executed):
+def check_the_table_has_naive_and_every_lambda_and_the_report_s_numbers(nb, tmp):
     from forgetting.report_runs import load_runs
     from forgetting.report_summary import run_table
 
-    nb, tmp = executed
     [cell] = tagged(nb, "table")
     [out] = [o for o in cell.outputs if o.output_type == "execute_result"]
     assert "text/html" in out.data  # shown as a table in Jupyter
@@ -104,12 +95,20 @@ def test_the_table_has_naive_and_every_lambda_and_the_report_s_numbers(executed)
         assert [float(v) for v in shown] == pytest.approx(want, abs=0.051), label
 
 
-@slow
-def test_the_figure_cells_show_images(executed):
-    nb, _ = executed
+def check_the_figure_cells_show_images(nb):
     cells = tagged(nb, "figure")
     assert len(cells) == 2
     for cell in cells:
         pngs = [o.data["image/png"] for o in cell.outputs if "image/png" in o.get("data", {})]
         assert len(pngs) == 1, [o.get("data", {}).keys() for o in cell.outputs]
         assert base64.b64decode(pngs[0]).startswith(b"\x89PNG\r\n\x1a\n")
+
+
+@pytest.mark.slow  # a kernel and 8 short runs: about 20 s under load
+def test_the_notebook_runs_and_shows_what_it_says(tmp_path):
+    """One test, so that pytest -n 2 executes the notebook once (a module fixture runs once per worker)."""
+    nb = execute(tmp_path)
+    check_the_kernel_is_this_python_on_the_code_under_test(nb)
+    check_no_cell_failed_or_warned_and_the_runs_went_to_a_temporary_directory(nb, tmp_path)
+    check_the_table_has_naive_and_every_lambda_and_the_report_s_numbers(nb, tmp_path)
+    check_the_figure_cells_show_images(nb)
