@@ -400,7 +400,7 @@ class _TqdmHandler(logging.Handler):
     """Log lines that do not break the progress bars."""
 
     def emit(self, record):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the terminal's bars (progress.bar)
 
         tqdm.write(self.format(record), file=sys.stderr)
 
