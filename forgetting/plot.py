@@ -4,25 +4,50 @@ Reads only run directories (config.json, manifest.json, metrics.csv), so it work
 copied from another machine. One figure set per benchmark and scenario: in ``DIR`` itself when
 there is one, else in ``DIR/<benchmark>-<scenario>/``; ``summary.md``, ``summary.csv``, ``runs.csv``
 (one row per run with every config field) and ``report.html`` (all of it on one page) cover all.
+The figures are for a paper: PDF, SVG and 300-dpi PNG, a column or a page wide, with options
+for which experiments and tasks they draw (``--methods``, ``--tasks``, ``--bands``, ``--width``,
+``--style``, ``--formats``; the same keywords in ``write_report`` and ``figures``).
 """
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
+from .report_look import DEFAULT_STYLE, DEFAULT_WIDTH, FORMATS, STYLES, WIDTHS, Look, check_style, choose_labels, \
+    choose_tasks
 from .results import atomic_write_text
 
 
-def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None) -> list[Path]:
+def _look(table, base: Look, methods, tasks) -> Look:
+    from dataclasses import replace
+
+    from .report_figures import colors
+
+    return replace(base, labels=choose_labels(table, methods, list(colors(table))), tasks=choose_tasks(table, tasks))
+
+
+def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None, *,
+                 methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
+                 bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
+                 formats: str | Sequence[str] = FORMATS) -> list[Path]:
     """Read every run under ``paths`` and write the figures, the summary, ``runs.csv`` and ``report.html``
     into ``out``; the files written. ``command`` is shown in the page as what made it.
 
-    BadInput (nothing written) for a path without runs, a corrupt file, or an unknown schema version.
+    The figures draw the experiments ``methods`` names (methods or experiment labels, in that order;
+    default all) with a forgetting-curve panel per old task in ``tasks`` (default all), 95% bands unless
+    ``bands`` is False, ``width`` "column" (3.5 in) or "page" (7.16 in), ``style`` a seaborn context
+    (paper, notebook, talk, poster), as ``formats`` (pdf, svg, png; PNG at 300 dpi). The summary
+    tables always cover every run.
+
+    BadInput (nothing written) for a path without runs, a corrupt file, an unknown schema version, or
+    an option value not allowed.
     """
+    look = check_style(bands, width, style, formats)
     from .report_figures import figure_set
     from .report_html import write_html
     from .report_runs import load_runs, runs_config_table
@@ -35,6 +60,7 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
     if out.exists() and not out.is_dir():
         raise BadInput(f"--out: {str(out)!r} is a file, not a directory")
     table = run_table(runs)
+    look = _look(table, look, methods, tasks)
     sets: dict[tuple[str, str], list] = {}
     for r in runs:
         sets.setdefault((r.benchmark, r.scenario), []).append(r)
@@ -44,7 +70,8 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
     for (bench, scen), group in sorted(sets.items()):
         sub = out if len(sets) == 1 else out / f"{bench}-{scen}"
         ids = {r.run_id for r in group}
-        figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub)
+        figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub,
+                                          look=look)
         written += figures[bench, scen]
     written += write_summary(table, out, reference_accuracies(runs))
     configs = runs_config_table(runs)
@@ -56,10 +83,13 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
     return written + [runs_csv, html]
 
 
-def figures(df) -> dict:
+def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
+            bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE) -> dict:
     """The report's figures as matplotlib figures, by name (``forgetting_curves``, ...; prefixed with
     ``benchmark-scenario/`` when ``df`` holds several), from a ``forgetting.load_results`` frame or any
-    subset of its rows; nothing is written. Close them with ``matplotlib.pyplot.close``."""
+    subset of its rows; nothing is written. The keywords are ``write_report``'s. Save one as the report
+    does with ``forgetting.report_figures.save``; close them with ``matplotlib.pyplot.close``."""
+    look = check_style(bands, width, style)
     from .api import runs_from_frame
     from .report_figures import Collect, figure_set
     from .report_summary import run_table
@@ -68,6 +98,7 @@ def figures(df) -> dict:
     if not runs:
         raise BadInput("no runs in the frame: load some with forgetting.load_results(path)")
     table = run_table(runs)
+    look = _look(table, look, methods, tasks)
     sets: dict[tuple[str, str], list] = {}
     for r in runs:
         sets.setdefault((r.benchmark, r.scenario), []).append(r)
@@ -75,7 +106,7 @@ def figures(df) -> dict:
     for (bench, scen), group in sorted(sets.items()):
         got = Collect()
         ids = {r.run_id for r in group}
-        figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got)
+        figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got, look=look)
         out.update({(name if len(sets) == 1 else f"{bench}-{scen}/{name}"): fig for name, fig in got.items()})
     return out
 
@@ -84,17 +115,37 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = OneLineParser(prog="python -m forgetting.plot",
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "
-                            "seeds) from run directories.")
+                            "seeds) from run directories; each figure as PDF, SVG and 300-dpi PNG, sized for a "
+                            "paper (a column or a page wide, 7-9 pt type).")
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"forgetting {__version__}")
     p.add_argument("results", nargs="+", metavar="RESULTS", help="results directories or run directories")
     p.add_argument("--out", default="report", help="where the figures and summary go (default: report)")
     p.add_argument("--quiet", action="store_true", help="do not list the files written")
+    g = p.add_argument_group("figures (the summary tables always cover every run)")
+    g.add_argument("--methods", metavar="LIST", default=None,
+                   help="the experiments drawn, in this order, comma-separated: a method (kl: each of its strengths) "
+                        "or an experiment as summary.md names it ('kl, λ=0.5') (default: all)")
+    g.add_argument("--tasks", metavar="LIST", default=None,
+                   help="the old tasks that get a forgetting-curve panel, by number, comma-separated, e.g. 0,2 "
+                        "(default: all)")
+    g.add_argument("--bands", action=argparse.BooleanOptionalAction, default=True,
+                   help="the 95%% t-interval band around each forgetting curve (default: on)")
+    g.add_argument("--width", choices=list(WIDTHS), default=DEFAULT_WIDTH,
+                   help="figure width: " + ", ".join(f"{w} ({inches} in)" for w, inches in WIDTHS.items())
+                        + f" (default: {DEFAULT_WIDTH})")
+    g.add_argument("--style", choices=STYLES, default=DEFAULT_STYLE,
+                   help="seaborn context: paper (7-9 pt type at the printed size), notebook, talk or poster "
+                        f"(larger type) (default: {DEFAULT_STYLE})")
+    g.add_argument("--formats", metavar="LIST", default=",".join(FORMATS),
+                   help=f"the files of each figure, comma-separated from {', '.join(FORMATS)}; PNG at 300 dpi, "
+                        "embedded in report.html (default: pdf,svg,png)")
     ns = p.parse_args(argv)
     try:
         command = shlex.join(["python", "-m", "forgetting.plot", *(sys.argv[1:] if argv is None else argv)])
-        files = write_report(ns.results, ns.out, command=command)
+        files = write_report(ns.results, ns.out, command=command, methods=ns.methods, tasks=ns.tasks,
+                             bands=ns.bands, width=ns.width, style=ns.style, formats=ns.formats)
     except BadInput as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

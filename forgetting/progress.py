@@ -53,7 +53,8 @@ class Lines:
 
 def bar(total: int, desc: str, enabled: bool = True, unit: str = "step", per_update: bool = False):
     """A tqdm bar in a terminal, ``Lines`` elsewhere, a disabled tqdm bar when not ``enabled``."""
-    from tqdm.auto import tqdm
+    from tqdm import tqdm  # not tqdm.auto: in a notebook (no terminal) a bar is Lines or disabled, and
+    # tqdm.auto there warns that ipywidgets is missing even for a disabled bar
 
     if enabled and not is_terminal():
         return Lines(total, desc, unit, per_update)

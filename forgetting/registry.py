@@ -330,6 +330,10 @@ def resolve(config: RunConfig) -> RunConfig:
         raise BadInput(f"--device: unknown device {config.device!r}, allowed: {', '.join(DEVICES)} (or cuda:N)")
     bench = stream(config.stream.name)
     stream_c = _check_section("stream", config.stream.name, stream_options(config.stream.name), config.stream.values())
+    if stream_c.options.get("scenario") != "class" and "class_outputs" in stream_c.options:
+        from .streams import CLASS_OUTPUTS_OPTION  # outside class it changes nothing, so it changes no run id
+
+        stream_c.options["class_outputs"] = CLASS_OUTPUTS_OPTION.default
     spec = model(config.model.name)
     if spec.inputs != bench.inputs:
         raise BadInput(f"--model {config.model.name}: it reads {spec.inputs} inputs but benchmark "
@@ -346,10 +350,13 @@ def resolve(config: RunConfig) -> RunConfig:
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")
+    from .streams import default_data_dir  # the default is looked up only after an explicit one was checked
+
+    data_dir = config.data_dir if config.data_dir is not None else default_data_dir()
     return RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
-                     data_dir=config.data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
+                     data_dir=data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
                      log_to=tracking_check(config.log_to),
-                     data_fingerprint=fingerprint(bench, stream_c, config.data_dir))
+                     data_fingerprint=fingerprint(bench, stream_c, data_dir))
 
 
 def fingerprint(bench, stream_c: Component, data_dir: str | None) -> dict:

@@ -1,12 +1,17 @@
-"""The figures of a report, for one benchmark and scenario: each as PNG and SVG.
+"""The figures of a report, for one benchmark and scenario, sized for a paper.
 
-Sizes are fixed by the content (inches at ``DPI``), so a figure's pixel size is known in advance:
-see each function's docstring.
+Each figure is a column (3.5 in) or a page (7.16 in) wide, its height set by what it holds; the
+``paper`` style sets type at 7-9 pt, so that the figure placed at 100 % reads like the text around
+it. Accuracy-like quantities are in % in every figure, and axes stop where the quantity does
+(accuracy 0-100 %, forgetting ±100 points, KL and NLL >= 0) plus a small margin for markers.
+Written as PDF (TrueType fonts, which journals ask for), SVG and 300-dpi PNG, with no dates
+inside, so that the same results give the same files.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -17,18 +22,35 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
+from matplotlib.font_manager import FontProperties  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from adjustText import adjust_text  # noqa: E402
 
 from .metrics import (accuracy_matrix, bounded_ci, is_lm_run, mean_ci, old_task_curves, pareto_front,  # noqa: E402
                       task_boundaries)
+from .report_look import FORMATS, Look  # noqa: E402
 from .report_runs import Run  # noqa: E402
 from .report_summary import forgetting_column, kl_fit, reference_accuracies, summarize  # noqa: E402
 
-DPI = 100
-FORMATS = ("png", "svg")
+DPI = 300
+MARGIN = 3.0  # percentage points beyond 0 and 100 % on accuracy axes, so a marker on the bound is drawn whole
+BAND_ALPHA = 0.12  # light enough that several methods' bands overlap and stay readable
 SEQUENTIAL = ["Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd", "BuGn", "RdPu"]
+# type for a figure placed at 100 %: 7-9 pt, as the text of a journal page
+PAPER_TYPE = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
+              "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 9, "figure.labelsize": 8}
+SAVE_RC = {"pdf.fonttype": 42, "ps.fonttype": 42, "svg.hashsalt": "forgetting"}  # TrueType; fixed SVG ids
+METADATA = {"pdf": {"CreationDate": None}, "svg": {"Date": None}, "png": None}  # no dates: same input, same bytes
+
+
+def style_rc(style: str) -> dict:
+    """rcParams of a seaborn context (``paper``: the sizes above) on the whitegrid style."""
+    rc = {**sns.axes_style("whitegrid"), **sns.plotting_context(style)}
+    if style == "paper":
+        rc.update(PAPER_TYPE)
+    return {**rc, **SAVE_RC, "axes.titlelocation": "left", "legend.frameon": False}
 
 
 class Collect(dict):
@@ -38,17 +60,59 @@ class Collect(dict):
         pass
 
 
-def save(fig, out: Path, name: str) -> list[Path]:
+def save(fig, out: Path, name: str, look: Look | None = None, formats: tuple[str, ...] | None = None) -> list[Path]:
+    """Write ``fig`` as ``out/name.<format>`` for each of ``look.formats`` at ``DPI``, then close it.
+
+    Drawing reads rcParams too (layout, tick choice), so the files are written in the figure's own
+    style: that of ``look``, else the one it was made with (``forgetting.plot.figures``' figures keep
+    theirs), so that a figure saved later gives the report's bytes whatever the caller's settings.
+    """
+    look = look or getattr(fig, "forgetting_look", Look())
     if isinstance(out, Collect):
+        fig.forgetting_look = look
         out[name] = fig
         return []
     paths = []
-    for fmt in FORMATS:
-        p = out / f"{name}.{fmt}"
-        fig.savefig(p, dpi=DPI, metadata={"Date": None} if fmt == "svg" else None)
-        paths.append(p)
+    with plt.rc_context(style_rc(look.style)):
+        for fmt in formats or look.formats:
+            p = out / f"{name}.{fmt}"
+            fig.savefig(p, dpi=DPI, metadata=METADATA[fmt])
+            paths.append(p)
     plt.close(fig)
     return paths
+
+
+def points(key: str) -> float:
+    """A font size of the current style in points."""
+    return FontProperties(size=plt.rcParams[key]).get_size_in_points()
+
+
+def line_in(key: str, n: int = 1) -> float:
+    """Height in inches of ``n`` lines of text at the font size ``key``."""
+    return n * 1.35 * points(key) / 72
+
+
+def wrap(text: str, inches: float, key: str) -> str:
+    """``text`` broken into lines that fit ``inches`` at the font size ``key`` (each given line kept apart)."""
+    chars = max(12, int(inches * 72 / (0.56 * points(key))))
+    return "\n".join(textwrap.fill(part, chars) for part in text.split("\n"))
+
+
+def n_lines(text: str) -> int:
+    return text.count("\n") + 1
+
+
+def legend_columns(look: Look) -> int:
+    """Two legend columns on a page width with paper-sized type, else one (so that no entry is cut)."""
+    return 1 if look.width == "column" or points("legend.fontsize") > 9 else 2
+
+
+def clip_limits(ax, axis: str, low: float | None = None, high: float | None = None, margin: float = 0.03) -> None:
+    """Keep the autoscaled limits of ``axis`` within [low, high], give or take ``margin`` of the span."""
+    get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
+    lo, hi = get()
+    pad = margin * (hi - lo)
+    put(lo if low is None else max(lo, low - pad), hi if high is None else min(hi, high + pad))
 
 
 def colors(table: pd.DataFrame) -> dict[str, tuple]:
@@ -67,6 +131,14 @@ def colors(table: pd.DataFrame) -> dict[str, tuple]:
     return out
 
 
+def label_order(table: pd.DataFrame, look: Look) -> list[str]:
+    """The experiments drawn, in the order asked for (else by colour: method, then strength)."""
+    present = set(table["label"])
+    if look.labels is not None:
+        return [label for label in look.labels if label in present]
+    return [label for label in colors(table) if label in present]
+
+
 def short_name(name: str, benchmark: str) -> str:
     """'split-digits[0/1]' -> '0/1'."""
     return name[len(benchmark) + 1 : -1] if name.startswith(benchmark + "[") and name.endswith("]") else name
@@ -79,8 +151,8 @@ def task_names(runs: list[Run]) -> list[str]:
 
 
 def t_band(x: pd.Series) -> tuple[float, float]:
-    """seaborn errorbar: the 95% t-interval of the mean accuracy over seeds, cut to [0, 1] (as in the summary)."""
-    _, lo, hi, _, _ = bounded_ci(x.tolist(), 0.0, 1.0)
+    """seaborn errorbar: the 95% t-interval of the mean accuracy (%) over seeds, cut to [0, 100] (as in the summary)."""
+    _, lo, hi, _, _ = bounded_ci(x.tolist(), 0.0, 100.0)
     return lo, hi
 
 
@@ -90,8 +162,9 @@ def t_band_unbounded(x: pd.Series) -> tuple[float, float]:
     return lo, hi
 
 
-REFERENCE_STYLE = {"chance": dict(color="0.45", ls=(0, (1, 2)), lw=1.1),
-                   "majority": dict(color="firebrick", ls=(0, (6, 2, 1, 2)), lw=1.0, alpha=0.8)}
+REFERENCE_STYLE = {"chance": dict(color="0.45", ls=(0, (1, 2)), lw=1.0),
+                   "majority": dict(color="firebrick", ls=(0, (6, 2, 1, 2)), lw=0.9, alpha=0.8)}
+BOUNDARY_STYLE = dict(color="0.55", ls=":", lw=0.8)
 
 
 def reference_curves(ref: Run, k: int) -> pd.DataFrame:
@@ -102,101 +175,162 @@ def reference_curves(ref: Run, k: int) -> pd.DataFrame:
     return c[c["eval_task"] == k][["finetune_step", "chance_accuracy", "majority_accuracy"]]
 
 
-def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
+def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str, look: Look = Look(),
                       value: str = "accuracy") -> list[Path]:
-    """Accuracy (or, ``value="nll"``, a causal LM's held-out NLL per token) of each old task against the
-    fine-tuning step; size 11 x (2.0 + 2.6 per old task) inches."""
+    """Accuracy in % (or, ``value="nll"``, a causal LM's held-out NLL per token) of each old task against the
+    fine-tuning step: a panel per old task (``look.tasks``), in one column (column width) or two (page width).
+
+    Each experiment is the mean over its complete seeds with a light 95% t-interval band (``look.bands``),
+    an unfinished run a dashed line of its own; dotted lines mark task ends, and the top panels name the
+    task being trained between them.
+    """
     names = task_names(runs)
     n_old = max(r.n_tasks for r in runs) - 1
-    if n_old < 1:
+    panels = [k for k in (range(n_old) if look.tasks is None else look.tasks) if k < n_old]
+    if not panels:
         return []
+    pct = value == "accuracy"
+    scale = 100.0 if pct else 1.0
     label_of = dict(zip(table["run_id"], table["label"]))
     palette = colors(table)
+    order = label_order(table, look)
     pts = []
     for r in runs:
         c = old_task_curves(r.rows, r.tasks_completed)
         if len(c):
-            pts.append(c.assign(label=label_of[r.run_id], complete=r.complete, state=r.state(), run_id=r.run_id))
-    fig, axes = plt.subplots(n_old, 1, figsize=(11, 2.0 + 2.6 * n_old), sharex=True, squeeze=False,
-                             layout="constrained")
-    axes = axes[:, 0]
+            pts.append(c.assign(y=scale * c[value], label=label_of[r.run_id], complete=r.complete, state=r.state(),
+                                run_id=r.run_id))
     data = pd.concat(pts, ignore_index=True) if pts else None
-    unfinished = {}
     ref = next((r for r in runs if r.complete), max(runs, key=lambda r: r.tasks_completed))
-    drew_reference = False
-    for k, ax in enumerate(axes):
-        ax.set_title(f"task {names[k]}", loc="left", fontsize=10)
-        if value == "accuracy":
-            ax.set_ylim(-0.02, 1.14)
-            ax.set_yticks(np.linspace(0, 1, 6))
-        ax.set_ylabel("test accuracy" if value == "accuracy" else "test NLL per token (nats)")
-        ax.grid(alpha=0.3)
-        rc = reference_curves(ref, k) if value == "accuracy" else pd.DataFrame()
-        if len(rc):  # chance may change along the way (class-incremental: more outputs), so a step line
-            ax.step(rc["finetune_step"], rc["chance_accuracy"], where="post", **REFERENCE_STYLE["chance"])
-            ax.step(rc["finetune_step"], rc["majority_accuracy"], where="post", **REFERENCE_STYLE["majority"])
-            drew_reference = True
-        if data is None:
-            continue
-        d = data[data["eval_task"] == k]
-        done = d[d["complete"]]
-        if len(done):
-            sns.lineplot(done, x="finetune_step", y=value, hue="label", palette=palette,
-                         errorbar=t_band if value == "accuracy" else t_band_unbounded,
-                         estimator="mean", legend=False, ax=ax)
-        for (rid, label, state), u in d[~d["complete"]].groupby(["run_id", "label", "state"]):
-            ax.plot(u["finetune_step"], u[value], ls="--", lw=1.2, color=palette[label])
-            seed = next(r.seed for r in runs if r.run_id == rid)
-            unfinished[f"{label}, seed {seed}: unfinished, {state}"] = Line2D([], [], ls="--", color=palette[label])
-    bounds = task_boundaries(ref.rows, ref.tasks_completed)
-    if len(bounds):
-        b = (bounds - bounds.iloc[0]).to_dict()
-        for t, step in b.items():
-            for ax in axes:
-                ax.axvline(step, color="0.4", ls=":", lw=1)
-            if t + 1 < len(names) and t + 1 in b:
-                for ax in axes:
-                    ax.text((step + b[t + 1]) / 2, 1.08 if value == "accuracy" else 1.02, f"training {names[t + 1]}",
-                            ha="center", va="center", fontsize=7, color="0.35",
-                            transform=ax.get_xaxis_transform() if value != "accuracy" else ax.transData)
-    axes[-1].set_xlabel("fine-tuning step (optimiser steps since the end of the base task; dotted lines: task ends)")
-    handles = {}
-    for label in sorted(table.loc[table["status"] == "complete", "label"].unique(), key=list(palette).index):
+    reference = pct and "majority_accuracy" in ref.rows
+
+    # the legend first: its size sets the figure's height
+    handles: dict[str, Line2D] = {}
+    for label in order:
         n = int(((table["label"] == label) & (table["status"] == "complete")).sum())
-        handles[f"{label}: mean of {n} seed{'s' * (n > 1)}"] = Line2D([], [], color=palette[label])
-    handles.update(unfinished)
-    if drew_reference:
-        handles["chance: a uniform guess among the outputs evaluated"] = Line2D([], [], **REFERENCE_STYLE["chance"])
-        handles["majority class: always the task's most frequent test label"] = Line2D([], [], **REFERENCE_STYLE["majority"])
-    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=2, fontsize=8,
-               title="method and strength (band: 95% t-interval over seeds"
-                     + (", cut to 0-1" if value == "accuracy" else "") + "; dashed: a run that did not finish)",
-               title_fontsize=8)
-    if value == "accuracy":
-        fig.suptitle(f"Forgetting curves: accuracy of each old task while fine-tuning on the next ones\n{where}")
-        return save(fig, out, f"{prefix}forgetting_curves")
-    fig.suptitle(f"Forgetting curves: held-out NLL per token of each old task while fine-tuning on the next ones "
-                 f"(up: forgetting)\n{where}")
-    return save(fig, out, f"{prefix}nll_curves")
+        if n:
+            handles[f"{label} ({n} seed{'s' * (n > 1)})"] = Line2D([], [], color=palette[label])
+    if data is not None:
+        for (rid, label, state), _ in data[~data["complete"] & data["label"].isin(order)].groupby(
+                ["run_id", "label", "state"]):
+            seed = next(r.seed for r in runs if r.run_id == rid)
+            handles[f"{label}, seed {seed}: {state}"] = Line2D([], [], ls="--", color=palette[label])
+    if reference:
+        handles["chance (uniform guess)"] = Line2D([], [], **REFERENCE_STYLE["chance"])
+        handles["majority class"] = Line2D([], [], **REFERENCE_STYLE["majority"])
+    handles["end of a task (on top: the task then trained)"] = Line2D([], [], **BOUNDARY_STYLE)
+    W = look.inches
+    ncols = 1 if look.width == "column" or len(panels) == 1 else 2
+    nrows = math.ceil(len(panels) / ncols)
+    legend_cols = legend_columns(look)
+    title = wrap(("Accuracy of each old task while fine-tuning on the next ones" if pct else
+                  "Held-out NLL per token of each old task while fine-tuning on the next ones (up: forgetting)")
+                 + f"\n{where}", W, "figure.titlesize")
+    legend_title = wrap("mean over seeds" + ("; band: 95% t-interval" + (", cut to 0-100 %" if pct else "")
+                                             if look.bands else "") + "; dashed: unfinished run",
+                        W, "legend.title_fontsize")
+    panel_h = max(0.9, min(1.45, 6.0 / nrows)) * max(1.0, points("axes.labelsize") / 8)
+    height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + nrows * panel_h + line_in("axes.labelsize") + 0.15
+              + line_in("legend.title_fontsize", n_lines(legend_title))
+              + line_in("legend.fontsize", math.ceil(len(handles) / legend_cols)) + 0.15)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(W, height), sharex=True, squeeze=False, layout="constrained")
+    for ax in axes.flat[len(panels):]:  # an odd panel count on two columns: the one above shows the steps
+        ax.axis("off")
+        axes[nrows - 2, ncols - 1].xaxis.set_tick_params(labelbottom=True)
+        axes[nrows - 2, ncols - 1].set_xlabel("fine-tuning step")
+    drawn = list(axes.flat[: len(panels)])
+    bounds = task_boundaries(ref.rows, ref.tasks_completed)
+    b = (bounds - bounds.iloc[0]).to_dict() if len(bounds) else {}
+    for k, ax in zip(panels, drawn):
+        ax.set_title(f"task {names[k]}")
+        ax.set_ylabel("accuracy (%)" if pct else "NLL (nats/token)")
+        for step in b.values():
+            ax.axvline(step, **BOUNDARY_STYLE)
+        rc = reference_curves(ref, k) if reference else pd.DataFrame()
+        if len(rc):  # chance may change along the way (class-incremental: more outputs), so a step line
+            ax.step(rc["finetune_step"], 100 * rc["chance_accuracy"], where="post", label="chance",
+                    **REFERENCE_STYLE["chance"])
+            ax.step(rc["finetune_step"], 100 * rc["majority_accuracy"], where="post", label="majority class",
+                    **REFERENCE_STYLE["majority"])
+        d = data[(data["eval_task"] == k) & data["label"].isin(order)] if data is not None else pd.DataFrame()
+        for label in order:
+            done = d[d["complete"] & (d["label"] == label)] if len(d) else d
+            if len(done):
+                lines, bands = len(ax.lines), len(ax.collections)
+                sns.lineplot(done, x="finetune_step", y="y", color=palette[label], estimator="mean", legend=False,
+                             errorbar=(t_band if pct else t_band_unbounded) if look.bands else None,
+                             err_kws={"alpha": BAND_ALPHA, "linewidth": 0}, ax=ax)
+                for line in ax.lines[lines:]:
+                    line.set_label(label)
+                for band in ax.collections[bands:]:
+                    band.set_label(f"band: {label}")
+        if len(d):
+            for (rid, label), u in d[~d["complete"]].groupby(["run_id", "label"]):
+                ax.plot(u["finetune_step"], u["y"], ls="--", lw=0.9, color=palette[label], label=f"{label} ({rid})")
+        if pct:
+            ax.set_ylim(-MARGIN, 100 + MARGIN)
+            ax.set_yticks(np.linspace(0, 100, 6))
+        else:
+            clip_limits(ax, "y", low=0.0)
+    drawn[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (the x axis is shared)
+    for ax in axes[-1]:
+        if ax.axison:
+            ax.set_xlabel("fine-tuning step")
+    steps = sorted(b.items())
+    for ax in axes[0]:  # which task trains between two task ends, named above the top panels
+        if not ax.axison or len(steps) < 2:
+            continue
+        lo, hi = ax.get_xlim()
+        mids, labels = [], []
+        for (t, start), (_, end) in zip(steps, steps[1:]):
+            if t + 1 < len(names):
+                mids.append((start + end) / 2)
+                room = (end - start) / (hi - lo) * W / ncols * 72 / (0.6 * points("xtick.labelsize"))  # characters
+                labels.append(next(text for text in (f"training {names[t + 1]}", names[t + 1], str(t + 1))
+                                   if len(text) + 2 <= room or text == str(t + 1)))
+        top = ax.secondary_xaxis("top")
+        top.set_xticks(mids, labels=labels)
+        top.tick_params(length=0, pad=1, labelcolor="0.35")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
+               title=legend_title)
+    fig.suptitle(title)
+    return save(fig, out, f"{prefix}{'forgetting' if pct else 'nll'}_curves", look)
 
 
-def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
-    """A[t][k] per experiment, mean over complete seeds; size (0.8 + 4.6 c) x (1.0 + 4.2 r) inches for c x r panels."""
+def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
+                      look: Look = Look()) -> list[Path]:
+    """A[t][k] in % per experiment, mean over complete seeds: a square panel each, two (column width) or
+    four (page width) to a row, numbers written in the cells where they fit."""
     names = task_names(runs)
     K = len(names)
     label_of = dict(zip(table["run_id"], table["label"]))
     groups: dict[str, list[Run]] = {}
     for r in runs:
         groups.setdefault(label_of[r.run_id], []).append(r)
-    palette = list(colors(table))
-    order = sorted(groups, key=palette.index)
+    order = [label for label in label_order(table, look) if label in groups]
     n = len(order)
-    ncols = math.ceil(math.sqrt(n))
+    if not n:
+        return []
+    W = look.inches
+    per_row = 2 if look.width == "column" else 4
+    ncols = min(n, max(per_row, math.ceil(n / (4 if look.width == "column" else 3))))
     nrows = math.ceil(n / ncols)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(0.8 + 4.6 * ncols, 1.0 + 4.2 * nrows), squeeze=False,
-                             layout="constrained")
+    panel = (W - 0.5 - 0.6) / ncols  # less the y label and ticks, and the colour bar
+    title = wrap(f"Accuracy matrix A[t][k] (%): accuracy on task k after training task t\n{where}", W,
+                 "figure.titlesize")
+    panel_titles = {}
+    for label in order:
+        done = [r for r in groups[label] if r.complete]
+        what = (f"{len(done)} seed{'s' * (len(done) > 1)}" if done else
+                "unfinished: " + "; ".join(f"seed {r.seed} {r.state()}" for r in groups[label]))
+        panel_titles[label] = wrap(f"{label}\n{what}", panel, "axes.titlesize")
+    title_lines = max(map(n_lines, panel_titles.values()))
+    height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + line_in("figure.labelsize") + 0.1
+              + nrows * (0.9 * panel + line_in("axes.titlesize", title_lines) + line_in("xtick.labelsize") + 0.1))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(W, height), squeeze=False, layout="constrained")
     for ax in axes.flat[n:]:
         ax.axis("off")
+    annotate = panel / K * 72 >= 2.2 * points("legend.fontsize")  # a cell holds "100"
     for ax, label in zip(axes.flat, order):
         done = [r for r in groups[label] if r.complete]
         use = done or groups[label]
@@ -209,30 +343,35 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         with warnings.catch_warnings():  # a cell no run reached stays NaN (blank)
             warnings.simplefilter("ignore", RuntimeWarning)
             M = np.nanmean(np.stack(mats), axis=0) if mats else np.full((K, K), np.nan)
-        sns.heatmap(100 * M, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=True, fmt=".0f", cbar=False,
-                    mask=np.isnan(M), xticklabels=names, yticklabels=names, annot_kws={"fontsize": 8}, square=True)
-        what = (f"mean of {len(done)} seed{'s' * (len(done) > 1)}" if done else
-                "unfinished: " + "; ".join(f"seed {r.seed} {r.state()}" for r in use))
-        ax.set_title(f"{label}\n{what}", fontsize=9)
-        ax.set_xlabel("evaluated on task k")
-        ax.set_ylabel("after training task t")
-        ax.tick_params(labelsize=8)
-    fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 100), "viridis"), ax=axes, shrink=0.6,
-                 label="test accuracy (%)")
-    fig.suptitle(f"Accuracy matrix A[t][k] (%): accuracy on task k after training task t\n{where}")
-    return save(fig, out, f"{prefix}accuracy_matrix")
+        sns.heatmap(100 * M, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=annotate, fmt=".0f", cbar=False,
+                    mask=np.isnan(M), xticklabels=list(range(K)), yticklabels=list(range(K)), square=True,
+                    annot_kws={"fontsize": points("legend.fontsize")})
+        ax.set_title(panel_titles[label])
+        ax.set(xlabel="", ylabel="")
+        ax.tick_params(length=0, rotation=0)
+        ax.grid(False)
+    fig.colorbar(plt.cm.ScalarMappable(plt.Normalize(0, 100), "viridis"), ax=axes, shrink=0.8,
+                 label="accuracy (%)")
+    fig.supxlabel("evaluated on task k")
+    fig.supylabel("after training task t")
+    fig.suptitle(title)
+    return save(fig, out, f"{prefix}accuracy_matrix", look)
 
 
-def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references: pd.DataFrame | None = None) -> list[Path]:
-    """Final old-task against new-task accuracy per experiment, Pareto front marked; size 9 x 6.5 inches.
+def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references: pd.DataFrame | None = None,
+             look: Look = Look()) -> list[Path]:
+    """Final old-task against new-task accuracy (%) per experiment, Pareto front marked, legend below.
 
     Each point is labelled with its experiment's name; labels are moved apart (adjustText) so that
-    points that coincide keep readable names, with a thin line to their point.
+    points that coincide keep readable names, with a thin line to their point. Both axes run from a
+    ten below the lowest point, interval or reference line to 100 %, plus ``MARGIN``.
     """
     s = summarize(table)
-    s = s[s["status"] == "complete"].dropna(subset=["new_task_accuracy_mean", "old_task_accuracy_mean"])
+    s = s[(s["status"] == "complete") & s["label"].isin(label_order(table, look))]
+    s = s.dropna(subset=["new_task_accuracy_mean", "old_task_accuracy_mean"])
+    s = s.set_index("label").loc[[label for label in label_order(table, look) if label in set(s["label"])]]
+    s = s.reset_index()
     palette = colors(table)
-    fig, ax = plt.subplots(figsize=(9, 6.5), layout="constrained")
     x, y = 100 * s["new_task_accuracy_mean"].to_numpy(), 100 * s["old_task_accuracy_mean"].to_numpy()
 
     def bars(m):  # asymmetric: the intervals are cut to [0, 100]
@@ -241,83 +380,128 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
         return np.vstack([lo, hi])
 
     xerr, yerr = bars("new_task_accuracy"), bars("old_task_accuracy")
-    texts = []
+    entries = len(s) + 1 + 2 * (references is not None and len(references) > 0)
+    W = look.inches
+    legend_cols = legend_columns(look)
+    title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize")
+    legend_title = wrap("mean over seeds; bars: 95% t-interval, cut to 0-100 %", W, "legend.title_fontsize")
+    axes_h = (2.7 if look.width == "column" else 3.6) * max(1.0, points("axes.labelsize") / 8)
+    height = (axes_h + line_in("axes.titlesize", n_lines(title)) + line_in("legend.title_fontsize", n_lines(legend_title))
+              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
+    fig, ax = plt.subplots(figsize=(W, height), layout="constrained")
+    ms = plt.rcParams["lines.markersize"]
+    texts, handles = [], {}
     for i, (_, r) in enumerate(s.iterrows()):
-        ax.errorbar(x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o",
-                    ms=7, color=palette[r["label"]], ecolor=palette[r["label"]], elinewidth=1, capsize=2,
-                    label=f"{r['label']} ({r['n_seeds']} seeds)")
-        texts.append(ax.text(x[i], y[i], r["label"], fontsize=8, color="0.15"))
+        handles[f"{r['label']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)})"] = ax.errorbar(
+            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o", ms=ms, color=palette[r["label"]],
+            ecolor=palette[r["label"]], elinewidth=0.8, capsize=1.5)
+        texts.append(ax.text(x[i], y[i], r["label"], fontsize=points("legend.fontsize"), color="0.15"))
     front = pareto_front(x, y)
     if len(front):
-        ax.plot(x[front], y[front], "-", color="0.2", lw=1, zorder=0)
-        ax.scatter(x[front], y[front], s=180, facecolors="none", edgecolors="0.1", lw=1.5,
-                   label="Pareto front (no other setting better on both)")
+        ax.plot(x[front], y[front], "-", color="0.2", lw=0.8, zorder=0)
+        handles["Pareto front (no other setting better on both)"] = ax.scatter(
+            x[front], y[front], s=(2.2 * ms) ** 2, facecolors="none", edgecolors="0.1", lw=0.9)
+    lowest = [*(x - xerr[0]), *(y - yerr[0])]
     if references is not None and len(references):
         v = references.sort_values("task")
         for col, what in (("chance_accuracy", "chance"), ("majority_accuracy", "majority class")):
             style = REFERENCE_STYLE["chance" if what == "chance" else "majority"]
-            ax.axvline(100 * v[col].iloc[-1], **style)
+            handles[f"{what} (new task: vertical, old: horizontal)"] = ax.axvline(100 * v[col].iloc[-1], **style)
+            lowest.append(100 * v[col].iloc[-1])
             if len(v) > 1:
                 ax.axhline(100 * v[col].iloc[:-1].mean(), **style)
-            ax.plot([], [], **style, label=f"{what} (new task: vertical, old tasks: horizontal)")
-    ax.set_xlabel("accuracy on the new (last) task after fine-tuning (%)")
-    ax.set_ylabel("mean accuracy on the old tasks after fine-tuning (%)")
-    ax.grid(alpha=0.3)
+                lowest.append(100 * v[col].iloc[:-1].mean())
+    ax.set_xlabel("new (last) task accuracy (%)")
+    ax.set_ylabel("old tasks' mean accuracy (%)")
     if len(s):
-        ax.legend(fontsize=8, loc="best", title="mean over seeds, bars: 95% t-interval cut to 0-100",
-                  title_fontsize=8)
-        ax.set_xlim(-5, 105)
-        ax.set_ylim(-5, 105)
-        adjust_text(texts, ax=ax, expand=(1.3, 1.6), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.6))
+        low = max(0.0, 10 * math.floor(min(lowest) / 10)) if lowest else 0.0
+        ax.set_xlim(low - MARGIN, 100 + MARGIN)
+        ax.set_ylim(low - MARGIN, 100 + MARGIN)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
+                   title=legend_title)
+        adjust_text(texts, ax=ax, expand=(1.2, 1.4), arrowprops=dict(arrowstyle="-", color="0.5", lw=0.5))
     else:
+        ax.set_xlim(-MARGIN, 100 + MARGIN)
+        ax.set_ylim(-MARGIN, 100 + MARGIN)
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")
-    ax.set_title(f"Stability–plasticity trade-off\n{where}")
-    return save(fig, out, f"{prefix}tradeoff")
+    ax.set_title(title)
+    return save(fig, out, f"{prefix}tradeoff", look)
 
 
-def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str) -> list[Path]:
-    """Forgetting against KL drift from the base model, one point per complete run; size 13 x 5.5 inches."""
-    d = table[table["status"] == "complete"]
+def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, look: Look = Look()) -> list[Path]:
+    """Forgetting (points, or nats per token for causal LMs) against KL drift from the base model, one point
+    per complete run: a panel for the new task's inputs and one for the old tasks', side by side (page
+    width) or one above the other (column width), with least-squares line and parabola."""
+    order = label_order(table, look)
+    d = table[(table["status"] == "complete") & table["label"].isin(order)]
     y = forgetting_column(table)
     scale = 100 if y == "forgetting_max" else 1  # accuracy points, or nats per token
     palette = colors(table)
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5.5), sharey=True, layout="constrained")
-    panels = [("kl_new_task", "on the new (last) task's test inputs"), ("kl_old_tasks", "on the old tasks' test inputs")]
+    W = look.inches
+    column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
+    legend_cols = legend_columns(look)
+    title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
+                 f"\n{where}", W,
+                 "figure.titlesize")
+    entries = d["label"].nunique() + 2
+    panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
+    height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
+              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
+    fig, axes = plt.subplots(2 if column else 1, 1 if column else 2, figsize=(W, height), sharey=True,
+                             layout="constrained")
+    panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
+    handles: dict[str, object] = {}
     for ax, (col, on) in zip(axes, panels):
-        for label, g in d.groupby("label", sort=False):
-            ax.scatter(g[col], scale * g[y], color=palette[label], label=label, s=36)
+        for label in order:
+            g = d[d["label"] == label]
+            if len(g):
+                handles[label] = ax.scatter(g[col], scale * g[y], color=palette[label], label=label,
+                                            s=plt.rcParams["lines.markersize"] ** 2)
         fit = kl_fit(d.assign(kl_new_task=d[col]))
+        fitted = "too few runs for a fitted line"
         if fit:
             xs = np.linspace(d[col].min(), d[col].max(), 50)
-            ax.plot(xs, scale * (fit["intercept"] + fit["slope"] * xs), color="0.2", lw=1.2,
-                    label=f"least-squares line, R² = {fit['r2']:.2f} (n = {fit['n']} runs)")
+            handles["least-squares line"] = ax.plot(xs, scale * (fit["intercept"] + fit["slope"] * xs), color="0.2",
+                                                    lw=0.9)[0]
+            fitted = f"line R² = {fit['r2']:.2f}"
             if "quad" in fit:
                 q = fit["quad"]
-                ax.plot(xs, scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs), color="0.2", lw=1.2, ls="--",
-                        label=f"least-squares parabola, R² = {q['r2']:.2f}")
-        else:
-            ax.text(0.5, 0.5, "too few runs for a fitted line", transform=ax.transAxes, ha="center", color="0.4")
-        ax.set_xlabel(f"KL(p_base ‖ p_final) {on} (nats)")
-        ax.grid(alpha=0.3)
-        if len(d):
-            ax.legend(fontsize=8)
-    axes[0].set_ylabel("average forgetting, max-based (Chaudhry et al. 2018, points)" if scale == 100 else
-                       "NLL rise on old tasks, max-based (nats per token)")
-    fig.suptitle(f"Does drift from the base model predict forgetting? One point per run\n{where}")
-    return save(fig, out, f"{prefix}kl_vs_forgetting")
+                handles["least-squares parabola"] = ax.plot(xs, scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs),
+                                                            color="0.2", lw=0.9, ls="--")[0]
+                fitted += f", parabola R² = {q['r2']:.2f}"
+            fitted += f" (n = {fit['n']})"
+        ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else 2), "axes.titlesize"))
+        ax.set_xlabel("KL from the base model (nats)")
+        ax.locator_params(axis="x", nbins=5)
+        clip_limits(ax, "x", low=0.0)
+    axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100 else "NLL rise, max-based (nats/token)")
+    if column:
+        axes[1].set_ylabel(axes[0].get_ylabel())
+        axes[1].yaxis.set_tick_params(labelleft=True)
+    if scale == 100:
+        clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
+    if handles:
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
+    fig.suptitle(title)
+    return save(fig, out, f"{prefix}kl_vs_forgetting", look)
 
 
-def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = "") -> list[Path]:
-    """Every figure for the runs of one benchmark and scenario."""
+def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = "", look: Look = Look()) -> list[Path]:
+    """Every figure for the runs of one benchmark and scenario, of the experiments ``look.labels`` names."""
     where = f"{runs[0].benchmark}, {runs[0].scenario}-incremental"
     runs = [r for r in runs if len(r.rows)]  # a run that recorded nothing yet is only in the summary
-    out.mkdir(parents=True, exist_ok=True)
+    table = table[table["run_id"].isin({r.run_id for r in runs})]
+    if look.labels is not None:
+        table = table[table["label"].isin(look.labels)]
+        runs = [r for r in runs if r.run_id in set(table["run_id"])]
     if not runs:
         return []
-    table = table[table["run_id"].isin({r.run_id for r in runs})]
+    out.mkdir(parents=True, exist_ok=True)
     nll = [r for r in runs if is_lm_run(r.rows)]
-    return (forgetting_curves(runs, table, where, out, prefix) + accuracy_heatmaps(runs, table, where, out, prefix)
-            + (forgetting_curves(nll, table[table["run_id"].isin({r.run_id for r in nll})], where, out, prefix,
-                                 value="nll") if nll else [])
-            + tradeoff(table, where, out, prefix, reference_accuracies(runs))
-            + kl_vs_forgetting(table, where, out, prefix))
+    with plt.rc_context(style_rc(look.style)):
+        return (forgetting_curves(runs, table, where, out, prefix, look)
+                + accuracy_heatmaps(runs, table, where, out, prefix, look)
+                + (forgetting_curves(nll, table[table["run_id"].isin({r.run_id for r in nll})], where, out, prefix,
+                                     look, value="nll") if nll else [])
+                + tradeoff(table, where, out, prefix, reference_accuracies(runs), look)
+                + kl_vs_forgetting(table, where, out, prefix, look))

@@ -1,8 +1,9 @@
 """``report.html``: one self-contained page with the summary tables, every figure and the commands behind them.
 
 A person opens one file in a browser instead of hunting through a folder: figures are embedded
-as PNG data URIs (the SVGs stay beside it for papers), tables are plain HTML, and each run's row
-carries the ``python -m forgetting.run`` command that computes it again.
+as PNG data URIs (SVG when no PNG was asked for; the PDFs and SVGs stay beside it for papers),
+tables are plain HTML, and each run's row carries the ``python -m forgetting.run`` command that
+computes it again.
 """
 
 from __future__ import annotations
@@ -80,14 +81,19 @@ def runs_table(table: pd.DataFrame, commands: dict[str, str]) -> str:
     return _table(head, rows, len(head))
 
 
+MIME = {".png": "image/png", ".svg": "image/svg+xml"}
+
+
 def embed_png(path: Path) -> str:
+    """An ``<img>`` holding the PNG (or SVG) file itself as a data URI."""
     data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(Path(path).stem)}">'
+    return f'<img src="data:{MIME[Path(path).suffix]};base64,{data}" alt="{html.escape(Path(path).stem)}">'
 
 
 def write_html(out: Path, table: pd.DataFrame, figures: dict[tuple[str, str], list[Path]], commands: dict[str, str],
                plot_command: str) -> Path:
-    """``out/report.html``: per benchmark and scenario the summary table and every PNG figure, then every run."""
+    """``out/report.html``: per benchmark and scenario the summary table and every figure (its PNG, else its
+    SVG), then every run."""
     tables = summary_tables(table)
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
              "<title>forgetting: report</title>", f"<style>{STYLE}</style></head><body>",
@@ -98,17 +104,22 @@ def write_html(out: Path, table: pd.DataFrame, figures: dict[tuple[str, str], li
              "brackets the 95% t-interval over seeds, cut to the range the quantity can take († where cut; one "
              "seed gives none). Accuracies, forgetting and "
              "transfers in percentage points after the last task; definitions in <code>summary.md</code>. "
-             "Figures are also in the folder as PNG and SVG; every run's command is in the last table and in "
+             "Figures are also in the folder (PDF, SVG and 300-dpi PNG unless --formats chose fewer); every "
+             "run's command is in the last table and in "
              "<code>runs.csv</code>.</p>"]
     for key in sorted(set(tables) | set(figures)):
         bench, scen = key
         parts.append(f"<h2>{html.escape(bench)}, {html.escape(scen)}-incremental</h2>")
         if key in tables:
             parts.append(tables[key])
-        for png in [p for p in figures.get(key, []) if p.suffix == ".png"]:
-            name = png.relative_to(out) if png.is_relative_to(out) else png
-            parts.append(f"<figure>{embed_png(png)}<figcaption><code>{html.escape(str(name))}</code> "
-                         f"(also <code>{html.escape(str(name.with_suffix('.svg')))}</code>)</figcaption></figure>")
+        files: dict[Path, list[Path]] = {}
+        for p in figures.get(key, []):
+            files.setdefault(p.with_suffix(""), []).append(p)
+        for stem, paths in files.items():
+            shown = next((p for suffix in MIME for p in paths if p.suffix == suffix), None)
+            names = [p.relative_to(out) if p.is_relative_to(out) else p for p in paths]
+            listed = ", ".join(f"<code>{html.escape(str(n))}</code>" for n in names)
+            parts.append(f"<figure>{embed_png(shown) if shown else ''}<figcaption>{listed}</figcaption></figure>")
     parts += ["<h2>Runs</h2>", runs_table(table, commands), "</body></html>"]
     path = Path(out) / "report.html"
     atomic_write_text(path, "\n".join(parts) + "\n")

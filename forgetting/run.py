@@ -142,14 +142,11 @@ def _version() -> str:
 def config_from_args(ns: argparse.Namespace) -> RunConfig:
     """The run's resolved config from the parsed command line (over ``--config FILE``, over the defaults);
     BadInput on the first bad value."""
-    from .streams import default_data_dir
-
     from_file = read_config_file(ns.config) if getattr(ns, "config", None) else {}
     top = {k: (getattr(ns, k, None) if getattr(ns, k, None) is not None else from_file.get(k, default))
            for k, default in TOP_LEVEL.items()}
     given = {**{k: v for k, v in from_file.items() if k not in TOP_LEVEL},
              **{k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}}
-    data_dir = top["data_dir"] if top["data_dir"] is not None else default_data_dir()
     for key in ("benchmark", "model", "method", "device", "results_dir"):
         if not isinstance(top[key], str):
             raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
@@ -159,10 +156,7 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
                              {k: v for k, v in given.items() if k != "log_to"}, device=top["device"],
                              data_dir=top["data_dir"], results_dir=top["results_dir"], progress=not ns.quiet,
                              log_to=log_to)
-    resolved = registry.resolve(config)
-    resolved.data_dir = data_dir  # the default is looked up only after an explicit one was checked
-    resolved.data_fingerprint = registry.fingerprint(registry.stream(resolved.benchmark), resolved.stream, data_dir)
-    return resolved
+    return registry.resolve(config)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -179,11 +173,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def deterministic_algorithms() -> None:
+    """``torch.use_deterministic_algorithms(True, warn_only=True)`` without importing TorchInductor.
+
+    The torch function also sets ``torch._inductor.config.deterministic``, and importing that module
+    imports all of TorchDynamo: about a second, a quarter of a default run's wall time. The harness
+    never compiles, so it sets the flag only where Inductor is already loaded; a later import of
+    Inductor (a user's ``torch.compile``) reads its own default.
+    """
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=True)
+
+
 def determinism_settings(device: torch.device) -> dict:
     """Ask torch for deterministic kernels (warning where one has none) and say what was set."""
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    deterministic_algorithms()
     torch.backends.cudnn.benchmark = False
     return {
         "use_deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
@@ -392,7 +400,7 @@ class _TqdmHandler(logging.Handler):
     """Log lines that do not break the progress bars."""
 
     def emit(self, record):
-        from tqdm.auto import tqdm
+        from tqdm import tqdm  # the terminal's bars (progress.bar)
 
         tqdm.write(self.format(record), file=sys.stderr)
 
@@ -452,10 +460,6 @@ def experiment(benchmark: str = "split-digits", method: str = "kl", *, force: bo
     option the components do not take raises ``BadInput`` naming it. The run's directory is in
     ``df.attrs["run_dir"]`` and its status (``complete`` or ``skipped``) in ``df.attrs["status"]``.
     """
-    from .streams import default_data_dir
-
-    if "data_dir" not in options:
-        options["data_dir"] = default_data_dir()
     config = registry.make_config(benchmark=benchmark, method=method, results_dir=str(results_dir),
                                   progress=progress, **options)
     run_dir, rows, status = run_experiment(config, force=force, resume=resume)

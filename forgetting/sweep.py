@@ -119,6 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog=PROG, description="Run every run of the suites that is not complete yet, in worker "
                       "processes or as Ray tasks, then write the plots and summary. Suites are checked whole "
                       "before any run starts; a failed run is listed at the end (exit code 1) after the others.")
+    from . import __version__
+
+    p.add_argument("--version", action="version", version=f"forgetting {__version__}")
     p.add_argument("suites", nargs="+", metavar="SUITE", help="suite files (TOML), e.g. benchmarks/default.toml")
     p.add_argument("--results-dir", default="results", help="where run directories go; with --ray-address, a "
                    "directory every node sees (default: results)")
@@ -127,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", default=WORKERS.default, help=f"{WORKERS.help} (default: the number of cores, "
                    f"{WORKERS.default})")
     p.add_argument("--threads", default=THREADS.default, help=f"{THREADS.help} (default: 1)")
-    p.add_argument("--executor", default="process", help="process (worker processes on this machine) or ray "
+    p.add_argument("--executor", default="process", metavar="{" + ",".join(EXECUTORS) + "}",
+                   help="process (worker processes on this machine) or ray "
                    "(Ray tasks; needs pip install 'forgetting[ray]') (default: process)")
     p.add_argument("--ray-address", default=None, help="join the Ray cluster at this address (e.g. ray://head:10001 "
                    "or auto) instead of starting Ray on this machine")

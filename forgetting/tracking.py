@@ -100,7 +100,7 @@ def log_report(names: Sequence[str], files: Iterable[Path], report_dir: Path, re
     trackers = Trackers(names)
     trackers.start({"experiment": "report", "results_dir": str(results_dir), "report_dir": str(report_dir)},
                    Path(report_dir))
-    trackers.artifacts([Path(f) for f in files if Path(f).suffix in (".png", ".svg", ".csv", ".md", ".html")])
+    trackers.artifacts([Path(f) for f in files if Path(f).suffix in (".png", ".svg", ".pdf", ".csv", ".md", ".html")])
     trackers.finish("complete")
 
 

@@ -172,7 +172,17 @@ def test_cli_missing_cifar_folder_is_one_line(cli, tmp_path):
 # --- --download without a data directory: into the download cache, not refused first ----------------
 
 
-def test_cifar_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch):
+@pytest.fixture
+def no_shared(monkeypatch):
+    """A user without ../shared/data beside the clone (resolve fills that default when it exists: the fake
+    downloads below would otherwise write into it, and the refusal would not happen)."""
+    import forgetting.streams
+
+    monkeypatch.delenv("FORGETTING_DATA_DIR", raising=False)
+    monkeypatch.setattr(forgetting.streams, "default_data_dir", lambda: None)
+
+
+def test_cifar_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch, no_shared):
     import torchvision.datasets.cifar as tv_cifar
 
     calls = []
@@ -191,7 +201,7 @@ def test_cifar_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch
     assert root == str(tmp_path / "cache" / "forgetting")
 
 
-def test_mnist_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch):
+def test_mnist_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch, no_shared):
     import torchvision.datasets
 
     def idx(magic, dims, data):
@@ -218,7 +228,7 @@ def test_mnist_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch
     assert stream.info["split"] == "official train/test" and len(stream) == 5
 
 
-def test_mnist_without_data_dir_or_download_is_refused():
+def test_mnist_without_data_dir_or_download_is_refused(no_shared):
     with pytest.raises(BadInput, match="--data-dir: MNIST streams need a data directory"):
         prepare(make_config(benchmark="split-mnist", data_dir=None, device="cpu"))
 

@@ -138,3 +138,29 @@ def test_help_explains_every_option(cli):
     for flag in ["--benchmark", "--scenario", "--kl-lambda", "--kl-direction", "--temperature", "--epochs",
                  "--batch-size", "--lr", "--seed", "--results-dir", "--data-dir", "--device", "--eval-every"]:
         assert flag in p.stdout, flag
+    # options grouped per component, and every choice listed
+    for group in ("stream (what to learn):", "model:", "method:", "loop:", "output:"):
+        assert f"\n{group}\n" in p.stdout, group
+    assert "--scenario {task,domain,class}" in p.stdout
+
+
+def test_every_command_has_version_and_help_lists_choices(capsys):
+    from forgetting import __version__
+    from forgetting.plot import main as plot_main
+    from forgetting.sweep import main as sweep_main
+
+    for command in (main, sweep_main, plot_main):
+        with pytest.raises(SystemExit) as exc:
+            command(["--version"])
+        assert exc.value.code == 0 and capsys.readouterr().out.strip() == f"forgetting {__version__}"
+    with pytest.raises(SystemExit):
+        sweep_main(["--help"])
+    out = capsys.readouterr().out
+    assert "--executor {process,ray}" in out
+    with pytest.raises(SystemExit):
+        plot_main(["--help"])
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "95%" in out and "95%%" not in out
+    for choice in ("--width {column,page}", "--style {paper,notebook,talk,poster}", "--bands, --no-bands",
+                   "--methods LIST", "--tasks LIST", "--formats LIST"):
+        assert choice in out, choice

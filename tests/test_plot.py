@@ -11,6 +11,7 @@ import matplotlib.image as mpimg
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from forgetting.errors import BadInput
 from forgetting.plot import main as plot_main
@@ -20,9 +21,8 @@ from forgetting.report_summary import assign_experiments
 
 T_975_1 = 12.706204736174707  # t_{0.975} with 1 degree of freedom (two seeds)
 FIGURES = ["forgetting_curves", "accuracy_matrix", "tradeoff", "kl_vs_forgetting"]
-# inches at 100 dpi, from the sizes documented in report_figures: 5 tasks (4 old), 4 experiments (2 x 2 panels)
-SIZES = {"forgetting_curves": (11, 2.0 + 2.6 * 4), "accuracy_matrix": (0.8 + 4.6 * 2, 1.0 + 4.2 * 2),
-         "tradeoff": (9, 6.5), "kl_vs_forgetting": (13, 5.5)}
+FORMATS = ("pdf", "svg", "png")
+PAGE, COLUMN = 7.16, 3.5  # inches: the default width, and --width column
 
 
 def run(results: Path, *args: str) -> Path:
@@ -50,21 +50,165 @@ def report(sweep, tmp_path_factory):
     return out, write_report([sweep], out)
 
 
-def test_every_file_is_written_and_every_image_decodes_at_its_size(report):
+def test_every_figure_is_written_as_pdf_svg_and_a_300_dpi_png_a_page_wide(report):
     out, files = report
-    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in ("png", "svg")} | \
+    expected = {out / f"{f}.{ext}" for f in FIGURES for ext in FORMATS} | \
         {out / "summary.csv", out / "summary.md", out / "runs.csv", out / "report.html"}
     assert set(files) == expected
-    for name, (w, h) in SIZES.items():
+    for name in FIGURES:
+        with Image.open(out / f"{name}.png") as im:
+            dpi = im.info["dpi"]
+            w, h = im.size[0] / dpi[0], im.size[1] / dpi[1]
+        assert dpi == pytest.approx((300, 300), abs=0.01), name
+        assert w == pytest.approx(PAGE, abs=0.01) and 1.5 < h <= 9.5, (name, w, h)  # fits a page
         img = mpimg.imread(out / f"{name}.png")
-        assert img.shape[:2] == (round(100 * h), round(100 * w)), name
         ink = (img[..., :3] < 0.9).any(axis=2).mean()
         assert 0.01 < ink < 0.9, f"{name}: {ink:.3f} of the pixels are not white"
         svg = ET.parse(out / f"{name}.svg").getroot()
         assert svg.tag.endswith("svg")
-        assert float(svg.get("width").removesuffix("pt")) == pytest.approx(72 * w)
-        assert float(svg.get("height").removesuffix("pt")) == pytest.approx(72 * h)
+        assert float(svg.get("width").removesuffix("pt")) == pytest.approx(72 * w, abs=1)
+        assert float(svg.get("height").removesuffix("pt")) == pytest.approx(72 * h, abs=1)
         assert len(list(svg.iter())) > 100, f"{name}.svg is nearly empty"
+        assert b"<dc:date>" not in (out / f"{name}.svg").read_bytes()
+        pdf = (out / f"{name}.pdf").read_bytes()
+        assert pdf.startswith(b"%PDF-") and b"/CreationDate" not in pdf and b"/FontFile2" in pdf  # TrueType
+        assert f"/MediaBox [ 0 0 {72 * PAGE:g} ".encode() in pdf
+
+
+def test_the_same_figure_drawn_again_gives_the_same_bytes(sweep, report):
+    """No dates or random ids inside: figures(df) saved as the report saves gives the report's files."""
+    import matplotlib.pyplot as plt
+
+    import forgetting
+    from forgetting.report_figures import save
+
+    out, _ = report
+    figs = forgetting.plot.figures(forgetting.load_results(sweep))
+    again = out.parent / f"{out.name}-again"
+    again.mkdir()
+    save(figs["kl_vs_forgetting"], again, "kl_vs_forgetting", formats=("pdf", "svg"))
+    for ext in ("pdf", "svg"):
+        assert (again / f"kl_vs_forgetting.{ext}").read_bytes() == (out / f"kl_vs_forgetting.{ext}").read_bytes()
+    for fig in figs.values():
+        plt.close(fig)
+
+
+@pytest.fixture(scope="module")
+def figs(sweep):
+    """The default figures as matplotlib objects, drawn (so tick labels exist)."""
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    got = forgetting.plot.figures(forgetting.load_results(sweep))
+    for fig in got.values():
+        fig.draw_without_rendering()
+    yield got
+    for fig in got.values():
+        plt.close(fig)
+
+
+def accuracy_axes(fig):
+    """(axes, 'x' or 'y') for every axis of ``fig`` that shows an accuracy."""
+    return [(ax, xy) for ax in fig.axes for xy in "xy"
+            if "accuracy" in (ax.get_xlabel() if xy == "x" else ax.get_ylabel())]
+
+
+def test_one_scale_percent_and_axes_end_where_the_quantity_does(figs):
+    from forgetting.report_figures import MARGIN
+
+    found = 0
+    for name, fig in figs.items():
+        for ax, xy in accuracy_axes(fig):
+            lo, hi = ax.get_xlim() if xy == "x" else ax.get_ylim()
+            assert -MARGIN <= lo < hi <= 100 + MARGIN, (name, xy, lo, hi)
+            found += 1
+    assert found == 4 + 2 + 1  # a curve panel per old task, both axes of the trade-off, the colour bar
+    curves = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+    assert len(curves) == 4
+    for ax in curves:
+        means = [line for line in ax.lines if line.get_label().startswith("kl")]
+        assert len(means) == 4  # one per experiment
+        y = np.concatenate([line.get_ydata() for line in means])
+        assert y.min() >= 0 and y.max() <= 100 and y.max() > 50  # %, not a fraction
+    heat = figs["accuracy_matrix"]
+    assert heat.axes[-1].get_ylim() == (0, 100) and heat.axes[-1].get_ylabel() == "accuracy (%)"  # colour bar
+    kl = figs["kl_vs_forgetting"]
+    lo, hi = kl.axes[0].get_ylim()
+    assert -100 - MARGIN <= lo < hi <= 100 + MARGIN  # forgetting in points
+    for ax in kl.axes:
+        lo, hi = ax.get_xlim()
+        assert lo >= -0.05 * (hi - lo)  # KL >= 0, give or take a marker
+
+
+def test_type_is_7_to_9_pt_and_inside_the_figure(figs):
+    from matplotlib.text import Text
+
+    for name, fig in figs.items():
+        texts = [t for t in fig.findobj(Text) if t.get_visible() and t.get_text().strip()]
+        assert len(texts) > 10, name
+        for t in texts:
+            assert 7 <= t.get_fontsize() <= 9, (name, t.get_text(), t.get_fontsize())
+        drawn = fig.get_tightbbox()  # inches: everything drawn, ticks as shown
+        w, h = fig.get_size_inches()
+        assert drawn.x0 >= -0.01 and drawn.y0 >= -0.01 and drawn.x1 <= w + 0.01 and drawn.y1 <= h + 0.01, \
+            (name, drawn.bounds, (w, h))
+
+
+def test_methods_tasks_bands_and_width_restrict_what_is_drawn(sweep):
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import PolyCollection
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+    chosen = ["kl λ=5 + rdrop α=1", "kl, λ=0.5"]
+    figs = forgetting.plot.figures(df, methods=chosen, tasks="2,0", bands=False, width="column")
+    try:
+        for fig in figs.values():
+            assert fig.get_size_inches()[0] == pytest.approx(COLUMN)
+        curves = figs["forgetting_curves"]
+        panels = [ax for ax in curves.axes if ax.get_ylabel() == "accuracy (%)"]
+        assert [ax.get_title(loc="left") for ax in panels] == ["task 2: 4/5", "task 0: 0/1"]
+        for ax in panels:
+            assert [line.get_label() for line in ax.lines if line.get_label() in chosen + ["kl, λ=5"]] == chosen
+            assert not [c for c in ax.collections if isinstance(c, PolyCollection)]  # no bands
+        legend = [t.get_text() for t in curves.legends[0].get_texts()]
+        assert legend[:2] == [f"{c} (2 seeds)" for c in chosen] and not any("λ=5 (" in t for t in legend)
+        assert "band" not in curves.legends[0].get_title().get_text()
+        heat = figs["accuracy_matrix"]
+        titles = [ax.get_title(loc="left").replace("\n", " ") for ax in heat.axes if ax.get_title(loc="left")]
+        assert len(titles) == 2 and all(t.startswith(c) for t, c in zip(titles, chosen)), titles
+        trade = [t.get_text() for t in figs["tradeoff"].legends[0].get_texts()]
+        assert trade[:2] == [f"{c} (2 seeds)" for c in chosen] and len(trade) == 3 + 2  # + Pareto, references
+        assert sum(len(c.get_offsets()) for c in figs["kl_vs_forgetting"].axes[0].collections) == 4  # 2 x 2 seeds
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+    # a method names each of its strengths; bands are drawn by default
+    figs = forgetting.plot.figures(df, methods="kl+rdrop", tasks=[1])
+    try:
+        (panel,) = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+        assert sorted(line.get_label() for line in panel.lines if "rdrop" in line.get_label()) == \
+            ["kl λ=0.5 + rdrop α=1", "kl λ=5 + rdrop α=1"]
+        assert len([c for c in panel.collections if isinstance(c, PolyCollection)]) == 2
+    finally:
+        for fig in figs.values():
+            plt.close(fig)
+
+
+def test_cli_writes_the_formats_asked_for_at_column_width(sweep, tmp_path):
+    out = tmp_path / "out"
+    assert plot_main([str(sweep), "--out", str(out), "--quiet", "--width", "column", "--formats", "png",
+                      "--methods", "kl, λ=0.5,kl λ=5 + rdrop α=1", "--no-bands", "--style", "paper"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{f}.png" for f in FIGURES] + [
+        "summary.csv", "summary.md", "runs.csv", "report.html"])
+    for name in FIGURES:
+        with Image.open(out / f"{name}.png") as im:
+            assert im.size[0] / im.info["dpi"][0] == pytest.approx(COLUMN, abs=0.01)
+    html = (out / "report.html").read_text()
+    assert html.count('src="data:image/png;base64,') == len(FIGURES)
+    assert len(pd.read_csv(out / "summary.csv")) == 4  # the summary keeps every experiment
 
 
 def hand_numbers(run_dir: Path) -> dict:
@@ -128,7 +272,7 @@ def test_an_unfinished_run_is_plotted_as_far_as_it_got_and_named(sweep, tmp_path
     other = run(tmp_path / "task", "--scenario", "task", "--method", "kl", "--kl-lambda", "1")
     files = write_report([results, other], tmp_path / "out")
     for sub in ("split-digits-domain", "split-digits-task"):
-        assert all((tmp_path / "out" / sub / f"{f}.{e}") in files for f in FIGURES for e in ("png", "svg"))
+        assert all((tmp_path / "out" / sub / f"{f}.{e}") in files for f in FIGURES for e in FORMATS)
     summary = pd.read_csv(tmp_path / "out" / "summary.csv")
     assert (summary["status"] == "running").sum() == 2
     bad = summary[summary["seeds"] == "2"]
@@ -228,6 +372,43 @@ def test_cli_bad_input_exits_2_with_one_line(case, sweep, tmp_path, capsys):
     assert code == 2, err
     assert "Traceback" not in err and err.count("\n") == 1
     assert str(named) in err
+    assert not (tmp_path / "out").exists()
+
+
+BAD_OPTIONS = {
+    "unknown method": (["--methods", "kl,magic"], "'magic'", "allowed: kl, kl+rdrop, 'kl, λ=0.5'"),
+    "task not old": (["--tasks", "0,4"], "'4'", "allowed: 0-3"),
+    "task not a number": (["--tasks", "first"], "'first'", "allowed: 0-3"),
+    "unknown format": (["--formats", "pdf,jpg"], "'jpg'", "allowed: pdf, svg, png"),
+    "empty formats": (["--formats", ""], "--formats: empty", "at least one"),
+    "unknown width": (["--width", "a4"], "'a4'", "column"),
+    "unknown style": (["--style", "fancy"], "'fancy'", "paper"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_OPTIONS))
+def test_bad_figure_option_exits_2_naming_it_and_writes_nothing(case, sweep, tmp_path, capsys):
+    argv, value, allowed = BAD_OPTIONS[case]
+    try:
+        code = plot_main([str(sweep), "--out", str(tmp_path / "out"), *argv])
+    except SystemExit as e:  # argparse's choices
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert value in err and allowed in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_figure_keywords_raise_bad_input(sweep, tmp_path):
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+    with pytest.raises(BadInput, match="--width: 'a4' is not a width; allowed: column"):
+        forgetting.plot.figures(df, width="a4")
+    with pytest.raises(BadInput, match="--bands: 'no' is not a boolean"):
+        write_report([sweep], tmp_path / "out", bands="no")
+    with pytest.raises(BadInput, match="--tasks: 9 is not an old task"):
+        write_report([sweep], tmp_path / "out", tasks=[0, 9])
     assert not (tmp_path / "out").exists()
 
 

@@ -49,7 +49,7 @@ def test_a_sweep_whose_stderr_is_a_pipe_writes_one_line_per_finished_run(tmp_pat
 
 
 def test_in_a_terminal_the_bars_are_tqdm(monkeypatch):
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     monkeypatch.setattr(progress, "is_terminal", lambda: True)
     bar = progress.bar(10, "task 0", enabled=True)

@@ -63,6 +63,10 @@ def test_a_default_spelled_out_or_left_out_and_execution_settings_give_the_same_
     assert make_config(method="kl + rdrop").run_id == make_config(method="kl+rdrop").run_id
     assert make_config(method="kl + rdrop").method.name == "kl+rdrop"
     assert make_config(kl_lambda=0.5).run_id != plain.run_id
+    # --class-outputs changes nothing outside the class scenario, so it gives no new run there
+    for scenario in ("task", "domain"):
+        assert make_config(scenario=scenario, class_outputs="all").run_id == make_config(scenario=scenario).run_id
+    assert make_config(scenario="class", class_outputs="all").run_id != make_config(scenario="class").run_id
     # the settings are kept (they are what runs), only out of the hash
     c = make_config(teacher_cache=False)
     assert c.method.settings == {"teacher_cache": False, "teacher_cache_mb": 2048.0}

@@ -106,18 +106,68 @@ def test_plot_figures_from_load_results_draws_what_the_cli_writes(report, tmp_pa
     import numpy as np
 
     import forgetting
+    from forgetting.report_figures import save
 
     results, out, ids = report
     df = forgetting.load_results(results)
     figs = forgetting.plot.figures(df)
     assert sorted(figs) == sorted(p.stem for p in out.glob("*.png"))
     for name, fig in figs.items():
-        fig.savefig(tmp_path / f"{name}.png", dpi=100)
+        save(fig, tmp_path, name)  # in the figure's own style and formats, in the report's order
         assert np.array_equal(mpimg.imread(tmp_path / f"{name}.png"), mpimg.imread(out / f"{name}.png")), name
-        plt.close(fig)
     # any subset of the rows: here only temperature 1
     figs = forgetting.plot.figures(df[df["method.temperature"] == 1.0])
-    legend = [t.get_text() for t in figs["tradeoff"].axes[0].get_legend().get_texts()]
+    legend = [t.get_text() for t in figs["tradeoff"].legends[0].get_texts()]
     assert any("kl, λ=1" in t for t in legend) and not any("temperature" in t for t in legend)
     for fig in figs.values():
         plt.close(fig)
+
+
+# --- report.html in a real browser: Debian's chromium, headless -----------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Run on the page's load event (after every image has loaded or failed): what the browser made of each image.
+CHECK = """<script>
+addEventListener("load", () => {
+  const out = document.createElement("pre");
+  out.id = "browser-check";
+  out.textContent = JSON.stringify([...document.images].map(
+    i => ({alt: i.alt, complete: i.complete, width: i.naturalWidth, height: i.naturalHeight})));
+  document.body.appendChild(out);
+});
+</script>"""
+BROKEN = '<img alt="broken-control" src="data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAAB">'
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="needs a chromium on PATH (Debian: apt-get install chromium; "
+                                             ".ci/run installs it)")
+def test_report_html_shows_every_figure_in_a_headless_browser(report, tmp_path):
+    """Chromium opens a copy of the page (with a script that reports on the load event, and one broken
+    image as a control that the check can fail on) and dumps the DOM after the load event."""
+    import html as html_module
+    import json
+    import re
+    import subprocess
+
+    _, out, _ = report
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.count("</body>") == 1
+    copy = tmp_path / "report.html"
+    copy.write_text(page.replace("</body>", BROKEN + CHECK + "</body>"), encoding="utf-8")
+    proc = subprocess.run(
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
+         "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=10000", "--dump-dom", copy.as_uri()],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    found = re.search(r'<pre id="browser-check">(.*?)</pre>', proc.stdout, flags=re.S)
+    assert found, "the page's load event never ran in the browser: " + proc.stdout[-1000:]
+    seen = json.loads(html_module.unescape(found.group(1)))
+    [control] = [i for i in seen if i["alt"] == "broken-control"]
+    assert control["width"] == 0  # a broken image is seen as broken
+    images = [i for i in seen if i is not control]
+    pngs = {p.stem: p for p in out.glob("*.png")}
+    assert sorted(i["alt"] for i in images) == sorted(pngs)  # every figure the report embeds, once
+    for img in images:
+        with Image.open(pngs[img["alt"]]) as im:
+            assert img["complete"] and (img["width"], img["height"]) == im.size, img  # decoded at its full size

@@ -40,7 +40,8 @@ SCENARIO = Option("scenario", str, "domain", "task (a head per task, task id giv
                   "(one head over all classes)", choices=SCENARIOS)
 CLASS_OUTPUTS_OPTION = Option("class_outputs", str, "seen", "class scenario: seen = only the outputs of the tasks so "
                               "far take part in the cross-entropy while a task trains and in the evaluation after it "
-                              "(van de Ven & Tolias 2019); all = every output from the first task on",
+                              "(van de Ven & Tolias 2019); all = every output from the first task on (other scenarios "
+                              "ignore it: it does not change their run id)",
                               choices=CLASS_OUTPUTS)
 AUGMENT = Option("augment", bool, False, "train-time augmentation of image streams: random crop (padding 4) and "
                  "horizontal flip (switches the KL teacher cache off)")

@@ -16,6 +16,7 @@ deterministic, and the KL teacher cache switches itself off.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import pickle
 
@@ -25,7 +26,7 @@ from torch import Tensor
 from ..errors import BadInput
 from ..extras import require
 from .base import Task, TaskStream, layout_for
-from .local import data_root
+from .local import data_root, downloading
 
 MEAN = {"cifar10": (0.4914, 0.4822, 0.4465), "cifar100": (0.5071, 0.4865, 0.4409)}
 STD = {"cifar10": (0.2470, 0.2435, 0.2616), "cifar100": (0.2673, 0.2564, 0.2762)}
@@ -117,7 +118,8 @@ def _subset(y: np.ndarray, per_class: int) -> np.ndarray:
 def cifar_stream(name: str, kind: str, scenario: str, options: dict, n_tasks: int) -> TaskStream:
     download = bool(options.get("download", False))
     root = data_root(options.get("data_dir"), download, kind.upper())
-    x_tr, y_tr, classes = read_split(kind, root, train=True, download=download)
+    with downloading(root, kind.upper()) if download else contextlib.nullcontext():
+        x_tr, y_tr, classes = read_split(kind, root, train=True, download=download)
     x_te, y_te, _ = read_split(kind, root, train=False)
     if options.get("train_per_class"):
         keep = _subset(y_tr, options["train_per_class"])

@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import BadInput
 from ..extras import require
 from .digest import digests
-from .local import data_root
+from .local import data_root, downloading
 from .splits import class_split_stream, permuted_stream, stratified_split
 
 IMAGES_MAGIC = 0x00000803
@@ -85,14 +85,25 @@ def data_fingerprint(options: dict) -> dict:
                    for kind in ("images-idx3-ubyte", "labels-idx1-ubyte"))
 
 
+def fetch(root: Path) -> None:
+    """torchvision's MNIST download of the four IDX files into ``root/MNIST/raw`` (md5-checked), ``root``
+    created if missing; nothing when ``root`` already holds both pairs. A failed download removes what it
+    wrote (a partial ``.gz`` would otherwise be read as data next time) and is one BadInput line."""
+    if all(_find(root, f"{prefix}-{kind}") for prefix in ("train", "t10k")
+           for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")):
+        return
+    require("vision", "--download of MNIST")
+    from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
+
+    with downloading(root, "MNIST"):
+        MNIST(str(root), train=True, download=True)
+        MNIST(str(root), train=False, download=True)
+
+
 def load_arrays(data_dir: str | None, download: bool = False):
     root = data_root(data_dir, download, "MNIST")  # with --download and no --data-dir: the download cache
     if download:
-        require("vision", "--download of MNIST")
-        from torchvision.datasets import MNIST  # users with a network: torchvision fetches the IDX files
-
-        MNIST(str(root), train=True, download=True)
-        MNIST(str(root), train=False, download=True)
+        fetch(root)
     data_dir = str(root)
     test = _pair(root, "t10k")
     train = _pair(root, "train")
