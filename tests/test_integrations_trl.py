@@ -114,8 +114,10 @@ def test_training_leaves_the_reference_unchanged_and_logs_the_parts(tmp_path, ch
         assert h["loss"] == pytest.approx(h["ce"] + 0.5 * h["kl"], rel=1e-4, abs=1e-6)
 
 
-def test_lambda_zero_is_plain_sft_step_for_step(tmp_path, checkpoint):
-    """TRL computes its loss through a fused LM head, ours from the full logits: equal up to float rounding."""
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_lambda_zero_is_plain_sft_step_for_step(tmp_path, checkpoint, accumulate):
+    """TRL computes its loss through a fused LM head, ours from the full logits: equal up to float rounding,
+    also when gradients are accumulated over batches (both divide by the accumulated batch's token count)."""
     from trl import SFTTrainer
 
     from forgetting.integrations.trl import KLRegularizedSFTTrainer
@@ -123,7 +125,8 @@ def test_lambda_zero_is_plain_sft_step_for_step(tmp_path, checkpoint):
     weights, losses = [], []
     for make in (SFTTrainer, lambda **kw: KLRegularizedSFTTrainer(kl_lambda=0.0, **kw)):
         model, tok = load(checkpoint)  # dropout 0.1 on: both runs draw the same masks from the same seed
-        trainer = make(model=model, args=config(tmp_path), train_dataset=dataset(), processing_class=tok)
+        args = config(tmp_path, per_device_train_batch_size=4 // accumulate, gradient_accumulation_steps=accumulate)
+        trainer = make(model=model, args=args, train_dataset=dataset(), processing_class=tok)
         trainer.train()
         weights.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
         losses.append([h["loss"] for h in trainer.state.log_history if "loss" in h])
