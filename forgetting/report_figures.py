@@ -37,7 +37,7 @@ from .report_summary import forgetting_column, kl_fit, reference_accuracies, sum
 DPI = 300
 MARGIN = 3.0  # percentage points beyond 0 and 100 % on accuracy axes, so a marker on the bound is drawn whole
 BAND_ALPHA = 0.12  # light enough that several methods' bands overlap and stay readable
-SEQUENTIAL = ["Blues", "Oranges", "Greens", "Reds", "Purples", "Greys", "YlOrBr", "PuRd", "BuGn", "RdPu"]
+SEQUENTIAL = ["Blues", "Oranges", "Greens", "Reds", "Purples", "PuRd", "YlOrBr", "BuGn", "RdPu", "YlGnBu"]  # no Greys: naive
 # type for a figure placed at 100 %: 7-9 pt, as the text of a journal page
 PAPER_TYPE = {"font.size": 8, "axes.labelsize": 8, "axes.titlesize": 8, "xtick.labelsize": 7, "ytick.labelsize": 7,
               "legend.fontsize": 7, "legend.title_fontsize": 7, "figure.titlesize": 9, "figure.labelsize": 8}
