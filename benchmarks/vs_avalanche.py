@@ -46,6 +46,9 @@ class Rows:
     def add_rows(self, rows) -> None:
         self.rows.extend(rows)
 
+    def add_losses(self, step: int, parts: dict) -> None:
+        pass
+
     def task_done(self, trainer, task) -> None:
         pass
 

@@ -355,3 +355,19 @@ def test_a_non_finite_loss_in_avalanches_loop_says_where_it_stopped(tmp_path):
     assert manifest["status"] == "failed"
     assert {k: manifest["failed_at"][k] for k in ("task", "epoch", "step")} == \
         {k: e.value.where[k] for k in ("task", "epoch", "step")}
+
+
+def test_the_vs_avalanche_benchmark_times_both_loops_on_a_tiny_run():
+    """benchmarks/vs_avalanche.py drives both trainers with its own in-memory recorder: keep it in step
+    with the trainer's recorder interface (a missing hook broke it once without any test noticing)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "vs_avalanche.py"
+    spec = importlib.util.spec_from_file_location("vs_avalanche", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    for method in ("naive", "avalanche-naive"):
+        seconds, accuracy = bench.timed_run(["--benchmark", "split-digits", "--epochs", "1", "--method", method,
+                                             "--hidden", "16", "--device", "cpu"])
+        assert seconds > 0 and 0.0 <= accuracy <= 1.0
