@@ -14,8 +14,6 @@ checks the stream was encoded with it.
 
 from __future__ import annotations
 
-import contextlib
-import re
 from collections import Counter
 from pathlib import Path
 from typing import Iterable, Mapping
@@ -26,6 +24,7 @@ from torch import Tensor, nn
 
 from ..errors import BadInput
 from ..options import Option
+from . import sources
 
 INPUTS = "text"  # what the model reads: the streams it can learn from give text
 
@@ -42,43 +41,12 @@ OPTIONS = [
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 SCRATCH = "wordpiece"  # the tokenizer source recorded for a model from scratch
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 
 
 # --- where a model comes from --------------------------------------------------------------
 def resolve_source(source: str) -> str:
     """A checkpoint directory (checked for config.json) or a hub id; BadInput for anything else."""
-    where = f"--model bert:{source}"
-    if not source:
-        raise BadInput(f"{where}: empty checkpoint source, allowed: a checkpoint directory or a hub id such as "
-                       "bert-base-uncased (or --model bert for a BERT from scratch)")
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise BadInput(f"{where}: {str(path)!r} is a file, allowed: a checkpoint directory holding config.json, "
-                           "the weights and the tokenizer files (what save_pretrained writes)")
-        if not (path / "config.json").is_file():
-            raise BadInput(f"{where}: no config.json in {str(path)!r}, allowed: a checkpoint directory holding "
-                           "config.json, the weights and the tokenizer files (what save_pretrained writes)")
-        return str(path)
-    if _HUB_ID.fullmatch(source) and ".." not in source:
-        return source
-    raise BadInput(f"{where}: no such directory, and not a hub id, allowed: a checkpoint directory or a hub id "
-                   "(NAME or OWNER/NAME)")
-
-
-@contextlib.contextmanager
-def _quiet_loading():
-    """No weight-loading progress bar from transformers (restored afterwards)."""
-    from transformers.utils import logging as hf_logging
-
-    was = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if was:
-            hf_logging.enable_progress_bar()
+    return sources.resolve_source(source, "bert", "bert-base-uncased", "--model bert for a BERT from scratch")
 
 
 def _load_error(source: str, what: str, e: Exception) -> BadInput:
@@ -93,7 +61,7 @@ def load_tokenizer(source: str):
 
     resolved = resolve_source(source)
     try:
-        with _quiet_loading():
+        with sources.quiet_loading():
             return AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise _load_error(source, "tokenizer", e) from None
@@ -214,7 +182,7 @@ def _pretrained_encoder(source: str):
 
     resolved = resolve_source(source)
     try:
-        with _quiet_loading():
+        with sources.quiet_loading():
             return AutoModel.from_pretrained(resolved)
     except (OSError, ValueError) as e:
         raise _load_error(source, "weights", e) from None

@@ -28,7 +28,7 @@ from ..errors import BadInput
 from ..options import Option
 from ..streams.lm import OPTIONS as LM_OPTIONS
 from ..streams.lm import lm_stream
-from .bert import _HUB_ID, _quiet_loading
+from . import sources
 
 INPUTS = "text"  # what the model reads: the text streams, as language-modelling tasks (streams/lm.py)
 
@@ -84,19 +84,7 @@ def byte_tokenizer():
 
 def resolve_source(source: str) -> str:
     """A checkpoint directory (checked for config.json) or a hub id; BadInput for anything else."""
-    where = f"--model causal:{source}"
-    if not source:
-        raise BadInput(f"{where}: empty checkpoint source, allowed: a checkpoint directory or a hub id such as gpt2 "
-                       "(or --model gpt2 for a GPT-2 from scratch)")
-    path = Path(source).expanduser()
-    if path.exists():
-        if not path.is_dir() or not (path / "config.json").is_file():
-            raise BadInput(f"{where}: no config.json in {str(path)!r}, allowed: a checkpoint directory holding "
-                           "config.json, the weights and the tokenizer files (what save_pretrained writes)")
-        return str(path)
-    if _HUB_ID.fullmatch(source) and ".." not in source:
-        return source
-    raise BadInput(f"{where}: no such directory, and not a hub id, allowed: a checkpoint directory or a hub id")
+    return sources.resolve_source(source, "causal", "gpt2", "--model gpt2 for a GPT-2 from scratch")
 
 
 def _first_line(e: Exception) -> str:
@@ -109,7 +97,7 @@ def load_tokenizer(source: str):
 
     resolved = resolve_source(source)
     try:
-        with _quiet_loading():
+        with sources.quiet_loading():
             tok = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError, TypeError) as e:
         raise BadInput(f"--model causal:{source}: cannot load its tokenizer: {_first_line(e)}") from None
@@ -273,7 +261,7 @@ def _pretrained_lm(source: str):
 
     resolved = resolve_source(source)
     try:
-        with _quiet_loading():
+        with sources.quiet_loading():
             config = AutoConfig.from_pretrained(resolved)
             return AutoModelForCausalLM.from_pretrained(resolved, config=config)
     except (OSError, ValueError, KeyError, TypeError) as e:
