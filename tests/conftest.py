@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from forgetting.streams import default_data_dir
 
@@ -91,3 +92,15 @@ def resumed_equals_whole(cfg, tmp_path, monkeypatch) -> Path:
     resumed, whole = read_run(run_dir)[1], read_run(whole_dir)[1]
     pd.testing.assert_frame_equal(resumed.drop(columns="wall_time"), whole.drop(columns="wall_time"), check_exact=True)
     return run_dir
+
+
+class FixedTeacher(nn.Module):
+    """A frozen 'teacher' that returns fixed logits, in eval mode (for penalties checked by hand)."""
+
+    def __init__(self, out):
+        super().__init__()
+        self.out = out
+        self.eval()
+
+    def forward(self, x):
+        return self.out

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import FixedTeacher
 from forgetting.registry import make_config
 from forgetting.errors import BadInput
 from forgetting.evaluate import Evaluator
@@ -97,16 +98,6 @@ def test_bad_class_outputs_is_one_line_error():
 
 
 # --- the class-incremental KL: old-classes-only and van de Ven's padded form ----------------------
-class _Fixed(nn.Module):
-    """A frozen 'teacher' returning fixed logits, in eval mode."""
-
-    def __init__(self, out):
-        super().__init__()
-        self.out = out
-        self.eval()
-
-    def forward(self, x):
-        return self.out
 
 
 def _lse(z):
@@ -140,7 +131,7 @@ def _class_kl(student, teacher, form, task=1, class_outputs="seen", temperature=
 
     layout = layout_for("class", 3, [2, 2, 2])
     layout.class_outputs = class_outputs
-    trainer = SimpleNamespace(previous_model=_Fixed(torch.tensor(teacher)), layout=layout)
+    trainer = SimpleNamespace(previous_model=FixedTeacher(torch.tensor(teacher)), layout=layout)
     method = KL(kl_lambda=0.5, kl_direction="forward", temperature=temperature, kl_class_outputs=form)
     n = len(student)
     batch = Batch(torch.zeros(n, 1), torch.full((n,), 2 * task), torch.full((n,), task), torch.arange(n))

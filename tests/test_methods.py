@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import FixedTeacher
 from forgetting.config import CORE_OPTIONS, RunConfig
 from forgetting.registry import make_config
 from forgetting.errors import BadInput
@@ -349,7 +350,7 @@ def test_kl_method_matches_hand_values_per_old_head(direction, temperature):
     layout = layout_for("task", 3, [2, 2, 2])
     student = torch.tensor([[0.2, -1.0, 0.5, 1.5, 3.0, 0.0], [1.0, 2.0, -0.5, 0.3, 0.0, 9.0]])
     teacher_out = torch.tensor([[1.0, 0.0, 0.0, 0.5, -3.0, 1.0], [0.0, 0.5, 0.4, -0.2, 7.0, 0.0]])
-    trainer = SimpleNamespace(previous_model=_Fixed(teacher_out), layout=layout)
+    trainer = SimpleNamespace(previous_model=FixedTeacher(teacher_out), layout=layout)
     method = KL(kl_lambda=0.7, kl_direction=direction, temperature=temperature)
     batch = Batch(torch.zeros(2, 1), torch.tensor([4, 5]), torch.tensor([2, 2]), torch.arange(2))
     value, weight = method.penalties(trainer, batch, student, 2)["kl"]
@@ -366,16 +367,6 @@ def test_kl_method_matches_hand_values_per_old_head(direction, temperature):
     assert weight == 0.7 and value.item() == pytest.approx(sum(heads) / 2, rel=1e-5)
 
 
-class _Fixed(nn.Module):
-    """A frozen 'teacher' that returns fixed logits, in eval mode."""
-
-    def __init__(self, out):
-        super().__init__()
-        self.out = out
-        self.eval()
-
-    def forward(self, x):
-        return self.out
 
 
 # --- rdrop -------------------------------------------------------------------------------------
