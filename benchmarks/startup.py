@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -39,12 +40,9 @@ def commands(tmp: Path) -> dict[str, list[str]]:
 
 def once(cmd: list[str], tmp: Path) -> float:
     """Wall seconds of one run of ``cmd``; the default run gets an empty results dir each time."""
-    results = tmp / "results"
-    if results.exists():
-        subprocess.run(["rm", "-rf", str(results)], check=True)
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "0"}
+    shutil.rmtree(tmp / "results", ignore_errors=True)
     t = time.perf_counter()
-    done = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    done = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - t
     if done.returncode != 0:
         sys.exit(f"startup.py: {' '.join(cmd)} failed (exit {done.returncode}): {done.stderr.strip()[-500:]}")
