@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from .errors import first_line
 from .results import atomic_write
 
 CHECKPOINTS = "checkpoints"
@@ -88,17 +89,13 @@ class CorruptCheckpoint(Exception):
         self.path, self.why = path, why
 
 
-def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-
-
 def load_weights(run_dir: Path, task: int, device, like: dict | None = None) -> dict:
     """The weights saved at the end of ``task``; CorruptCheckpoint when unreadable or unlike ``like``."""
     path = weights_path(run_dir, task)
     try:
         weights = load_file(str(path), device=str(device))
     except Exception as e:  # noqa: BLE001 - safetensors raises its own kinds for a damaged file
-        raise CorruptCheckpoint(path, _first_line(e)) from None
+        raise CorruptCheckpoint(path, first_line(e)[:200]) from None
     if like is not None:
         if weights.keys() != like.keys():
             raise CorruptCheckpoint(path, "its tensors are not the model's")
@@ -117,7 +114,7 @@ def load_state(run_dir: Path, task: int, n_methods: int) -> dict:
     try:
         state = torch.load(path, weights_only=False)
     except Exception as e:  # noqa: BLE001 - a truncated pickle raises EOFError, UnpicklingError, RuntimeError...
-        raise CorruptCheckpoint(path, _first_line(e)) from None
+        raise CorruptCheckpoint(path, first_line(e)[:200]) from None
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS) or state["task"] != task:
         raise CorruptCheckpoint(path, "not a task-boundary state of this run")
     if len(state["methods"]) != n_methods:

@@ -7,6 +7,12 @@ import argparse
 EXIT_BAD_INPUT = 2
 
 
+def first_line(e: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty): what a
+    one-line error quotes of a library's multi-line one."""
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+
+
 class BadInput(ValueError):
     """Input that the user can fix: a bad option value, a missing or malformed file.
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from ..options import Option
 from . import sources
 
@@ -50,9 +50,8 @@ def resolve_source(source: str) -> str:
 
 
 def _load_error(source: str, what: str, e: Exception) -> BadInput:
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     hint = "" if Path(source).exists() else " (a hub id needs a network or a filled Hugging Face cache)"
-    return BadInput(f"--model bert:{source}: cannot load its {what}{hint}: {first}")
+    return BadInput(f"--model bert:{source}: cannot load its {what}{hint}: {first_line(e)}")
 
 
 def load_tokenizer(source: str):

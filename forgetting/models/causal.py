@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from ..options import Option
 from ..streams.lm import OPTIONS as LM_OPTIONS
 from ..streams.lm import lm_stream
@@ -87,10 +87,6 @@ def resolve_source(source: str) -> str:
     return sources.resolve_source(source, "causal", "gpt2", "--model gpt2 for a GPT-2 from scratch")
 
 
-def _first_line(e: Exception) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
-
-
 def load_tokenizer(source: str):
     """A checkpoint's own tokenizer, checked: it must have a pad token and an end-of-text token."""
     from transformers import AutoTokenizer
@@ -100,7 +96,7 @@ def load_tokenizer(source: str):
         with sources.quiet_loading():
             tok = AutoTokenizer.from_pretrained(resolved)
     except (OSError, ValueError, TypeError) as e:
-        raise BadInput(f"--model causal:{source}: cannot load its tokenizer: {_first_line(e)}") from None
+        raise BadInput(f"--model causal:{source}: cannot load its tokenizer: {first_line(e)}") from None
     if tok.pad_token_id is None:
         raise BadInput(f"--model causal:{source}: its tokenizer has no pad token, allowed: a tokenizer with "
                        "pad_token set (e.g. tokenizer.pad_token = tokenizer.eos_token before save_pretrained)")
@@ -182,7 +178,7 @@ class CausalLM(nn.Module):
                 warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
                 self.lm = get_peft_model(self.lm, config)
         except ValueError as e:
-            raise BadInput(f"--lora-targets {targets}: {_first_line(e)}") from None
+            raise BadInput(f"--lora-targets {targets}: {first_line(e)}") from None
 
     def task_boundary(self, task: int) -> nn.Module | None:
         """Called by the loop at the end of ``task``: with LoRA, merge and restart the adapters and return
@@ -266,7 +262,7 @@ def _pretrained_lm(source: str):
             return AutoModelForCausalLM.from_pretrained(resolved, config=config)
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise BadInput(f"--model causal:{source}: not a causal language model checkpoint "
-                       f"(AutoModelForCausalLM cannot load it): {_first_line(e)}") from None
+                       f"(AutoModelForCausalLM cannot load it): {first_line(e)}") from None
 
 
 def build(stream, options: dict, source: str | None = None) -> CausalLM:

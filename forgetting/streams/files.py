@@ -16,7 +16,7 @@ import json
 import math
 from pathlib import Path
 
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from ..options import Option, defaults
 from .digest import file_digest
 from .text import RawTask, split_train_test, text_stream
@@ -110,8 +110,7 @@ def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, l
     try:
         ds = datasets.load_dataset(builder, data_files=str(path.resolve()), split="train", **kwargs)
     except Exception as e:  # pyarrow, pandas and datasets each raise their own kinds for a malformed file
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        raise BadInput(f"{flag}: cannot read {path_str!r} as {builder}: {first}") from None
+        raise BadInput(f"{flag}: cannot read {path_str!r} as {builder}: {first_line(e)}") from None
     finally:
         if was:
             datasets.enable_progress_bars()

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..errors import BadInput
+from ..errors import BadInput, first_line
 from ..options import Option
 from .text import RawTask, text_stream
 
@@ -68,9 +68,8 @@ def load_split(src: HubSource, split: str, n: int) -> tuple[list[str], list[str]
     try:
         ds = datasets.load_dataset(src.hub_id, split=split)
     except Exception as e:  # no network, an unknown id, a changed schema: one line for the user
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
         raise BadInput(f"--benchmark five-datasets: cannot load {src.hub_id!r} ({split}) from the Hugging Face hub "
-                       f"(it needs a network or a filled cache): {first}") from None
+                       f"(it needs a network or a filled cache): {first_line(e)}") from None
     missing = [f for f in (*src.text_fields, src.label_field) if f not in ds.column_names]
     if missing:
         raise BadInput(f"--benchmark five-datasets: {src.hub_id!r} has no column {missing[0]!r}, "
