@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import flat_view
 from .errors import BadInput
-from .results import CONFIG, MANIFEST, METRICS, find_runs
+from .results import CONFIG, MANIFEST, METRICS, find_runs, read_metrics_csv
 
 KNOWN_SCHEMA_VERSIONS = (1, 2)  # 2: config.json in sections (stream, model, method, loop)
 STATUSES = ("complete", "running", "failed", "interrupted")
@@ -133,7 +133,7 @@ def _read_json(path: Path) -> dict:
 
 def _read_metrics(path: Path) -> pd.DataFrame:
     try:
-        rows = pd.read_csv(path, keep_default_na=False, na_values=[""])  # only empty cells are missing
+        rows = read_metrics_csv(path)  # names as text, only empty cells missing
     except FileNotFoundError:
         raise BadInput(f"{path}: missing (a run directory holds {CONFIG}, {MANIFEST} and {METRICS})") from None
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:

@@ -55,6 +55,17 @@ METRIC_COLUMNS = [
     "exact_match",    # completion tasks: greedy decoding gives the whole response
     "n_tokens",       # number of test tokens that carry loss
 ]
+# The columns that hold names: read as text, whatever they look like (a run id such as 8043322e4503
+# is a number to a type-guessing reader, and comes back as inf).
+TEXT_COLUMNS = ["run_id", "benchmark", "scenario", "method", "phase", "eval_task_name"]
+
+
+def read_metrics_csv(path: str | Path) -> pd.DataFrame:
+    """``metrics.csv`` as written: the text columns as strings (only an empty cell is missing), the
+    others as numbers. Every reader of the project's metric files goes through here."""
+    import pandas as pd
+
+    return pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, na_values=[""])
 
 
 def _umask() -> int:
@@ -112,8 +123,22 @@ def metrics_csv(rows: Iterable[dict]) -> str:
     return out.getvalue()
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every non-finite float written as its string (``"inf"``, ``"-inf"``, ``"nan"``:
+    ``float()`` reads them back): strict JSON has no ``Infinity`` or ``NaN``, and readers other than
+    Python's refuse them."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
 def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    text = json.dumps(strict_json(obj), indent=2, sort_keys=True, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def library_versions() -> dict[str, str]:
@@ -257,9 +282,7 @@ def read_run(run_dir: str | Path) -> tuple[dict, pd.DataFrame, dict]:
     d = Path(run_dir)
     config = json.loads((d / CONFIG).read_text())
     manifest = json.loads((d / MANIFEST).read_text())
-    import pandas as pd
-
-    metrics = pd.read_csv(d / METRICS)
+    metrics = read_metrics_csv(d / METRICS)
     return config, metrics, manifest
 
 

@@ -11,7 +11,7 @@ def console_table(summary_csv: Path) -> str:
 
     if not summary_csv.is_file():
         return ""
-    df = pd.read_csv(summary_csv)
+    df = pd.read_csv(summary_csv, dtype={"label": str, "benchmark": str, "scenario": str, "status": str})
     if df.empty:
         return ""
 

@@ -323,3 +323,29 @@ def test_resume_restores_the_der_buffer(tmp_path, monkeypatch):
     assert manifest["resumed_at"][0]["after_task"] == 1
     pd.testing.assert_frame_equal(resumed.drop(columns=TIMING), read_run(whole_dir)[1].drop(columns=TIMING),
                                   check_exact=True)
+
+
+# --- files read back as written ------------------------------------------------------------------
+def test_a_run_id_that_looks_like_a_number_reads_back_as_text_and_resumes(tmp_path, monkeypatch):
+    """`--epochs 3 --seed 197` has the id 8043322e4503, which a type-guessing CSV reader turns into inf:
+    the resumed rows kept `inf` as run_id and the run failed with `rows of 2 runs given`."""
+    import forgetting
+
+    cfg = make_config(epochs=3, seed=197, results_dir=str(tmp_path / "cut"), progress=False)
+    cfg = forgetting.registry.resolve(cfg)
+    float(cfg.run_id)  # the point of the test: an id that parses as a number
+    run_dir = resumed_equals_whole(cfg, tmp_path, monkeypatch)
+    rows = read_run(run_dir)[1]
+    assert rows["run_id"].map(type).eq(str).all() and set(rows["run_id"]) == {cfg.run_id}
+    loaded = forgetting.load_results(tmp_path / "cut")
+    assert set(loaded["run_id"]) == {cfg.run_id}
+
+
+def test_manifest_is_strict_json_even_with_non_finite_numbers(tmp_path):
+    from forgetting.results import atomic_write_json
+
+    atomic_write_json(tmp_path / "m.json", {"a": float("inf"), "b": [float("nan"), -float("inf"), 1.5]})
+    text = (tmp_path / "m.json").read_text()
+    assert "Infinity" not in text and "NaN" not in text
+    obj = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert obj == {"a": "inf", "b": ["nan", "-inf", 1.5]} and float(obj["a"]) == float("inf")
