@@ -13,7 +13,7 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "forgetting"
 LAYERS = [  # (layer name, module prefixes)
-    ("basics", ["errors", "options", "penalty", "metrics", "extras", "config", "progress"]),
+    ("basics", ["errors", "options", "penalty", "kl_estimators", "policy_gradient", "metrics", "extras", "config", "progress"]),
     ("data", ["streams"]),
     ("models", ["models"]),
     ("objectives", ["causal_lm"]),  # the causal-LM loss and masks, beside the classifiers' cross-entropy
