@@ -23,6 +23,7 @@ SCHEMA_VERSION = 2
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 AMP = ("off", "bf16", "fp16")
+OBJECTIVES = ("sft", "pg")
 
 # The loop's own options (methods, models and streams declare theirs).
 LOOP_OPTIONS = [
@@ -49,7 +50,21 @@ LOOP_OPTIONS = [
     Option("grad_clip", float, 0.0, "clip the gradients' total L2 norm to this before each step (0: off)", minimum=0.0),
     Option("amp", str, "off", "mixed precision of the loop: off, or bf16/fp16 autocast of the student's forward pass "
            "and task loss (CUDA only; penalties and teachers stay fp32)", choices=AMP),
+    # how fine-tuning is driven (forgetting/onpolicy.py); with sft none of these is in the run id
+    Option("objective", str, "sft", "how a task is trained: sft = cross-entropy on its targets; pg = group-relative "
+           "policy gradient on the model's own sampled answers scored by --reward (GRPO; no clipping unless --pg-clip)",
+           choices=OBJECTIVES),
+    Option("pg_samples", int, 8, "pg: answers G sampled per input (at least 2: an answer's advantage is its reward "
+           "minus its group's mean)", minimum=2),
+    Option("pg_temperature", float, 1.0, "pg: temperature of the sampling distribution (and of the log-probabilities "
+           "scored, as TRL's GRPO)", minimum=0.0, exclusive_minimum=True),
+    Option("pg_clip", float, 0.0, "pg: PPO-style ratio clipping epsilon against the sampling policy (0: off)",
+           minimum=0.0),
+    Option("pg_scale_std", bool, False, "pg: divide each advantage by its group's reward standard deviation (GRPO)"),
+    Option("reward", str, "correct", "pg: the reward of a sampled answer: correct (1 if right, 0 otherwise; a task may "
+           "declare a set of correct answers), a registered reward, or module:function"),
 ]
+PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
 LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, Iterable
 
-from .config import DEVICES, LOOP_OPTIONS, Component, RunConfig
+from .config import DEVICES, LOOP_OPTIONS, PG_OPTIONS, Component, RunConfig
 from .errors import BadInput
 from .extras import require
 from .optim import check as check_recipe
@@ -343,6 +343,29 @@ def check_fit(method_spec: str, objective_cls: type, model_name: str, model_opti
                                " and their compositions")
 
 
+def check_objective(loop: dict, given: dict, method_spec: str, objective_cls: type) -> None:
+    """``--objective`` against the method and the output kind; with ``sft`` the pg options leave ``loop`` (in place),
+    so today's runs keep their ids. BadInput in one line on a pg option without pg, pg on an objective that samples
+    no answers, pg with a method that changes the task loss or runs its own loop, and an unknown reward."""
+    if loop.get("objective", "sft") == "sft":
+        stray = [k for k in PG_OPTIONS if k != "objective" and k in given]
+        if stray:
+            raise BadInput(f"--{stray[0].replace('_', '-')}: applies to --objective pg only (this run: sft)")
+        for k in PG_OPTIONS:
+            loop.pop(k, None)
+        return
+    if "answer_sampling" not in objective_cls.provides:
+        raise BadInput(f"--objective pg: {objective_cls.label or objective_cls.name} (objective {objective_cls.name}) "
+                       "sample no answers yet; allowed: --objective sft, or pg on classifiers")
+    for part, cls in zip(normalise_method(method_spec).split("+"), method_classes(method_spec)):
+        if getattr(cls, "changes_task_loss", False) or getattr(cls, "runner", "forgetting") != "forgetting":
+            raise BadInput(f"--objective pg with --method {part}: the method replaces the task loss or the loop that "
+                           "pg drives; allowed: methods that add penalties or change the data (kl, ewc, replay, ...)")
+    from .rewards import reward
+
+    reward(loop["reward"])
+
+
 def _fitting(test: Callable[[type], bool]) -> list[str]:
     """The registered method names whose class passes ``test`` (for the one-line refusals)."""
     fit = []
@@ -430,6 +453,7 @@ def resolve(config: RunConfig) -> RunConfig:
         require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
     check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
+    check_objective(loop, config.loop, method_name, objective_cls)
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")

@@ -14,6 +14,7 @@ from .errors import RunFailed
 from .methods.base import Method
 from .objectives import objective_for
 from . import optim
+from .onpolicy import pg_task_loss
 from .streams.base import TaskStream
 from .teacher import boundary_references, freeze, frozen_copy  # noqa: F401  (the teacher helpers, also from here)
 
@@ -111,8 +112,13 @@ class Trainer:
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""
         self.model.train()
+        logs = {}
         with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
-            logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+            if self.config.objective == "pg" and t > 0:  # the base task is learned from its targets
+                logits, data_loss, logs = pg_task_loss(self, batch)
+                terms = {}
+            else:
+                logits, data_loss, terms = self._loss_method.task_loss(self, batch)
         if self.config.amp != "off":
             logits, data_loss = logits.float(), data_loss.float()
         for m in self.methods:
@@ -144,6 +150,7 @@ class Trainer:
             m.after_step(self, t)
         parts = {"loss": float(total.detach()), "data_loss": float(data_loss.detach())}
         parts.update({k: float(v.detach()) for k, (v, _) in terms.items()})
+        parts.update({k: float(v) for k, v in logs.items()})
         return parts
 
     # --- evaluation -------------------------------------------------------------------------

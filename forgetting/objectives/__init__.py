@@ -90,6 +90,22 @@ class Objective:
         """The diagonal Fisher as a dict of parameter name -> tensor, where ``fisher_terms`` gives None."""
         raise NotImplementedError(f"objective {self.name!r} gives no Fisher")
 
+    # --- on-policy fine-tuning (``--objective pg``; ``provides`` holds "answer_sampling" where implemented) ----
+    def sample_answers(self, logits: Tensor, batch: "Batch", task: int, groups: int, generator,
+                       temperature: float) -> Tensor:
+        """``groups`` answers per example [inputs, G] drawn from the distribution ``logits`` (the model's, in eval
+        mode, without gradient) give, with the loop's seeded ``generator``."""
+        raise NotImplementedError(f"objective {self.name!r} samples no answers")
+
+    def answer_log_probs(self, logits: Tensor, batch: "Batch", task: int, answers: Tensor,
+                         temperature: float) -> Tensor:
+        """log π(answer | x) [inputs, G] under the student's ``logits`` (train mode, with gradient)."""
+        raise NotImplementedError(f"objective {self.name!r} scores no answers")
+
+    def correct(self, answers: Tensor, batch: "Batch", stream: "TaskStream") -> Tensor:
+        """Bool [inputs, G]: which sampled answers are correct for their example."""
+        raise NotImplementedError(f"objective {self.name!r} knows no correct answers")
+
     # --- evaluation -----------------------------------------------------------------------
     def evaluator(self, stream: "TaskStream", batch_size: int, device, subset: int = 0):
         """What measures every task at an evaluation point: ``.evaluate(model, base_model, trained_task)``."""

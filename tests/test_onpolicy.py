@@ -1,0 +1,133 @@
+"""``--objective pg`` through the loop: options, refusals, answer sets, rewards, the pg step, bitwise resumption."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import torch
+
+from conftest import cut_after_task
+from forgetting.errors import BadInput
+from forgetting.objectives.classification import Classification
+from forgetting.registry import make_config
+from forgetting.rewards import RewardContext, register_reward, reward
+from forgetting.streams.base import Batch, Task, TaskStream, TensorData, layout_for
+from forgetting.streams.parity import parity_answers
+
+
+def tiny_parity(mnist_dir, tmp_path, **options):
+    values = dict(benchmark="parity-mnist", method="naive", objective="pg", pg_samples=4, epochs=1,
+                  batch_size=256, hidden=[16], dropout=0.0, old_train=300, base_parity=50, eval_subset=200,
+                  data_dir=str(mnist_dir), results_dir=str(tmp_path / "r"), progress=False, device="cpu")
+    values.update(options)
+    return make_config(**values)
+
+
+def test_sft_keeps_every_run_id_and_pg_options_need_pg():
+    plain = make_config(method="kl", epochs=1)
+    assert make_config(method="kl", epochs=1, objective="sft").run_id == plain.run_id
+    assert not {"objective", "pg_samples", "reward"} & set(plain.loop)
+    pg = make_config(method="kl", epochs=1, objective="pg")
+    assert pg.run_id != plain.run_id and pg.loop["pg_samples"] == 8 and pg.objective == "pg"
+    assert make_config(method="kl", epochs=1, objective="pg", pg_samples=4).run_id != pg.run_id
+    with pytest.raises(BadInput, match=r"^--pg-samples: applies to --objective pg only"):
+        make_config(pg_samples=4)
+
+
+@pytest.mark.parametrize("values, message", [
+    ({"objective": "pg", "pg_samples": 1}, r"--pg-samples.*1"),
+    ({"objective": "pg", "method": "rdrop"}, r"^--objective pg with --method rdrop: .*allowed"),
+    ({"objective": "pg", "reward": "no_such_reward"}, r"^--reward no_such_reward: unknown reward, allowed: correct"),
+    ({"objective": "ppo"}, r"--objective.*ppo.*sft, pg"),
+])
+def test_bad_pg_values_are_one_line(values, message):
+    with pytest.raises(BadInput, match=message) as e:
+        make_config(**{"method": "naive", **values})
+    assert "\n" not in str(e.value)
+
+
+def test_pg_refused_on_causal_lm_in_one_line(cli, tmp_path):
+    text = tmp_path / "t.csv"
+    text.write_text("text,task\n" + "".join(f"hello {i},{i % 2}\n" for i in range(8)))
+    out = cli("forgetting.run", "--benchmark", "text-file", "--text-file", str(text), "--model", "gpt2",
+              "--lm-task", "lm", "--method", "naive", "--objective", "pg", "--results-dir", str(tmp_path / "r"))
+    assert out.returncode == 2, out.stderr
+    line = out.stderr.strip().splitlines()[-1]
+    assert "--objective pg" in line and "causal LMs" in line and "allowed" in line
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+
+
+def test_answer_sets_decide_correct_answers_and_accuracy():
+    layout = layout_for("domain", 1, [10])
+    answers = parity_answers()
+    x = torch.zeros(3, 1)
+    task = Task(0, "parity", TensorData(x, torch.tensor([0, 1, 4])), TensorData(x, torch.tensor([0, 1, 4])),
+                list(range(10)), list(range(10)), answers=answers)
+    stream = TaskStream("toy", "domain", [task], layout, "tensor", (1,))
+    batch = Batch(x, torch.tensor([0, 1, 4]), torch.zeros(3, dtype=torch.long), torch.arange(3))
+    sampled = torch.tensor([[2, 3], [9, 0], [4, 8]])  # targets 0 (even), 1 (odd), 4 (even)
+    objective = Classification(layout)
+    expected = torch.tensor([[True, False], [True, False], [True, True]])
+    assert torch.equal(objective.correct(sampled, batch, stream), expected)
+    assert torch.equal(reward("correct")(sampled, batch, RewardContext(objective, stream, 0)), expected.float())
+    from forgetting.evaluate import Evaluator
+
+    logits = torch.full((3, 10), -5.0)
+    logits[0, 6], logits[1, 2], logits[2, 0] = 5.0, 5.0, 5.0  # even for 0: right; even for 1: wrong; 0 for 4: right
+    assert Evaluator(stream, 8, "cpu").accuracy(logits, torch.tensor([0, 1, 4]), 0, None) == pytest.approx(2 / 3)
+
+
+def test_registered_reward_by_name_and_by_path():
+    @register_reward("always_one_test")
+    def always_one(answers, batch, context):
+        return torch.ones_like(answers, dtype=torch.float32)
+
+    assert reward("always_one_test") is always_one
+    assert reward("forgetting.rewards:correct") is reward("correct")
+    assert make_config(method="naive", objective="pg", reward="always_one_test").loop["reward"] == "always_one_test"
+
+
+def test_pg_fine_tunes_parity_and_resumes_bitwise(mnist_dir, tmp_path, monkeypatch):
+    """A pg run on ParityMNIST: the base learns from targets, the new task from its own samples; killed after the
+    base task and resumed, it ends with the rows of an uninterrupted run."""
+    from forgetting.results import read_run
+    from forgetting.run import run_experiment
+
+    cfg = tiny_parity(mnist_dir, tmp_path)
+    run_dir = cut_after_task(cfg, 0, monkeypatch)
+    resumed_dir, _, status = run_experiment(cfg, resume=True)
+    assert status == "complete" and resumed_dir == run_dir
+    cfg.results_dir = str(tmp_path / "whole")
+    whole_dir, _, _ = run_experiment(cfg)
+    resumed, whole = read_run(resumed_dir)[1], read_run(whole_dir)[1]
+    pd.testing.assert_frame_equal(resumed.drop(columns="wall_time"), whole.drop(columns="wall_time"), check_exact=True)
+    last = whole[whole.trained_task == 1]
+    assert set(last.eval_task) == {0, 1} and last.kl_base.notna().all()
+
+
+def test_pg_step_logs_rewards_and_all_right_groups_move_nothing(mnist_dir, tmp_path):
+    """The step's parts carry reward_mean, reward_std and pg_loss; a reward that is 1 for every answer gives zero
+    advantages, so the model after the step is bitwise the model before it."""
+    from forgetting.registry import build_methods, build_model
+    from forgetting.streams import build_stream
+    from forgetting.train import Trainer
+
+    register_reward("all_right_test")(lambda answers, batch, context: torch.ones(answers.shape))
+    cfg = tiny_parity(mnist_dir, tmp_path, reward="all_right_test", optimizer="sgd")
+    stream = build_stream("parity-mnist", "domain", {**cfg.stream_options, "data_dir": cfg.data_dir})
+    model = build_model(cfg.model_name, stream, cfg.model_options)
+    trainer = Trainer(cfg, stream, model, build_methods(cfg.method_name, cfg.hparams), torch.device("cpu"))
+    trainer.current_task = 1
+    trainer.optimizer = trainer.new_optimizer()
+    batch = next(iter(trainer._data_method.batches(trainer, 1, 1)))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    parts = trainer.step(batch, 1, 1)
+    assert parts["reward_mean"] == 1.0 and parts["reward_std"] == 0.0 and parts["pg_loss"] == 0.0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    cfg2 = tiny_parity(mnist_dir, tmp_path, optimizer="sgd")
+    trainer2 = Trainer(cfg2, stream, model, build_methods(cfg2.method_name, cfg2.hparams), torch.device("cpu"))
+    trainer2.current_task = 1
+    trainer2.optimizer = trainer2.new_optimizer()
+    parts = trainer2.step(batch, 1, 1)
+    assert 0.0 < parts["reward_mean"] < 1.0 and parts["reward_std"] > 0.0
+    assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
