@@ -348,7 +348,8 @@ def check_objective(loop: dict, given: dict, method_spec: str, objective_cls: ty
     so today's runs keep their ids. BadInput in one line on a pg option without pg, pg on an objective that samples
     no answers, pg with a method that changes the task loss or runs its own loop, and an unknown reward."""
     if loop.get("objective", "sft") == "sft":
-        stray = [k for k in PG_OPTIONS if k != "objective" and k in given]
+        defaults = {o.name: o.default for o in LOOP_OPTIONS}
+        stray = [k for k in PG_OPTIONS if k != "objective" and given.get(k, defaults[k]) != defaults[k]]
         if stray:
             raise BadInput(f"--{stray[0].replace('_', '-')}: applies to --objective pg only (this run: sft)")
         for k in PG_OPTIONS:
