@@ -240,9 +240,8 @@ def prepare(config: RunConfig):
     stream.objective = registry.objective_of(config.benchmark, config.model.name).name  # chosen by resolve
     warn_one_class_tasks(stream)
     methods = registry.build_methods(config.method.name, config.hparams)
-    for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
-        if hasattr(m, "check_stream"):
-            m.check_stream(stream)
+    for m in methods:  # options that cannot work on this stream
+        m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = spec.build(stream, model_values, source)
