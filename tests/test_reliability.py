@@ -349,3 +349,31 @@ def test_manifest_is_strict_json_even_with_non_finite_numbers(tmp_path):
     assert "Infinity" not in text and "NaN" not in text
     obj = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert obj == {"a": "inf", "b": ["nan", "-inf", 1.5]} and float(obj["a"]) == float("inf")
+
+
+# --- nothing received runs code ------------------------------------------------------------------
+class _Payload:
+    """Unpickled, it writes a marker file: the proof that a loader ran code from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_a_planted_checkpoint_state_runs_no_code_on_resume(tmp_path, monkeypatch, caplog):
+    """torch.load(weights_only=False) ran a planted task_<t>.state.pt's payload on --resume."""
+    import torch
+
+    cfg = make_config(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
+                      model_options={"hidden": [16]})
+    run_dir = cut_after_task(cfg, 2, monkeypatch)
+    marker = tmp_path / "marker"
+    bad = run_dir / "checkpoints" / "task_2.state.pt"
+    torch.save({"task": 2, "methods": [_Payload(marker)]}, bad)
+    caplog.set_level(logging.WARNING, logger="forgetting")
+    assert run_experiment(cfg, resume=True)[2] == "complete"
+    assert not marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "resuming from the end of task 1" in warnings[0]
