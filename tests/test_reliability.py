@@ -377,3 +377,46 @@ def test_a_planted_checkpoint_state_runs_no_code_on_resume(tmp_path, monkeypatch
     assert not marker.exists()
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1 and str(bad) in warnings[0] and "resuming from the end of task 1" in warnings[0]
+
+
+# --- locks that tell the truth -------------------------------------------------------------------
+def test_a_live_owner_on_this_host_keeps_its_lock_whatever_its_heartbeat_age(tmp_path):
+    """A paused owner (SIGSTOP, a laptop asleep) lost its run once its heartbeat was 5 minutes old."""
+    from forgetting.claim import HOST, STALE_S, RunBusy, _start_time, claim
+
+    paused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        paused.send_signal(signal.SIGSTOP)
+        lock = _lock(tmp_path / "paused", pid=paused.pid, host=HOST, pid_started=_start_time(paused.pid))
+        old = time.time() - 10 * STALE_S
+        os.utime(lock, (old, old))
+        with pytest.raises(RunBusy, match=f"pid {paused.pid} on host {HOST}"):
+            claim(tmp_path / "paused")
+        # the same pid, but another process than the one that took the lock: it is gone
+        _lock(tmp_path / "reused", pid=paused.pid, host=HOST, pid_started=_start_time(paused.pid) - 1)
+        c = claim(tmp_path / "reused")
+        assert "names another process" in c.took_over
+        c.release()
+    finally:
+        paused.kill()
+        paused.wait()
+
+
+def test_a_full_disk_before_the_start_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing run.lock gave a traceback and left an empty lock refusing the next try."""
+    import errno
+
+    from forgetting import claim as claim_mod
+    from forgetting.run import main
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claim_mod.os, "fsync", full)
+    args = ["--epochs", "1", "--quiet", "--results-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "No space left on device" in err and "run.lock" in err, err
+    assert not list((tmp_path / "r").rglob("run.lock")) and not list((tmp_path / "r").iterdir())
+    monkeypatch.undo()
+    assert main(args) == 0  # the next try is not refused
