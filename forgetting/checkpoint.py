@@ -36,9 +36,18 @@ def weights_path(run_dir: Path, task: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"task_{task}.safetensors"
 
 
-def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
+def _real_folder(run_dir: Path) -> Path:
+    """``RUN_DIR/checkpoints``, a link there replaced by a folder: a run never writes outside its directory
+    (a link planted in a run directory received from elsewhere would point its writes anywhere)."""
     folder = Path(run_dir) / CHECKPOINTS
+    if folder.is_symlink():
+        folder.unlink()
     folder.mkdir(exist_ok=True)
+    return folder
+
+
+def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
+    folder = _real_folder(run_dir)
     # cloned: tied weights (a causal LM's embedding and output layer) share memory, which safetensors refuses
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in trainer.model.state_dict().items()}
     state = {
@@ -80,14 +89,17 @@ def _save_file(weights: dict, path: str, metadata: dict) -> None:
 
 
 def clear_checkpoints(run_dir: Path) -> None:
-    """A fresh start: no checkpoint of an earlier attempt may be resumed from."""
-    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
+    """A fresh start: no checkpoint of an earlier attempt may be resumed from (a link is removed, not followed)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if folder.is_symlink():
+        folder.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def boundaries(run_dir: Path) -> list[int]:
-    """The tasks whose weights and state were both saved, last first."""
+    """The tasks whose weights and state were both saved, last first (none in a linked folder: it is not the run's)."""
     folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return []
     return sorted((int(m.group(1)) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name))
                    and (folder / f"task_{m.group(1)}.state.pt").is_file()), reverse=True)

@@ -420,3 +420,20 @@ def test_a_full_disk_before_the_start_is_one_line_and_leaves_no_lock(tmp_path, m
     assert not list((tmp_path / "r").rglob("run.lock")) and not list((tmp_path / "r").iterdir())
     monkeypatch.undo()
     assert main(args) == 0  # the next try is not refused
+
+
+def test_a_linked_checkpoints_folder_is_replaced_not_written_through(tmp_path, monkeypatch):
+    """A symlinked RUN_DIR/checkpoints made the run write its checkpoints wherever the link pointed."""
+    import shutil
+
+    cfg = make_config(epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False, model_options={"hidden": [16]})
+    run_dir = cut_after_task(cfg, 2, monkeypatch)
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(run_dir / "checkpoints"), outside)
+    (run_dir / "checkpoints").symlink_to(outside, target_is_directory=True)
+    before = sorted(p.name for p in outside.iterdir())
+    assert run_experiment(cfg, resume=True)[2] == "complete"
+    assert sorted(p.name for p in outside.iterdir()) == before  # nothing written through the link
+    folder = run_dir / "checkpoints"
+    assert not folder.is_symlink() and folder.is_dir() and (folder / "task_4.safetensors").is_file()
+    assert "resumed_at" not in read_run(run_dir)[2]  # a linked folder is not the run's: started again
