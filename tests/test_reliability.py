@@ -437,3 +437,13 @@ def test_a_linked_checkpoints_folder_is_replaced_not_written_through(tmp_path, m
     folder = run_dir / "checkpoints"
     assert not folder.is_symlink() and folder.is_dir() and (folder / "task_4.safetensors").is_file()
     assert "resumed_at" not in read_run(run_dir)[2]  # a linked folder is not the run's: started again
+
+
+def test_resume_with_force_is_refused_in_one_line(tmp_path, capsys):
+    """--resume --force silently dropped --force."""
+    from forgetting.run import main
+
+    assert main(["--epochs", "1", "--quiet", "--resume", "--force", "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--resume and --force" in err and "pick one" in err, err
+    assert not (tmp_path / "r").exists()
