@@ -322,6 +322,9 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     scratch. The run is claimed first (``forgetting.claim``): RunBusy when another live process
     runs it. The manifest says ``complete`` only when every task's rows are there.
     """
+    if force and resume:
+        raise BadInput("--resume and --force together: pick one (--resume continues an unfinished run from its last "
+                       "checkpoint, --force runs it again from the start)")
     config = registry.resolve(config)
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
