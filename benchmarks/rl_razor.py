@@ -307,7 +307,7 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
     ax.axvline(target, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("new task (parity) accuracy")
     ax.set_ylabel("old task (permuted digit) accuracy")
-    ax.set_title("Pareto frontier per method (dots: runs' end points; faint: every evaluation)")
+    ax.set_title("Pareto frontier per method (dots: end points; faint: every evaluation)", fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "pareto.png", dpi=120)

@@ -240,9 +240,8 @@ def prepare(config: RunConfig):
     stream.objective = registry.objective_of(config.benchmark, config.model.name).name  # chosen by resolve
     warn_one_class_tasks(stream)
     methods = registry.build_methods(config.method.name, config.hparams)
-    for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
-        if hasattr(m, "check_stream"):
-            m.check_stream(stream)
+    for m in methods:  # options that cannot work on this stream
+        m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = spec.build(stream, model_values, source)
@@ -323,6 +322,9 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     scratch. The run is claimed first (``forgetting.claim``): RunBusy when another live process
     runs it. The manifest says ``complete`` only when every task's rows are there.
     """
+    if force and resume:
+        raise BadInput("--resume and --force together: pick one (--resume continues an unfinished run from its last "
+                       "checkpoint, --force runs it again from the start)")
     config = registry.resolve(config)
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id

@@ -458,3 +458,27 @@ def test_missing_path_and_file_as_out(sweep, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is a file, not a directory"):
         write_report([sweep], tmp_path / "file")
+
+
+# --- reading results runs no code ----------------------------------------------------------------
+def test_a_method_named_in_a_received_config_is_never_imported(sweep, tmp_path, monkeypatch):
+    """Display names went through the method registry, which imports a dotted path: a received
+    config.json naming `plantedpkg.evil` ran that module. The run is named by its recorded name."""
+    pkg = tmp_path / "lib" / "plantedpkg"
+    pkg.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    (pkg / "__init__.py").write_text("")
+    (pkg / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+
+    def plant(d):
+        c = json.loads((d / "config.json").read_text())
+        c["method"]["name"] = "plantedpkg.evil"
+        (d / "config.json").write_text(json.dumps(c))
+    victim = corrupt(sweep, tmp_path, plant)
+    out = tmp_path / "out"
+    write_report([tmp_path / "results"], out)
+    assert not marker.exists()
+    summary = pd.read_csv(out / "summary.csv", dtype=str)
+    assert summary["label"].str.startswith("plantedpkg.evil").sum() == 1, summary["label"].tolist()
+    assert victim.name in (out / "runs.csv").read_text()
