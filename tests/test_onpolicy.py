@@ -46,15 +46,23 @@ def test_bad_pg_values_are_one_line(values, message):
     assert "\n" not in str(e.value)
 
 
-def test_pg_refused_on_causal_lm_in_one_line(cli, tmp_path):
+def test_pg_refused_on_causal_lm_in_one_line(tmp_path):
     text = tmp_path / "t.csv"
     text.write_text("text,task\n" + "".join(f"hello {i},{i % 2}\n" for i in range(8)))
-    out = cli("forgetting.run", "--benchmark", "text-file", "--text-file", str(text), "--model", "gpt2",
-              "--lm-task", "lm", "--method", "naive", "--objective", "pg", "--results-dir", str(tmp_path / "r"))
+    with pytest.raises(BadInput) as e:
+        make_config(benchmark="text-file", text_file=str(text), model="gpt2", lm_task="lm", method="naive",
+                    objective="pg", results_dir=str(tmp_path / "r"))
+    line = str(e.value)
+    assert "\n" not in line and line.startswith("--objective pg: causal LMs") and "allowed" in line
+
+
+def test_cli_refuses_one_sample_per_group_with_exit_2(cli, tmp_path):
+    out = cli("forgetting.run", "--method", "naive", "--objective", "pg", "--pg-samples", "1",
+              "--results-dir", str(tmp_path / "r"))
     assert out.returncode == 2, out.stderr
-    line = out.stderr.strip().splitlines()[-1]
-    assert "--objective pg" in line and "causal LMs" in line and "allowed" in line
-    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").iterdir())
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--pg-samples" in lines[0] and "2" in lines[0]
+    assert not (tmp_path / "r").exists()
 
 
 def test_answer_sets_decide_correct_answers_and_accuracy():
