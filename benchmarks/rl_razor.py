@@ -279,7 +279,8 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
     cols = ["setting", *table.columns]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, r in table.iterrows():
-        lines.append("| " + " | ".join([name] + [f"{v:.3f}" if isinstance(v, float) else str(v) for v in r]) + " |")
+        cells = [f"{int(round(v))}" if k in ("runs", "steps", "missed target") else f"{v:.3f}" for k, v in r.items()]
+        lines.append("| " + " | ".join([name, *cells]) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
     families = {"pooled": matched, "unpenalised (λ = 0)": matched[matched.lam == 0],
                 "penalised (+kl)": matched[matched.lam > 0]}
