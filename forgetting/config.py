@@ -58,13 +58,14 @@ LOOP_OPTIONS = [
            "minus its group's mean)", minimum=2),
     Option("pg_temperature", float, 1.0, "pg: temperature of the sampling distribution (and of the log-probabilities "
            "scored, as TRL's GRPO)", minimum=0.0, exclusive_minimum=True),
+    Option("pg_max_new_tokens", int, 16, "pg, causal LMs: the longest sampled completion, in tokens", minimum=1),
     Option("pg_clip", float, 0.0, "pg: PPO-style ratio clipping epsilon against the sampling policy (0: off)",
            minimum=0.0),
     Option("pg_scale_std", bool, False, "pg: divide each advantage by its group's reward standard deviation (GRPO)"),
     Option("reward", str, "correct", "pg: the reward of a sampled answer: correct (1 if right, 0 otherwise; a task may "
            "declare a set of correct answers), a registered reward, or module:function"),
 ]
-PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_clip", "pg_scale_std", "reward")
+PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_max_new_tokens", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
 LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}
 

@@ -23,26 +23,24 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def pg_task_loss(trainer: "Trainer", batch) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-    """(student logits, pg loss, what the loss log records: reward_mean, reward_std (the mean of the groups'
-    standard deviations, as TRL logs it) and pg_loss)."""
+    """(student logits on the batch, pg loss, what the loss log records: reward_mean, reward_std (the mean of the
+    groups' standard deviations, as TRL logs it) and pg_loss)."""
     config, objective, model, task = trainer.config, trainer.objective, trainer.model, trainer.current_task
     model.eval()
     with torch.no_grad():
-        behaviour = model(batch.inputs)
-    answers = objective.sample_answers(behaviour, batch, task, config.pg_samples, trainer.generator,
-                                       config.pg_temperature)
-    old = None
-    if config.pg_clip:
-        old = objective.answer_log_probs(behaviour, batch, task, answers, config.pg_temperature)
+        answers, old = objective.sample_answers(model, batch, task, config.pg_samples, trainer.generator,
+                                                temperature=config.pg_temperature,
+                                                max_new_tokens=config.pg_max_new_tokens,
+                                                log_probs=bool(config.pg_clip))
     model.train()
-    logits = model(batch.inputs)
-    log_probs = objective.answer_log_probs(logits, batch, task, answers, config.pg_temperature)
+    logits, log_probs, mask = objective.answer_log_probs(model, batch, task, answers, temperature=config.pg_temperature)
     rewards = reward(config.reward)(answers, batch, RewardContext(objective, trainer.stream, task))
-    if tuple(rewards.shape) != tuple(answers.shape):
-        raise ValueError(f"reward {config.reward!r} gave shape {tuple(rewards.shape)}, expected {tuple(answers.shape)}")
-    rewards = rewards.float()
+    if tuple(rewards.shape) != tuple(log_probs.shape[:2]):
+        raise ValueError(f"reward {config.reward!r} gave shape {tuple(rewards.shape)}, expected "
+                         f"{tuple(log_probs.shape[:2])}")
+    rewards = rewards.float().to(log_probs.device)
     advantages = group_advantages(rewards, scale_by_std=config.pg_scale_std)
-    loss = pg_loss(log_probs, advantages, old_log_probs=old, clip=config.pg_clip or None)
+    loss = pg_loss(log_probs, advantages, mask, old_log_probs=old, clip=config.pg_clip or None)
     logs = {"reward_mean": rewards.mean(), "reward_std": rewards.std(dim=1, unbiased=False).mean(),
             "pg_loss": loss.detach()}
     return logits, loss, logs

@@ -46,14 +46,71 @@ def test_bad_pg_values_are_one_line(values, message):
     assert "\n" not in str(e.value)
 
 
-def test_pg_refused_on_causal_lm_in_one_line(tmp_path):
+def test_pg_refused_on_language_modelling_tasks_in_one_line(tmp_path):
     text = tmp_path / "t.csv"
     text.write_text("text,task\n" + "".join(f"hello {i},{i % 2}\n" for i in range(8)))
     with pytest.raises(BadInput) as e:
         make_config(benchmark="text-file", text_file=str(text), model="gpt2", lm_task="lm", method="naive",
                     objective="pg", results_dir=str(tmp_path / "r"))
     line = str(e.value)
-    assert "\n" not in line and line.startswith("--objective pg: causal LMs") and "allowed" in line
+    assert "\n" not in line and line.startswith("--objective pg: language-modelling tasks") and "completion" in line
+    with pytest.raises(BadInput, match=r"^--pg-max-new-tokens: applies to causal LMs only"):
+        make_config(method="naive", objective="pg", pg_max_new_tokens=4)
+
+
+def test_a_causal_lm_samples_scores_and_rewards_its_completions():
+    """Prompts read back from a completion batch; seeded sampling repeats; exact match by normalised text."""
+    from types import SimpleNamespace
+
+    from forgetting.models.causal import CausalLM as Wrapper
+    from forgetting.objectives.causal_lm import sampling
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    ids = torch.tensor([[9, 5, 6, 7, 8, 0], [9, 4, 7, 8, 0, 0]])
+    labels = torch.tensor([[-100, -100, -100, 7, 8, -100], [-100, -100, 7, 8, -100, -100]])
+    inputs = {"input_ids": ids, "labels": labels, "attention_mask": torch.tensor([[1, 1, 1, 1, 1, 0],
+                                                                                 [1, 1, 1, 1, 0, 0]])}
+    prompts, responses = sampling.split_batch(inputs)
+    assert prompts == [[9, 5, 6], [9, 4]] and responses == [[7, 8], [7, 8]]
+    torch.manual_seed(0)
+    lm = GPT2LMHeadModel(GPT2Config(vocab_size=12, n_positions=16, n_embd=8, n_layer=1, n_head=2)).eval()
+    model = Wrapper(lm, None)
+    draw = lambda seed: sampling.generate(model, prompts, 3, seed, temperature=1.0, max_new_tokens=4, pad_id=0,
+                                          eos_id=11, device="cpu")
+    state = torch.get_rng_state()
+    first = draw(7)
+    assert torch.equal(torch.get_rng_state(), state)  # the global random state is left as it was
+    assert draw(7) == first and len(first) == 2 and all(len(g) == 3 for g in first)
+    assert all(1 <= len(c) <= 4 and (11 not in c[:-1]) for g in first for c in g)
+    log_probs, mask = sampling.completion_log_probs(model, prompts, first, temperature=1.0, pad_id=0, device="cpu")
+    assert mask.sum(-1).tolist() == [[len(c) for c in g] for g in first]
+    with torch.no_grad():  # the first completion's first token, scored by hand
+        logits = model({"input_ids": torch.tensor([prompts[0]]), "attention_mask": torch.ones(1, 3, dtype=torch.long)})
+    hand = torch.log_softmax(logits[0, -1].float(), -1)[first[0][0][0]]
+    assert float(log_probs[0, 0, 2].detach()) == pytest.approx(float(hand), abs=1e-5)
+    tok = SimpleNamespace(decode=lambda t, skip_special_tokens=True: " ".join(f"w{x}" for x in t if x != 11))
+    right = sampling.exact_matches([[[7, 8, 11], [7]], [[7, 8], [8, 7]]], [[7, 8, 11], [7, 8, 11]], [tok, tok])
+    assert right.tolist() == [[True, False], [True, False]]
+
+
+def test_pg_on_a_causal_lm_composes_with_kl_and_resumes_bitwise(tmp_path, monkeypatch):
+    """Tiny GPT-2 on three prompt/response tasks, pg (G = 2, exact-match reward) + kl: killed after task 1 and
+    resumed, the rows equal an uninterrupted run's."""
+    from conftest import resumed_equals_whole
+    from test_lm import TINY, write_pairs
+
+    write_pairs(tmp_path / "pairs.csv", n=6)
+    cfg = make_config(benchmark="text-file", model="gpt2", method="kl", epochs=1, batch_size=6, lr=3e-3, device="cpu",
+                      progress=False, model_options=TINY, results_dir=str(tmp_path / "cut"), objective="pg",
+                      pg_samples=2, pg_max_new_tokens=3,
+                      stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
+                                      "response_column": "response", "max_seq_len": 40})
+    assert cfg.loop["pg_max_new_tokens"] == 3
+    run_dir = resumed_equals_whole(cfg, tmp_path, monkeypatch)
+    from forgetting.results import read_run
+
+    rows = read_run(run_dir)[1]
+    assert set(rows.trained_task) == {-1, 0, 1, 2} and rows[rows.trained_task == 2].kl_base.notna().all()
 
 
 def test_cli_refuses_one_sample_per_group_with_exit_2(cli, tmp_path):

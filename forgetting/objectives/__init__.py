@@ -91,18 +91,24 @@ class Objective:
         raise NotImplementedError(f"objective {self.name!r} gives no Fisher")
 
     # --- on-policy fine-tuning (``--objective pg``; ``provides`` holds "answer_sampling" where implemented) ----
-    def sample_answers(self, logits: Tensor, batch: "Batch", task: int, groups: int, generator,
-                       temperature: float) -> Tensor:
-        """``groups`` answers per example [inputs, G] drawn from the distribution ``logits`` (the model's, in eval
-        mode, without gradient) give, with the loop's seeded ``generator``."""
+    @classmethod
+    def check_answers(cls, options: dict) -> None:
+        """BadInput in one line where the run's stream and model options (``options``) give tasks with no answer
+        to sample and reward (called by ``resolve`` for ``--objective pg``, before any file is written)."""
+
+    def sample_answers(self, model, batch: "Batch", task: int, groups: int, generator, *, temperature: float,
+                       max_new_tokens: int, log_probs: bool = False):
+        """``groups`` answers per example drawn from the live ``model`` (the caller has it in eval mode, without
+        gradient), seeded by the loop's ``generator``; with ``log_probs`` also log π(answer) under that model
+        (the sampling policy, for PPO's ratio), else None."""
         raise NotImplementedError(f"objective {self.name!r} samples no answers")
 
-    def answer_log_probs(self, logits: Tensor, batch: "Batch", task: int, answers: Tensor,
-                         temperature: float) -> Tensor:
-        """log π(answer | x) [inputs, G] under the student's ``logits`` (train mode, with gradient)."""
+    def answer_log_probs(self, model, batch: "Batch", task: int, answers, *, temperature: float):
+        """The student (train mode, with gradient) on the batch: (its logits on ``batch.inputs``, for the penalties;
+        log π(answer) per answer token, [inputs, G] or [inputs, G, length]; the answer tokens' mask or None)."""
         raise NotImplementedError(f"objective {self.name!r} scores no answers")
 
-    def correct(self, answers: Tensor, batch: "Batch", stream: "TaskStream") -> Tensor:
+    def correct(self, answers, batch: "Batch", stream: "TaskStream") -> Tensor:
         """Bool [inputs, G]: which sampled answers are correct for their example."""
         raise NotImplementedError(f"objective {self.name!r} knows no correct answers")
 

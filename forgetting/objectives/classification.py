@@ -129,12 +129,18 @@ class Classification(Objective):
         return terms
 
     # --- on-policy fine-tuning ----------------------------------------------------------------
-    def sample_answers(self, logits, batch, task, groups, generator, temperature):
+    def sample_answers(self, model, batch, task, groups, generator, *, temperature, max_new_tokens, log_probs=False):
         """A class per draw from the softmax over the outputs each example may predict (its head, the active ones)."""
-        return sample_answers(logits, groups, generator, allowed=self.layout.mask(batch.task_ids, task),
-                              temperature=temperature)
+        logits = model(batch.inputs)
+        answers = sample_answers(logits, groups, generator, allowed=self.layout.mask(batch.task_ids, task),
+                                 temperature=temperature)
+        return answers, (self.class_log_probs(logits, batch, task, answers, temperature) if log_probs else None)
 
-    def answer_log_probs(self, logits, batch, task, answers, temperature):
+    def answer_log_probs(self, model, batch, task, answers, *, temperature):
+        logits = model(batch.inputs)
+        return logits, self.class_log_probs(logits, batch, task, answers, temperature), None
+
+    def class_log_probs(self, logits, batch, task, answers, temperature):
         masked = self.layout.masked(logits, batch.task_ids, task).float() / temperature
         return F.log_softmax(masked, dim=1).gather(1, answers)
 
