@@ -287,6 +287,9 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
         except BadInput as e:
             print(f"{PROG}: no report: {e}", file=sys.stderr)
             code = 1
+        except OSError as e:  # a read-only or full --report-dir: the runs are done, the report is not
+            print(f"{PROG}: no report: cannot write {e.filename or out}: {e.strerror or e}", file=sys.stderr)
+            code = 1
         else:
             table = console_table(out / "summary.csv")
             if table:
