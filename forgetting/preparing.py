@@ -14,6 +14,7 @@ import torch
 from . import registry
 from .config import RunConfig
 from .errors import BadInput
+from .objectives import objective_for
 
 log = logging.getLogger("forgetting")
 
@@ -63,8 +64,11 @@ def determinism_settings(device: torch.device) -> dict:
 
 
 def warn_one_class_tasks(stream) -> list[str]:
-    """In ``task`` a task with one class gets a one-output head: nothing to learn, accuracy 100%. Say so."""
+    """In ``task`` a task with one class gets a one-output head: nothing to learn, accuracy 100%. Say so.
+    In ``class`` and ``domain`` a stream where no task holds two classes, or a task that trains a single
+    output, learns nothing either: BadInput."""
     if stream.scenario != "task":
+        check_two_classes(stream)
         return []
     lonely = [task.name for task, outs in zip(stream.tasks, stream.layout.task_outputs) if len(outs) < 2]
     for name in lonely:
@@ -72,6 +76,23 @@ def warn_one_class_tasks(stream) -> list[str]:
                     "accuracy 100%% whatever the model does (give it two classes, or use --scenario domain or class)",
                     name)
     return lonely
+
+
+def check_two_classes(stream) -> None:
+    """BadInput for a ``class``/``domain`` stream in which nothing is learned (see warn_one_class_tasks)."""
+    if "class_distribution" not in objective_for(stream).provides:
+        return  # a language-modelling (or regression) stream has no classes
+    layout = stream.layout
+    for t, task in enumerate(stream.tasks):
+        active = layout.active_outputs(t)
+        if (layout.n_outputs if active is None else len(active)) < 2:
+            raise BadInput(f"--scenario {stream.scenario}: task {task.name!r} trains a classifier with one output, "
+                           "which is right whatever the model does; allowed: a first task with two classes or more")
+    found = [(getattr(task.train, "targets", None), getattr(task.test, "targets", None)) for task in stream.tasks]
+    if (all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) for a, b in found)
+            and all(int(torch.cat([a, b]).unique().numel()) < 2 for a, b in found)):
+        raise BadInput(f"--scenario {stream.scenario}: every task holds one class ({', '.join(t.name for t in stream.tasks)}),"
+                       " so no task asks the model to tell classes apart; allowed: tasks with two classes or more")
 
 
 def build_stream_for(config: RunConfig):

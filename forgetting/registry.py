@@ -282,6 +282,28 @@ def method_classes(spec: str) -> list[type]:
     return classes
 
 
+def known_method_classes(spec: str) -> list[type] | None:
+    """The classes of ``spec`` when every part is a method this installation knows (built in, registered
+    in this process, or an installed entry point), else None. Never imports a module a name points to:
+    readers of results (plots, summaries) get names from files someone else may have written, and
+    ``mypkg.mymethod`` in a received config.json must not run ``mypkg``."""
+    parts = normalise_method(spec).split("+")
+    if not all(parts):
+        return None
+    builtins = _builtins("method")
+    if any(p not in _registered["method"] and p not in builtins for p in parts):
+        try:
+            _load_entry_points("method")
+        except BadInput:
+            return None
+        if any(p not in _registered["method"] and p not in builtins for p in parts):
+            return None
+    try:
+        return method_classes(spec)
+    except BadInput:
+        return None
+
+
 def method_options(spec: str) -> list[Option]:
     """The options the methods of ``spec`` take, each once."""
     seen: dict[str, Option] = {}

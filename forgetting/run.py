@@ -14,11 +14,11 @@ import sys
 from .api import experiment
 from .cli import (TOP_LEVEL, _preparse, build_parser, config_from_args, format_report, gather_from_args, main,
                   read_config_file, setup_logging)
-from .preparing import (build_stream_for, determinism_settings, deterministic_algorithms, prepare, resolve_device,
-                        seed_everything, warn_one_class_tasks)
+from .preparing import (build_stream_for, check_two_classes, determinism_settings, deterministic_algorithms, prepare,
+                        resolve_device, seed_everything, warn_one_class_tasks)
 from .running import Recorder, ensure_writable, ray_node, run_experiment
 
-__all__ = ["Recorder", "TOP_LEVEL", "build_parser", "build_stream_for", "config_from_args", "determinism_settings",
+__all__ = ["Recorder", "TOP_LEVEL", "build_parser", "build_stream_for", "check_two_classes", "config_from_args", "determinism_settings",
            "deterministic_algorithms", "ensure_writable", "experiment", "format_report", "gather_from_args", "main",
            "prepare", "ray_node", "read_config_file", "resolve_device", "run_experiment", "seed_everything",
            "setup_logging", "warn_one_class_tasks", "_preparse"]

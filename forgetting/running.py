@@ -90,6 +90,9 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
     runs it. The manifest says ``complete`` only when every task's rows are there. ``resolved``: the
     caller already resolved ``config`` (the CLI, a suite), so it is not resolved again.
     """
+    if force and resume:
+        raise BadInput("--resume and --force together: pick one (--resume continues an unfinished run from its last "
+                       "checkpoint, --force runs it again from the start)")
     if not resolved:
         config = registry.resolve(config)
     ensure_writable(config.results_dir)

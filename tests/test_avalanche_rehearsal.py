@@ -88,7 +88,7 @@ def test_avalanche_refuses_augmented_streams(tmp_path):
 
     write_cifar10(tmp_path / "data")
     cfg = make_config(benchmark="split-cifar10", method="avalanche-der", augment=True, data_dir=str(tmp_path / "data"),
-                      progress=False, device="cpu", results_dir=str(tmp_path / "r"))
+                      progress=False, device="cpu", results_dir=str(tmp_path / "r"), trust_data=True)
     with pytest.raises(BadInput, match="--augment"):
         run_experiment(cfg)
     assert not (tmp_path / "r").exists()

@@ -227,6 +227,21 @@ def bad_no_pad(tmp):
     return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "no pad token"
 
 
+def bad_truncated_weights(tmp):
+    ckpt = tiny_checkpoint(tmp / "cut")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # a copy that stopped early
+    return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "cannot read its weights"
+
+
+def bad_no_tokenizer(tmp):
+    ckpt = tiny_checkpoint(tmp / "alone")
+    for f in ckpt.iterdir():  # the model saved without its tokenizer
+        if f.name not in ("config.json", "generation_config.json", "model.safetensors"):
+            f.unlink()
+    return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "no tokenizer files in"
+
+
 def bad_prompt_column(tmp):
     return ["--model", "gpt2", *pair_args(tmp, prompt="question")], "no column 'question'"
 
@@ -257,7 +272,7 @@ def bad_bf16_on_cpu(tmp):
 
 BAD = {"bf16 on cpu": bad_bf16_on_cpu, "not a causal LM": bad_not_causal, "tokenizer without pad": bad_no_pad, "prompt column missing":
        bad_prompt_column, "response longer than context": bad_long_response, "rdrop on an LM": bad_rdrop,
-       "ewc with LoRA": bad_lora_ewc}
+       "ewc with LoRA": bad_lora_ewc, "truncated weights": bad_truncated_weights, "no tokenizer": bad_no_tokenizer}
 
 
 @pytest.mark.parametrize("name", list(BAD))

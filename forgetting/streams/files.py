@@ -89,9 +89,23 @@ def check_text(path: Path, flag: str) -> None:
                 raise BadInput(f"{where} line {lineno}: a JSON {type(row).__name__}, allowed: one JSON object per line")
     else:
         delimiter = LOADERS[suffix][1].get("sep", ",")
-        records = (r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(f.strip() for f in r))
-        next(records, None)
-        if next(records, None) is None:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header, rows = None, 0
+        try:
+            for record in reader:
+                if not any(f.strip() for f in record):
+                    continue
+                if header is None:
+                    header = record
+                    continue
+                rows += 1
+                if len(record) != len(header):
+                    raise BadInput(f"{where} line {reader.line_num} (row {rows}): {len(record)} fields, the header has "
+                                   f"{len(header)}, allowed: one value per column (quote a value holding "
+                                   f"{'a tab' if delimiter == chr(9) else 'a comma'})")
+        except csv.Error as e:
+            raise BadInput(f"{where} line {reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+        if not rows:
             raise BadInput(f"{where} has a header line but no rows, allowed: a header line and one row per example")
 
 
