@@ -84,8 +84,8 @@ class CausalLM(Objective):
     label = "causal LMs"
     provides = frozenset({"token_distribution"})
     cache_unit = "tokens"
-    report_measures = (("nll", "held-out NLL per token (nats)", 1.0),
-                       ("answer_accuracy", "answer accuracy (%)", 100.0))
+    report_measures = (("answer_accuracy", "answer acc", 100.0), ("old_task_nll", "old-task NLL", 1.0),
+                       ("nll_forgetting_max", "NLL rise", 1.0))  # held-out NLL per token (nats), not token accuracy
 
     def data_loss(self, logits, batch, task):
         return token_loss(logits, batch.inputs["labels"])
