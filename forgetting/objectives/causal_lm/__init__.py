@@ -21,7 +21,7 @@ from ...penalty import token_kl_penalty
 from ...streams.base import iterate_batches
 from ...teacher import TeacherCache
 from .. import Objective
-from .data import LMData, LMStream, is_lm
+from .data import LMData, LMStream
 from .evaluate import LMEvaluator
 from .tokens import IGNORE, loss_mask, shifted, token_loss
 
@@ -122,5 +122,5 @@ class CausalLM(Objective):
         return LMEvaluator(stream, batch_size, device, subset=subset)
 
 
-__all__ = ["IGNORE", "CausalLM", "LMData", "LMStream", "is_lm", "lm_fisher", "lm_teacher_outputs", "loss_mask",
+__all__ = ["IGNORE", "CausalLM", "LMData", "LMStream", "lm_fisher", "lm_teacher_outputs", "loss_mask",
            "shifted", "token_loss"]
