@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from forgetting import kl_penalty, train_epoch_kl_reg
-from forgetting.penalty import grouped_kl_penalty
+from forgetting.penalty import grouped_kl_penalty, padded_teacher_kl
 
 STUDENT = [[1, 3, 0.5, 2], [0.1, -1, 2, 0.5], [-2, -1, -0.5, -3]]
 TEACHER = [[0.5, 1, 2, -1], [1, 0, -1, 2], [0, 0, 0, 0]]
@@ -114,6 +114,8 @@ def test_grouped_penalty_is_the_mean_over_groups_with_the_options_passed_on(dire
     assert grouped_kl_penalty(s, t, [torch.tensor([0, 1]), (2, 3)], **opts).item() == pytest.approx(expected, rel=1e-5)
     assert grouped_kl_penalty(s, t, [[2, 3]], **opts).item() == pytest.approx(per["cd"], rel=1e-5)
     assert grouped_kl_penalty(s, t, [None], **opts).item() == pytest.approx(hand(direction, 2.0), rel=1e-5)
+    assert grouped_kl_penalty(s, t, [None, [2, 3]], **opts).item() == pytest.approx(
+        (hand(direction, 2.0) + per["cd"]) / 2, rel=1e-5)
 
 
 def test_train_epoch_kl_reg_takes_the_penalty_with_its_options_and_steps_on_the_total():
@@ -136,3 +138,16 @@ def test_train_epoch_kl_reg_takes_the_penalty_with_its_options_and_steps_on_the_
     loss.backward()
     for p, r in zip(student.parameters(), ref.parameters()):
         assert torch.allclose(p, r - 0.1 * r.grad, atol=1e-6)
+
+
+def test_padded_teacher_kl_by_hand_at_its_default_temperature_and_its_shape_errors():
+    """KL(p_teacher padded with zeros || p_student) = sum_j p_j (log p_j - log q_pos(j)), batchmean, T = 1."""
+    s = torch.tensor(STUDENT)  # 4 student outputs; the teacher knew outputs 2 and 0 (in that order)
+    t = torch.tensor([[1.0, -1.0], [0.5, 2.0], [-3.0, 0.0]])
+    expected = sum(sum(p * math.log(p / softmax(row)[pos]) for p, pos in zip(softmax(tr), (2, 0)))
+                   for row, tr in zip(STUDENT, t.tolist())) / 3
+    assert padded_teacher_kl(s, t, torch.tensor([2, 0])).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match=r"shapes do not match: student \(3, 4\), teacher \(2, 2\), 2 teacher"):
+        padded_teacher_kl(s, t[:2], torch.tensor([2, 0]))  # batch sizes differ
+    with pytest.raises(ValueError, match=r"student \(3, 4\), teacher \(3, 2\), 3 teacher positions"):
+        padded_teacher_kl(s, t, torch.tensor([2, 0, 1]))  # positions do not match the teacher's outputs
