@@ -147,6 +147,9 @@ def test_padded_teacher_kl_by_hand_at_its_default_temperature_and_its_shape_erro
     expected = sum(sum(p * math.log(p / softmax(row)[pos]) for p, pos in zip(softmax(tr), (2, 0)))
                    for row, tr in zip(STUDENT, t.tolist())) / 3
     assert padded_teacher_kl(s, t, torch.tensor([2, 0])).item() == pytest.approx(expected, rel=1e-5)
+    at2 = sum(sum(p * math.log(p / softmax(row, 2.0)[pos]) for p, pos in zip(softmax(tr, 2.0), (2, 0)))
+              for row, tr in zip(STUDENT, t.tolist())) / 3 * 4  # both softened by T = 2, times T^2
+    assert padded_teacher_kl(s, t, torch.tensor([2, 0]), temperature=2.0).item() == pytest.approx(at2, rel=1e-5)
     with pytest.raises(ValueError, match=r"shapes do not match: student \(3, 4\), teacher \(2, 2\), 2 teacher"):
         padded_teacher_kl(s, t[:2], torch.tensor([2, 0]))  # batch sizes differ
     with pytest.raises(ValueError, match=r"student \(3, 4\), teacher \(3, 2\), 3 teacher positions"):
