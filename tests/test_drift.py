@@ -19,7 +19,8 @@ from torch import nn
 
 from forgetting.registry import build_methods, make_config
 from forgetting.streams.splits import class_split_stream
-from forgetting.train import Trainer, frozen_copy
+from forgetting.teacher import frozen_copy
+from forgetting.train import Trainer
 
 
 def tiny_stream(scenario: str):

@@ -136,7 +136,7 @@ def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
     from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
     from forgetting.models.causal import byte_tokenizer
-    from forgetting.streams.lm import LMData
+    from forgetting.objectives.causal_lm import LMData
 
     tok = byte_tokenizer()
     prompts = [tok(f"say {w}:", add_special_tokens=False)["input_ids"] for w in ("yes", "no", "maybe", "so")]

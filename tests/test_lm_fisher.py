@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from forgetting.registry import build_methods, build_model
-from forgetting.streams.lm import LMData
+from forgetting.objectives.causal_lm import LMData
 from forgetting.train import Trainer
 
 from test_lm import TINY, config, pairs_stream

@@ -20,7 +20,8 @@ from torch import nn
 from forgetting.registry import build_methods, make_config
 from forgetting.streams import iterate_batches
 from forgetting.streams.splits import class_split_stream
-from forgetting.train import Trainer, frozen_copy
+from forgetting.teacher import frozen_copy
+from forgetting.train import Trainer
 
 LAM = 0.7
 
