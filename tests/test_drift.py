@@ -97,6 +97,37 @@ def test_classifier_kl_base_is_zero_for_the_base_itself_and_nan_without_one():
     assert all(np.isnan(r["kl_base"]) for r in tr.record("epoch", 0, 1, 0.0))
 
 
+@pytest.mark.parametrize("subset", [0, 4])
+def test_classifier_rows_by_hand_in_eval_mode_and_the_mode_restored(subset):
+    """Accuracy, loss, chance and majority accuracy, n_eval of the task scenario's rows by hand; a dropout model
+    is evaluated in eval mode and left in train mode; ``eval_subset`` takes the same examples on every call."""
+    stream = tiny_stream("task")
+    config = make_config(scenario="task", method="naive", eval_batch_size=5, eval_subset=subset, progress=False,
+                         device="cpu")
+    model = nn.Sequential(nn.Dropout(0.5), sharp_linear(6, 1))
+    tr = Trainer(config, stream, model, build_methods("naive", config.hparams), torch.device("cpu"))
+    tr.model.train()
+    rows = tr.record("epoch", 1, 1, 0.0)
+    again = tr.record("epoch", 1, 1, 0.0)
+    strip = lambda rs: [{k: v for k, v in r.items() if k != "kl_base"} for r in rs]  # noqa: E731 (NaN: no base)
+    assert tr.model.training and strip(rows) == strip(again)
+    g = torch.Generator().manual_seed(12345)  # one fixed draw per task, in task order
+    for k, r in enumerate(rows):
+        data, outs = stream.tasks[k].test, stream.layout.task_outputs[k]
+        index = torch.arange(len(data))
+        if subset:
+            index = torch.randperm(len(data), generator=g)[:subset].sort().values
+        x, y = data.inputs[index], data.targets[index] - outs[0]
+        with torch.no_grad():
+            z = model[1](x)[:, outs].double()  # eval mode: the dropout layer is the identity
+        assert r["eval_task_name"] == stream.tasks[k].name and r["n_eval"] == len(index)
+        assert r["accuracy"] == pytest.approx(float((z.argmax(1) == y).double().mean()))
+        assert r["loss"] == pytest.approx(float(-torch.log_softmax(z, 1)[torch.arange(len(y)), y].mean()), rel=1e-5)
+        assert r["chance_accuracy"] == 0.5
+        assert r["majority_accuracy"] == pytest.approx(float(torch.bincount(y).max()) / len(y))
+        assert r["loss"] > 0.5 and 0 < r["accuracy"] < 1  # a sharp model that is often wrong: every value shows
+
+
 # --- causal LMs: per token, over the response tokens only ------------------------------------------------
 
 
