@@ -100,13 +100,13 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     import torch
 
     from .claim import RunBusy
-    from .run import run_experiment
+    from .running import run_experiment
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     _running = True
     try:
-        _, _, status = run_experiment(cfg, resume=True)
+        _, _, status = run_experiment(cfg, resume=True, resolved=True)  # resolved by the sweep, sent as a dict
     except RunBusy as e:
         return Outcome(cfg.run_id, "busy", str(e), time.perf_counter() - t0)
     except KeyboardInterrupt:
@@ -139,15 +139,15 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, read when torch loads
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
-        try:
-            futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
         broken = []
         try:
+            try:
+                futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
+            finally:
+                if saved is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = saved
             for fut in as_completed(futures):
                 config = futures[fut]
                 try:
@@ -160,7 +160,7 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
             for proc in list((pool._processes or {}).values()):
                 try:
                     os.kill(proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, AttributeError):
+                except (ProcessLookupError, AttributeError, TypeError):
                     pass
             raise
         finally:

@@ -482,3 +482,29 @@ def test_a_method_named_in_a_received_config_is_never_imported(sweep, tmp_path, 
     summary = pd.read_csv(out / "summary.csv", dtype=str)
     assert summary["label"].str.startswith("plantedpkg.evil").sum() == 1, summary["label"].tolist()
     assert victim.name in (out / "runs.csv").read_text()
+
+
+@pytest.mark.parametrize("fault", ["read-only --out", "full disk"])
+def test_an_out_that_cannot_be_written_is_one_line(fault, sweep, tmp_path, monkeypatch, capsys):
+    """A read-only or full filesystem under --out gave a traceback. (Simulated: root writes anywhere.)"""
+    import errno
+    import os
+
+    out = tmp_path / "out"
+    if fault == "read-only --out":
+        real = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if str(self).startswith(str(out)):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real(self, *a, **k)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    else:
+        def replace(src, dst, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "replace", replace)
+    code = plot_main([str(sweep), "--out", str(out), "--formats", "png"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err, err
+    assert ("Read-only file system" in err and code == 2) if fault.startswith("read") else \
+        ("No space left on device" in err and code == 1)

@@ -535,3 +535,16 @@ def test_embedded_ray_listens_on_loopback_only(monkeypatch):
     (_, local), (_, cluster) = calls
     assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
     assert "_node_ip_address" not in cluster and cluster["address"] == "ray://head:10001"
+
+
+def test_the_end_table_reads_names_as_text(tmp_path):
+    """summary.csv read with pandas' guesses turned an experiment named NA into nan."""
+    from forgetting.sweep_table import console_table
+
+    cols = {"benchmark": ["split-digits"], "scenario": ["domain"], "method": ["NA"], "label": ["NA"],
+            "status": ["complete"], "n_seeds": [2]}
+    for key in ("average_accuracy", "old_task_accuracy", "forgetting_max"):
+        cols.update({f"{key}_mean": [0.5], f"{key}_ci95_lo": [0.4], f"{key}_ci95_hi": [0.6], f"{key}_ci95_cut": [False]})
+    pd.DataFrame(cols).to_csv(tmp_path / "summary.csv", index=False)
+    line = console_table(tmp_path / "summary.csv").splitlines()[-1]
+    assert line.split()[:3] == ["split-digits", "domain", "NA"] and "nan" not in line, line
