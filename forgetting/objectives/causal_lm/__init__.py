@@ -13,6 +13,8 @@ vocabulary. The token sequences are ``data.LMData`` (built by ``data.lm_stream``
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,6 +28,9 @@ from .data import LMData, LMStream
 from .evaluate import LMEvaluator
 from . import sampling
 from .tokens import IGNORE, loss_mask, shifted, token_loss
+
+log = logging.getLogger("forgetting")
+
 
 def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device) -> tuple[Tensor, Tensor]:
     """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
@@ -134,6 +139,11 @@ class CausalLM(Objective):
         if any(len(r) == 0 for r in responses) or any(len(p) <= 1 for p in prompts):
             raise BadInput("--objective pg: a causal LM's task needs prompts and responses to sample and reward "
                            "(a language-modelling task has none); allowed: --lm-task completion")
+        longest = max(len(r) for r in responses)
+        if max_new_tokens < longest and not getattr(self, "_warned_short", False):
+            self._warned_short = True
+            log.warning("--pg-max-new-tokens %d is shorter than responses of up to %d tokens (a byte-level tokenizer "
+                        "takes one per byte): those are never matched, their reward is 0", max_new_tokens, longest)
         config = model.lm.config
         eos = config.eos_token_id
         pad = config.pad_token_id if config.pad_token_id is not None else eos
