@@ -82,6 +82,9 @@ def test_a_causal_lm_samples_scores_and_rewards_its_completions():
     assert torch.equal(torch.get_rng_state(), state)  # the global random state is left as it was
     assert draw(7) == first and len(first) == 2 and all(len(g) == 3 for g in first)
     assert all(1 <= len(c) <= 4 and (11 not in c[:-1]) for g in first for c in g)
+    long = sampling.generate(model, prompts, 2, 7, temperature=1.0, max_new_tokens=40, pad_id=0, eos_id=11,
+                             device="cpu")  # capped by the context of 16 positions after the 3-token prompt
+    assert all(len(c) <= 13 for g in long for c in g)
     log_probs, mask = sampling.completion_log_probs(model, prompts, first, temperature=1.0, pad_id=0, device="cpu")
     assert mask.sum(-1).tolist() == [[len(c) for c in g] for g in first]
     with torch.no_grad():  # the first completion's first token, scored by hand

@@ -33,8 +33,13 @@ def split_batch(inputs: dict) -> tuple[list[list[int]], list[list[int]]]:
 
 def generate(model, prompts: list[list[int]], groups: int, seed: int, *, temperature: float, max_new_tokens: int,
              pad_id: int, eos_id: int, device) -> list[list[list[int]]]:
-    """G sampled completions per prompt (each up to and with its first end-of-text token), [prompts][G]."""
+    """G sampled completions per prompt (each up to and with its first end-of-text token), [prompts][G]; at most
+    ``max_new_tokens``, and never past the model's context (its position embeddings) after the longest prompt."""
     length = max(len(p) for p in prompts)
+    config = model.lm.config
+    context = getattr(config, "n_positions", None) or getattr(config, "max_position_embeddings", None)
+    if context is not None:
+        max_new_tokens = max(1, min(max_new_tokens, int(context) - length))
     ids = torch.full((len(prompts), length), pad_id, dtype=torch.long)
     attention = torch.zeros((len(prompts), length), dtype=torch.long)
     for j, p in enumerate(prompts):
