@@ -101,13 +101,13 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     import torch
 
     from .claim import RunBusy
-    from .run import run_experiment
+    from .running import run_experiment
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     _running = True
     try:
-        _, _, status = run_experiment(cfg, resume=True)
+        _, _, status = run_experiment(cfg, resume=True, resolved=True)  # resolved by the sweep, sent as a dict
     except RunBusy as e:
         return Outcome(cfg.run_id, "busy", str(e), time.perf_counter() - t0)
     except KeyboardInterrupt:

@@ -27,7 +27,8 @@ from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
 from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
 from .options import Option
 from .results import MANIFEST, atomic_write_json, now
-from .run import build_stream_for, ensure_writable
+from .preparing import build_stream_for
+from .running import ensure_writable
 from .streams import default_data_dir
 from .suite import load_suite
 from .sweep_table import console_table
