@@ -239,6 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; the run is marked unfinished", file=sys.stderr)
         return 130
+    if rows is None:  # a rank other than 0 of a launched run: rank 0 reports
+        return 0
     if status == "skipped" and not ns.quiet:
         print(f"run {config.run_id} is already complete (use --force to run it again)")
     if not ns.quiet:
