@@ -52,7 +52,7 @@ def launch(args: list[str], n: int = 2, timeout: int = 300) -> subprocess.Comple
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame, n_test: dict[int, int] | None = None) -> None:
+def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame) -> None:
     assert len(one) == len(two) and list(one["eval_task"]) == list(two["eval_task"])
     for column in ("loss", "train_loss", "kl_base", "nll"):
         if column in one and one[column].notna().any():
