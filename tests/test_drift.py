@@ -184,3 +184,70 @@ def test_lm_kl_base_is_the_forward_kl_per_response_token_without_prompt_or_paddi
             reverse = lm_hand_kl(tr, task)[0]
             tr.model, tr.base_model = tr.base_model, tr.model
         assert abs(reverse - expected) > 0.01 * expected
+
+
+class PeekingLM(nn.Module):
+    """Logits from a fixed random table of the current token, plus 5 on the next token where that token is not a
+    multiple of 3; and, after a prompt whose answer it is told, plus 5 on that answer's tokens. Right on some tokens
+    and answers and not others, so every measure of a row has a value a mistake would move."""
+
+    def __init__(self, answers: dict, vocab: int = 258):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(vocab, vocab, generator=torch.Generator().manual_seed(5)) * 2.0)
+        self.answers = answers  # prompt tokens -> the response it boosts
+
+    def forward(self, inputs):
+        ids = inputs["input_ids"]
+        logits = self.table[ids].clone()
+        nxt = ids[:, 1:]
+        logits[:, :-1] += 5.0 * nn.functional.one_hot(nxt, logits.shape[-1]) * (nxt % 3 != 0)[..., None]
+        for b in range(ids.shape[0]):
+            for n in range(ids.shape[1]):
+                answer = self.answers.get(tuple(ids[b, 1:1 + n].tolist()))
+                if answer is not None:
+                    for j, token in enumerate(answer[: ids.shape[1] - n]):
+                        logits[b, n + j, token] += 5.0
+        return logits
+
+
+def test_lm_rows_by_hand_nll_token_and_answer_accuracy_exact_match(tmp_path):
+    import math
+
+    tr = lm_trainer(tmp_path)
+    told = {}
+    for task in tr.stream.tasks:  # the right answer for the examples of target 0 mod 3, a wrong one for the others
+        d = task.test
+        for i in range(len(d)):
+            t = int(d.targets[i])
+            told[tuple(d.prompts[i])] = d.choices[t if t % 3 == 0 else (t + 1) % len(d.choices)]
+    tr.model = PeekingLM(told)
+    tr.base_model = None
+    rows = tr.record("epoch", 1, 1, 0.0)
+    for task, r in enumerate(rows):
+        data = tr.stream.tasks[task].test
+        logps, hits, exact, answers = [], [], 0, 0
+
+        def response_logp(i, response):
+            seq = torch.tensor([[data.bos, *data.prompts[i], *response]])
+            logp = torch.log_softmax(tr.model({"input_ids": seq})[0, :-1].double(), -1)
+            at = torch.arange(len(data.prompts[i]), len(data.prompts[i]) + len(response))
+            return logp[at, torch.tensor(response)], logp[at].argmax(-1) == torch.tensor(response)
+
+        with torch.no_grad():
+            for i in range(len(data)):
+                lp, hit = response_logp(i, data.responses[i])
+                logps.append(lp)
+                hits.append(hit)
+                exact += int(hit.all())
+                scores = [float(response_logp(i, c)[0].sum()) for c in data.choices]
+                answers += int(max(range(len(scores)), key=scores.__getitem__) == int(data.targets[i]))
+        nll = float(-torch.cat(logps).mean())
+        hits = torch.cat(hits)
+        assert r["n_eval"] == len(data) and r["n_tokens"] == len(hits)
+        assert r["nll"] == pytest.approx(nll, rel=1e-5) and r["loss"] == r["nll"]
+        assert r["perplexity"] == pytest.approx(math.exp(nll), rel=1e-5)
+        assert r["token_accuracy"] == pytest.approx(float(hits.double().mean()))
+        assert r["exact_match"] == pytest.approx(exact / len(data))
+        assert r["answer_accuracy"] == pytest.approx(answers / len(data)) and r["accuracy"] == r["answer_accuracy"]
+    assert any(0 < r["token_accuracy"] < 1 for r in rows) and any(r["exact_match"] > 0 for r in rows)
+    assert any(0 < r["exact_match"] < r["token_accuracy"] for r in rows) and any(r["answer_accuracy"] > 0 for r in rows)
