@@ -202,3 +202,21 @@ def test_methods_on_two_processes_give_the_rows_of_one(tmp_path):
         two, manifest = launched_rows(options, tmp_path / "two")
         assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
         assert_same_rows(one, two)
+
+
+def test_a_run_whose_rank_is_killed_resumes_to_the_rows_of_one_process(tmp_path):
+    """Rank 1 dies mid-task 2 (the launcher then stops rank 0); ``--resume`` on 2 processes continues from the
+    boundary of task 1 that rank 0 wrote, every rank restoring it, and ends with the rows of one process."""
+    options = {**MLP, "method": "kl"}
+    todo = tmp_path / "runs.json"
+    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_kill": {"rank": 1, "task": 2}}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
+    assert proc.returncode != 0
+    cut, manifest = launched_rows(options, tmp_path / "two")
+    assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2
+    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_resume": True}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, manifest = launched_rows(options, tmp_path / "two")
+    assert manifest["status"] == "complete" and manifest["resumed_at"]
+    assert_same_rows(run_here(options, tmp_path / "one"), two)
