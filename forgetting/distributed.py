@@ -159,6 +159,19 @@ def check(config, size: int) -> None:
         raise BadInput("--amp fp16: the loss scaler's skipped steps are per process; allowed with a launcher: off, bf16")
 
 
+def check_model(model: torch.nn.Module, size: int, name: str) -> None:
+    """BadInput for a model whose training pass depends on the rank's shard as a whole (BatchNorm's batch
+    statistics: on N processes each would normalise over 1/N of the batch). SyncBatchNorm would give the one-
+    process statistics but runs on GPUs only, and is not wired in yet."""
+    if size <= 1:
+        return
+    norms = [type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise BadInput(f"--model {name}: its {norms[0]} normalises over each process's part of the batch, so {size} "
+                       f"processes would not give the numbers of one; allowed with a launcher: models without "
+                       f"BatchNorm (mlp, bert, gpt2)")
+
+
 def init(device: torch.device) -> tuple[World, torch.device]:
     """Join the launcher's process group through accelerate; the world and this rank's device."""
     size = launched_size()

@@ -108,6 +108,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
     if decision[0] != "run":
         return _follow(decision, run_dir)
     device, stream, model, methods = prepare(config, device)  # checks everything before a file is written
+    distributed.check_model(model, world.size, config.model.name)
     objective = objective_for(stream)  # what the reports show of this run is the objective's to say
     extra = {"determinism": determinism_settings(device), "data": config.data_fingerprint, **ray_node(),
              "objective": objective.name, "report_measures": [list(m) for m in objective.report_measures],

@@ -220,3 +220,12 @@ def test_a_run_whose_rank_is_killed_resumes_to_the_rows_of_one_process(tmp_path)
     two, manifest = launched_rows(options, tmp_path / "two")
     assert manifest["status"] == "complete" and manifest["resumed_at"]
     assert_same_rows(run_here(options, tmp_path / "one"), two)
+
+
+def test_a_model_with_batchnorm_is_refused_on_several_processes():
+    """BatchNorm's statistics are over each rank's shard, not the batch: refused (SyncBatchNorm is not wired in)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(BadInput, match=r"--model resnet: its BatchNorm2d normalises over each process's part"):
+        distributed.check_model(model, 2, "resnet")
+    distributed.check_model(model, 1, "resnet")
+    distributed.check_model(torch.nn.Linear(2, 2), 2, "mlp")
