@@ -178,6 +178,7 @@ def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("python -m forgetting.run: error:")]
     assert len(errors) == 2 and all("--batch-size 31: not divisible by the 2 processes" in e for e in errors), \
         proc.stderr[-3000:]
+    assert proc.stderr.count("exitcode  : 2") == 2  # the launcher's summary: each rank exited with 2
     assert not (tmp_path / "r").exists()
 
 
