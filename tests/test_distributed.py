@@ -171,14 +171,23 @@ def test_accelerate_launch_of_the_cli_gives_the_rows_of_one_process(tmp_path):
     assert_same_rows(one, two)
 
 
-def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path):
-    proc = launch(["-m", "forgetting.run", "--method", "naive", "--batch-size", "31", "--device", "cpu", "--quiet",
-                   "--results-dir", str(tmp_path / "r")])
-    assert proc.returncode != 0
-    errors = [line for line in proc.stderr.splitlines() if line.startswith("python -m forgetting.run: error:")]
-    assert len(errors) == 2 and all("--batch-size 31: not divisible by the 2 processes" in e for e in errors), \
-        proc.stderr[-3000:]
-    assert proc.stderr.count("exitcode  : 2") == 2  # the launcher's summary: each rank exited with 2
+@pytest.mark.parametrize("flags,needle", [
+    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes"),
+    (["--method", "der"], "--method der: der cannot run on 2 processes"),
+])
+def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle):
+    """Both ranks started as a launcher starts them (its environment), each on its own: a launcher stops the
+    other ranks at the first exit, which would hide the second rank's answer."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    cmd = [sys.executable, "-m", "forgetting.run", *flags, "--device", "cpu", "--quiet", "--results-dir",
+           str(tmp_path / "r")]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for r in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err[-2000:]
+        assert err.count("\n") == 1 and err.startswith("python -m forgetting.run: error: ") and needle in err, err
     assert not (tmp_path / "r").exists()
 
 
