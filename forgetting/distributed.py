@@ -12,9 +12,10 @@ summation. Penalties that do not depend on the batch (EWC, L2-SP) are the same o
 themselves. The frozen references are never wrapped: each rank keeps its own eval-mode copy, run under
 no_grad. Process groups come from accelerate (``PartialState``: gloo on CPU, NCCL on GPUs).
 
-What cannot give the same numbers is refused (``check``): methods that keep per-batch state of the
-examples they saw (DER's logits, R-Drop's two dropout passes, SI's ...), a KL composed with replay
-(its mean is over the new task's examples of the batch, not the batch's units), on-policy sampling.
+What cannot give the same numbers is refused (``check``, ``check_model``): methods that keep state of the
+examples each process saw (DER's logits) or draw dropout twice (R-Drop), methods not checked yet (SI, MAS,
+Avalanche's strategies), a KL composed with replay (its mean is over the new task's examples of the batch,
+not the batch's units), on-policy sampling, fp16's loss scaler, BatchNorm (statistics over a shard).
 Dropout draws different masks for an example on N processes than on one: the numbers then agree in
 distribution only (documented in the README, not refused: the MLP's default dropout is 0.2).
 """
