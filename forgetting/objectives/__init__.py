@@ -66,6 +66,11 @@ class Objective:
         """The loss of the batch's own targets while ``task`` trains (a scalar)."""
         raise NotImplementedError
 
+    def loss_units(self, batch: "Batch") -> int:
+        """What the batch's losses are means over (its examples): a process that trains on part of a batch
+        weighs its mean by its part of these (``distributed``)."""
+        return len(batch)
+
     # --- penalties ------------------------------------------------------------------------
     def penalty_kl(self, logits: Tensor, batch: "Batch", task: int, teacher: Callable[["Batch"], Tensor],
                    cache: TeacherCache | None, *, direction: str, temperature: float, **options: Any) -> Tensor:

@@ -97,6 +97,10 @@ class CausalLM(Objective):
     def data_loss(self, logits, batch, task):
         return token_loss(logits, batch.inputs["labels"])
 
+    def loss_units(self, batch):
+        """The tokens that carry loss: the data loss and the KL are means over them."""
+        return int(loss_mask(batch.inputs["labels"]).sum())
+
     def penalty_kl(self, logits, batch, task, teacher, cache, *, direction, temperature, **_):
         """``token_kl_penalty`` at every position that carries loss (replayed examples too), the teacher's logits
         there from the cache where it holds the whole batch, else from the live teacher."""
