@@ -181,6 +181,47 @@ def token_kl_penalty(
     return total / max(n, 1)
 
 
+def token_kl_estimate(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    tokens: Tensor,
+    mask: Tensor,
+    *,
+    estimator: str,
+    direction: str = "forward",
+    temperature: float = 1.0,
+) -> Tensor:
+    """Mean over the positions where ``mask`` is True of a sampled-token KL estimate (``kl_estimators``) at the
+    token ``tokens`` observed there (causal LMs: the next token of the sequence in use).
+
+    P and Q follow ``direction`` as in ``token_kl_penalty``: forward = KL(teacher ‖ student) (P = the teacher),
+    reverse = KL(student ‖ teacher), symmetric = the mean of both. The estimate is unbiased (k1, k3) only where
+    the tokens are drawn from P; the caller decides where they come from (README, "The KL's inputs").
+    Log-probabilities at temperature T in float32, the result scaled by T^2 as the exact penalty is.
+    """
+    from .kl_estimators import check_estimator, sampled_kl
+
+    check_penalty_options(direction, temperature)
+    check_estimator(estimator)
+    if estimator == "exact":
+        return token_kl_penalty(student_logits, teacher_logits, mask, direction=direction, temperature=temperature)
+    t = float(temperature)
+    rows = mask.reshape(-1).nonzero().squeeze(1)
+    vocab = student_logits.shape[-1]
+    if rows.numel() == 0:
+        return student_logits.sum().float() * 0.0
+    at = tokens.reshape(-1).index_select(0, rows)[:, None]
+    log_s = F.log_softmax(student_logits.reshape(-1, vocab).index_select(0, rows).float() / t, -1).gather(1, at)
+    log_t = F.log_softmax(teacher_logits.detach().reshape(-1, vocab).index_select(0, rows).float() / t,
+                          -1).gather(1, at)
+    parts = []
+    if direction in ("forward", "symmetric"):
+        parts.append(sampled_kl(log_t, log_s, estimator))
+    if direction in ("reverse", "symmetric"):
+        parts.append(sampled_kl(log_s, log_t, estimator))
+    return (sum(parts) / len(parts)).mean() * (t * t)
+
+
 def train_epoch_kl_reg(
     model: nn.Module,
     model_old: nn.Module,

@@ -480,6 +480,10 @@ def resolve(config: RunConfig) -> RunConfig:
     method_name = normalise_method(config.method.name)
     method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
     check_fit(method_name, objective_cls, config.model.name, model_c.values())
+    for cls in method_classes(method_name):  # a method's options against the objective; defaults leave the id
+        hook = getattr(cls, "resolve_options", None)
+        if hook is not None:
+            hook(method_c.options, config.method.values(), objective_cls)
     runs_in = method_classes(method_name)[0].runner
     if runs_in == "avalanche":
         require("avalanche", f"--method {method_name}")

@@ -23,6 +23,15 @@ Where the distributions are taken and over which outputs is the run's objective'
 (``objectives.Objective.penalty_kl``): the above for classifiers; for causal LMs the next-token
 distribution over the whole vocabulary at every token that carries loss (replayed examples too).
 
+Which sequences a causal LM's KL is taken on is ``kl_inputs``: ``data`` (the task's prompts and target tokens),
+``policy`` (the student's own completions of the batch's prompts, drawn in eval mode without gradient from the
+loop's generator: on-policy distillation, GKD with lambda = 1) or ``base`` (``kl_samples`` context-free samples of
+the reference, from the begin-of-text token alone, drawn once at each task boundary from a generator seeded by
+(seed, task), so a resumed run draws the same; no data is read). ``kl_estimator`` takes the exact KL over the
+vocabulary at each position (``exact``) or a sampled-token estimator (``kl_estimators``) at the sequence's token
+there. Classifiers take only ``data`` and ``exact`` (their one class distribution per input is already exact).
+Away from their defaults these options enter the run id; at them they leave it (``resolve_options``).
+
 The teacher is frozen and in eval mode, so where a task's inputs are fixed its outputs on the
 task's training set are fixed too: they are computed once at the task boundary (the teacher
 cache) and looked up by example index, which makes a KL step cost about as much as a plain one.
@@ -36,10 +45,15 @@ import torch
 
 from ..options import Option
 from ..errors import BadInput
+from ..kl_estimators import ESTIMATORS
 from ..penalty import DIRECTIONS
 from .base import Method as Base, Terms
 
 log = logging.getLogger("forgetting")
+
+KL_INPUTS = ("data", "policy", "base")
+SAMPLING = {"kl_samples": ("base",), "kl_sample_temperature": ("policy", "base"),
+            "kl_max_new_tokens": ("policy", "base")}  # option -> the --kl-inputs it applies to
 
 
 class Method(Base):
@@ -63,6 +77,19 @@ class Method(Base):
         Option("teacher_cache_mb", float, 2048.0, "largest teacher cache (examples x outputs x 4 bytes; causal LMs: "
                "tokens that carry loss x vocabulary x 4 bytes); above it the live teacher is used", minimum=0.0,
                hashed=False),
+        Option("kl_inputs", str, "data", "causal LMs: the sequences the KL is taken on: data = the task's prompts and "
+               "target tokens; policy = the student's own completions of the batch's prompts (on-policy distillation, "
+               "GKD); base = --kl-samples context-free samples of the reference drawn at each task boundary",
+               choices=KL_INPUTS),
+        Option("kl_estimator", str, "exact", "causal LMs: exact = the KL over the whole vocabulary at each position; "
+               "k1, k2, k3 = the sampled-token estimators (kl_estimators.py) at the sequence's token there",
+               choices=ESTIMATORS),
+        Option("kl_samples", int, 16, "--kl-inputs base: context-free samples of the reference per task (every one "
+               "enters every step's penalty)", minimum=1),
+        Option("kl_sample_temperature", float, 1.0, "--kl-inputs policy|base: temperature of the sampled sequences",
+               minimum=0.0, exclusive_minimum=True),
+        Option("kl_max_new_tokens", int, 32, "--kl-inputs policy|base: the longest sampled continuation, in tokens",
+               minimum=1),
     ]
     strength_option = "kl_lambda"
     naive_at_zero = True  # its only effect is a penalty weighted by the strength
@@ -70,10 +97,55 @@ class Method(Base):
     def __init__(self, **hparams):
         super().__init__(**hparams)
         self.cache = None  # teacher.TeacherCache of the task being learned, made by the run's objective
+        self.base = None  # --kl-inputs base: the reference's context-free samples of the task being learned
+
+    def option(self, name):
+        return self.hparams.get(name, next(o.default for o in self.options if o.name == name))
+
+    @classmethod
+    def resolve_options(cls, options: dict, given: dict, objective_cls) -> None:
+        """The KL's inputs and estimator against the objective, in place: BadInput in one line on policy/base or a
+        sampled estimator for an objective with no token sequences (classifiers), or a sampling option its
+        --kl-inputs does not use; the new options leave ``options`` at their defaults, so today's ids stay."""
+        defaults = {o.name: o.default for o in cls.options}
+        inputs, estimator = options.get("kl_inputs", "data"), options.get("kl_estimator", "exact")
+        if "completion_sampling" not in objective_cls.provides:
+            label = objective_cls.label or objective_cls.name
+            if inputs != "data":
+                raise BadInput(f"--kl-inputs {inputs}: applies to causal LMs only, not to {label} (their KL over the "
+                               "one class distribution per input is already exact on the task's inputs); allowed: data")
+            if estimator != "exact":
+                raise BadInput(f"--kl-estimator {estimator}: applies to causal LMs only, not to {label} (their KL "
+                               "over the class distribution is exact); allowed: exact")
+        for name, uses in SAMPLING.items():
+            if inputs not in uses:
+                if given.get(name, defaults[name]) != defaults[name]:
+                    raise BadInput(f"--{name.replace('_', '-')}: applies to --kl-inputs {' or '.join(uses)} only "
+                                   f"(this run: {inputs})")
+                options.pop(name, None)
+        if inputs == "data":
+            options.pop("kl_inputs", None)
+        if estimator == "exact":
+            options.pop("kl_estimator", None)
+
+    @staticmethod
+    def base_seed(seed: int, task: int) -> int:
+        """The seed of task ``task``'s context-free samples: a function of (seed, task) alone, so a run resumed at
+        the boundary draws the same and the loop's generator is not touched."""
+        return int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(seed * 1_000_003 + task)))
 
     def before_task(self, trainer, task: int) -> None:
         self.cache = None
-        if task == 0 or self.hparams["kl_lambda"] == 0 or not self.hparams.get("teacher_cache", True):
+        self.base = None
+        if task == 0 or self.hparams["kl_lambda"] == 0:
+            return
+        if self.option("kl_inputs") == "base":
+            self.base = trainer.objective.base_sequences(
+                trainer.previous_model, self.option("kl_samples"), self.base_seed(trainer.config.seed, task),
+                temperature=self.option("kl_sample_temperature"), max_new_tokens=self.option("kl_max_new_tokens"),
+                device=trainer.device)
+            log.info("kl inputs for task %d: %d context-free samples of the reference", task, len(self.base))
+        if self.option("kl_inputs") != "data" or not self.hparams.get("teacher_cache", True):
             return
         reason = self.cache_blocker(trainer)
         data = trainer.stream.tasks[task].train
@@ -129,11 +201,30 @@ class Method(Base):
         lam = self.hparams["kl_lambda"]
         if task == 0 or lam == 0:
             return {}
-        kl = trainer.objective.penalty_kl(
-            logits, batch, task, self.live_teacher(trainer), self.cache, direction=self.hparams["kl_direction"],
-            temperature=self.hparams["temperature"], class_outputs=self.hparams.get("kl_class_outputs", "active"),
-            on_replayed=self.hparams.get("kl_on_replayed", False))
+        inputs, estimator = self.option("kl_inputs"), self.option("kl_estimator")
+        options = {"direction": self.hparams["kl_direction"], "temperature": self.hparams["temperature"]}
+        if inputs == "data":
+            extra = {} if estimator == "exact" else {"estimator": estimator}  # classifiers take no estimator
+            kl = trainer.objective.penalty_kl(
+                logits, batch, task, self.live_teacher(trainer), self.cache, **options, **extra,
+                class_outputs=self.hparams.get("kl_class_outputs", "active"),
+                on_replayed=self.hparams.get("kl_on_replayed", False))
+            return {"kl": (kl, lam)}
+        model = trainer.model
+        if inputs == "policy":
+            was_training = model.training
+            model.eval()
+            with torch.no_grad():
+                seqs = trainer.objective.policy_sequences(model, batch, trainer.generator,
+                                                          temperature=self.option("kl_sample_temperature"),
+                                                          max_new_tokens=self.option("kl_max_new_tokens"))
+            model.train(was_training)
+        else:
+            seqs = self.base
+        kl = trainer.objective.sequences_kl(model, trainer.previous_model, seqs, estimator=estimator,
+                                            device=batch.inputs["input_ids"].device, **options)
         return {"kl": (kl, lam)}
 
     def after_task(self, trainer, task: int) -> None:
         self.cache = None
+        self.base = None

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import BadInput
-from ...penalty import token_kl_penalty
+from ...penalty import token_kl_estimate
 from ...streams.base import iterate_batches
 from ...teacher import TeacherCache
 from .. import Objective
@@ -101,22 +101,62 @@ class CausalLM(Objective):
         """The tokens that carry loss: the data loss and the KL are means over them."""
         return int(loss_mask(batch.inputs["labels"]).sum())
 
-    def penalty_kl(self, logits, batch, task, teacher, cache, *, direction, temperature, **_):
-        """``token_kl_penalty`` at every position that carries loss (replayed examples too), the teacher's logits
-        there from the cache where it holds the whole batch, else from the live teacher."""
+    def penalty_kl(self, logits, batch, task, teacher, cache, *, direction, temperature, estimator="exact", **_):
+        """``token_kl_estimate`` (``exact``: ``token_kl_penalty``) at every position that carries loss (replayed
+        examples too), the sampled estimators at the target tokens there; the teacher's logits from the cache
+        where it holds the whole batch, else from the live teacher."""
         labels = batch.inputs["labels"]
-        student, _ = shifted(logits, labels)
+        student, targets = shifted(logits, labels)
         mask = loss_mask(labels)
-        options = {"direction": direction, "temperature": temperature}
+        options = {"direction": direction, "temperature": temperature, "estimator": estimator}
         if cache is not None and cache.holds(batch.task_ids, batch.index):
             start, end = cache.offsets[batch.index], cache.offsets[batch.index + 1]
             counts = end - start
             rows = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts) + \
                 torch.arange(int(counts.sum()), device=counts.device)
             cached = cache.outputs.index_select(0, rows)
-            return token_kl_penalty(student[mask], cached, torch.ones(len(cached), dtype=torch.bool,
-                                                                      device=cached.device), **options)
-        return token_kl_penalty(student, shifted(teacher(batch), labels)[0], mask, **options)
+            return token_kl_estimate(student[mask], cached, targets[mask],
+                                     torch.ones(len(cached), dtype=torch.bool, device=cached.device), **options)
+        return token_kl_estimate(student, shifted(teacher(batch), labels)[0], targets, mask, **options)
+
+    # --- the KL's other inputs (``kl --kl-inputs policy|base``) ----------------------------------
+    @staticmethod
+    def _ids(model):
+        config = model.lm.config
+        eos = config.eos_token_id
+        pad = config.pad_token_id if config.pad_token_id is not None else eos
+        bos = config.bos_token_id if config.bos_token_id is not None else eos
+        return bos, eos, pad
+
+    def policy_sequences(self, model, batch, generator, *, temperature, max_new_tokens):
+        """One completion of every prompt of the batch drawn from ``model`` (the caller has it in eval mode without
+        gradient), seeded from the loop's ``generator``: [(prompt + completion, index of its first token)]."""
+        prompts, _ = sampling.split_batch(batch.inputs)
+        _, eos, pad = self._ids(model)
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        drawn = sampling.generate(model, prompts, 1, seed, temperature=temperature, max_new_tokens=max_new_tokens,
+                                  pad_id=pad, eos_id=eos, device=batch.inputs["input_ids"].device)
+        return [(p + g[0], len(p)) for p, g in zip(prompts, drawn)]
+
+    def base_sequences(self, teacher, n, seed, *, temperature, max_new_tokens, device):
+        """``n`` context-free samples of ``teacher``: generated from the begin-of-text token alone, every token
+        after it scored: [(tokens, 1)]. Reads no data."""
+        bos, eos, pad = self._ids(teacher)
+        with torch.no_grad():
+            drawn = sampling.generate(teacher, [[bos]], n, seed, temperature=temperature,
+                                      max_new_tokens=max_new_tokens, pad_id=pad, eos_id=eos, device=device)
+        return [([bos] + c, 1) for c in drawn[0]]
+
+    def sequences_kl(self, model, teacher, seqs, *, direction, temperature, estimator, device):
+        """The KL penalty between ``teacher`` (run without gradient) and the student ``model`` (with gradient) at
+        the scored tokens of ``seqs`` (``token_kl_estimate``: over the vocabulary, or an estimator at the token)."""
+        _, _, pad = self._ids(model)
+        inputs, tokens, scored = sampling.pack(seqs, pad, device)
+        student = model(inputs)[:, :-1]
+        with torch.no_grad():
+            reference = teacher(inputs)[:, :-1]
+        return token_kl_estimate(student, reference, tokens, scored, direction=direction, temperature=temperature,
+                                 estimator=estimator)
 
     def cache_rows(self, data):
         return sum(len(r) for r in data.responses)  # every token that carries loss

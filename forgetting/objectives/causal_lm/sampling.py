@@ -79,6 +79,21 @@ def completion_log_probs(model, prompts: list[list[int]], completions: list[list
     return log_probs.reshape(shape), carried[:, 1:].reshape(shape)
 
 
+def pack(seqs: list[tuple[list[int], int]], pad_id: int, device) -> tuple[dict, Tensor, Tensor]:
+    """Right-padded model inputs of ``(tokens, first scored index)`` sequences, their next tokens and the mask of
+    the positions whose next token is scored (the shifted layout of ``tokens.shifted``: [n, length - 1])."""
+    length = max(len(t) for t, _ in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), length), dtype=torch.long)
+    scored = torch.zeros((len(seqs), length), dtype=torch.bool)
+    for j, (t, first) in enumerate(seqs):
+        ids[j, :len(t)] = torch.as_tensor(t)
+        attention[j, :len(t)] = 1
+        scored[j, first:len(t)] = True
+    ids, attention, scored = ids.to(device), attention.to(device), scored.to(device)
+    return {"input_ids": ids, "attention_mask": attention}, ids[:, 1:], scored[:, 1:]
+
+
 def normalised(text: str) -> str:
     return " ".join(text.split())
 

@@ -1,0 +1,198 @@
+"""``kl --kl-inputs data|policy|base`` and ``--kl-estimator exact|k1|k2|k3`` on a tiny GPT-2: values against float64
+hand computations on the sequences in use, the reference's context-free samples seeded by (seed, task) and drawn
+without reading any data, one-line refusals, and today's run ids untouched."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from forgetting.errors import BadInput
+from forgetting.kl_estimators import exact_kl, sampled_kl
+from forgetting.methods.kl import Method as KL
+from forgetting.objectives.causal_lm import sampling
+from forgetting.registry import make_config
+from forgetting.streams import iterate_batches
+
+from test_lm import pairs_stream, trainer_for
+
+NO_DROPOUT = {"gpt2_dropout": 0.0}
+
+
+def at_task_1(tmp_path, **hparams):
+    """A kl trainer on the pairs stream at the boundary after task 0, the student moved away from the reference."""
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, **hparams)
+    trainer.snapshot_boundary(0)
+    trainer.current_task = 1
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    method = trainer.methods[0]
+    method.before_task(trainer, 1)
+    batch = next(iter(iterate_batches(stream.tasks[1].train, 1, 4, shuffle=False)))
+    return trainer, method, batch
+
+
+def hand_log_probs(model, tokens):
+    """float64 next-token log-distributions of one unpadded sequence: [len - 1, vocabulary]."""
+    with torch.no_grad():
+        logits = model({"input_ids": torch.tensor([tokens]), "attention_mask": torch.ones(1, len(tokens),
+                                                                                          dtype=torch.long)})
+    return torch.log_softmax(logits[0, :-1].double(), -1)
+
+
+def hand_kl(trainer, seqs, estimator="exact", direction="forward"):
+    """The mean over every scored token of the sequences of the KL (exact: over the vocabulary; else the
+    estimator at the token, P = the teacher for forward, the student for reverse), float64, one sequence at a time."""
+    values = []
+    for tokens, first in seqs:
+        s, t = hand_log_probs(trainer.model, tokens), hand_log_probs(trainer.previous_model, tokens)
+        rows = slice(first - 1, len(tokens) - 1)
+        s, t = s[rows], t[rows]
+        p, q = (t, s) if direction == "forward" else (s, t)
+        if estimator == "exact":
+            values.append(exact_kl(p, q))
+        else:
+            at = torch.tensor(tokens[first:])[:, None]
+            values.append(sampled_kl(p.gather(1, at), q.gather(1, at), estimator).squeeze(1))
+    return float(torch.cat(values).mean())
+
+
+def test_defaults_keep_todays_run_ids_and_new_values_change_them():
+    plain = make_config(method="kl", epochs=1)
+    same = make_config(method="kl", epochs=1, hparams={"kl_inputs": "data", "kl_estimator": "exact"})
+    assert same.run_id == plain.run_id
+    assert not {"kl_inputs", "kl_estimator", "kl_samples", "kl_sample_temperature"} & set(plain.method.options)
+    lm = dict(benchmark="text-file", model="gpt2", method="kl", epochs=1)
+    base = make_config(**lm, hparams={"kl_inputs": "base"})
+    assert base.run_id != make_config(**lm).run_id and base.method.options["kl_samples"] == 16
+    assert make_config(**lm, hparams={"kl_inputs": "base", "kl_samples": 4}).run_id != base.run_id
+    k3 = make_config(**lm, hparams={"kl_estimator": "k3"})
+    assert k3.method.options["kl_estimator"] == "k3" and "kl_samples" not in k3.method.options
+
+
+@pytest.mark.parametrize("hparams, message", [
+    ({"kl_inputs": "base"}, r"^--kl-inputs base: applies to causal LMs only, not to classifiers .*allowed: data$"),
+    ({"kl_inputs": "policy"}, r"^--kl-inputs policy: applies to causal LMs only"),
+    ({"kl_estimator": "k3"}, r"^--kl-estimator k3: applies to causal LMs only.*allowed: exact$"),
+    ({"kl_inputs": "nope"}, r"--kl-inputs.*nope.*data, policy, base"),
+])
+def test_classifiers_refuse_policy_base_and_sampled_estimators_in_one_line(hparams, message):
+    with pytest.raises(BadInput, match=message) as e:
+        make_config(method="kl", hparams=hparams)
+    assert "\n" not in str(e.value)
+
+
+def test_sampling_options_need_the_inputs_that_use_them():
+    lm = dict(benchmark="text-file", model="gpt2", method="kl")
+    with pytest.raises(BadInput, match=r"^--kl-samples: applies to --kl-inputs base only \(this run: policy\)$"):
+        make_config(**lm, hparams={"kl_inputs": "policy", "kl_samples": 4})
+    with pytest.raises(BadInput, match=r"^--kl-sample-temperature: applies to --kl-inputs policy or base only"):
+        make_config(**lm, hparams={"kl_sample_temperature": 0.5})
+
+
+def test_cli_refuses_base_inputs_on_a_classifier_with_exit_2(cli, tmp_path):
+    out = cli("forgetting.run", "--method", "kl", "--kl-inputs", "base", "--results-dir", str(tmp_path / "r"))
+    assert out.returncode == 2
+    lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "--kl-inputs base: applies to causal LMs only" in lines[0]
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("estimator", ["exact", "k1", "k2", "k3"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_each_estimator_on_data_inputs_is_the_kl_estimators_function_at_the_target_tokens(tmp_path, estimator,
+                                                                                           direction):
+    trainer, method, batch = at_task_1(tmp_path, kl_estimator=estimator, kl_direction=direction)
+    assert method.cache is not None  # the cached teacher, then the live one: the same value
+    logits = trainer.model(batch.inputs)
+    got = method.penalties(trainer, batch, logits, 1)["kl"][0]
+    method.cache = None
+    live = method.penalties(trainer, batch, logits, 1)["kl"][0]
+    ids, labels, mask = (batch.inputs[k] for k in ("input_ids", "labels", "attention_mask"))
+    seqs = []
+    for j in range(len(ids)):
+        n = int(mask[j].sum())
+        first = int((labels[j, :n] != -100).nonzero()[0])
+        seqs.append((ids[j, :n].tolist(), first))
+    want = hand_kl(trainer, seqs, estimator, direction)
+    assert float(got.detach()) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    assert float(live) == pytest.approx(want, rel=1e-4, abs=1e-6)
+    got.backward()  # the gradient reaches the student, never the reference
+    assert any(p.grad is not None for p in trainer.model.parameters())
+    assert all(p.grad is None for p in trainer.previous_model.parameters())
+
+
+@pytest.mark.parametrize("estimator", ["exact", "k3"])
+def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, estimator):
+    trainer, method, batch = at_task_1(tmp_path, kl_inputs="policy", kl_estimator=estimator, kl_max_new_tokens=5,
+                                       kl_direction="reverse")
+    reference = {k: v.clone() for k, v in trainer.previous_model.state_dict().items()}
+    generator = torch.Generator().set_state(trainer.generator.get_state())
+    logits = trainer.model(batch.inputs)
+    got = method.penalties(trainer, batch, logits, 1)["kl"][0]
+    assert trainer.model.training and not trainer.previous_model.training
+    # the same draw by hand: the student in eval mode, the seed from the loop's generator
+    prompts, _ = sampling.split_batch(batch.inputs)
+    cfg = trainer.model.lm.config
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    trainer.model.eval()
+    drawn = sampling.generate(trainer.model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+                              pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
+    trainer.model.train()
+    seqs = [(p + g[0], len(p)) for p, g in zip(prompts, drawn)]
+    assert float(got) == pytest.approx(hand_kl(trainer, seqs, estimator, "reverse"), rel=1e-4, abs=1e-6)
+    teacher_drawn = sampling.generate(trainer.previous_model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+                                      pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
+    assert teacher_drawn != drawn  # the completions are the student's, not the reference's
+    got.backward()
+    assert all(p.grad is None for p in trainer.previous_model.parameters())
+    assert all(torch.equal(v, trainer.previous_model.state_dict()[k]) for k, v in reference.items())
+
+
+class Untouchable:
+    """Old-task data that raises if anything reads it."""
+
+    def __getattr__(self, name):
+        raise AssertionError(f"old-task data read ({name})")
+
+    def __len__(self):
+        raise AssertionError("old-task data read (len)")
+
+
+def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_data(tmp_path):
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, kl_inputs="base", kl_samples=5,
+                          kl_max_new_tokens=6, kl_sample_temperature=1.5)
+    trainer.snapshot_boundary(0)
+    with torch.no_grad():
+        for p in trainer.model.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    for task in stream.tasks:
+        task.train = Untouchable()  # no task's data may be read (the batch below is built by hand)
+    method = trainer.methods[0]
+    generator_state = trainer.generator.get_state()
+    method.before_task(trainer, 1)
+    first = method.base
+    bos = trainer.model.lm.config.bos_token_id
+    assert len(first) == 5 and all(t[0] == bos and s == 1 and 2 <= len(t) <= 7 for t, s in first)
+    assert torch.equal(trainer.generator.get_state(), generator_state)  # the loop's generator is not used
+    method.before_task(trainer, 1)
+    assert method.base == first  # a resumed run draws the same
+    cfg = trainer.model.lm.config
+    by_hand = sampling.generate(trainer.previous_model, [[bos]], 5, KL.base_seed(trainer.config.seed, 1),
+                                temperature=1.5, max_new_tokens=6, pad_id=cfg.pad_token_id,
+                                eos_id=cfg.eos_token_id, device="cpu")
+    assert [t[1:] for t, _ in first] == by_hand[0]  # drawn from the reference, not the student
+    method.before_task(trainer, 2)
+    assert method.base != first  # a new draw at each task
+    trainer.config.loop["seed"] = trainer.config.seed + 1
+    method.before_task(trainer, 1)
+    assert method.base != first
+    trainer.config.loop["seed"] -= 1
+    method.before_task(trainer, 1)
+    ids = torch.tensor([[bos, 5, 6]])
+    batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
+    got = method.penalties(trainer, batch, None, 1)["kl"][0]
+    assert float(got) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
