@@ -196,3 +196,22 @@ def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_d
     batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
     got = method.penalties(trainer, batch, None, 1)["kl"][0]
     assert float(got) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
+
+
+@pytest.mark.parametrize("hparams", [{"kl_inputs": "base", "kl_samples": 3, "kl_max_new_tokens": 4},
+                                     {"kl_inputs": "policy", "kl_max_new_tokens": 3, "kl_estimator": "k3"}])
+def test_runs_with_sampled_kl_inputs_resume_bitwise_from_a_boundary(tmp_path, monkeypatch, hparams):
+    """Tiny GPT-2 on three prompt/response tasks: killed after task 1 and resumed, the rows equal an uninterrupted
+    run's (the base samples are redrawn from (seed, task); the policy's from the loop's saved generator)."""
+    from conftest import resumed_equals_whole
+    from forgetting.results import read_run
+    from test_lm import TINY, write_pairs
+
+    write_pairs(tmp_path / "pairs.csv", n=6)
+    cfg = make_config(benchmark="text-file", model="gpt2", method="kl", epochs=1, batch_size=6, lr=3e-3, device="cpu",
+                      progress=False, model_options=TINY, results_dir=str(tmp_path / "cut"), hparams=hparams,
+                      stream_options={"text_file": str(tmp_path / "pairs.csv"), "prompt_column": "prompt",
+                                      "response_column": "response", "max_seq_len": 40})
+    run_dir = resumed_equals_whole(cfg, tmp_path, monkeypatch)
+    rows = read_run(run_dir)[1]
+    assert set(rows.trained_task) == {-1, 0, 1, 2}
