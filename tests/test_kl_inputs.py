@@ -215,3 +215,23 @@ def test_runs_with_sampled_kl_inputs_resume_bitwise_from_a_boundary(tmp_path, mo
     run_dir = resumed_equals_whole(cfg, tmp_path, monkeypatch)
     rows = read_run(run_dir)[1]
     assert set(rows.trained_task) == {-1, 0, 1, 2}
+
+
+def test_base_samples_of_a_lora_run_come_from_the_model_with_its_adapters_disabled(tmp_path):
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, "kl", model_options={**NO_DROPOUT, "lora_rank": 2}, kl_inputs="base",
+                          kl_samples=4, kl_max_new_tokens=6)
+    trainer.snapshot_boundary(0)
+    method = trainer.methods[0]
+    method.before_task(trainer, 1)
+    first = method.base
+    with torch.no_grad():  # the adapters move the student; the reference and its samples stay
+        for name, p in trainer.model.named_parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn_like(p))
+    trainer.model.train()
+    method.before_task(trainer, 1)
+    assert method.base == first and trainer.model.training
+    ids = torch.tensor([[trainer.model.lm.config.bos_token_id, 5, 6]])
+    batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
+    assert float(method.penalties(trainer, batch, None, 1)["kl"][0].detach()) > 0

@@ -13,6 +13,7 @@ vocabulary. The token sequences are ``data.LMData`` (built by ``data.lm_stream``
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import torch
@@ -141,10 +142,19 @@ class CausalLM(Objective):
     def base_sequences(self, teacher, n, seed, *, temperature, max_new_tokens, device):
         """``n`` context-free samples of ``teacher``: generated from the begin-of-text token alone, every token
         after it scored: [(tokens, 1)]. Reads no data."""
-        bos, eos, pad = self._ids(teacher)
-        with torch.no_grad():
-            drawn = sampling.generate(teacher, [[bos]], n, seed, temperature=temperature,
-                                      max_new_tokens=max_new_tokens, pad_id=pad, eos_id=eos, device=device)
+        model, disabled = teacher, contextlib.nullcontext()
+        target = getattr(teacher, "_target", None)  # LoRA: the live model with its adapters disabled
+        if target is not None:
+            model, disabled = target, target.adapters_disabled()
+        bos, eos, pad = self._ids(model)
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.no_grad(), disabled:
+                drawn = sampling.generate(model, [[bos]], n, seed, temperature=temperature,
+                                          max_new_tokens=max_new_tokens, pad_id=pad, eos_id=eos, device=device)
+        finally:
+            model.train(was_training)
         return [([bos] + c, 1) for c in drawn[0]]
 
     def sequences_kl(self, model, teacher, seqs, *, direction, temperature, estimator, device):
