@@ -194,8 +194,11 @@ def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_d
     method.before_task(trainer, 1)
     ids = torch.tensor([[bos, 5, 6]])
     batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
+    assert method.base_reference is not None  # the reference's logits on the samples, kept for the task
     got = method.penalties(trainer, batch, None, 1)["kl"][0]
-    assert float(got) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
+    assert float(got.detach()) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
+    method.base_reference = None
+    assert torch.equal(method.penalties(trainer, batch, None, 1)["kl"][0].detach(), got.detach())  # live: the same
 
 
 @pytest.mark.parametrize("hparams", [{"kl_inputs": "base", "kl_samples": 3, "kl_max_new_tokens": 4},

@@ -98,6 +98,7 @@ class Method(Base):
         super().__init__(**hparams)
         self.cache = None  # teacher.TeacherCache of the task being learned, made by the run's objective
         self.base = None  # --kl-inputs base: the reference's context-free samples of the task being learned
+        self.base_reference = None  # and the reference's logits on them (a teacher cache), where kept
 
     def option(self, name):
         return self.hparams.get(name, next(o.default for o in self.options if o.name == name))
@@ -136,7 +137,7 @@ class Method(Base):
 
     def before_task(self, trainer, task: int) -> None:
         self.cache = None
-        self.base = None
+        self.base = self.base_reference = None
         if task == 0 or self.hparams["kl_lambda"] == 0:
             return
         if self.option("kl_inputs") == "base":
@@ -145,6 +146,12 @@ class Method(Base):
                 temperature=self.option("kl_sample_temperature"), max_new_tokens=self.option("kl_max_new_tokens"),
                 device=trainer.device)
             log.info("kl inputs for task %d: %d context-free samples of the reference", task, len(self.base))
+            length = max(len(t) for t, _ in self.base) - 1
+            size_mb = len(self.base) * length * trainer.layout.n_outputs * 4 / 2**20
+            if (self.hparams.get("teacher_cache", True) and size_mb <= self.hparams.get("teacher_cache_mb", 2048.0)
+                    and not trainer.previous_model.training):
+                self.base_reference = trainer.objective.sequences_reference(trainer.model, trainer.previous_model,
+                                                                            self.base, trainer.device)
         if self.option("kl_inputs") != "data" or not self.hparams.get("teacher_cache", True):
             return
         reason = self.cache_blocker(trainer)
@@ -222,9 +229,10 @@ class Method(Base):
         else:
             seqs = self.base
         kl = trainer.objective.sequences_kl(model, trainer.previous_model, seqs, estimator=estimator,
-                                            device=batch.inputs["input_ids"].device, **options)
+                                            device=batch.inputs["input_ids"].device,
+                                            reference=self.base_reference if inputs == "base" else None, **options)
         return {"kl": (kl, lam)}
 
     def after_task(self, trainer, task: int) -> None:
         self.cache = None
-        self.base = None
+        self.base = self.base_reference = None

@@ -157,14 +157,24 @@ class CausalLM(Objective):
             model.train(was_training)
         return [([bos] + c, 1) for c in drawn[0]]
 
-    def sequences_kl(self, model, teacher, seqs, *, direction, temperature, estimator, device):
-        """The KL penalty between ``teacher`` (run without gradient) and the student ``model`` (with gradient) at
-        the scored tokens of ``seqs`` (``token_kl_estimate``: over the vocabulary, or an estimator at the token)."""
+    def sequences_reference(self, model, teacher, seqs, device) -> Tensor:
+        """``teacher``'s logits on ``seqs`` as ``sequences_kl`` packs them (float32, [n, length - 1, vocabulary]):
+        fixed for a frozen eval-mode teacher and fixed sequences, so ``base`` computes them once per task."""
+        _, _, pad = self._ids(model)
+        inputs, _, _ = sampling.pack(seqs, pad, device)
+        with torch.no_grad():
+            return teacher(inputs)[:, :-1].float()
+
+    def sequences_kl(self, model, teacher, seqs, *, direction, temperature, estimator, device, reference=None):
+        """The KL penalty between ``teacher`` (run without gradient; or its logits ``reference`` from
+        ``sequences_reference``) and the student ``model`` (with gradient) at the scored tokens of ``seqs``
+        (``token_kl_estimate``: over the vocabulary, or an estimator at the token)."""
         _, _, pad = self._ids(model)
         inputs, tokens, scored = sampling.pack(seqs, pad, device)
         student = model(inputs)[:, :-1]
-        with torch.no_grad():
-            reference = teacher(inputs)[:, :-1]
+        if reference is None:
+            with torch.no_grad():
+                reference = teacher(inputs)[:, :-1]
         return token_kl_estimate(student, reference, tokens, scored, direction=direction, temperature=temperature,
                                  estimator=estimator)
 
