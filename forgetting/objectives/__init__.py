@@ -25,13 +25,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from torch import Tensor
-
 from ..errors import BadInput
-from ..teacher import TeacherCache
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
     from ..streams.base import Batch, HeadLayout, TaskStream
+    from ..teacher import TeacherCache
 
 OBJECTIVES: dict[str, str] = {  # the built-ins, imported on first use
     "classification": "forgetting.objectives.classification:Classification",
@@ -47,8 +47,11 @@ class Objective:
     label: ClassVar[str] = ""  # how messages name the models it trains: "classifiers", "causal LMs"
     provides: ClassVar[frozenset[str]] = frozenset()  # what methods may need of it ("class_distribution", ...)
     cache_unit: ClassVar[str] = "examples"  # what a teacher-cache row is
-    # (row column, what the quick report calls it, scale): the measures the reports show, headline first
-    report_measures: ClassVar[tuple[tuple[str, str, float], ...]] = (("accuracy", "accuracy (%)", 100.0),)
+    # (summary column of metrics.run_summary, its heading, scale to print): what the reports' tables show for a
+    # run of this objective, headline first; a run writes them to its manifest, so reports read no code
+    report_measures: ClassVar[tuple[tuple[str, str, float], ...]] = (
+        ("average_accuracy", "avg acc", 100.0), ("old_task_accuracy", "old-task acc", 100.0),
+        ("forgetting_max", "forgetting", 100.0))
 
     def __init__(self, layout: "HeadLayout", info: dict | None = None):
         self.layout = layout
@@ -62,6 +65,11 @@ class Objective:
     def data_loss(self, logits: Tensor, batch: "Batch", task: int) -> Tensor:
         """The loss of the batch's own targets while ``task`` trains (a scalar)."""
         raise NotImplementedError
+
+    def loss_units(self, batch: "Batch") -> int:
+        """What the batch's losses are means over (its examples): a process that trains on part of a batch
+        weighs its mean by its part of these (``distributed``)."""
+        return len(batch)
 
     # --- penalties ------------------------------------------------------------------------
     def penalty_kl(self, logits: Tensor, batch: "Batch", task: int, teacher: Callable[["Batch"], Tensor],
@@ -89,6 +97,28 @@ class Objective:
     def fisher(self, model, data, task: int, labels: str, device):
         """The diagonal Fisher as a dict of parameter name -> tensor, where ``fisher_terms`` gives None."""
         raise NotImplementedError(f"objective {self.name!r} gives no Fisher")
+
+    # --- on-policy fine-tuning (``--objective pg``; ``provides`` holds "answer_sampling" where implemented) ----
+    @classmethod
+    def check_answers(cls, options: dict) -> None:
+        """BadInput in one line where the run's stream and model options (``options``) give tasks with no answer
+        to sample and reward (called by ``resolve`` for ``--objective pg``, before any file is written)."""
+
+    def sample_answers(self, model, batch: "Batch", task: int, groups: int, generator, *, temperature: float,
+                       max_new_tokens: int, log_probs: bool = False):
+        """``groups`` answers per example drawn from the live ``model`` (the caller has it in eval mode, without
+        gradient), seeded by the loop's ``generator``; with ``log_probs`` also log π(answer) under that model
+        (the sampling policy, for PPO's ratio), else None."""
+        raise NotImplementedError(f"objective {self.name!r} samples no answers")
+
+    def answer_log_probs(self, model, batch: "Batch", task: int, answers, *, temperature: float):
+        """The student (train mode, with gradient) on the batch: (its logits on ``batch.inputs``, for the penalties;
+        log π(answer) per answer token, [inputs, G] or [inputs, G, length]; the answer tokens' mask or None)."""
+        raise NotImplementedError(f"objective {self.name!r} scores no answers")
+
+    def correct(self, answers, batch: "Batch", stream: "TaskStream") -> Tensor:
+        """Bool [inputs, G]: which sampled answers are correct for their example."""
+        raise NotImplementedError(f"objective {self.name!r} knows no correct answers")
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluator(self, stream: "TaskStream", batch_size: int, device, subset: int = 0):
