@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 STATUS = re.compile(r"^\s*(\S+__mutmut_\d+): (.+)$")
 
 
-def config(source: str, tests: list[str], max_children: int | None) -> str:
+def config(source: str, tests: list[str]) -> str:
     """The [tool.mutmut] table for one module (toml)."""
     quote = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {quote(['forgetting'])}\nonly_mutate = {quote([source])}\n"
@@ -68,7 +68,7 @@ def run_module(key: str, work: Path, max_children: int | None, names: list[str] 
     shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "results", "mutants", "__pycache__",
                                                                   "*.egg-info", "build"))
     pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text() + config(source, tests, max_children))
+    pyproject.write_text(pyproject.read_text() + config(source, tests))
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     env.setdefault("FORGETTING_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     mutmut = [sys.executable, "-m", "mutmut"]
@@ -107,9 +107,12 @@ def main(argv=None) -> int:
     rows = []
     try:
         for key in a.modules or list(MODULES):
-            names = Path(a.mutants).read_text().split() if a.mutants else []
-            r = run_module(key, work, a.max_children, [n for n in names if n.startswith(
-                MODULES[key][0].removesuffix(".py").removesuffix("/__init__").replace("/", ".") + ".")])
+            prefix = MODULES[key][0].removesuffix(".py").removesuffix("/__init__").replace("/", ".") + "."
+            names = [n for n in Path(a.mutants).read_text().split() if n.startswith(prefix)] if a.mutants else []
+            if a.mutants and not names:
+                print(f"{MODULES[key][0]:36s} no mutant of it named in {a.mutants}", flush=True)
+                continue
+            r = run_module(key, work, a.max_children, names)
             rows.append(r)
             c = r["counts"]
             killed = c.get("killed", 0) + c.get("timeout", 0)
