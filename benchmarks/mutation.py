@@ -52,7 +52,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
 STATUS = re.compile(r"^\s*(\S+__mutmut_\d+): (.+)$")
 
 
-def config(source: str, tests: list[str], max_children: int | None) -> str:
+def config(source: str, tests: list[str]) -> str:
     """The [tool.mutmut] table for one module (toml)."""
     quote = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
     return (f"\n[tool.mutmut]\nsource_paths = {quote(['forgetting'])}\nonly_mutate = {quote([source])}\n"
@@ -62,23 +62,25 @@ def config(source: str, tests: list[str], max_children: int | None) -> str:
             'process_isolation = "forkserver"\nuse_git_change_detection = false\n')
 
 
-def run_module(key: str, work: Path, max_children: int | None) -> dict:
+def run_module(key: str, work: Path, max_children: int | None, names: list[str] = ()) -> dict:
     source, tests = MODULES[key]
     project = work / key
     shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "results", "mutants", "__pycache__",
                                                                   "*.egg-info", "build"))
     pyproject = project / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text() + config(source, tests, max_children))
+    pyproject.write_text(pyproject.read_text() + config(source, tests))
     env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
     env.setdefault("FORGETTING_DATA_DIR", str(ROOT.parent / "shared" / "data"))
     mutmut = [sys.executable, "-m", "mutmut"]
     start = time.monotonic()
-    cmd = [*mutmut, "run"] + (["--max-children", str(max_children)] if max_children else [])
+    cmd = [*mutmut, "run"] + (["--max-children", str(max_children)] if max_children else []) + list(names)
     run = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
     seconds = time.monotonic() - start
     (work / f"{key}.log").write_text(run.stdout + run.stderr)
     res = subprocess.run([*mutmut, "results", "--all", "true"], cwd=project, env=env, capture_output=True, text=True)
     status = {m.group(1): m.group(2).strip() for m in map(STATUS.match, res.stdout.splitlines()) if m}
+    if names:  # only these were run (the others stay "not checked")
+        status = {n: s for n, s in status.items() if n in set(names)}
     survivors = sorted(n for n, s in status.items() if s == "survived")
     diffs = {n: subprocess.run([*mutmut, "show", n], cwd=project, env=env, capture_output=True, text=True).stdout
              for n in survivors}
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     p.add_argument("modules", nargs="*", default=[], metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
     p.add_argument("--max-children", type=int, default=None, help="mutmut's parallel workers")
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (mutants, logs)")
+    p.add_argument("--mutants", metavar="FILE", default=None, help="run only the mutants named in FILE, one a line "
+                   "(e.g. the survivors of an earlier run, after new tests; names are stable while the module is)")
     a = p.parse_args(argv)
     unknown = [m for m in a.modules if m not in MODULES]
     if unknown:
@@ -103,7 +107,12 @@ def main(argv=None) -> int:
     rows = []
     try:
         for key in a.modules or list(MODULES):
-            r = run_module(key, work, a.max_children)
+            prefix = MODULES[key][0].removesuffix(".py").removesuffix("/__init__").replace("/", ".") + "."
+            names = [n for n in Path(a.mutants).read_text().split() if n.startswith(prefix)] if a.mutants else []
+            if a.mutants and not names:
+                print(f"{MODULES[key][0]:36s} no mutant of it named in {a.mutants}", flush=True)
+                continue
+            r = run_module(key, work, a.max_children, names)
             rows.append(r)
             c = r["counts"]
             killed = c.get("killed", 0) + c.get("timeout", 0)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from forgetting.objectives.causal_lm import loss_mask, shifted, token_loss
-from forgetting.penalty import token_kl_penalty
+from forgetting.penalty import token_kl_penalty, token_kl_sum
 from forgetting.streams.base import concat_inputs
 
 
@@ -135,3 +135,26 @@ def test_chunks_go_through_activation_checkpointing_when_a_gradient_is_needed(mo
     s = student.clone().requires_grad_(True)
     token_kl_penalty(shifted(s, labels)[0], shifted(teacher, labels)[0], loss_mask(labels), chunk_floats=11 * 4)
     assert len(calls) == math.ceil(n / 4)
+    calls.clear()  # a chunk of one position (11 floats): one call per position
+    token_kl_penalty(shifted(s, labels)[0], shifted(teacher, labels)[0], loss_mask(labels), chunk_floats=11)
+    assert len(calls) == n
+    calls.clear()  # no gradient needed (evaluation): nothing to recompute, no checkpoint
+    with torch.no_grad():
+        token_kl_penalty(shifted(s, labels)[0], shifted(teacher, labels)[0], loss_mask(labels), chunk_floats=11)
+    token_kl_penalty(shifted(student, labels)[0], shifted(teacher, labels)[0], loss_mask(labels), chunk_floats=11)
+    assert calls == []
+
+
+def test_token_kl_sum_counts_the_masked_positions_and_refuses_shapes_that_differ():
+    student, teacher, labels = batch(seed=2)
+    total, n = token_kl_sum(shifted(student, labels)[0], shifted(teacher, labels)[0], loss_mask(labels))
+    assert n == int(loss_mask(labels).sum()) and total.item() / n == pytest.approx(
+        hand_kl(student, teacher, labels, "forward", 1.0), rel=1e-5)
+    none = torch.full_like(labels, -100)
+    total, n = token_kl_sum(shifted(student, none)[0], shifted(teacher, none)[0], loss_mask(none))
+    assert (total.item(), n) == (0.0, 0)
+    s, t, m = shifted(student, labels)[0], shifted(teacher, labels)[0], loss_mask(labels)
+    with pytest.raises(ValueError, match=r"differ in shape: \(3, 8, 11\) vs \(3, 8, 10\)"):
+        token_kl_sum(s, t[..., :10], m)
+    with pytest.raises(ValueError, match=r"mask shape \(3, 7\) does not match logits \(3, 8, 11\)"):
+        token_kl_sum(s, t, m[:, :7])

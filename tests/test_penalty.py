@@ -93,8 +93,13 @@ def test_bad_options_raise():
         kl_penalty(S, T, direction="backward")
     with pytest.raises(ValueError, match="temperature"):
         kl_penalty(S, T, temperature=0.0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"differ in shape: \(3, 4\) vs \(3, 3\)"):
         kl_penalty(S, T[:, :3])
+    with pytest.raises(ValueError, match="allowed are forward, reverse, symmetric"):
+        kl_penalty(S, T, direction="backward")
+    for bad in (float("inf"), -1.0, float("nan"), "2"):  # a finite number above 0 only
+        with pytest.raises(ValueError, match=r"temperature must be a finite number above 0, got"):
+            kl_penalty(S, T, temperature=bad)
 
 
 @pytest.mark.parametrize("direction", ["reverse", "symmetric"])
