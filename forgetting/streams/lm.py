@@ -148,6 +148,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
     if scenario != "domain":
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")
     pairs = bool(info.pop("lm_pairs", False))
+    fixed_choices = bool(info.pop("lm_choices_are_classes", False))  # olora: labels.json, not the labels seen
     form = options.get("lm_task", "auto")
     if form == "auto":
         form = "completion" if pairs else "lm"
@@ -164,7 +165,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         if form == "completion" and not pairs:
             choices_text = [" " + label_name(c, names) for c in t.classes]
         elif form == "completion" and pairs:
-            distinct = sorted(set(t.train_labels) | set(t.test_labels))
+            distinct = list(t.classes) if fixed_choices else sorted(set(t.train_labels) | set(t.test_labels))
             if 0 < len(distinct) <= options.get("lm_max_choices", 16):
                 choices_text = [str(r) for r in distinct]
         choice_ids = [ids + [eos] for ids in _encode(tokenizer, choices_text)] if choices_text else None
