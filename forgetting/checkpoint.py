@@ -128,7 +128,7 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     Every file is read and checked before anything is changed, so on CorruptCheckpoint the
     trainer is as it was.
     """
-    from .train import frozen_copy
+    from .teacher import frozen_copy
 
     like = trainer.model.state_dict()
     state = load_state(run_dir, task, len(trainer.methods))

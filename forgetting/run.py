@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from . import registry
-from .causal_lm import check_methods as check_lm_methods
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, WriteFailed
 from .options import Option
@@ -233,9 +232,12 @@ def prepare(config: RunConfig):
 
     device = resolve_device(config.device)
     spec = registry.model(config.model.name)
+    if spec.check_device is not None:
+        spec.check_device(config.model.values(), device)
     _, source = split_spec(config.model.name)
     model_values = config.model.values()
     stream = build_stream_for(config)
+    stream.objective = registry.objective_of(config.benchmark, config.model.name).name  # chosen by resolve
     warn_one_class_tasks(stream)
     methods = registry.build_methods(config.method.name, config.hparams)
     for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
@@ -248,7 +250,6 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model.name}: {e}") from None
-    check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 

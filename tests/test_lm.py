@@ -7,14 +7,15 @@ import copy
 import pytest
 import torch
 
-from forgetting.causal_lm import loss_mask, shifted
+from forgetting.objectives.causal_lm import loss_mask, shifted
 from forgetting.errors import BadInput
 from forgetting.registry import build_methods, build_model, make_config, tokenizer_maker
 from forgetting.models.causal import AdapterDisabled, byte_tokenizer
 from forgetting.penalty import token_kl_penalty
 from forgetting.run import main, prepare
 from forgetting.streams import build_stream, iterate_batches
-from forgetting.train import Trainer, frozen_copy
+from forgetting.teacher import frozen_copy
+from forgetting.train import Trainer
 
 TINY = {"gpt2_layers": 1, "gpt2_width": 16, "gpt2_heads": 2, "gpt2_dropout": 0.1}
 WORDS = ["good", "bad", "fine", "awful", "great", "poor"]
@@ -337,7 +338,7 @@ def test_lm_teacher_cache_gives_the_live_teachers_penalty(tmp_path):
     kl = trainer.methods[0]
     kl.before_task(trainer, 1)
     data = stream.tasks[1].train
-    assert kl.cache is not None and kl.cache.shape == (sum(len(r) for r in data.responses), 258)
+    assert kl.cache is not None and kl.cache.outputs.shape == (sum(len(r) for r in data.responses), 258)
     trainer.model.train()
     torch.manual_seed(3)
     for batch in iterate_batches(data, 1, 5, shuffle=True, generator=torch.Generator().manual_seed(0)):

@@ -48,7 +48,8 @@ from ..errors import BadInput, RunFailed
 from ..optim import build_optimizer
 from ..penalty import check_penalty_options, grouped_kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
-from ..train import Trainer, frozen_copy
+from ..teacher import frozen_copy
+from ..train import Trainer
 from . import AvalancheMethod
 
 # --- data ----------------------------------------------------------------------------------

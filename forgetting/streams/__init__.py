@@ -18,13 +18,15 @@ from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, T
 @dataclass(frozen=True)
 class Benchmark:
     """A registered stream: its builder ``build(scenario, options) -> TaskStream`` (as "module:function" or
-    the function itself), the options it reads, whether it reads ``--data-dir``, and its inputs
-    (``tensor`` or ``text``; text streams are tokenised by the model's tokenizer)."""
+    the function itself), the options it reads, whether it reads ``--data-dir``, its inputs
+    (``tensor`` or ``text``; text streams are tokenised by the model's tokenizer) and the objective its
+    targets are for (``forgetting.objectives``; a model may declare its own, as the causal LMs do)."""
 
     build: Any
     options: tuple[Option, ...] = ()
     reads_data_dir: bool = False
     inputs: str = "tensor"
+    objective: str = "classification"
 
     def builder(self) -> Callable:
         if callable(self.build):

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import BadInput, first_line
 from ..options import Option, defaults
 from .digest import file_digest
-from .text import RawTask, split_train_test, text_stream
+from .text import RawTask, encodes_own_tasks, split_train_test, text_stream
 
 OPTIONS = [
     Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
@@ -232,12 +232,10 @@ def chosen_tasks(train_rows: list[tuple], options: dict, path: str) -> list:
 
 def build_pairs(scenario: str, options: dict):
     """Prompt/response rows per task, for causal LMs (``--prompt-column`` and ``--response-column``)."""
-    from .lm import wants_lm
-
     if not (options.get("prompt_column") and options.get("response_column")):
         missing = "--response-column" if options.get("prompt_column") else "--prompt-column"
         raise BadInput(f"{missing}: prompt/response rows need both --prompt-column and --response-column")
-    if not wants_lm(options):
+    if not encodes_own_tasks(options):
         raise BadInput("--response-column: prompt/response rows need a causal LM, allowed: --model gpt2 or "
                        "causal:PATH_OR_HUB_ID")
     path, test_path = options["text_file"], options.get("text_test_file") or ""
