@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..options import Option
 from .digest import file_digest
-from .text import RawTask, text_stream
+from .text import RawTask, encodes_own_tasks, text_stream
 from .trace import _root, read_json_list, task_names
 
 OPTIONS = [
@@ -143,9 +143,7 @@ def raw_tasks(options: dict) -> list[RawTask]:
 
 
 def build(scenario: str, options: dict):
-    from .lm import wants_lm
-
-    if not wants_lm(options):
+    if not encodes_own_tasks(options):
         raise BadInput("--benchmark olora: prompt/response tasks need a causal LM, allowed: --model gpt2 or "
                        "causal:PATH_OR_HUB_ID")
     raw = raw_tasks(options)
