@@ -149,6 +149,9 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
         rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
+        boundary = phase == "init" or (phase == "epoch" and epoch == self.config.epochs)
+        if boundary and hasattr(self.evaluator, "boundary_rows"):  # e.g. lm-eval's tasks (causal LMs)
+            rows = rows + self.evaluator.boundary_rows(self.model)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,

@@ -48,6 +48,17 @@ OPTIONS = [
            "text (empty: the source's own, e.g. 'Review: {text}\\nSentiment:', else 'Input: {text}\\nOutput:')"),
     Option("lm_max_choices", int, 16, "causal LMs, completion from a prompt/response file: score answer accuracy "
            "over a task's distinct responses when it has at most this many (0: never)", minimum=0),
+    # measures added later: at their defaults they leave the run ids of earlier runs unchanged
+    Option("max_new_tokens", int, 0, "causal LMs, completion tasks: also generate each answer greedily (generate, "
+           "KV cache) up to this many tokens and score it as the benchmark does: exact match, ROUGE-L, BLEU "
+           "(0: no generation; --eval-subset bounds the examples)", minimum=0, hashed_at_default=False),
+    Option("lm_eval_tasks", str, [], "causal LMs: lm-evaluation-harness tasks scored on the live model at the start "
+           "and at the end of every task, one row each (e.g. forgetting_general_mc, offline; hellaswag arc_easy "
+           "mmlu with a network; a comma-separated list works too)", nargs="*", hashed_at_default=False),
+    Option("lm_eval_limit", int, 0, "causal LMs: examples per lm-eval task (0: all)", minimum=0,
+           hashed_at_default=False),
+    Option("lm_eval_include_path", str, "", "causal LMs: a folder of your own lm-eval task YAMLs (relative "
+           "data_files are read beside each YAML)", hashed=False),
 ]
 
 
@@ -196,6 +207,12 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         tasks.append(Task(i, f"{name}[{t.name}]", train, test.by_length(), classes, []))
     layout = HeadLayout("domain", [[] for _ in raw], len(tokenizer))
     info.update(max_seq_len=max_len, tokenizer_source=source, lm_task=form)
+    if options.get("max_new_tokens"):
+        info["max_new_tokens"] = int(options["max_new_tokens"])
+    lm_eval_tasks = [n.strip() for v in options.get("lm_eval_tasks") or [] for n in str(v).split(",") if n.strip()]
+    if lm_eval_tasks:
+        info.update(lm_eval_tasks=lm_eval_tasks, lm_eval_limit=int(options.get("lm_eval_limit") or 0),
+                    lm_eval_include_path=options.get("lm_eval_include_path") or "")
     if form == "completion" and not pairs:
         info["lm_prompt"] = template
     return LMStream(name, scenario, tasks, layout, "text", (), info=info, tokenizer=tokenizer)
