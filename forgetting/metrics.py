@@ -222,19 +222,32 @@ def task_boundaries(rows: pd.DataFrame, tasks_completed: int | None = None) -> p
     return fin.groupby("trained_task")["global_step"].first().sort_index()
 
 
+def measured_only(rows: pd.DataFrame) -> pd.Series:
+    """The rows of tasks that are measured but never learned (lm-eval's tasks, evaluation-only tasks): their
+    eval_task numbers follow the stream's learned tasks."""
+    flag = pd.Series(False, index=rows.index)
+    if "lm_eval_metric" in rows:
+        flag |= rows["lm_eval_metric"].notna()
+    if "eval_only" in rows:
+        flag |= rows["eval_only"].fillna(0).astype(bool)
+    return flag
+
+
 def old_task_curves(rows: pd.DataFrame, tasks_completed: int | None = None) -> pd.DataFrame:
     """Accuracy of each task from the end of its own training on (its forgetting curve).
 
     Columns of the evaluation points plus ``finetune_step`` (global step minus the steps of the
-    base task). A task appears once a later task has been evaluated after it.
+    base task). A task appears once a later task has been evaluated after it; a task measured but never learned (lm-eval's,
+    evaluation-only) from the end of the base task on.
     """
     bounds = task_boundaries(rows, tasks_completed)
     if bounds.empty:
         return evaluation_points(rows).iloc[0:0].assign(finetune_step=[])
     ev = evaluation_points(rows)
-    start = ev["eval_task"].map(bounds)
+    measured = measured_only(ev)
+    start = ev["eval_task"].map(bounds).where(~measured, bounds.iloc[0])  # never learned: from the base task on
     out = ev[start.notna() & (ev["global_step"] >= start)].copy()
-    out = out[out.groupby("eval_task")["trained_task"].transform("max") > out["eval_task"]]
+    out = out[(out.groupby("eval_task")["trained_task"].transform("max") > out["eval_task"]) | measured_only(out)]
     out["finetune_step"] = out["global_step"] - int(bounds.iloc[0])
     return out.reset_index(drop=True)
 

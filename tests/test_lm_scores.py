@@ -156,3 +156,9 @@ def test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries(tmp_
     assert gen["gen_score"].notna().all() and (gen["gen_score"] == gen["accuracy"]).all()
     summary = run_summary(rows)
     assert summary["tasks_trained"] == 2 and not np.isnan(summary["op"])
+    from forgetting.metrics import old_task_curves
+    from forgetting.report_runs import read_checked
+
+    assert read_checked(run).n_tasks == 2  # the lm-eval task is measured, not learned: the run is complete
+    curves = old_task_curves(rows)  # its curve runs from the end of the base task on, beside task 0's
+    assert set(curves["eval_task"]) == {0, 2}
