@@ -215,4 +215,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
                     lm_eval_include_path=options.get("lm_eval_include_path") or "")
     if form == "completion" and not pairs:
         info["lm_prompt"] = template
-    return LMStream(name, scenario, tasks, layout, "text", (), info=info, tokenizer=tokenizer)
+    eval_only = sum(t.eval_only for t in raw)
+    if any(t.eval_only for t in raw[: len(raw) - eval_only]):
+        raise ValueError("evaluation-only tasks must come after the learned ones")
+    return LMStream(name, scenario, tasks, layout, "text", (), info=info, tokenizer=tokenizer, eval_only=eval_only)
