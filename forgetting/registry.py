@@ -146,7 +146,7 @@ def _adopt(kind: str, name: str, obj: Any) -> bool:
             if len(own) != 1:
                 return False
             obj = own[0]
-        if inspect.isclass(obj) and (issubclass(obj, Method) or hasattr(obj, "runner")):
+        if inspect.isclass(obj) and issubclass(obj, Method):
             _registered[kind][name] = obj
             return True
         return False
@@ -274,10 +274,34 @@ def method_classes(spec: str) -> list[type]:
     if len(set(parts)) != len(parts):
         raise BadInput(f"--method: {spec!r} names a method twice")
     classes = [method_class(p) for p in parts]
-    if len(classes) > 1 and any(getattr(c, "runner", "forgetting") != "forgetting" for c in classes):
-        raise BadInput(f"--method: {spec!r} composes a method that runs its own training loop (avalanche-*) with another")
+    own_loop = [(p, c.runner) for p, c in zip(parts, classes) if c.runner != "forgetting"]
+    if len(classes) > 1 and own_loop:
+        raise BadInput(f"--method: {spec!r} composes {own_loop[0][0]}, which runs its own training loop "
+                       f"({own_loop[0][1]}), with another")
     check_composition(spec, classes)
     return classes
+
+
+def known_method_classes(spec: str) -> list[type] | None:
+    """The classes of ``spec`` when every part is a method this installation knows (built in, registered
+    in this process, or an installed entry point), else None. Never imports a module a name points to:
+    readers of results (plots, summaries) get names from files someone else may have written, and
+    ``mypkg.mymethod`` in a received config.json must not run ``mypkg``."""
+    parts = normalise_method(spec).split("+")
+    if not all(parts):
+        return None
+    builtins = _builtins("method")
+    if any(p not in _registered["method"] and p not in builtins for p in parts):
+        try:
+            _load_entry_points("method")
+        except BadInput:
+            return None
+        if any(p not in _registered["method"] and p not in builtins for p in parts):
+            return None
+    try:
+        return method_classes(spec)
+    except BadInput:
+        return None
 
 
 def method_options(spec: str) -> list[Option]:
@@ -322,25 +346,26 @@ def objective_of(stream_name: str, model_name: str) -> type:
 
 
 def check_fit(method_spec: str, objective_cls: type, model_name: str, model_options: dict) -> None:
-    """BadInput, in one line, where a part of ``method_spec`` needs what the objective does not give, or anchors
-    the trainable weights of a model that trains fresh adapters at every task (LoRA)."""
-    classes = method_classes(method_spec)
-    for part, cls in zip(normalise_method(method_spec).split("+"), classes):
-        missing = sorted(set(getattr(cls, "needs", ())) - set(objective_cls.provides))
+    """BadInput, in one line, where a part of ``method_spec`` needs what the objective does not give
+    (``Method.needs``, ``Objective.provides``), or anchors the trainable weights (``Method.anchors_weights``)
+    of a model that trains fresh adapters at every task (``ModelSpec.trains_adapters``: LoRA)."""
+    provides = set(objective_cls.provides)
+
+    def fits(c) -> bool:
+        return set(c.needs) <= provides
+
+    for part, cls in zip(normalise_method(method_spec).split("+"), method_classes(method_spec)):
+        missing = sorted(set(cls.needs) - provides)
         if missing:
-            why = f" ({cls.needs_why})" if getattr(cls, "needs_why", "") else ""
+            why = f" ({cls.needs_why})" if cls.needs_why else ""
             raise BadInput(f"--method {part}: does not apply to {objective_cls.label or objective_cls.name} (objective "
                            f"{objective_cls.name}): it needs {', '.join(missing)}{why}; allowed: "
-                           f"{', '.join(_fitting(lambda c: set(getattr(c, 'needs', ())) <= set(objective_cls.provides)))}"
-                           " and their compositions")
-    adapters = model(model_name).trains_adapters
-    if adapters is not None and adapters(model_options):
-        for part, cls in zip(normalise_method(method_spec).split("+"), classes):
-            if getattr(cls, "anchors_weights", False):
-                raise BadInput(f"--method {part} with --lora-rank: the method anchors the trainable weights, which "
-                               "under LoRA are fresh adapters at every task; allowed with LoRA: "
-                               f"{', '.join(_fitting(lambda c: set(getattr(c, 'needs', ())) <= set(objective_cls.provides) and not getattr(c, 'anchors_weights', False)))}"
-                               " and their compositions")
+                           f"{', '.join(_fitting(fits))} and their compositions")
+        adapters = model(model_name).trains_adapters
+        if cls.anchors_weights and adapters is not None and adapters(model_options):
+            raise BadInput(f"--method {part} with --lora-rank: the method anchors the trainable weights, which under "
+                           "LoRA are fresh adapters at every task; allowed with LoRA: "
+                           f"{', '.join(_fitting(lambda c: fits(c) and not c.anchors_weights))} and their compositions")
 
 
 def _fitting(test: Callable[[type], bool]) -> list[str]:
@@ -357,7 +382,7 @@ def _fitting(test: Callable[[type], bool]) -> list[str]:
 
 def runner(spec: str) -> type:
     """The training-loop class that runs method ``spec`` (our Trainer, or Avalanche's loop)."""
-    name = getattr(method_classes(spec)[0], "runner", "forgetting")
+    name = method_classes(spec)[0].runner
     module, _, attr = RUNNERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -426,10 +451,11 @@ def resolve(config: RunConfig) -> RunConfig:
     method_name = normalise_method(config.method.name)
     method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
     check_fit(method_name, objective_cls, config.model.name, model_c.values())
-    if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
+    runs_in = method_classes(method_name)[0].runner
+    if runs_in == "avalanche":
         require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
-    check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
+    check_recipe(loop, runs_in)
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")

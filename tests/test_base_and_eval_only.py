@@ -91,9 +91,15 @@ def test_evaluation_only_bad_input_is_one_line_exit_2(tmp_path, capsys):
             "--response-column", "response", "--model", "gpt2", "--epochs", "1", "--device", "cpu", "--quiet",
             "--results-dir", str(tmp_path / "r")]
     for extra, needle in ((["--eval-only-tasks", "nope"], "task 'nope' has no rows"),
-                          (["--eval-only-tasks", "echo", "--text-tasks", "plus", "echo"], "also a task to learn"),
-                          (["--no-train-base", "--method", "avalanche-naive"], "--train-base False")):
+                          (["--eval-only-tasks", "echo", "--text-tasks", "plus", "echo"], "also a task to learn")):
         assert main(base + extra) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and needle in err[0], err
+        assert not (tmp_path / "r").exists()
+    pytest.importorskip("avalanche")
+    for argv, needle in ((["--benchmark", "split-digits", "--no-train-base", "--method", "avalanche-naive"],
+                          "--train-base False: applies to our training loop only"),):
+        assert main(argv + ["--quiet", "--results-dir", str(tmp_path / "r")]) == 2
         err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
         assert len(err) == 1 and needle in err[0], err
         assert not (tmp_path / "r").exists()

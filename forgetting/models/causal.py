@@ -94,10 +94,11 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     resolved = resolve_source(source)
+    sources.check_tokenizer_files(resolved, f"--model causal:{source}")
     try:
         with sources.quiet_loading():
             tok = AutoTokenizer.from_pretrained(resolved)
-    except (OSError, ValueError, TypeError) as e:
+    except sources.load_errors() as e:
         raise BadInput(f"--model causal:{source}: cannot load its tokenizer: {first_line(e)}") from None
     if tok.pad_token_id is None:
         raise BadInput(f"--model causal:{source}: its tokenizer has no pad token, allowed: a tokenizer with "
@@ -261,7 +262,10 @@ def _pretrained_lm(source: str):
         with sources.quiet_loading():
             config = AutoConfig.from_pretrained(resolved)
             return AutoModelForCausalLM.from_pretrained(resolved, config=config)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except sources.load_errors() as e:  # a truncated model.safetensors raises SafetensorError
+        if not isinstance(e, (OSError, ValueError, KeyError, TypeError)):
+            raise BadInput(f"--model causal:{source}: cannot read its weights (a truncated or damaged file?): "
+                           f"{first_line(e)}") from None
         raise BadInput(f"--model causal:{source}: not a causal language model checkpoint "
                        f"(AutoModelForCausalLM cannot load it): {first_line(e)}") from None
 

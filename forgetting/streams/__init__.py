@@ -51,7 +51,10 @@ TRAIN_PER_CLASS = Option("train_per_class", int, 0, "keep this many training ima
                          "seed (0: all); for small CPU studies", minimum=0)
 CIFAR100_TASKS = Option("n_tasks", int, 10, "number of tasks of split-cifar100: 10 (of 10 classes) or 20 (of 5)",
                         choices=(10, 20))
-IMAGE_OPTIONS = (AUGMENT, TRAIN_PER_CLASS, DOWNLOAD)
+TRUST_DATA = Option("trust_data", bool, False, "read image files that are not the official archive's (your own "
+                    "CIFAR variant): they are pickles, which can run code when read; only for files you made",
+                    hashed=False)
+IMAGE_OPTIONS = (AUGMENT, TRAIN_PER_CLASS, DOWNLOAD, TRUST_DATA)
 
 BENCHMARKS: dict[str, Benchmark] = {
     "split-digits": Benchmark("forgetting.streams.digits:build_split"),

@@ -156,9 +156,14 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")
     pairs = bool(info.pop("lm_pairs", False))
     fixed_choices = bool(info.pop("lm_choices_are_classes", False))  # olora: labels.json, not the labels seen
+    unlabelled = bool(info.pop("lm_unlabelled", False))
     form = options.get("lm_task", "auto")
     if form == "auto":
         form = "completion" if pairs else "lm"
+    if form == "completion" and unlabelled:
+        raise BadInput(f"--lm-task completion: {info.get('source', name)!r} has no label column, so it is a corpus "
+                       "for language modelling; allowed: lm, auto (or a --label-column, or --prompt-column and "
+                       "--response-column)")
     template = options.get("lm_prompt") or info.get("lm_template") or DEFAULT_PROMPT
     if form == "completion" and not pairs and "{text}" not in template:
         raise BadInput(f"--lm-prompt: {template!r} has no {{text}}, allowed: a template holding {{text}}")
