@@ -135,3 +135,22 @@ def test_a_trace_stream_needs_a_causal_lm(tmp_path, capsys):
     assert main(["--benchmark", "trace", "--data-dir", str(DATA / "trace"), "--trace-tasks", "FOMC", "--model", "bert",
                  "--results-dir", str(tmp_path / "r"), "--quiet"]) == 2
     assert "need a causal LM" in capsys.readouterr().err
+
+
+def test_lm_domains_reads_reviews_news_and_requests_from_their_sources(data_dir):
+    for folder in ("uci_sentiment", "ag_news", "clinc150"):
+        if not (data_dir / folder).is_dir():
+            pytest.skip(f"{folder} not in the data directory")
+    opts = {"data_dir": str(data_dir), "tokenizer": tokenizer_maker("gpt2"), "max_seq_len": 64,
+            "text_train_per_task": 20, "text_test_per_task": 10}
+    stream = build_stream("lm-domains", "domain", opts)
+    assert [t.name for t in stream.tasks] == ["lm-domains[reviews]", "lm-domains[news]", "lm-domains[requests]"]
+    assert stream.info["lm_task"] == "lm" and [len(t.train) for t in stream.tasks] == [20, 20, 20]
+    from forgetting.streams.text_local import read_uci
+
+    amazon = [a.encode() for a in read_uci(data_dir / "uci_sentiment" / "amazon_cells_labelled.txt")[0]]
+    # byte-level tokens are the UTF-8 bytes: each text is a source sentence (cut at the context)
+    assert all(any(a.startswith(bytes(r[:-1])) for a in amazon) for r in stream.tasks[0].train.responses)
+    clinc = json.loads((data_dir / "clinc150" / "data_full.json").read_text())
+    queries = [q.encode() for q, _ in clinc["test"]]
+    assert all(any(q.startswith(bytes(r[:-1])) for q in queries) for r in stream.tasks[2].test.responses)

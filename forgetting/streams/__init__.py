@@ -67,6 +67,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", tuple(text.OPTIONS), True, "text"),
     "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", tuple(text.OPTIONS), True, "text"),
     "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", tuple(text.OPTIONS), True, "text"),
+    "lm-domains": Benchmark("forgetting.streams.text_local:build_lm_domains", tuple(text.OPTIONS), True, "text"),
     "text-file": Benchmark("forgetting.streams.files:build", (*text.OPTIONS, *files.OPTIONS), False, "text"),
     "five-datasets": Benchmark("forgetting.streams.hub:build", (*text.OPTIONS, *hub.OPTIONS), False, "text"),
     "trace": Benchmark("forgetting.streams.trace:build", (*text.OPTIONS, *trace.OPTIONS), True, "text"),
