@@ -162,3 +162,16 @@ def test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries(tmp_
     assert read_checked(run).n_tasks == 2  # the lm-eval task is measured, not learned: the run is complete
     curves = old_task_curves(rows)  # its curve runs from the end of the base task on, beside task 0's
     assert set(curves["eval_task"]) == {0, 2}
+
+
+def test_an_unknown_lm_eval_task_is_one_line_exit_2_nothing_written(tmp_path, capsys):
+    pytest.importorskip("lm_eval")
+    from forgetting.run import main
+
+    argv = ["--benchmark", "trace", "--data-dir", str(DATA / "trace"), "--trace-tasks", "FOMC", "--model", "gpt2",
+            "--max-seq-len", "256", "--lm-eval-tasks", "no_such_task_xyz", "--device", "cpu",
+            "--results-dir", str(tmp_path / "r"), "--quiet"]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "unknown task 'no_such_task_xyz'" in err[0], err
+    assert not (tmp_path / "r").exists()

@@ -104,14 +104,30 @@ class Harness:
             folders.insert(0, user)
         self.include_path = include_path
         self.local = local_tasks(folders)
+        self._manager = None
+        unknown = [n for n in self.names if n not in self.local]
+        if unknown:  # lm-eval's own (or tagged YAMLs of the include path): checked before anything is written
+            known = set(self.manager().all_tasks)
+            missing = [n for n in unknown if n not in known]
+            if missing:
+                raise BadInput(f"--lm-eval-tasks: unknown task {missing[0]!r}, allowed: lm-eval's tasks (e.g. hellaswag, "
+                               f"arc_easy, mmlu), {', '.join(sorted(self.local))} or a task YAML of "
+                               "--lm-eval-include-path")
+
+    def manager(self):
+        """lm-eval's task index with the include path (built once: it reads every task YAML lm-eval has)."""
+        from lm_eval.tasks import TaskManager
+
+        if self._manager is None:
+            self._manager = TaskManager(include_path=self.include_path or None)
+        return self._manager
 
     def _tasks_and_manager(self):
         from lm_eval.tasks import TaskManager
 
         if all(n in self.local for n in self.names):  # offline: lm-eval's own index is not read
             return [self.local[n] for n in self.names], TaskManager(include_path=str(BUNDLED), include_defaults=False)
-        manager = TaskManager(include_path=self.include_path or None)
-        return [self.local.get(n, n) for n in self.names], manager
+        return [self.local.get(n, n) for n in self.names], self.manager()
 
     def evaluate(self, model: nn.Module, tokenizer) -> dict[str, tuple[str, float, int]]:
         """task -> (metric, value, examples) of the model as it is (put back in its mode afterwards)."""
