@@ -154,3 +154,15 @@ def test_lm_domains_reads_reviews_news_and_requests_from_their_sources(data_dir)
     clinc = json.loads((data_dir / "clinc150" / "data_full.json").read_text())
     queries = [q.encode() for q, _ in clinc["test"]]
     assert all(any(q.startswith(bytes(r[:-1])) for q in queries) for r in stream.tasks[2].test.responses)
+
+
+def test_a_long_prompt_leaves_room_for_its_tasks_longest_choice():
+    opts = {"data_dir": str(DATA / "olora"), "olora_tasks": ["agnews"], "tokenizer": tokenizer_maker("gpt2"),
+            "max_seq_len": 48}
+    stream = build_stream("olora", "domain", opts)
+    data = stream.tasks[0].test
+    longest = max(len(c) for c in data.choices)  # ' Science or Technology' and its end-of-text token
+    assert longest > min(len(r) for r in data.responses)
+    # every choice is scored after every prompt: the begin token, the prompt's end and the longest choice fit
+    assert all(1 + len(p) + longest <= 48 for p in data.prompts)
+    assert all(len(p) == 48 - 1 - longest for p in data.prompts)  # the prompts were cut at their beginning

@@ -10,7 +10,7 @@
   each of its 15 intents; the official train and test splits (out-of-scope queries left out).
 - ``lm-domains``: three kinds of text that differ, for language models: reviews (uci-sentiment's
   amazon sentences, labels negative/positive), then news (ag-news articles, their four topics), then
-  assistant requests (clinc150's queries, their 150 intents), each as its source splits it.
+  assistant requests (clinc150's queries, labelled by their ten domains), each as its source splits it.
 """
 
 from __future__ import annotations
@@ -158,10 +158,10 @@ def build_lm_domains(scenario: str, options: dict):
     x, y = read_ag_csv(ag / "test.csv", len(topics))
     x_tr, y_tr, x_te, y_te = split_train_test("news", x, [topics[c - 1] for c in y])
     raw.append(RawTask("news", x_tr, y_tr, x_te, y_te, topics))
-    clinc = build_clinc_raw(options)
-    raw.append(RawTask("requests", [t for r in clinc for t in r.train_texts], [y for r in clinc for y in r.train_labels],
-                       [t for r in clinc for t in r.test_texts], [y for r in clinc for y in r.test_labels],
-                       [c for r in clinc for c in r.classes]))
+    clinc = build_clinc_raw(options)  # a request's label: its domain (10), so completion has few answers
+    raw.append(RawTask("requests", [t for r in clinc for t in r.train_texts], [r.name for r in clinc for _ in r.train_texts],
+                       [t for r in clinc for t in r.test_texts], [r.name for r in clinc for _ in r.test_texts],
+                       [r.name for r in clinc]))
     info = {"source": f"{uci}, {ag}, clinc150", "split": "reviews and news 80/20 stratified (seed 0); requests: "
             "clinc150's official split"}
     return text_stream("lm-domains", scenario, raw, options, info)

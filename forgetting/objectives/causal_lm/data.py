@@ -199,6 +199,8 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
                         raise BadInput(f"task {t.name!r}: {split} response {k} has {len(r)} tokens with its end-of-text "
                                        f"token, longer than the context (--max-seq-len {max_len} with one begin "
                                        f"token), allowed: responses of at most {max_len - 2} tokens")
+                    if choice_ids:  # every choice is scored after this prompt: the longest must fit too
+                        room = max(0, min(room, max_len - 1 - max(len(c) for c in choice_ids)))
                     prompts.append(p[len(p) - room :] if room < len(p) else p)
                 if choices_text is not None:
                     key = response_texts if pairs else labels
