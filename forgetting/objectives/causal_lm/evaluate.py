@@ -60,8 +60,7 @@ class LMEvaluator:
             from .harness import Harness
 
             self.harness = Harness(stream.info["lm_eval_tasks"], stream.info.get("lm_eval_limit", 0),
-                                   stream.info.get("lm_eval_include_path", ""), batch_size, longest)
-            self.harness.tokenizer = stream.tokenizer
+                                   stream.info.get("lm_eval_include_path", ""), batch_size, longest, stream.tokenizer)
         self.index: list[torch.Tensor] = []
         g = torch.Generator().manual_seed(SUBSET_SEED)
         for t in stream.tasks:

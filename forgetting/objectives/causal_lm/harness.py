@@ -88,11 +88,12 @@ class Harness:
     """lm-eval's tasks run on the live model; ``rows`` gives one metric row per task."""
 
     def __init__(self, tasks: list[str], limit: int = 0, include_path: str = "", batch_size: int = 32,
-                 max_length: int = 512):
+                 max_length: int = 512, tokenizer=None):
         from ...extras import require
 
         require("lm", "--lm-eval-tasks", ("lm_eval",))
         self.names = list(tasks)
+        self.tokenizer = tokenizer  # the stream's (the model's own); evaluate may be given another
         self.limit = limit or None
         self.batch_size = max(1, min(batch_size, 64))
         self.max_length = max_length
@@ -129,11 +130,12 @@ class Harness:
             return [self.local[n] for n in self.names], TaskManager(include_path=str(BUNDLED), include_defaults=False)
         return [self.local.get(n, n) for n in self.names], self.manager()
 
-    def evaluate(self, model: nn.Module, tokenizer) -> dict[str, tuple[str, float, int]]:
+    def evaluate(self, model: nn.Module, tokenizer=None) -> dict[str, tuple[str, float, int]]:
         """task -> (metric, value, examples) of the model as it is (put back in its mode afterwards)."""
         from lm_eval import simple_evaluate
         from lm_eval.models.huggingface import HFLM
 
+        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
         lm = getattr(model, "lm", model)
         was = lm.training
         lm.eval()
@@ -166,9 +168,9 @@ class Harness:
             results[name] = (key.split(",")[0], float(metrics[key]), int(n or 0))
         return results
 
-    def rows(self, model: nn.Module, first_index: int, tokenizer=None) -> list[dict]:
-        tokenizer = tokenizer if tokenizer is not None else self.tokenizer
+    def rows(self, model: nn.Module, first_index: int) -> list[dict]:
+        """One row per task: eval_task numbered from ``first_index``, accuracy the task's main metric."""
         nan = float("nan")
         return [{"eval_task": first_index + j, "eval_task_name": name, "accuracy": value, "loss": nan,
                  "kl_base": nan, "n_eval": n, "lm_eval_metric": metric}
-                for j, (name, (metric, value, n)) in enumerate(self.evaluate(model, tokenizer).items())]
+                for j, (name, (metric, value, n)) in enumerate(self.evaluate(model).items())]
