@@ -164,9 +164,15 @@ def test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries(tmp_
     assert set(curves["eval_task"]) == {0, 2}
 
 
-def test_an_unknown_lm_eval_task_is_one_line_exit_2_nothing_written(tmp_path, capsys):
+def test_an_unknown_lm_eval_task_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch):
     pytest.importorskip("lm_eval")
+    from types import SimpleNamespace
+
+    from forgetting.objectives.causal_lm.harness import Harness
     from forgetting.run import main
+
+    # lm-eval's own index of its ~15,000 task YAMLs takes seconds to build: a stand-in holding one name
+    monkeypatch.setattr(Harness, "manager", lambda self: SimpleNamespace(all_tasks=["hellaswag"]))
 
     argv = ["--benchmark", "trace", "--data-dir", str(DATA / "trace"), "--trace-tasks", "FOMC", "--model", "gpt2",
             "--max-seq-len", "256", "--lm-eval-tasks", "no_such_task_xyz", "--device", "cpu",
