@@ -159,18 +159,30 @@ def config_from_args(ns: argparse.Namespace) -> RunConfig:
     return registry.resolve(gather_from_args(ns))
 
 
-def format_report(rows, run_dir: Path) -> str:
+def format_report(rows, run_dir: Path, measures=None) -> str:
+    """The end-of-run report: the matrix of the run's headline measure after each task, then its summary.
+
+    ``measures``: the run's objective's ``report_measures`` (None: a classifier's, accuracy). For a causal LM
+    the matrix is the held-out NLL per token and the summary its rise and the answer accuracy."""
     from .metrics import accuracy_matrix, run_summary
 
-    A = accuracy_matrix(rows)
     s = run_summary(rows)
     names = rows.drop_duplicates("eval_task").sort_values("eval_task")["eval_task_name"].tolist()
-    lines = [f"results: {run_dir}", "", "accuracy (%) after each task (rows: trained task, columns: evaluated task):"]
     width = max(8, max(len(n) for n in names) + 1)
+    nll = measures is not None and any(m[0].endswith("_nll") for m in measures)
+    A = accuracy_matrix(rows, value="nll" if nll else "accuracy")
+    title = "held-out NLL per token (nats)" if nll else "accuracy (%)"
+    lines = [f"results: {run_dir}", "", f"{title} after each task (rows: trained task, columns: evaluated task):"]
     lines.append(" " * width + "".join(f"{k:>8}" for k in range(A.shape[1])))
     for t in range(A.shape[0]):
-        lines.append(f"{names[t]:<{width}}" + "".join(f"{100 * a:8.1f}" for a in A[t]))
+        lines.append(f"{names[t]:<{width}}" + "".join(f"{a:8.3f}" if nll else f"{100 * a:8.1f}" for a in A[t]))
     lines.append("")
+    if nll:
+        for column, heading, scale in measures:
+            value = s.get(column, float("nan"))
+            if not math.isnan(value):
+                lines.append(f"{heading}: {scale * value:.1f}%" if scale == 100 else f"{heading}: {value:.3f} nats")
+        return "\n".join(lines)
     fm = s.get("forgetting_max", float("nan"))
     lines.append(f"average accuracy over the {s['tasks_trained']} tasks seen: {100 * s['average_accuracy']:.1f}%")
     if not math.isnan(fm):
@@ -230,7 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if status == "skipped" and not ns.quiet:
         print(f"run {config.run_id} is already complete (use --force to run it again)")
     if not ns.quiet:
-        print(format_report(rows, run_dir))
+        measures = registry.objective_of(config.benchmark, config.model.name).report_measures
+        print(format_report(rows, run_dir, measures))
     return 0
 
 

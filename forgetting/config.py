@@ -117,10 +117,6 @@ class RunConfig:
     def stream_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.stream.values().items() if k != "scenario"}
 
-    def __getattr__(self, name: str) -> Any:  # loop options: config.epochs, config.lr, ...
-        if name in LOOP_DEFAULTS:
-            return self.__dict__.get("loop", {}).get(name, LOOP_DEFAULTS[name])
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     # --- serialisation and the run id ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +146,15 @@ class RunConfig:
         """A short hash of everything that changes the numbers (meaningful once resolved)."""
         blob = json.dumps(self.hashed_dict(), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _loop_property(option: Option) -> property:
+    name, default = option.name, option.default
+    return property(lambda self: self.loop.get(name, default), doc=f"loop option {name}: {option.help}")
+
+
+for _option in LOOP_OPTIONS:  # config.epochs, config.lr, ...: one read-only property per declared loop option
+    setattr(RunConfig, _option.name, _loop_property(_option))
 
 
 def flat_view(d: dict[str, Any]) -> dict[str, Any]:

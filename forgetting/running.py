@@ -13,6 +13,7 @@ from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_last_readable, s
 from .claim import check_free, claim
 from .config import RunConfig
 from .errors import BadInput, RunFailed, WriteFailed
+from .objectives import objective_for
 from .preparing import determinism_settings, prepare
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 
@@ -103,7 +104,9 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
             return run_dir, old_rows, "skipped"
     check_free(run_dir)  # another process runs it: say so before preparing (a stream can take minutes)
     device, stream, model, methods = prepare(config)  # checks everything before a file is written
-    extra = {"determinism": determinism_settings(device), "data": config.data_fingerprint, **ray_node()}
+    objective = objective_for(stream)  # what the reports show of this run is the objective's to say
+    extra = {"determinism": determinism_settings(device), "data": config.data_fingerprint, **ray_node(),
+             "objective": objective.name, "report_measures": [list(m) for m in objective.report_measures]}
     writer = RunWriter(config, str(device), extra_manifest=extra)
     trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
     trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))  # may refuse: BadInput

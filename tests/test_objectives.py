@@ -209,3 +209,31 @@ def test_a_method_needing_class_distributions_is_refused_on_a_causal_lm(tmp_path
         for name in [m for m in sys.modules if m.startswith("mypkg")]:
             del sys.modules[name]
         registry._registered["method"].pop("mypkg.sharpen", None)
+
+
+def test_the_quick_table_shows_each_objectives_own_columns(tmp_path):
+    """A causal LM's row shows answer accuracy and NLL (its objective's report_measures, from its manifest),
+    not token accuracy as 'avg acc'; a classifier's row (or one that predates the field) shows accuracy."""
+    import pandas as pd
+
+    from forgetting.objectives.causal_lm import CausalLM
+    from forgetting.report_summary import METRICS
+    from forgetting.sweep_table import console_table
+
+    lm = ";".join(f"{c}:{h}:{s:g}" for c, h, s in CausalLM.report_measures)
+    rows = []
+    for label, measures, acc, nll in (("kl λ=1", "", 0.9, float("nan")), ("naive", lm, 0.25, 2.5)):
+        row = {"benchmark": "b", "scenario": "domain", "label": label, "status": "complete", "n_seeds": 1,
+               "report_measures": measures}
+        for m, *_ in METRICS:
+            row.update({f"{m}_mean": float("nan"), f"{m}_ci95_lo": float("nan"), f"{m}_ci95_hi": float("nan"),
+                        f"{m}_ci95_cut": False})
+        row.update(average_accuracy_mean=acc, answer_accuracy_mean=0.5 if measures else float("nan"),
+                   old_task_nll_mean=nll, nll_forgetting_max_mean=0.125 if measures else float("nan"))
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
+    lines = console_table(tmp_path / "summary.csv").splitlines()
+    classifier_head, classifier, lm_head, lm_row = lines[2:6]
+    assert "avg acc" in classifier_head and " 90.0" in classifier
+    assert "answer acc" in lm_head and "old-task NLL" in lm_head and "avg acc" not in lm_head
+    assert lm_row.split()[-3:] == ["50.0", "2.500", "0.125"]

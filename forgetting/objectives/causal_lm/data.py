@@ -70,10 +70,6 @@ class LMStream(TextStream):
     objective: str = "causal-lm"
 
 
-def is_lm(stream) -> bool:
-    return getattr(stream, "objective", "classification") == "causal-lm"
-
-
 class LMData:
     """Token sequences ``<bos> prompt response`` of one split of one task; loss on the response.
 
