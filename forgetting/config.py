@@ -48,6 +48,9 @@ LOOP_OPTIONS = [
            "multiplies the rate by --lr-gamma", minimum=1, nargs="*"),
     Option("lr_gamma", float, 0.1, "factor of the step schedule", minimum=0.0, exclusive_minimum=True, maximum=1.0),
     Option("grad_clip", float, 0.0, "clip the gradients' total L2 norm to this before each step (0: off)", minimum=0.0),
+    Option("train_base", bool, True, "train the base model on the first task (off: the model as loaded, e.g. a "
+           "causal:/bert: checkpoint, is the base: 'after task 0' is its evaluation, never trained, and fine-tuning "
+           "starts at the stream's second task)", hashed_at_default=False),
     Option("amp", str, "off", "mixed precision of the loop: off, or bf16/fp16 autocast of the student's forward pass "
            "and task loss (CUDA only; penalties and teachers stay fp32)", choices=AMP),
     # how fine-tuning is driven (forgetting/onpolicy.py); with sft none of these is in the run id

@@ -17,6 +17,12 @@ read at the last epoch of task t. With T tasks trained:
 Causal-LM runs also have the NLL matrix N[t][k] (mean held-out NLL per token, ``value="nll"``):
 forgetting is the rise of an old task's NLL (``nll_forgetting_max``, ``nll_rise``).
 
+The continual-learning benchmarks for LLMs (TRACE, Wang et al. 2023; LLMCL) report two numbers of
+the same matrix R (their R[t][i] is our A[t][i]): OP, overall performance, the mean of the last
+row over the tasks learned, (1/T) sum over i of R[T-1][i] (``overall_performance``), and BWT,
+(1/(T-1)) sum over i < T-1 of R[T-1][i] - R[i][i] (``trace_bwt``, Lopez-Paz and Ranzato's
+backward transfer, the same number as ``backward_transfer``).
+
 Every function takes the rows of one run. Forgetting and BWT are positive/negative when
 accuracy dropped, in accuracy units (fractions, not percent).
 """
@@ -150,6 +156,18 @@ def backward_transfer(A: np.ndarray) -> float:
     return _mean(np.array([A[T - 1, k] - A[k, k] for k in range(T - 1)]))
 
 
+def overall_performance(A: np.ndarray) -> float:
+    """TRACE's OP: mean over the T tasks learned of A[T-1][k], the scores after the last task (extra columns,
+    such as tasks never trained or lm-eval's, are left out)."""
+    T = _check(A)
+    return _mean(np.asarray(A, dtype=float)[T - 1, :T]) if T else float("nan")
+
+
+def trace_bwt(A: np.ndarray) -> float:
+    """TRACE's BWT: mean over k < T-1 of A[T-1][k] - A[k][k] (Lopez-Paz & Ranzato's backward transfer)."""
+    return backward_transfer(A)
+
+
 def forward_transfer(A: np.ndarray, b: np.ndarray) -> float:
     """Mean over 1 <= k < T of A[k-1][k] - b_k (needs the evaluation of unseen tasks)."""
     T = _check(A)
@@ -204,19 +222,32 @@ def task_boundaries(rows: pd.DataFrame, tasks_completed: int | None = None) -> p
     return fin.groupby("trained_task")["global_step"].first().sort_index()
 
 
+def measured_only(rows: pd.DataFrame) -> pd.Series:
+    """The rows of tasks that are measured but never learned (lm-eval's tasks, evaluation-only tasks): their
+    eval_task numbers follow the stream's learned tasks."""
+    flag = pd.Series(False, index=rows.index)
+    if "lm_eval_metric" in rows:
+        flag |= rows["lm_eval_metric"].notna()
+    if "eval_only" in rows:
+        flag |= rows["eval_only"].fillna(0).astype(bool)
+    return flag
+
+
 def old_task_curves(rows: pd.DataFrame, tasks_completed: int | None = None) -> pd.DataFrame:
     """Accuracy of each task from the end of its own training on (its forgetting curve).
 
     Columns of the evaluation points plus ``finetune_step`` (global step minus the steps of the
-    base task). A task appears once a later task has been evaluated after it.
+    base task). A task appears once a later task has been evaluated after it; a task measured but never learned (lm-eval's,
+    evaluation-only) from the end of the base task on.
     """
     bounds = task_boundaries(rows, tasks_completed)
     if bounds.empty:
         return evaluation_points(rows).iloc[0:0].assign(finetune_step=[])
     ev = evaluation_points(rows)
-    start = ev["eval_task"].map(bounds)
+    measured = measured_only(ev)
+    start = ev["eval_task"].map(bounds).where(~measured, bounds.iloc[0])  # never learned: from the base task on
     out = ev[start.notna() & (ev["global_step"] >= start)].copy()
-    out = out[out.groupby("eval_task")["trained_task"].transform("max") > out["eval_task"]]
+    out = out[(out.groupby("eval_task")["trained_task"].transform("max") > out["eval_task"]) | measured_only(out)]
     out["finetune_step"] = out["global_step"] - int(bounds.iloc[0])
     return out.reset_index(drop=True)
 
@@ -247,6 +278,7 @@ def run_summary(rows: pd.DataFrame, tasks_completed: int | None = None) -> dict[
         "forgetting_max": average_forgetting_max(A),
         "forgetting_first": average_forgetting_first(A),
         "bwt": backward_transfer(A),
+        "op": overall_performance(A),
         "fwt": forward_transfer(A, b) if len(b) == A.shape[1] else float("nan"),
         "new_task_accuracy": float(A[T - 1, T - 1]),
         "old_task_accuracy": float(A[T - 1, : T - 1].mean()) if T > 1 else float("nan"),

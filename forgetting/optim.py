@@ -27,7 +27,7 @@ from .config import AMP, OPTIMIZERS, SCHEDULES  # noqa: F401  (the options are c
 from .errors import BadInput
 
 
-OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"))
+OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"), ("train_base", True))
 
 
 def check(loop: dict, runner: str = "forgetting") -> None:

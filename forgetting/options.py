@@ -27,6 +27,12 @@ class Option:
     maximum: float | None = None
     nargs: str | None = None  # "+" for a list of values
     hashed: bool = True  # False for execution settings (paths, caches, downloads) that never change the numbers
+    # False for an option added after runs were recorded: at its default it is kept as a setting (not hashed),
+    # so the runs that never set it keep their ids; any other value is hashed as usual
+    hashed_at_default: bool = True
+
+    def is_hashed(self, value: Any) -> bool:
+        return self.hashed and (self.hashed_at_default or value != self.default)
 
     @property
     def flag(self) -> str:

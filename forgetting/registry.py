@@ -451,8 +451,8 @@ def _check_section(kind: str, name: str, options: list[Option], values: dict[str
             allowed = ", ".join(o.flag for o in options if o.name != "scenario") or "none"
             raise BadInput(f"{flag} does not apply to {label} {name!r} (its options: {allowed})")
     checked = {o.name: o.check(values.get(o.name, o.default)) for o in options}
-    return Component(name, {k: v for k, v in checked.items() if known[k].hashed},
-                     {k: v for k, v in checked.items() if not known[k].hashed})
+    return Component(name, {k: v for k, v in checked.items() if known[k].is_hashed(v)},
+                     {k: v for k, v in checked.items() if not known[k].is_hashed(v)})
 
 
 def resolve(config: RunConfig) -> RunConfig:

@@ -186,7 +186,9 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     """
     names = task_names(runs)
     n_old = max(r.n_tasks for r in runs) - 1
-    panels = [k for k in (range(n_old) if look.tasks is None else look.tasks) if k < n_old]
+    measured = list(range(n_old + 1, len(names)))  # lm-eval's and evaluation-only tasks: never learned
+    panels = [k for k in (list(range(n_old)) + measured if look.tasks is None else look.tasks)
+              if k < n_old or k in measured]
     if not panels:
         return []
     pct = value == "accuracy"
@@ -302,7 +304,8 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     """A[t][k] in % per experiment, mean over complete seeds: a square panel each, two (column width) or
     four (page width) to a row, numbers written in the cells where they fit."""
     names = task_names(runs)
-    K = len(names)
+    K = len(names)  # columns: every task evaluated (lm-eval's and evaluation-only tasks after the learned ones)
+    T = max(r.n_tasks for r in runs) or K  # rows: the tasks learned
     label_of = dict(zip(table["run_id"], table["label"]))
     groups: dict[str, list[Run]] = {}
     for r in runs:
@@ -337,14 +340,14 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         mats = []
         for r in use:
             A = accuracy_matrix(r.rows, r.tasks_completed)
-            M = np.full((K, K), np.nan)
-            M[: A.shape[0], : A.shape[1]] = A
+            M = np.full((T, K), np.nan)
+            M[: A.shape[0], : A.shape[1]] = A[:T]
             mats.append(M)
         with warnings.catch_warnings():  # a cell no run reached stays NaN (blank)
             warnings.simplefilter("ignore", RuntimeWarning)
-            M = np.nanmean(np.stack(mats), axis=0) if mats else np.full((K, K), np.nan)
+            M = np.nanmean(np.stack(mats), axis=0) if mats else np.full((T, K), np.nan)
         sns.heatmap(100 * M, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=annotate, fmt=".0f", cbar=False,
-                    mask=np.isnan(M), xticklabels=list(range(K)), yticklabels=list(range(K)), square=True,
+                    mask=np.isnan(M), xticklabels=list(range(K)), yticklabels=list(range(T)), square=True,
                     annot_kws={"fontsize": points("legend.fontsize")})
         ax.set_title(panel_titles[label])
         ax.set(xlabel="", ylabel="")

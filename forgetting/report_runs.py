@@ -15,6 +15,7 @@ import pandas as pd
 
 from .config import LOOP_OPTIONS, PG_OPTIONS, flat_view
 from .errors import BadInput
+from .metrics import measured_only
 from .results import CONFIG, MANIFEST, METRICS, find_runs, read_metrics_csv
 
 KNOWN_SCHEMA_VERSIONS = (1, 2)  # 2: config.json in sections (stream, model, method, loop)
@@ -39,7 +40,7 @@ class Run:
     n_tasks: int = field(init=False)
 
     def __post_init__(self):
-        self.n_tasks = int(self.rows["eval_task"].nunique()) if len(self.rows) else 0
+        self.n_tasks = int(self.rows.loc[~measured_only(self.rows), "eval_task"].nunique()) if len(self.rows) else 0
 
     @property
     def run_id(self) -> str:

@@ -54,6 +54,14 @@ METRIC_COLUMNS = [
     "answer_accuracy",  # completion tasks with choices: the highest-likelihood choice is the answer
     "exact_match",    # completion tasks: greedy decoding gives the whole response
     "n_tokens",       # number of test tokens that carry loss
+    # causal LMs with --max-new-tokens: greedy generations scored as the benchmarks score them
+    "gen_exact_match",  # generation equals the reference (stripped)
+    "rouge_l",        # mean ROUGE-L F-measure (rouge-score)
+    "bleu",           # corpus BLEU / 100 (sacrebleu)
+    "gen_score",      # the task's own score of the benchmark (ROUGE-L or exact match); also the row's accuracy
+    "gen_tokens_per_s",  # generated tokens per second (timing: differs between identical runs)
+    "lm_eval_metric",  # rows of an lm-evaluation-harness task (--lm-eval-tasks): the metric in accuracy, e.g. acc
+    "eval_only",      # 1 on the rows of an evaluation-only task (measured at every evaluation, never trained)
 ]
 # The columns that hold names: read as text, whatever they look like (a run id such as 8043322e4503
 # is a number to a type-guessing reader, and comes back as inf).

@@ -178,7 +178,7 @@ def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, r
             clear_checkpoints(run_dir)
         writer.open()
         trainer.fit(start_task=0 if last is None else last + 1)
-        missing = writer.missing_tasks(len(stream), config.epochs)
+        missing = writer.missing_tasks(stream.n_learned, config.epochs)
         if missing:
             raise RunFailed(f"the rows of tasks {missing} are missing at the end of the run", tasks=missing)
     except RunFailed as e:

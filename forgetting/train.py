@@ -66,7 +66,7 @@ class Trainer:
     def fit(self, start_task: int = 0) -> None:
         if start_task == 0:
             self.record("init", -1, 0, float("nan"))
-        for t in range(start_task, len(self.stream)):
+        for t in range(start_task, self.stream.n_learned):  # evaluation-only tasks: measured, never trained
             self.train_task(t)
 
     def new_optimizer(self) -> torch.optim.Optimizer:
@@ -74,6 +74,8 @@ class Trainer:
         return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
 
     def train_task(self, t: int) -> None:
+        if t == 0 and not self.config.train_base:
+            return self.keep_base()
         self.current_task = t
         self.optimizer = self.new_optimizer()
         self.scheduler = optim.build_scheduler(self.optimizer, self.config)
@@ -107,6 +109,20 @@ class Trainer:
         self.snapshot_boundary(t)
         if self.recorder is not None:
             self.recorder.task_done(self, t)
+
+    def keep_base(self) -> None:
+        """``--no-train-base``: the model as loaded is the base. Task 0's boundary without a step: the methods'
+        hooks (a replay buffer, EWC's Fisher on task 0), its evaluation as "after task 0" (at the last epoch, so
+        every reader finds it), the references and the checkpoint."""
+        self.current_task = 0
+        for m in self.methods:
+            m.before_task(self, 0)
+        self.record("epoch", 0, self.config.epochs, float("nan"))
+        for m in self.methods:
+            m.after_task(self, 0)
+        self.snapshot_boundary(0)
+        if self.recorder is not None:
+            self.recorder.task_done(self, 0)
 
     def snapshot_boundary(self, t: int) -> None:
         """The references at the end of task ``t``: ``previous_model`` (and after task 0 ``base_model``).
@@ -187,12 +203,18 @@ class Trainer:
         if not self.world.main:  # rank 0 evaluates the whole test sets (the model is the same on every rank)
             return []
         rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
+        boundary = phase == "init" or (phase == "epoch" and epoch == self.config.epochs)
+        if boundary and hasattr(self.evaluator, "boundary_rows"):  # e.g. lm-eval's tasks (causal LMs)
+            rows = rows + self.evaluator.boundary_rows(self.model)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,
             "trained_task": t, "epoch": epoch, "global_step": self.global_step, "train_loss": train_loss,
         }
         rows = [{**ctx, **r} for r in rows]
+        for r in rows:
+            if self.stream.n_learned <= r["eval_task"] < len(self.stream):
+                r["eval_only"] = 1
         if self.recorder is not None:
             for r in rows:
                 r["wall_time"] = self.recorder.elapsed()

@@ -27,6 +27,8 @@ README = {
 SUITES = {
     "default.toml": (310, "761779573bd49aa5"),
     "lm_study.toml": (18, "7b74afe9c40ae44c"),
+    "lm_domains_study.toml": (18, "aa0c12ea376033ca"),  # added by issue #25 (its ids as first computed)
+    "lm_completion_study.toml": (9, "f5d45bfbf36d8754"),  # added by issue #25
     "quick.toml": (53, "d41a1b980f4f5547"),
     "rl_razor.toml": (21, "75bae32d4e97ece1"),  # new with issue #24 (pg runs hash the pg options), ids as first written
     "split_cifar100_facil.toml": (18, "a21e90a369304572"),

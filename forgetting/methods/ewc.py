@@ -50,7 +50,7 @@ class Method(Base):
         self.consolidated: list[tuple[Params, Params]] = []  # (Fisher, anchor) of each penalty term
 
     def after_task(self, trainer, task) -> None:
-        if task == len(trainer.stream) - 1:  # no task follows: nothing will be penalised
+        if task == getattr(trainer.stream, "n_learned", len(trainer.stream)) - 1:  # no task follows: nothing will be penalised
             return
         fisher = diagonal_fisher(trainer.model, trainer.stream.tasks[task].train, task, trainer.objective,
                                  self.hparams["ewc_fisher"], trainer.device)

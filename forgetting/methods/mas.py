@@ -46,7 +46,7 @@ class Method(Base):
         self.anchor: Params | None = None
 
     def after_task(self, trainer, task) -> None:
-        if task == len(trainer.stream) - 1:  # no task follows: nothing will be penalised
+        if task == getattr(trainer.stream, "n_learned", len(trainer.stream)) - 1:  # no task follows: nothing will be penalised
             return
         new = output_sensitivity(trainer.model, trainer.stream.tasks[task].train, task, trainer.layout, trainer.device)
         self.omega = new if self.omega is None else {n: self.omega[n] + new[n] for n in new}

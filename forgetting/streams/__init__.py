@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from ..errors import BadInput
 from ..options import Option
-from . import files, hub, text
+from . import files, hub, olora, text, trace
 from .parity import OPTIONS as PARITY_OPTIONS
 from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
@@ -69,8 +69,11 @@ BENCHMARKS: dict[str, Benchmark] = {
     "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", tuple(text.OPTIONS), True, "text"),
     "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", tuple(text.OPTIONS), True, "text"),
     "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", tuple(text.OPTIONS), True, "text"),
+    "lm-domains": Benchmark("forgetting.streams.text_local:build_lm_domains", tuple(text.OPTIONS), True, "text"),
     "text-file": Benchmark("forgetting.streams.files:build", (*text.OPTIONS, *files.OPTIONS), False, "text"),
     "five-datasets": Benchmark("forgetting.streams.hub:build", (*text.OPTIONS, *hub.OPTIONS), False, "text"),
+    "trace": Benchmark("forgetting.streams.trace:build", (*text.OPTIONS, *trace.OPTIONS), True, "text"),
+    "olora": Benchmark("forgetting.streams.olora:build", (*text.OPTIONS, *olora.OPTIONS), True, "text"),
 }
 
 

@@ -195,9 +195,15 @@ class TaskStream:
     deterministic_inputs: bool = True
     info: dict[str, Any] = field(default_factory=dict)
     objective: str = "classification"  # what a model of it predicts (forgetting.objectives names them)
+    eval_only: int = 0  # the last this many tasks are measured at every evaluation but never trained
 
     def __len__(self) -> int:
         return len(self.tasks)
+
+    @property
+    def n_learned(self) -> int:
+        """The tasks the loop trains, in order (the evaluation-only tasks come after them)."""
+        return len(self.tasks) - self.eval_only
 
     def __iter__(self) -> Iterator[Task]:
         return iter(self.tasks)

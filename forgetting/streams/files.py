@@ -38,6 +38,9 @@ OPTIONS = [
            "taken on (empty: labelled texts)"),
     Option("text_tasks", str, [], "text-file stream: the tasks to learn, in order (none: all, in order of "
            "first appearance)", nargs="*"),
+    Option("eval_only_tasks", str, [], "text-file stream, causal LMs with prompt/response rows: tasks measured at "
+           "every evaluation but never trained (all their rows are test rows; e.g. what the base could already do)",
+           nargs="*", hashed_at_default=False),
 ]
 
 LOADERS = {".csv": ("csv", {}), ".tsv": ("csv", {"sep": "\t"}), ".jsonl": ("json", {}), ".json": ("json", {}),
@@ -265,6 +268,9 @@ def build(scenario: str, options: dict):
                        ".json or .parquet file with text, label and task columns")
     if options.get("prompt_column") or options.get("response_column"):
         return build_pairs(scenario, options)
+    if options.get("eval_only_tasks"):
+        raise BadInput("--eval-only-tasks: applies to prompt/response rows (--prompt-column, --response-column) of a "
+                       "causal LM")
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows, train_texts = read_rows(path, "--text-file", options)
     test_rows, test_texts = read_rows(test_path, "--text-test-file", options) if test_path else (None, None)
@@ -309,10 +315,11 @@ def build(scenario: str, options: dict):
     return text_stream("text-file", scenario, raw, options, info)
 
 
-def chosen_tasks(train_rows: list[tuple], options: dict, path: str) -> list:
-    """The tasks to learn, in order: ``--text-tasks``, checked against the tasks the rows hold, or all of them."""
+def chosen_tasks(train_rows: list[tuple], options: dict, path: str, held_out: list | None = None) -> list:
+    """The tasks to learn, in order: ``--text-tasks``, checked against the tasks the rows hold, or all of them
+    but the ``held_out`` (evaluation-only) ones."""
     order = list(dict.fromkeys(t for t, _, _ in train_rows))
-    chosen = list(options.get("text_tasks") or order)
+    chosen = list(options.get("text_tasks") or [t for t in order if t not in (held_out or [])])
     for task in chosen:
         if task not in order:
             raise BadInput(f"--text-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(order)}")
@@ -332,7 +339,17 @@ def build_pairs(scenario: str, options: dict):
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows = read_pairs(path, "--text-file", options)
     test_rows = read_pairs(test_path, "--text-test-file", options) if test_path else None
-    chosen = chosen_tasks(train_rows, options, path)
+    held_out = [n.strip() for v in options.get("eval_only_tasks") or [] for n in str(v).split(",") if n.strip()]
+    chosen = chosen_tasks(train_rows, options, path, held_out)
+    every = list(dict.fromkeys(t for t, _, _ in train_rows + (test_rows or [])))
+    for task in held_out:
+        if task in chosen:
+            raise BadInput(f"--eval-only-tasks: {task!r} is also a task to learn (--text-tasks), allowed: a task "
+                           "that is measured only")
+        if task not in every:
+            raise BadInput(f"--eval-only-tasks: task {task!r} has no rows in {path!r}, allowed: {', '.join(every)}")
+    if len(set(held_out)) != len(held_out):
+        raise BadInput(f"--eval-only-tasks: a task is listed twice in {held_out}")
     raw = []
     for task in chosen:
         x = [p for t, p, _ in train_rows if t == task]
@@ -347,6 +364,10 @@ def build_pairs(scenario: str, options: dict):
                 raise BadInput(f"--text-test-file: task {task!r} has no rows in {test_path!r}: every task needs "
                                "test examples")
         raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, sorted(set(y_tr) | set(y_te))))
+    for task in held_out:  # measured, never trained: every row of the task is a test row
+        rows = [(p, r) for t, p, r in train_rows + (test_rows or []) if t == task]
+        raw.append(RawTask(task, [], [], [p for p, _ in rows], [r for _, r in rows], sorted({r for _, r in rows}),
+                           eval_only=True))
     info = {"source": str(Path(path).expanduser().resolve()), "lm_pairs": True,
             "split": f"test file {test_path}" if test_path else "each task split 80/20 (stratified where possible), seed 0"}
     return text_stream("text-file", scenario, raw, options, info)

@@ -70,6 +70,7 @@ class RawTask:
     test_texts: list[str]
     test_labels: list[Any]
     classes: list[Any]
+    eval_only: bool = False  # measured, never trained: no training examples (it comes after the learned tasks)
 
 
 @dataclass
@@ -239,7 +240,7 @@ def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, inf
         t.train_texts, t.train_labels = sample(t.train_texts, t.train_labels, opts["text_train_per_task"])
         t.test_texts, t.test_labels = sample(t.test_texts, t.test_labels, opts["text_test_per_task"])
         for split, texts in (("training", t.train_texts), ("test", t.test_texts)):
-            if not texts:
+            if not texts and not (split == "training" and t.eval_only):
                 raise BadInput(f"task {t.name!r} of {name} has no {split} examples")
     if encodes_own_tasks(opts):  # a causal LM's maker: language-modelling tasks (objectives/causal_lm/data.py)
         return make_tokenizer.encode(name, scenario, raw, opts, info)

@@ -8,6 +8,9 @@
   beside it, that is the training set and ``test.csv`` the test set.
 - ``clinc150`` (Larson et al. 2019): ten tasks, one per domain of ``domains.json`` in its order,
   each of its 15 intents; the official train and test splits (out-of-scope queries left out).
+- ``lm-domains``: three kinds of text that differ, for language models: reviews (uci-sentiment's
+  amazon sentences, labels negative/positive), then news (ag-news articles, their four topics), then
+  assistant requests (clinc150's queries, labelled by their ten domains), each as its source splits it.
 """
 
 from __future__ import annotations
@@ -115,6 +118,13 @@ def build_ag_news(scenario: str, options: dict):
 
 def build_clinc(scenario: str, options: dict):
     folder = data_folder(options, "clinc150", ["data_full.json", "domains.json"], "clinc150")
+    return text_stream("clinc150", scenario, build_clinc_raw(options), options,
+                       {"source": str(folder), "split": "official train/test, out-of-scope left out"})
+
+
+def build_clinc_raw(options: dict) -> list[RawTask]:
+    """CLINC150's domains as raw tasks (official splits, out-of-scope left out)."""
+    folder = data_folder(options, "clinc150", ["data_full.json", "domains.json"], "clinc150")
     try:
         data = json.loads(read_text(folder / "data_full.json"))
         domains = json.loads(read_text(folder / "domains.json"))
@@ -133,15 +143,41 @@ def build_clinc(scenario: str, options: dict):
                                "classes of domains.json")
             rows[domain_of[intent]][split][0].append(text)
             rows[domain_of[intent]][split][1].append(intent)
-    raw = [RawTask(d, *rows[d]["train"], *rows[d]["test"], list(intents)) for d, intents in domains.items()]
-    return text_stream("clinc150", scenario, raw, options,
-                       {"source": str(folder), "split": "official train/test, out-of-scope left out"})
+    return [RawTask(d, *rows[d]["train"], *rows[d]["test"], list(intents)) for d, intents in domains.items()]
+
+
+def build_lm_domains(scenario: str, options: dict):
+    """Reviews, then news, then requests: one task per source (the sources' own readers and splits)."""
+    uci = data_folder(options, "uci_sentiment", [f for _, f in UCI_DOMAINS], "lm-domains")
+    texts, labels = read_uci(uci / UCI_DOMAINS[0][1])
+    names = {0: "negative", 1: "positive"}
+    x_tr, y_tr, x_te, y_te = split_train_test("reviews", texts, [names[y] for y in labels])
+    raw = [RawTask("reviews", x_tr, y_tr, x_te, y_te, ["negative", "positive"])]
+    ag = data_folder(options, "ag_news", ["test.csv", "classes.txt"], "lm-domains")
+    topics = [c.strip() for c in read_text(ag / "classes.txt").splitlines() if c.strip()]
+    x, y = read_ag_csv(ag / "test.csv", len(topics))
+    x_tr, y_tr, x_te, y_te = split_train_test("news", x, [topics[c - 1] for c in y])
+    raw.append(RawTask("news", x_tr, y_tr, x_te, y_te, topics))
+    clinc = build_clinc_raw(options)  # a request's label: its domain (10), so completion has few answers
+    raw.append(RawTask("requests", [t for r in clinc for t in r.train_texts], [r.name for r in clinc for _ in r.train_texts],
+                       [t for r in clinc for t in r.test_texts], [r.name for r in clinc for _ in r.test_texts],
+                       [r.name for r in clinc]))
+    info = {"source": f"{uci}, {ag}, clinc150", "split": "reviews and news 80/20 stratified (seed 0); requests: "
+            "clinc150's official split"}
+    return text_stream("lm-domains", scenario, raw, options, info)
 
 
 # The files each stream reads, for the run id (``streams.data_fingerprint``: a builder's own first).
 _FILES = {build_uci: ("uci_sentiment", [f for _, f in UCI_DOMAINS]),
           build_ag_news: ("ag_news", ["test.csv", "classes.txt", "train.csv"]),
           build_clinc: ("clinc150", ["data_full.json", "domains.json"])}
+
+
+def _lm_domains_fingerprint(options: dict) -> dict:
+    out = {}
+    for build in (build_uci, build_ag_news, build_clinc):
+        out.update(build.data_fingerprint(options))
+    return out
 
 
 def _fingerprint(folder: str, files: list[str]):
@@ -156,3 +192,4 @@ def _fingerprint(folder: str, files: list[str]):
 
 for _build, (_folder, _files) in _FILES.items():
     _build.data_fingerprint = _fingerprint(_folder, _files)
+build_lm_domains.data_fingerprint = _lm_domains_fingerprint

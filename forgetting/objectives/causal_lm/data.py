@@ -48,6 +48,17 @@ OPTIONS = [
            "text (empty: the source's own, e.g. 'Review: {text}\\nSentiment:', else 'Input: {text}\\nOutput:')"),
     Option("lm_max_choices", int, 16, "causal LMs, completion from a prompt/response file: score answer accuracy "
            "over a task's distinct responses when it has at most this many (0: never)", minimum=0),
+    # measures added later: at their defaults they leave the run ids of earlier runs unchanged
+    Option("max_new_tokens", int, 0, "causal LMs, completion tasks: also generate each answer greedily (generate, "
+           "KV cache) up to this many tokens and score it as the benchmark does: exact match, ROUGE-L, BLEU "
+           "(0: no generation; --eval-subset bounds the examples)", minimum=0, hashed_at_default=False),
+    Option("lm_eval_tasks", str, [], "causal LMs: lm-evaluation-harness tasks scored on the live model at the start "
+           "and at the end of every task, one row each (e.g. forgetting_general_mc, offline; hellaswag arc_easy "
+           "mmlu with a network; a comma-separated list works too)", nargs="*", hashed_at_default=False),
+    Option("lm_eval_limit", int, 0, "causal LMs: examples per lm-eval task (0: all)", minimum=0,
+           hashed_at_default=False),
+    Option("lm_eval_include_path", str, "", "causal LMs: a folder of your own lm-eval task YAMLs (relative "
+           "data_files are read beside each YAML)", hashed=False),
 ]
 
 
@@ -140,6 +151,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
     if scenario != "domain":
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")
     pairs = bool(info.pop("lm_pairs", False))
+    fixed_choices = bool(info.pop("lm_choices_are_classes", False))  # olora: labels.json, not the labels seen
     unlabelled = bool(info.pop("lm_unlabelled", False))
     form = options.get("lm_task", "auto")
     if form == "auto":
@@ -161,7 +173,7 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         if form == "completion" and not pairs:
             choices_text = [" " + label_name(c, names) for c in t.classes]
         elif form == "completion" and pairs:
-            distinct = sorted(set(t.train_labels) | set(t.test_labels))
+            distinct = list(t.classes) if fixed_choices else sorted(set(t.train_labels) | set(t.test_labels))
             if 0 < len(distinct) <= options.get("lm_max_choices", 16):
                 choices_text = [str(r) for r in distinct]
         choice_ids = [ids + [eos] for ids in _encode(tokenizer, choices_text)] if choices_text else None
@@ -183,6 +195,8 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
                         raise BadInput(f"task {t.name!r}: {split} response {k} has {len(r)} tokens with its end-of-text "
                                        f"token, longer than the context (--max-seq-len {max_len} with one begin "
                                        f"token), allowed: responses of at most {max_len - 2} tokens")
+                    if choice_ids:  # every choice is scored after this prompt: the longest must fit too
+                        room = max(0, min(room, max_len - 1 - max(len(c) for c in choice_ids)))
                     prompts.append(p[len(p) - room :] if room < len(p) else p)
                 if choices_text is not None:
                     key = response_texts if pairs else labels
@@ -196,6 +210,15 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
         tasks.append(Task(i, f"{name}[{t.name}]", train, test.by_length(), classes, []))
     layout = HeadLayout("domain", [[] for _ in raw], len(tokenizer))
     info.update(max_seq_len=max_len, tokenizer_source=source, lm_task=form)
+    if options.get("max_new_tokens"):
+        info["max_new_tokens"] = int(options["max_new_tokens"])
+    lm_eval_tasks = [n.strip() for v in options.get("lm_eval_tasks") or [] for n in str(v).split(",") if n.strip()]
+    if lm_eval_tasks:
+        info.update(lm_eval_tasks=lm_eval_tasks, lm_eval_limit=int(options.get("lm_eval_limit") or 0),
+                    lm_eval_include_path=options.get("lm_eval_include_path") or "")
     if form == "completion" and not pairs:
         info["lm_prompt"] = template
-    return LMStream(name, scenario, tasks, layout, "text", (), info=info, tokenizer=tokenizer)
+    eval_only = sum(t.eval_only for t in raw)
+    if any(t.eval_only for t in raw[: len(raw) - eval_only]):
+        raise ValueError("evaluation-only tasks must come after the learned ones")
+    return LMStream(name, scenario, tasks, layout, "text", (), info=info, tokenizer=tokenizer, eval_only=eval_only)

@@ -17,6 +17,15 @@ response of a ``completion``):
 
 ``accuracy`` is the answer accuracy where a task has choices and the token accuracy otherwise,
 so the accuracy matrix, forgetting and transfer of ``metrics`` apply to LM runs unchanged.
+
+With ``--max-new-tokens N`` (completion tasks), the answers are also generated greedily
+(``generate.greedy``, the model's ``generate`` with its KV cache) and scored as the benchmarks
+score them (``scores``): ``gen_exact_match``, ``rouge_l``, ``bleu``, and ``gen_score``, the task's
+own score (TRACE's ROUGE-L for MeetingBank, exact match elsewhere), which is then the row's
+``accuracy``, so OP and BWT are TRACE's. ``gen_tokens_per_s`` is the generation's speed (timing).
+
+With ``--lm-eval-tasks``, ``boundary_rows`` gives lm-evaluation-harness's scores of the live
+model (``harness``): the loop adds them at the untrained model and at the end of every task.
 """
 
 from __future__ import annotations
@@ -29,6 +38,8 @@ from torch import nn
 from ...evaluate import SUBSET_SEED
 from ...penalty import token_kl_sum
 from ...streams.base import TaskStream
+from . import scores
+from .generate import greedy
 from .tokens import IGNORE, loss_mask, shifted
 
 # Logits floats per evaluation batch (64 MiB): bounds the batch size for long texts or large vocabularies.
@@ -43,6 +54,13 @@ class LMEvaluator:
         self.device = device
         longest = stream.info.get("max_seq_len", 512)
         self.batch_size = max(1, min(batch_size, EVAL_FLOATS // (longest * stream.layout.n_outputs)))
+        self.max_new_tokens = int(stream.info.get("max_new_tokens", 0) or 0)
+        self.harness = None
+        if stream.info.get("lm_eval_tasks"):
+            from .harness import Harness
+
+            self.harness = Harness(stream.info["lm_eval_tasks"], stream.info.get("lm_eval_limit", 0),
+                                   stream.info.get("lm_eval_include_path", ""), batch_size, longest, stream.tokenizer)
         self.index: list[torch.Tensor] = []
         g = torch.Generator().manual_seed(SUBSET_SEED)
         for t in stream.tasks:
@@ -115,7 +133,32 @@ class LMEvaluator:
             "answer_accuracy": answer,
             "exact_match": sums["exact"] / max(n, 1) if completion else float("nan"),
             "n_tokens": sums["tokens"],
+            **(self.generated(model, task) if completion and self.max_new_tokens > 0 else {}),
         }
+
+    def generated(self, model: nn.Module, task: int) -> dict:
+        """The benchmark's scores of greedy generations on the task's evaluated examples (``accuracy`` = its own)."""
+        data = self.stream.tasks[task].test
+        rows = self.index[task]
+        out, seconds = greedy(model, data, rows, self.max_new_tokens, max(1, min(self.batch_size, 64)), self.device)
+        decode = data.tokenizer.decode
+        predictions = [decode(ids) for ids in out]
+        references = [decode(data.responses[i][:-1]) for i in rows.tolist()]
+        measured = {"gen_exact_match": scores.exact_match(predictions, references),
+                    "rouge_l": scores.rouge_l(predictions, references), "bleu": scores.bleu(predictions, references)}
+        name = self.stream.tasks[task].name
+        own = scores.main_score(self.stream.info.get("scoring"), name[name.find("[") + 1 : -1] if "[" in name else name)
+        gen_score = measured["gen_exact_match" if own == "exact_match" else own]
+        n_tokens = sum(len(ids) for ids in out)
+        return {**measured, "gen_score": gen_score, "accuracy": gen_score,
+                "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else float("nan")}
+
+    def boundary_rows(self, model: nn.Module) -> list[dict]:
+        """lm-evaluation-harness's rows of the live model (none without ``--lm-eval-tasks``): eval_task numbers
+        after the stream's tasks, eval_task_name the lm-eval task, accuracy its main metric."""
+        if self.harness is None:
+            return []
+        return self.harness.rows(model, first_index=len(self.stream))
 
     def evaluate(self, model: nn.Module, base_model: nn.Module | None = None,
                  trained_task: int | None = None) -> list[dict]:
