@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .report_look import DEFAULT_STYLE, DEFAULT_WIDTH, FORMATS, STYLES, WIDTHS, Look, check_style, choose_labels, \
     choose_tasks
 from .results import atomic_write_text
@@ -112,7 +112,7 @@ def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m forgetting.plot",
+    p = OneLineParser(prog=command_name("plot"),
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "
                             "seeds) from run directories; each figure as PDF, SVG and 300-dpi PNG, sized for a "

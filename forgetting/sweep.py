@@ -20,16 +20,17 @@ from typing import Callable, Sequence
 
 from . import registry
 from .config import DEVICES, RunConfig
-from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
 from .options import Option
 from .results import MANIFEST, atomic_write_json, now
 from .run import build_stream_for, ensure_writable
 from .streams import default_data_dir
 from .suite import load_suite
+from .sweep_grid import grid_configs, split_run_args
 from .sweep_table import console_table
 
-PROG = "python -m forgetting.sweep"
+PROG = command_name("sweep")  # what the messages call this command: forgetting-sweep or python -m forgetting.sweep
 SWEEP_LOG = "sweep.json"
 CONFIRM_ABOVE = 1000  # a sweep of more runs than this starts only with --yes: a typo in a grid can mean days
 
@@ -74,13 +75,21 @@ def probe_data(config: RunConfig) -> str | None:
 
 
 def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, device: str,
-         note: Callable[[str], None] = print) -> list[Planned]:
-    """Every run of the suites, in order, once each (same run id: first listing wins).
+         note: Callable[[str], None] = print, grid: dict | None = None) -> list[Planned]:
+    """Every run of the suites (or of the command-line ``grid``), in order, once each (same run id: first
+    listing wins).
 
     Raises BadInput for a malformed suite or for data that a non-skippable experiment lacks.
     """
     suites = [load_suite(p) for p in suite_paths]  # all files checked before any data is read
     planned: dict[str, Planned] = {}
+    if grid is not None:  # a one-off grid from the command line (forgetting.sweep_grid)
+        configs = grid_configs(grid["axes"], grid["seeds"], grid["run_args"], results_dir=results_dir,
+                               data_dir=data_dir, device=device)
+        problem = probe_data(configs[0])
+        if problem is not None:
+            raise BadInput(f"the runs after --: {problem}")
+        return [Planned(c, run_state(c, c.run_id), c.run_id) for c in {c.run_id: c for c in configs}.values()]
     probed: dict[str, str | None] = {}
     for suite in suites:
         for exp in suite.experiments:
@@ -122,7 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     p.add_argument("--version", action="version", version=f"forgetting {__version__}")
-    p.add_argument("suites", nargs="+", metavar="SUITE", help="suite files (TOML), e.g. benchmarks/default.toml")
+    p.add_argument("suites", nargs="*", metavar="SUITE", help="suite files (TOML, docs/SUITES.md), e.g. "
+                   "benchmarks/default.toml; or none, and forgetting-run's options after -- (a one-off grid)")
+    p.add_argument("--grid", action="append", default=[], metavar="OPTION=V1,V2,...",
+                   help="with run options after --: one run per value (repeatable: the product), e.g. "
+                        "--grid kl_lambda=0,0.5,1 -- --benchmark split-digits --method kl")
+    p.add_argument("--seeds", default=None, metavar="SEEDS",
+                   help="with run options after --: every grid point at each seed, e.g. 0-2 or 0,3,7")
     p.add_argument("--results-dir", default="results", help="where run directories go; with --ray-address, a "
                    "directory every node sees (default: results)")
     p.add_argument("--data-dir", default=None, help="directory of local data sets (default: $FORGETTING_DATA_DIR, "
@@ -151,6 +166,17 @@ def build_parser() -> argparse.ArgumentParser:
 def check_args(ns: argparse.Namespace) -> None:
     ns.workers = WORKERS.check(ns.workers)
     ns.threads = THREADS.check(ns.threads)
+    ns.run_args = getattr(ns, "run_args", None)
+    if ns.run_args is None and not ns.suites:
+        raise BadInput("no suite: give suite files, or forgetting-run's options after -- (e.g. --grid "
+                       "kl_lambda=0,1 --seeds 0-2 -- --benchmark split-digits --method kl)")
+    if ns.run_args is not None and ns.suites:
+        raise BadInput(f"suite files and run options after -- together: give one or the other (got {ns.suites[0]!r})")
+    if ns.run_args is None and (ns.grid or ns.seeds is not None):
+        raise BadInput("--grid and --seeds take forgetting-run's options after --, e.g. --grid kl_lambda=0,1 -- "
+                       "--method kl")
+    if ns.run_args is not None and not ns.run_args and not ns.grid and ns.seeds is None:
+        raise BadInput("nothing after --: give forgetting-run's options, with --grid and/or --seeds before --")
     if ns.executor not in EXECUTORS:
         raise BadInput(f"--executor: unknown executor {ns.executor!r}, allowed: {', '.join(EXECUTORS)}")
     if ns.ray_address and ns.executor != "ray":
@@ -169,14 +195,18 @@ def check_args(ns: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv, run_args = split_run_args(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)
+    ns.run_args = run_args
     say = (lambda *a, **k: None) if ns.quiet else (lambda *a, **k: print(*a, **k, file=sys.stderr, flush=True))
     try:
         check_args(ns)
         data_dir = ns.data_dir if ns.data_dir is not None else default_data_dir()
         # absolute paths: Ray workers do not share the driver's working directory
         data_dir = str(Path(data_dir).resolve()) if data_dir else None
-        runs = plan(ns.suites, str(Path(ns.results_dir).resolve()), data_dir, ns.device, note=lambda m: print(f"{PROG}: {m}", file=sys.stderr))
+        grid = None if run_args is None else {"axes": ns.grid, "seeds": ns.seeds, "run_args": run_args}
+        runs = plan(ns.suites, str(Path(ns.results_dir).resolve()), data_dir, ns.device,
+                    note=lambda m: print(f"{PROG}: {m}", file=sys.stderr), grid=grid)
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -196,7 +226,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               "(--list shows them)", file=sys.stderr)
         return EXIT_BAD_INPUT
     done_before = len(runs) - len(todo)
-    say(f"{PROG}: {len(runs)} runs in {', '.join(ns.suites)}: {done_before} already complete, "
+    where = ", ".join(ns.suites) if ns.suites else "the grid"
+    say(f"{PROG}: {len(runs)} runs in {where}: {done_before} already complete, "
         f"{sum(r.state == 'unfinished' for r in runs)} unfinished to run again, {sum(r.state == 'new' for r in runs)} new")
     try:
         outcomes = execute(todo, ns)
@@ -241,7 +272,8 @@ def write_log(ns, runs: list[Planned], outcomes: dict[str, Outcome]) -> Path:
                                     "seconds": round(o.seconds, 3) if o else None}
     path = Path(ns.results_dir) / SWEEP_LOG
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"ended": now(), "suites": list(ns.suites), "runs": entries})
+    atomic_write_json(path, {"ended": now(), "suites": list(ns.suites), "runs": entries,
+                             **({"grid": ns.grid, "seeds": ns.seeds, "run_args": ns.run_args} if ns.run_args is not None else {})})
     return path
 
 
