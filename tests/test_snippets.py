@@ -170,3 +170,11 @@ def test_append_adds_to_each_run_command_before_its_comment():
     sweeps = "forgetting-sweep a.toml --list\nforgetting-sweep --grid x=1,2 -- --method kl  # grid\n"
     assert with_appended(sweeps, "--epochs 1") == ("forgetting-sweep a.toml --list\n"
                                                    "forgetting-sweep --grid x=1,2 -- --method kl --epochs 1  # grid\n")
+
+
+def test_suites_doc_names_every_key_the_loader_takes():
+    from forgetting.suite import EXPERIMENT_KEYS, SUITE_KEYS
+
+    text = (ROOT / "docs" / "SUITES.md").read_text(encoding="utf-8")
+    missing = [k for k in (*SUITE_KEYS, *EXPERIMENT_KEYS, "grid.OPTION") if f"`{k}`" not in text]
+    assert not missing, f"docs/SUITES.md does not document {missing}"
