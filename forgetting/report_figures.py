@@ -115,20 +115,81 @@ def clip_limits(ax, axis: str, low: float | None = None, high: float | None = No
     put(lo if low is None else max(lo, low - pad), hi if high is None else min(hi, high + pad))
 
 
+# Every method has one hue family and one marker, fixed by its name (not by which methods a report
+# happens to hold), so that a method looks the same in every figure of every report; unknown methods
+# (a user's own) get theirs from a stable hash of the name.
+FAMILIES = {"kl": "Blues", "rdrop": "Oranges", "kl+rdrop": "Purples", "ewc": "Greens", "ewc-online": "BuGn",
+            "si": "YlOrBr", "mas": "PuRd", "l2sp": "RdPu", "replay": "Reds", "replay+kl": "YlGnBu",
+            "der": "Oranges", "joint": "Purples"}
+MARKERS = {"naive": "o", "kl": "s", "rdrop": "D", "kl+rdrop": "P", "ewc": "^", "ewc-online": "v", "si": "<",
+           "mas": ">", "l2sp": "h", "replay": "X", "replay+kl": "*", "der": "d", "joint": "p"}
+SPARE_MARKERS = "o s D ^ v < > p h X * d P H 8".split()
+SHADES = 9  # shades of a family: λ picks one (half a decade a step, λ = 1 in the middle), the palest two unused
+
+
+def _stable(name: str, n: int) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode("utf-8")) % n
+
+
+def method_key(table: pd.DataFrame) -> pd.Series:
+    """Which method a row's colour and marker follow: its method, ``naive`` for a penalty at strength 0."""
+    return table["method"].where(~table["label"].str.startswith("naive"), "naive")
+
+
+def family(method: str) -> str:
+    return "Greys" if method == "naive" else FAMILIES.get(method, SEQUENTIAL[_stable(method, len(SEQUENTIAL))])
+
+
+def marker(method: str) -> str:
+    return MARKERS.get(method, SPARE_MARKERS[_stable(method, len(SPARE_MARKERS))])
+
+
+def default_strength(method: str) -> float:
+    """The default of the method's strength option (EWC's 1e5, KL's 1): the middle shade of its family."""
+    try:
+        from .registry import method_options, method_classes
+
+        option = next((c.strength_option for c in method_classes(method) if c.strength_option), None)
+        value = next((o.default for o in method_options(method) if o.name == option), None)
+        return float(value) if value and float(value) > 0 else 1.0
+    except Exception:  # a method this version does not know
+        return 1.0
+
+
+def _shade(lam: float, method: str) -> int:
+    if lam is None or not np.isfinite(lam) or lam <= 0:
+        return 6
+    return int(min(SHADES - 1, max(2, 6 + round(2 * math.log10(lam / default_strength(method))))))
+
+
 def colors(table: pd.DataFrame) -> dict[str, tuple]:
-    """A colour per experiment label: a hue per method (naive its own, grey), darker for larger λ."""
-    out = {}
-    hue = table["method"].where(~table["label"].str.startswith("naive"), "naive")
-    methods = sorted(hue.unique(), key=lambda m: (m != "naive", m))
-    for i, m in enumerate(methods):
-        if m == "naive":
-            labels = sorted(table.loc[hue == m, "label"].unique())
-            out.update(zip(labels, sns.color_palette("Greys", len(labels) + 3)[3:]))
-            continue
-        labels = table[hue == m].sort_values(["lambda", "label"])["label"].unique()
-        shades = sns.color_palette(SEQUENTIAL[i % len(SEQUENTIAL)], len(labels) + 2)[2:]
-        out.update(zip(labels, shades))
+    """A colour per experiment label, in drawing order (method, then λ): the method's hue family (naive
+    grey), darker for larger λ, the same for the same method and λ in every report. Labels that would
+    share a colour within one table (variants at one λ) are moved to the nearest free shade, in label order."""
+    info = {}
+    for label, m, lam in zip(table["label"], method_key(table), table["lambda"]):
+        info.setdefault(label, (m, float(lam) if pd.notna(lam) else float("nan")))
+    order = sorted(info, key=lambda lab: (info[lab][0] != "naive", info[lab][0],
+                                          -1.0 if math.isnan(info[lab][1]) else info[lab][1], lab))
+    out: dict[str, tuple] = {}
+    taken: set[tuple[str, int]] = set()
+    for label in order:
+        m, lam = info[label]
+        base = (6 if label == "naive" else 4) if m == "naive" else _shade(lam, m)
+        shade, step = base, 0
+        while (m, shade) in taken and step < 2 * SHADES:  # a variant at the same λ: the nearest free shade
+            step += 1
+            shade = min(SHADES - 1, max(2, base + (step + 1) // 2 * (1 if step % 2 else -1)))
+        taken.add((m, shade))
+        out[label] = tuple(sns.color_palette(family(m), SHADES)[shade])
     return out
+
+
+def markers(table: pd.DataFrame) -> dict[str, str]:
+    """A marker per experiment label: its method's, the same in every report."""
+    return {lab: marker(m) for lab, m in zip(table["label"], method_key(table))}
 
 
 def label_order(table: pd.DataFrame, look: Look) -> list[str]:
@@ -371,7 +432,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     s = s.dropna(subset=["new_task_accuracy_mean", "old_task_accuracy_mean"])
     s = s.set_index("label").loc[[label for label in label_order(table, look) if label in set(s["label"])]]
     s = s.reset_index()
-    palette = colors(table)
+    palette, shapes = colors(table), markers(table)
     x, y = 100 * s["new_task_accuracy_mean"].to_numpy(), 100 * s["old_task_accuracy_mean"].to_numpy()
 
     def bars(m):  # asymmetric: the intervals are cut to [0, 100]
@@ -393,7 +454,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     texts, handles = [], {}
     for i, (_, r) in enumerate(s.iterrows()):
         handles[f"{r['label']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)})"] = ax.errorbar(
-            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o", ms=ms, color=palette[r["label"]],
+            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt=shapes[r["label"]], ms=ms, color=palette[r["label"]],
             ecolor=palette[r["label"]], elinewidth=0.8, capsize=1.5)
         texts.append(ax.text(x[i], y[i], r["label"], fontsize=points("legend.fontsize"), color="0.15"))
     front = pareto_front(x, y)
@@ -436,7 +497,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     d = table[(table["status"] == "complete") & table["label"].isin(order)]
     y = forgetting_column(table)
     scale = 100 if y == "forgetting_max" else 1  # accuracy points, or nats per token
-    palette = colors(table)
+    palette, shapes = colors(table), markers(table)
     W = look.inches
     column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
     legend_cols = legend_columns(look)
@@ -455,7 +516,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
         for label in order:
             g = d[d["label"] == label]
             if len(g):
-                handles[label] = ax.scatter(g[col], scale * g[y], color=palette[label], label=label,
+                handles[label] = ax.scatter(g[col], scale * g[y], color=palette[label], marker=shapes[label], label=label,
                                             s=plt.rcParams["lines.markersize"] ** 2)
         fit = kl_fit(d.assign(kl_new_task=d[col]))
         fitted = "too few runs for a fitted line"

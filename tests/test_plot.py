@@ -458,3 +458,35 @@ def test_missing_path_and_file_as_out(sweep, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is a file, not a directory"):
         write_report([sweep], tmp_path / "file")
+
+
+def test_a_method_keeps_its_colour_and_marker_whatever_else_a_report_holds(sweep):
+    """The palette is keyed by the method's name and λ, not by which methods a report happens to hold."""
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+
+    def look(methods):
+        figs = forgetting.plot.figures(df, methods=methods)
+        try:
+            (panel, *_) = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+            colour = {line.get_label(): tuple(np.round(line.get_color(), 6)) for line in panel.lines
+                      if "λ" in line.get_label()}
+            shape = {c.get_label(): c.get_paths()[0].vertices.round(6).tolist()
+                     for c in figs["kl_vs_forgetting"].axes[0].collections if "λ" in str(c.get_label())}
+            return colour, shape
+        finally:
+            for fig in figs.values():
+                plt.close(fig)
+
+    both, both_shapes = look(None)
+    alone, alone_shapes = look("kl+rdrop")  # a report without kl
+    one, one_shapes = look(["kl, λ=5"])  # one strength of kl
+    rdrop = ["kl λ=0.5 + rdrop α=1", "kl λ=5 + rdrop α=1"]
+    assert set(alone) == set(rdrop) and set(one) == {"kl, λ=5"}
+    assert all(alone[k] == both[k] for k in rdrop) and one["kl, λ=5"] == both["kl, λ=5"]
+    assert all(alone_shapes[k] == both_shapes[k] for k in rdrop) and one_shapes["kl, λ=5"] == both_shapes["kl, λ=5"]
+    assert len(set(both.values())) == 4  # four experiments, four colours
+    assert both_shapes["kl, λ=5"] != both_shapes["kl λ=5 + rdrop α=1"]  # kl and kl+rdrop: different markers
