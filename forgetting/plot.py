@@ -34,20 +34,21 @@ def _look(table, base: Look, methods, tasks) -> Look:
 def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None, *,
                  methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
                  bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
-                 formats: str | Sequence[str] = FORMATS) -> list[Path]:
+                 formats: str | Sequence[str] = FORMATS, titles: bool | None = None) -> list[Path]:
     """Read every run under ``paths`` and write the figures, the summary, ``runs.csv`` and ``report.html``
     into ``out``; the files written. ``command`` is shown in the page as what made it.
 
     The figures draw the experiments ``methods`` names (methods or experiment labels, in that order;
     default all) with a forgetting-curve panel per old task in ``tasks`` (default all), 95% bands unless
     ``bands`` is False, ``width`` "column" (3.5 in) or "page" (7.16 in), ``style`` a seaborn context
-    (paper, notebook, talk, poster), as ``formats`` (pdf, svg, png; PNG at 300 dpi). The summary
+    (paper, notebook, talk, poster), as ``formats`` (pdf, svg, png; PNG at 300 dpi), with a title over
+    each figure if ``titles`` (default: off for the paper style, whose caption carries it). The summary
     tables always cover every run.
 
     BadInput (nothing written) for a path without runs, a corrupt file, an unknown schema version, or
     an option value not allowed.
     """
-    look = check_style(bands, width, style, formats)
+    look = check_style(bands, width, style, formats, titles)
     from .report_figures import figure_set
     from .report_html import write_html
     from .report_runs import load_runs, runs_config_table
@@ -84,12 +85,13 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
 
 
 def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
-            bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE) -> dict:
+            bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
+            titles: bool | None = None) -> dict:
     """The report's figures as matplotlib figures, by name (``forgetting_curves``, ...; prefixed with
     ``benchmark-scenario/`` when ``df`` holds several), from a ``forgetting.load_results`` frame or any
     subset of its rows; nothing is written. The keywords are ``write_report``'s. Save one as the report
     does with ``forgetting.report_figures.save``; close them with ``matplotlib.pyplot.close``."""
-    look = check_style(bands, width, style)
+    look = check_style(bands, width, style, titles=titles)
     from .api import runs_from_frame
     from .report_figures import Collect, figure_set
     from .report_summary import run_table
@@ -141,11 +143,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--formats", metavar="LIST", default=",".join(FORMATS),
                    help=f"the files of each figure, comma-separated from {', '.join(FORMATS)}; PNG at 300 dpi, "
                         "embedded in report.html (default: pdf,svg,png)")
+    g.add_argument("--titles", action=argparse.BooleanOptionalAction, default=None,
+                   help="a title over each figure (default: off for --style paper, whose caption carries it; "
+                        "on for the others)")
     ns = p.parse_args(argv)
     try:
         command = shlex.join(["python", "-m", "forgetting.plot", *(sys.argv[1:] if argv is None else argv)])
         files = write_report(ns.results, ns.out, command=command, methods=ns.methods, tasks=ns.tasks,
-                             bands=ns.bands, width=ns.width, style=ns.style, formats=ns.formats)
+                             bands=ns.bands, width=ns.width, style=ns.style, formats=ns.formats,
+                             titles=ns.titles)
     except BadInput as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

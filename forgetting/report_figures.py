@@ -99,7 +99,7 @@ def wrap(text: str, inches: float, key: str) -> str:
 
 
 def n_lines(text: str) -> int:
-    return text.count("\n") + 1
+    return text.count("\n") + 1 if text else 0
 
 
 def legend_columns(look: Look) -> int:
@@ -286,9 +286,10 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     legend_cols = legend_columns(look)
     title = wrap(("Accuracy of each old task while fine-tuning on the next ones" if pct else
                   "Held-out NLL per token of each old task while fine-tuning on the next ones (up: forgetting)")
-                 + f"\n{where}", W, "figure.titlesize")
+                 + f"\n{where}", W, "figure.titlesize") if look.titles else ""
+    unfinished = data is not None and bool((~data["complete"] & data["label"].isin(order)).any())
     legend_title = wrap("mean over seeds" + ("; band: 95% t-interval" + (", cut to 0-100 %" if pct else "")
-                                             if look.bands else "") + "; dashed: unfinished run",
+                                             if look.bands else "") + ("; dashed: unfinished run" if unfinished else ""),
                         W, "legend.title_fontsize")
     panel_h = max(0.9, min(1.45, 6.0 / nrows)) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + nrows * panel_h + line_in("axes.labelsize") + 0.15
@@ -354,7 +355,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         top.tick_params(length=0, pad=1, labelcolor="0.35")
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
                title=legend_title)
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}{'forgetting' if pct else 'nll'}_curves", look)
 
 
@@ -378,7 +380,7 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     nrows = math.ceil(n / ncols)
     panel = (W - 0.5 - 0.6) / ncols  # less the y label and ticks, and the colour bar
     title = wrap(f"Accuracy matrix A[t][k] (%): accuracy on task k after training task t\n{where}", W,
-                 "figure.titlesize")
+                 "figure.titlesize") if look.titles else ""
     panel_titles = {}
     for label in order:
         done = [r for r in groups[label] if r.complete]
@@ -415,7 +417,8 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
                  label="accuracy (%)")
     fig.supxlabel("evaluated on task k")
     fig.supylabel("after training task t")
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}accuracy_matrix", look)
 
 
@@ -444,7 +447,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     entries = len(s) + 1 + 2 * (references is not None and len(references) > 0)
     W = look.inches
     legend_cols = legend_columns(look)
-    title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize")
+    title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize") if look.titles else ""
     legend_title = wrap("mean over seeds; bars: 95% t-interval, cut to 0-100 %", W, "legend.title_fontsize")
     axes_h = (2.7 if look.width == "column" else 3.6) * max(1.0, points("axes.labelsize") / 8)
     height = (axes_h + line_in("axes.titlesize", n_lines(title)) + line_in("legend.title_fontsize", n_lines(legend_title))
@@ -485,7 +488,8 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
         ax.set_xlim(-MARGIN, 100 + MARGIN)
         ax.set_ylim(-MARGIN, 100 + MARGIN)
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")
-    ax.set_title(title)
+    if title:
+        ax.set_title(title)
     return save(fig, out, f"{prefix}tradeoff", look)
 
 
@@ -502,8 +506,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
     legend_cols = legend_columns(look)
     title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
-                 f"\n{where}", W,
-                 "figure.titlesize")
+                 f"\n{where}", W, "figure.titlesize") if look.titles else ""
     entries = d["label"].nunique() + 2
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
@@ -543,7 +546,8 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
         clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
     if handles:
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}kl_vs_forgetting", look)
 
 

@@ -92,6 +92,20 @@ def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
     return " + ".join(f"{n} {s}".strip() for n, s in parts), shown
 
 
+# how a reader writes a setting that tells experiments apart (else ``option=value``); "" leaves it out
+READABLE = {"lora_rank": lambda v: f"LoRA r={v}" if v else "",
+            "temperature": lambda v: f"T={number(float(v))}"}
+
+
+def readable(key: str, value) -> str:
+    """``model.lora_rank``, 8 -> ``LoRA r=8``; ``method.temperature``, 2.0 -> ``T=2``; else ``name=value``."""
+    name = key.split(".")[-1]
+    try:
+        return READABLE[name](value) if name in READABLE else f"{name}={value}"
+    except (TypeError, ValueError):
+        return f"{name}={value}"
+
+
 def assign_experiments(runs: list[Run]) -> dict[str, str]:
     """Run id -> experiment label: ``display_name`` plus whatever else tells apart experiments sharing it.
 
@@ -119,8 +133,11 @@ def assign_experiments(runs: list[Run]) -> dict[str, str]:
             keys = sorted({k for e in exps for k in e} - skip)
             varying = [k for k in keys if len({repr(e.get(k)) for e in exps}) > 1]
             for r, e in zip(sub, exps):
-                extra = ", ".join(f"{k.split('.')[-1]}={e.get(k)}" for k in varying)
-                labels[r.run_id] = base + (f" [{extra}]" if extra else "")
+                parts = [text for text in (readable(k, e.get(k)) for k in varying) if text]
+                if base == "naive" and parts and all(text.startswith("LoRA ") for text in parts):
+                    labels[r.run_id] = ", ".join(parts)  # naive fine-tuning through adapters: LoRA r=8
+                else:
+                    labels[r.run_id] = base + (f" [{', '.join(parts)}]" if parts else "")
     return labels
 
 

@@ -490,3 +490,53 @@ def test_a_method_keeps_its_colour_and_marker_whatever_else_a_report_holds(sweep
     assert all(alone_shapes[k] == both_shapes[k] for k in rdrop) and one_shapes["kl, λ=5"] == both_shapes["kl, λ=5"]
     assert len(set(both.values())) == 4  # four experiments, four colours
     assert both_shapes["kl, λ=5"] != both_shapes["kl λ=5 + rdrop α=1"]  # kl and kl+rdrop: different markers
+
+
+def test_titles_are_off_for_the_paper_style_unless_asked_and_dashed_is_named_only_when_drawn(sweep):
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+
+    def heads(**kw):
+        figs = forgetting.plot.figures(df, methods=["kl, λ=5"], **kw)
+        try:
+            sup = {name: (fig._suptitle.get_text() if fig._suptitle is not None else "") for name, fig in figs.items()}
+            sup["tradeoff"] = figs["tradeoff"].axes[0].get_title(loc="left")
+            note = figs["forgetting_curves"].legends[0].get_title().get_text()
+            return sup, note
+        finally:
+            for fig in figs.values():
+                plt.close(fig)
+
+    paper, note = heads()
+    assert not any(paper.values()), paper  # the default (paper) style: no titles
+    assert "dashed" not in note  # every run drawn is complete
+    titled, _ = heads(titles=True)
+    assert titled["forgetting_curves"].startswith("Accuracy of each old task") and "trade-off" in titled["tradeoff"]
+    talk, _ = heads(style="talk")
+    assert all(talk.values())
+    with pytest.raises(BadInput, match="--titles"):
+        forgetting.plot.figures(df, titles="yes")
+
+
+def test_legends_say_what_a_reader_writes_lora_rank_and_temperature():
+    from types import SimpleNamespace
+
+    from forgetting.report_summary import readable
+
+    assert readable("model.lora_rank", 8) == "LoRA r=8" and readable("model.lora_rank", 0) == ""
+    assert readable("method.temperature", 2.0) == "T=2" and readable("loop.epochs", 3) == "epochs=3"
+
+    def fake(rid, method, hparams, lora):
+        config = {"method": {"name": method, "options": hparams}, "model": {"name": "gpt2", "options": {"lora_rank": lora}},
+                  "hparams": hparams}
+        return SimpleNamespace(run_id=rid, method=method, benchmark="b", scenario="domain", config=config,
+                               experiment=lambda: {"method.name": method, "model.lora_rank": lora,
+                                                   **{f"method.{k}": v for k, v in hparams.items()}})
+
+    labels = assign_experiments([fake("a", "naive", {}, 0), fake("b", "naive", {}, 8),
+                                 fake("c", "kl", {"kl_lambda": 1.0, "temperature": 1.0}, 0),
+                                 fake("d", "kl", {"kl_lambda": 1.0, "temperature": 2.0}, 0)])
+    assert labels == {"a": "naive", "b": "LoRA r=8", "c": "kl, λ=1 [T=1]", "d": "kl, λ=1 [T=2]"}
