@@ -65,6 +65,8 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data-dir", default=default_data_dir(), help="holds cifar-10-batches-py/")
     p.add_argument("--download", action="store_true", help="fetch CIFAR-10 into --data-dir first (needs a network)")
+    p.add_argument("--trust-data", action="store_true", help="read CIFAR files that are not the official ones "
+                   "(your own variant; they are pickles, which can run code when read)")
     p.add_argument("--results-dir", default=None, help="default: results/split_cifar (results/split_cifar_tiny)")
     p.add_argument("--output", default=None, help="markdown file the tables go into (default: benchmarks/"
                    "split_cifar.md, or split_cifar_tiny.md with --tiny)")
@@ -95,7 +97,8 @@ def configs(args) -> list[tuple[str, object]]:
                 out.append((label, make_config(
                     benchmark="split-cifar10", scenario=scenario, model="resnet18", method=method,
                     resnet_width=s["resnet_width"], augment=True, train_per_class=s["train_per_class"],
-                    download=args.download, optimizer="sgd", lr=0.03, batch_size=32, epochs=s["epochs"],
+                    download=args.download, trust_data=args.trust_data, optimizer="sgd", lr=0.03, batch_size=32,
+                    epochs=s["epochs"],
                     eval_subset=s["eval_subset"], eval_batch_size=256, seed=seed, device=args.device,
                     data_dir=args.data_dir, results_dir=args.results_dir, progress=False, **options)))
     return out

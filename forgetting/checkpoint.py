@@ -5,6 +5,12 @@ loadable on their own with ``safetensors.torch.load_file``) and ``checkpoints/ta
 (what else resumption needs to give the same rows as an uninterrupted run: the random number
 generators, the global step, and each method's ``state_dict()``). Both are written atomically.
 The run saves them (``forgetting.run``); the results writer knows nothing of them.
+
+A checkpoint may come from someone else (a results directory received, a shared disk), so
+nothing in it runs code: the state file is read with ``torch.load(weights_only=True)``, whose
+unpickler builds only tensors and plain containers (dict, list, tuple, numbers, strings) and
+refuses any other object; numpy's generator state is saved as plain numbers for that reason.
+A file that names anything else is a CorruptCheckpoint, like a truncated one.
 """
 
 from __future__ import annotations
@@ -30,9 +36,18 @@ def weights_path(run_dir: Path, task: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"task_{task}.safetensors"
 
 
-def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
+def _real_folder(run_dir: Path) -> Path:
+    """``RUN_DIR/checkpoints``, a link there replaced by a folder: a run never writes outside its directory
+    (a link planted in a run directory received from elsewhere would point its writes anywhere)."""
     folder = Path(run_dir) / CHECKPOINTS
+    if folder.is_symlink():
+        folder.unlink()
     folder.mkdir(exist_ok=True)
+    return folder
+
+
+def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
+    folder = _real_folder(run_dir)
     # cloned: tied weights (a causal LM's embedding and output layer) share memory, which safetensors refuses
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in trainer.model.state_dict().items()}
     state = {
@@ -41,13 +56,25 @@ def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
         "elapsed": elapsed,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy_rng": np.random.get_state(),
+        "numpy_rng": _plain_numpy_state(np.random.get_state()),
         "python_rng": random.getstate(),
         "generator": trainer.generator.get_state(),
         "methods": [m.state_dict() for m in trainer.methods],
     }
     atomic_write(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
     atomic_write(weights_path(run_dir, task), lambda tmp: _save_file(weights, tmp, {"task": str(task)}))
+
+
+def _plain_numpy_state(state: tuple) -> tuple:
+    """numpy's legacy generator state (name, uint32 keys, pos, has_gauss, cached) with the keys as a
+    list of ints: a numpy array would need numpy's reconstructors in the allow-list of the loader."""
+    name, keys, pos, has_gauss, cached = state
+    return name, [int(k) for k in keys], int(pos), int(has_gauss), float(cached)
+
+
+def _numpy_state(plain) -> tuple:
+    name, keys, pos, has_gauss, cached = plain
+    return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
 
 
 def _save_file(weights: dict, path: str, metadata: dict) -> None:
@@ -62,14 +89,17 @@ def _save_file(weights: dict, path: str, metadata: dict) -> None:
 
 
 def clear_checkpoints(run_dir: Path) -> None:
-    """A fresh start: no checkpoint of an earlier attempt may be resumed from."""
-    shutil.rmtree(Path(run_dir) / CHECKPOINTS, ignore_errors=True)
+    """A fresh start: no checkpoint of an earlier attempt may be resumed from (a link is removed, not followed)."""
+    folder = Path(run_dir) / CHECKPOINTS
+    if folder.is_symlink():
+        folder.unlink()
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def boundaries(run_dir: Path) -> list[int]:
-    """The tasks whose weights and state were both saved, last first."""
+    """The tasks whose weights and state were both saved, last first (none in a linked folder: it is not the run's)."""
     folder = Path(run_dir) / CHECKPOINTS
-    if not folder.is_dir():
+    if folder.is_symlink() or not folder.is_dir():
         return []
     return sorted((int(m.group(1)) for p in folder.iterdir() if (m := _WEIGHTS.match(p.name))
                    and (folder / f"task_{m.group(1)}.state.pt").is_file()), reverse=True)
@@ -112,8 +142,9 @@ STATE_KEYS = ("task", "global_step", "elapsed", "torch_rng", "cuda_rng", "numpy_
 def load_state(run_dir: Path, task: int, n_methods: int) -> dict:
     path = Path(run_dir) / CHECKPOINTS / f"task_{task}.state.pt"
     try:
-        state = torch.load(path, weights_only=False)
-    except Exception as e:  # noqa: BLE001 - a truncated pickle raises EOFError, UnpicklingError, RuntimeError...
+        # weights_only: tensors and plain containers only; a pickle naming any other callable is refused
+        state = torch.load(path, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - a truncated or foreign pickle raises EOFError, UnpicklingError...
         raise CorruptCheckpoint(path, first_line(e)[:200]) from None
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS) or state["task"] != task:
         raise CorruptCheckpoint(path, "not a task-boundary state of this run")
@@ -128,7 +159,7 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     Every file is read and checked before anything is changed, so on CorruptCheckpoint the
     trainer is as it was.
     """
-    from .train import frozen_copy
+    from .teacher import frozen_copy
 
     like = trainer.model.state_dict()
     state = load_state(run_dir, task, len(trainer.methods))
@@ -148,7 +179,7 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
-    np.random.set_state(state["numpy_rng"])
+    np.random.set_state(_numpy_state(state["numpy_rng"]))
     random.setstate(state["python_rng"])
     trainer.generator.set_state(state["generator"])
     return float(state["elapsed"])

@@ -5,10 +5,13 @@ The claim is ``RUN_DIR/run.lock``, a small JSON file naming its owner (pid, host
 token, when it was taken), created atomically (``O_CREAT | O_EXCL``: of two processes exactly
 one creates it) and removed when the run ends. While the run goes, a thread touches the file
 every ``HEARTBEAT_S`` seconds. A lock whose owner is gone is taken over: on this host, a pid that
-no longer runs (a killed run, a worker that died); on any host (a shared results directory on a
-cluster), a lock whose heartbeat stopped more than ``STALE_S`` seconds ago. Taking over goes
-through a second exclusive file (``run.lock.takeover``), so of two processes that both find the
-same stale lock only one replaces it.
+no longer runs (a killed run, a worker that died; the process's start time is recorded too, so a
+reused pid is not taken for the owner); on another host (a shared results directory on a
+cluster), whose pids cannot be checked from here, a lock whose heartbeat stopped more than
+``STALE_S`` seconds ago. On this host a live owner keeps its lock however old its heartbeat (a
+stopped process, a laptop asleep). Taking over goes through a second exclusive file
+(``run.lock.takeover``), so of two processes that both find the same stale lock only one
+replaces it. A lock that cannot be written whole (a full disk) is removed at once.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
+
+from .errors import BadInput
 
 LOCK = "run.lock"
 HEARTBEAT_S = 30.0
@@ -54,6 +59,15 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, from /proc), or None where that cannot be read."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat[stat.rindex(")") + 2:].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def read_owner(lock: Path) -> tuple[dict | None, float] | None:
     """(owner, seconds since the last heartbeat) of a lock; owner None while it is being written; None: no lock."""
     try:
@@ -72,8 +86,14 @@ def read_owner(lock: Path) -> tuple[dict | None, float] | None:
 def stale_reason(owner: dict | None, age: float) -> str | None:
     """Why a lock's owner is gone, or None when it may still be running."""
     if owner is not None and owner.get("host") == HOST and isinstance(owner.get("pid"), int):
-        if owner["pid"] != os.getpid() and not _alive(owner["pid"]):
-            return f"its owner, pid {owner['pid']} on this host, is gone"
+        pid = owner["pid"]
+        if pid != os.getpid():
+            if not _alive(pid):
+                return f"its owner, pid {pid} on this host, is gone"
+            started = owner.get("pid_started")
+            if isinstance(started, int) and _start_time(pid) not in (None, started):
+                return f"its owner, pid {pid} on this host, is gone (the pid now names another process)"
+            return None  # a live owner on this host keeps its claim, whatever its heartbeat's age (SIGSTOP, sleep)
     if age > STALE_S:
         return f"its heartbeat stopped {age:.0f} s ago"
     return None
@@ -85,10 +105,16 @@ def _create(path: Path, owner: dict) -> bool:
         fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        f.write(json.dumps(owner, sort_keys=True) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(owner, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException as e:  # a full disk: no empty lock may refuse the next try
+        path.unlink(missing_ok=True)
+        if isinstance(e, OSError) and not e.filename:
+            raise OSError(e.errno, e.strerror or str(e), str(path)) from None
+        raise
     return True
 
 
@@ -133,11 +159,27 @@ def check_free(run_dir: str | Path) -> None:
 
 
 def claim(run_dir: str | Path) -> Claim:
-    """Claim ``run_dir`` (created if needed) for this process; RunBusy when a live owner holds it."""
+    """Claim ``run_dir`` (created if needed) for this process; RunBusy when a live owner holds it.
+
+    A lock that cannot be written (a full disk) is BadInput naming it, and leaves neither the lock
+    nor a run directory made for it."""
     run_dir = Path(run_dir)
+    made = not run_dir.exists()
+    try:
+        return _claim(run_dir)
+    except OSError as e:
+        if made:
+            try:
+                run_dir.rmdir()
+            except OSError:
+                pass
+        raise BadInput(f"--results-dir: cannot write {e.filename or run_dir / LOCK}: {e.strerror or e}") from None
+
+
+def _claim(run_dir: Path) -> Claim:
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = run_dir / LOCK
-    owner = {"pid": os.getpid(), "host": HOST, "token": uuid.uuid4().hex,
+    owner = {"pid": os.getpid(), "host": HOST, "token": uuid.uuid4().hex, "pid_started": _start_time(os.getpid()),
              "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
     for _ in range(5):  # each turn either takes the lock or finds a live owner; retries only after races
         if _create(lock, owner):

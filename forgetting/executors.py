@@ -4,11 +4,20 @@ Both call ``run_one`` on each config and hand every ``Outcome`` to ``on_result``
 worker that dies (killed, out of memory) is retried up to ``MAX_ATTEMPTS`` times, then reported
 failed. A run is claimed by the process that runs it (``forgetting.claim``); the claim of a
 worker that died is taken over by the retry.
+
+Workers die with their sweep: an interrupted driver (Ctrl-C, SIGTERM) signals its workers, whose
+current run ends marked interrupted, and no worker starts another run after that; a driver that
+is killed outright (SIGKILL) is noticed by its workers (the kernel's parent-death signal on
+Linux, and a check of the parent every ``PARENT_CHECK_S`` seconds everywhere), which do the same
+and exit. Embedded Ray listens on the loopback interface only (``_node_ip_address``); with a
+cluster address the cluster's own settings apply.
 """
 
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -20,6 +29,7 @@ from .config import RunConfig
 from .errors import BadInput
 
 EXECUTORS = ("process", "ray")
+LOOPBACK = "127.0.0.1"
 MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is tried this many times
 
 
@@ -32,16 +42,69 @@ class Outcome:
     seconds: float = 0.0
 
 
+PARENT_CHECK_S = 0.5
+# In a worker process: whether the sweep told it to stop (its driver interrupted or gone), and
+# whether a run is going (a stop signal then interrupts it; between runs the worker starts none).
+_stopping = False
+_running = False
+_parent: int | None = None
+
+
+def _stop(signum, frame) -> None:
+    """SIGINT or SIGTERM in a worker: the run going ends as interrupted, no other starts."""
+    global _stopping
+    first = not _stopping
+    _stopping = True
+    if _running and first:
+        raise KeyboardInterrupt
+    if not _running and _parent is not None and os.getppid() != _parent:
+        os._exit(130)  # an orphan with nothing to finish
+
+
+def _watch_parent() -> None:
+    """Signal this worker when its driver is gone (SIGKILL leaves no other trace); exit once no run goes."""
+    while True:
+        time.sleep(PARENT_CHECK_S)
+        if os.getppid() != _parent:
+            if not _stopping:
+                os.kill(os.getpid(), signal.SIGTERM)
+            elif not _running:
+                os._exit(130)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Worker initializer: stop signals handled by ``_stop``; SIGTERM from the kernel when the driver dies
+    (Linux), and a thread that checks the parent anyway."""
+    global _parent
+    _parent = parent
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: the thread alone
+    if os.getppid() != parent:  # the driver died before the line above
+        os._exit(130)
+    threading.Thread(target=_watch_parent, name="parent check", daemon=True).start()
+
+
 def run_one(config: dict, threads: int = 1) -> Outcome:
-    """Run one config (resuming from its last task boundary where it can); never raises."""
+    """Run one config (resuming from its last task boundary where it can); never raises. In a worker
+    of a sweep that was interrupted, it runs nothing."""
+    global _running
+    cfg = RunConfig.from_dict(config)
+    if _stopping:
+        return Outcome(cfg.run_id, "interrupted", "the sweep was interrupted before this run started")
     import torch
 
     from .claim import RunBusy
     from .run import run_experiment
 
     torch.set_num_threads(threads)
-    cfg = RunConfig.from_dict(config)
     t0 = time.perf_counter()
+    _running = True
     try:
         _, _, status = run_experiment(cfg, resume=True)
     except RunBusy as e:
@@ -50,6 +113,8 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
         return Outcome(cfg.run_id, "interrupted", "interrupted", time.perf_counter() - t0)
     except BaseException as e:  # noqa: BLE001 - one run's failure must not stop the sweep
         return Outcome(cfg.run_id, "failed", " ".join(f"{type(e).__name__}: {e}".split()), time.perf_counter() - t0)
+    finally:
+        _running = False
     return Outcome(cfg.run_id, status, None, time.perf_counter() - t0)
 
 
@@ -72,7 +137,8 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
     while pending:
         saved = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, read when torch loads
-        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx)
+        pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
+                                   initializer=_die_with_parent, initargs=(os.getpid(),))
         try:
             futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
         finally:
@@ -90,6 +156,13 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
                     broken.append(config)
                 except Exception as e:  # noqa: BLE001 - e.g. a result that could not be sent back
                     on_result(_died(config, f"{type(e).__name__}: {e}"))
+        except KeyboardInterrupt:  # the driver was interrupted: the workers' runs end, none starts
+            for proc in list((pool._processes or {}).values()):
+                try:
+                    os.kill(proc.pid, signal.SIGTERM)
+                except (ProcessLookupError, AttributeError):
+                    pass
+            raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
         pending = []
@@ -123,7 +196,10 @@ def execute_ray(configs: list[RunConfig], workers: int, threads: int, address: s
         ray.init(address=address, runtime_env={"py_modules": [str(package_dir)]})
     else:
         path = os.pathsep.join(p for p in (str(package_dir.parent), os.environ.get("PYTHONPATH")) if p)
-        ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
+        # loopback only: Ray's services would otherwise listen on every interface of this machine
+        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address=LOOPBACK,
+                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+    pending = {}
     try:
         task = ray.remote(num_cpus=threads, max_retries=MAX_ATTEMPTS - 1)(run_one)
         pending = {task.remote(c.to_dict(), threads): c for c in configs}
@@ -134,5 +210,12 @@ def execute_ray(configs: list[RunConfig], workers: int, threads: int, address: s
                 on_result(ray.get(done[0]))
             except Exception as e:  # noqa: BLE001 - the worker died or the task could not run
                 on_result(_died(config, " ".join(f"{type(e).__name__}: {e}".split())[:500]))
+    except KeyboardInterrupt:  # no task starts; a running one gets KeyboardInterrupt and ends as interrupted
+        for ref in pending:
+            try:
+                ray.cancel(ref)
+            except Exception:  # noqa: BLE001 - already finished
+                pass
+        raise
     finally:
         ray.shutdown()

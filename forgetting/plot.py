@@ -12,6 +12,7 @@ for which experiments and tasks they draw (``--methods``, ``--tasks``, ``--bands
 from __future__ import annotations
 
 import argparse
+import errno
 import shlex
 import sys
 from pathlib import Path
@@ -155,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as e:  # --out read-only, or a full disk: one line; a choice of --out is bad input, a full disk not
+        where = e.filename or ns.out
+        print(f"{p.prog}: error: cannot write {where}: {e.strerror or e}", file=sys.stderr)
+        return EXIT_BAD_INPUT if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS) else 1
     if not ns.quiet:
         print("\n".join(map(str, files)))
     return 0

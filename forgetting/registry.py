@@ -40,17 +40,23 @@ _DEVICE = re.compile(r"(auto|cpu|cuda(:\d+)?)")
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """A registered model: options, the inputs it reads, its builder and (text models) its tokenizer maker."""
+    """A registered model: options, the inputs it reads, its builder, (text models) its tokenizer maker, the
+    objective it brings (None: the stream's), whether its options make it train fresh adapters at every task
+    (``trains_adapters(options)``, LoRA) and a check of its options against the device (``check_device``)."""
 
     build: Callable  # build(stream, options, source) -> nn.Module
     options: tuple[Option, ...] = ()
     inputs: str = "tensor"
-    tokenizer: Callable | None = None  # tokenizer(source, options) -> (texts -> (tokenizer, source))
+    tokenizer: Callable | None = None  # tokenizer(source, options) -> streams.text.TokenizerMaker or a function
+    objective: str | None = None
+    trains_adapters: Callable[[dict], bool] | None = None
+    check_device: Callable | None = None  # check_device(options, torch.device): BadInput where they cannot meet
 
     @classmethod
     def of_module(cls, module: ModuleType) -> "ModelSpec":
         return cls(module.build, tuple(getattr(module, "OPTIONS", ())), getattr(module, "INPUTS", "tensor"),
-                   getattr(module, "tokenizer", None))
+                   getattr(module, "tokenizer", None), getattr(module, "OBJECTIVE", None),
+                   getattr(module, "trains_adapters", None), getattr(module, "check_device", None))
 
 
 _registered: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
@@ -59,23 +65,32 @@ _entry_points_loaded: set[str] = set()
 
 # --- registering -------------------------------------------------------------------------------
 def register_stream(name: str, *, options: Iterable[Option] = (), reads_data_dir: bool = False,
-                    inputs: str = "tensor"):
-    """Decorator: ``build(scenario, options) -> TaskStream`` becomes benchmark ``name``."""
+                    inputs: str = "tensor", objective: str = "classification"):
+    """Decorator: ``build(scenario, options) -> TaskStream`` becomes benchmark ``name`` (its streams' targets are
+    for ``objective``)."""
     from .streams import Benchmark
 
     def wrap(build):
-        _registered["stream"][name] = Benchmark(build, tuple(options), reads_data_dir, inputs)
+        _registered["stream"][name] = Benchmark(build, tuple(options), reads_data_dir, inputs, objective)
         return build
     return wrap
 
 
 def register_model(name: str, *, options: Iterable[Option] = (), inputs: str = "tensor",
-                   tokenizer: Callable | None = None):
+                   tokenizer: Callable | None = None, objective: str | None = None):
     """Decorator: ``build(stream, options, source) -> nn.Module`` becomes model ``name``."""
     def wrap(build):
-        _registered["model"][name] = ModelSpec(build, tuple(options), inputs, tokenizer)
+        _registered["model"][name] = ModelSpec(build, tuple(options), inputs, tokenizer, objective)
         return build
     return wrap
+
+
+def register_objective(name: str | None = None):
+    """Class decorator: an ``objectives.Objective`` subclass becomes objective ``name`` (default: its ``name``),
+    which a stream (``register_stream(..., objective=name)``) or a model declares."""
+    from .objectives import register
+
+    return register(name)
 
 
 def register_method(name: str | None = None):
@@ -131,7 +146,7 @@ def _adopt(kind: str, name: str, obj: Any) -> bool:
             if len(own) != 1:
                 return False
             obj = own[0]
-        if inspect.isclass(obj) and (issubclass(obj, Method) or hasattr(obj, "runner")):
+        if inspect.isclass(obj) and issubclass(obj, Method):
             _registered[kind][name] = obj
             return True
         return False
@@ -144,7 +159,7 @@ def _adopt(kind: str, name: str, obj: Any) -> bool:
         return False
     if isinstance(obj, ModuleType) and hasattr(obj, "build"):
         obj = Benchmark(obj.build, tuple(getattr(obj, "OPTIONS", ())), getattr(obj, "READS_DATA_DIR", False),
-                        getattr(obj, "INPUTS", "tensor"))
+                        getattr(obj, "INPUTS", "tensor"), getattr(obj, "OBJECTIVE", "classification"))
     if isinstance(obj, Benchmark):
         _registered[kind][name] = obj
         return True
@@ -259,10 +274,34 @@ def method_classes(spec: str) -> list[type]:
     if len(set(parts)) != len(parts):
         raise BadInput(f"--method: {spec!r} names a method twice")
     classes = [method_class(p) for p in parts]
-    if len(classes) > 1 and any(getattr(c, "runner", "forgetting") != "forgetting" for c in classes):
-        raise BadInput(f"--method: {spec!r} composes a method that runs its own training loop (avalanche-*) with another")
+    own_loop = [(p, c.runner) for p, c in zip(parts, classes) if c.runner != "forgetting"]
+    if len(classes) > 1 and own_loop:
+        raise BadInput(f"--method: {spec!r} composes {own_loop[0][0]}, which runs its own training loop "
+                       f"({own_loop[0][1]}), with another")
     check_composition(spec, classes)
     return classes
+
+
+def known_method_classes(spec: str) -> list[type] | None:
+    """The classes of ``spec`` when every part is a method this installation knows (built in, registered
+    in this process, or an installed entry point), else None. Never imports a module a name points to:
+    readers of results (plots, summaries) get names from files someone else may have written, and
+    ``mypkg.mymethod`` in a received config.json must not run ``mypkg``."""
+    parts = normalise_method(spec).split("+")
+    if not all(parts):
+        return None
+    builtins = _builtins("method")
+    if any(p not in _registered["method"] and p not in builtins for p in parts):
+        try:
+            _load_entry_points("method")
+        except BadInput:
+            return None
+        if any(p not in _registered["method"] and p not in builtins for p in parts):
+            return None
+    try:
+        return method_classes(spec)
+    except BadInput:
+        return None
 
 
 def method_options(spec: str) -> list[Option]:
@@ -274,9 +313,76 @@ def method_options(spec: str) -> list[Option]:
     return list(seen.values())
 
 
+def objective(name: str) -> type:
+    """The ``objectives.Objective`` class registered as ``name`` (a built-in, a user's registered one, one from an
+    entry point of ``forgetting.objectives``, or a module path holding one ``Objective`` subclass)."""
+    from . import objectives
+
+    if name in objectives.names():
+        return objectives.objective_class(name)
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="forgetting.objectives"):
+        if ep.name == name:
+            try:
+                ep.load()
+            except Exception as e:
+                raise BadInput(f"entry point {name!r} ({ep.value}) of forgetting.objectives does not load: {e}")
+    if name not in objectives.names() and re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)+", name):
+        try:
+            module = importlib.import_module(name)
+        except ImportError:
+            module = None
+        own = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, objectives.Objective) and c.__module__ == name] if module else []
+        if len(own) == 1:
+            objectives.register(name)(own[0])
+    return objectives.objective_class(name)
+
+
+def objective_of(stream_name: str, model_name: str) -> type:
+    """The objective of a run: the model's own where it declares one (causal LMs), else the stream's."""
+    return objective(model(model_name).objective or stream(stream_name).objective)
+
+
+def check_fit(method_spec: str, objective_cls: type, model_name: str, model_options: dict) -> None:
+    """BadInput, in one line, where a part of ``method_spec`` needs what the objective does not give
+    (``Method.needs``, ``Objective.provides``), or anchors the trainable weights (``Method.anchors_weights``)
+    of a model that trains fresh adapters at every task (``ModelSpec.trains_adapters``: LoRA)."""
+    provides = set(objective_cls.provides)
+
+    def fits(c) -> bool:
+        return set(c.needs) <= provides
+
+    for part, cls in zip(normalise_method(method_spec).split("+"), method_classes(method_spec)):
+        missing = sorted(set(cls.needs) - provides)
+        if missing:
+            why = f" ({cls.needs_why})" if cls.needs_why else ""
+            raise BadInput(f"--method {part}: does not apply to {objective_cls.label or objective_cls.name} (objective "
+                           f"{objective_cls.name}): it needs {', '.join(missing)}{why}; allowed: "
+                           f"{', '.join(_fitting(fits))} and their compositions")
+        adapters = model(model_name).trains_adapters
+        if cls.anchors_weights and adapters is not None and adapters(model_options):
+            raise BadInput(f"--method {part} with --lora-rank: the method anchors the trainable weights, which under "
+                           "LoRA are fresh adapters at every task; allowed with LoRA: "
+                           f"{', '.join(_fitting(lambda c: fits(c) and not c.anchors_weights))} and their compositions")
+
+
+def _fitting(test: Callable[[type], bool]) -> list[str]:
+    """The registered method names whose class passes ``test`` (for the one-line refusals)."""
+    fit = []
+    for n in names("method"):
+        try:
+            if test(method_class(n)):
+                fit.append(n)
+        except BadInput:
+            continue
+    return fit
+
+
 def runner(spec: str) -> type:
     """The training-loop class that runs method ``spec`` (our Trainer, or Avalanche's loop)."""
-    name = getattr(method_classes(spec)[0], "runner", "forgetting")
+    name = method_classes(spec)[0].runner
     module, _, attr = RUNNERS[name].partition(":")
     return getattr(importlib.import_module(module), attr)
 
@@ -341,12 +447,15 @@ def resolve(config: RunConfig) -> RunConfig:
     model_c = _check_section("model", config.model.name, list(spec.options), config.model.values())
     if bench.inputs == "text":
         require("text", f"benchmark {config.stream.name!r} (text)")
+    objective_cls = objective(spec.objective or bench.objective)  # what the model predicts: chosen here, once
     method_name = normalise_method(config.method.name)
     method_c = _check_section("method", method_name, method_options(method_name), config.method.values())
-    if getattr(method_classes(method_name)[0], "runner", "forgetting") == "avalanche":
+    check_fit(method_name, objective_cls, config.model.name, model_c.values())
+    runs_in = method_classes(method_name)[0].runner
+    if runs_in == "avalanche":
         require("avalanche", f"--method {method_name}")
     loop = _check_section("loop", "loop", LOOP_OPTIONS, config.loop).options
-    check_recipe(loop, getattr(method_classes(method_name)[0], "runner", "forgetting"))
+    check_recipe(loop, runs_in)
     if config.data_dir is not None and bench.reads_data_dir and not Path(config.data_dir).is_dir() \
             and not stream_c.settings.get("download"):
         raise BadInput(f"--data-dir: {config.data_dir!r} is not a directory")
@@ -417,5 +526,7 @@ def make_config(benchmark: str = "split-digits", scenario: str | None = None, mo
                           log_to=[log_to] if isinstance(log_to, str) else list(log_to)))
 
 
-__all__ = ["ModelSpec", "RUNNERS", "build_methods", "build_model", "gather", "make_config", "method_classes", "method_options", "model", "names",
-           "normalise_method", "register_method", "tokenizer_maker", "register_model", "register_stream", "resolve", "runner", "stream"]
+__all__ = ["ModelSpec", "RUNNERS", "build_methods", "build_model", "check_fit", "gather", "make_config", "method_classes",
+           "method_options", "model", "names", "normalise_method", "objective", "objective_of", "register_method",
+           "register_model", "register_objective", "register_stream", "resolve", "runner", "stream",
+           "tokenizer_maker"]

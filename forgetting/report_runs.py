@@ -74,12 +74,15 @@ class Run:
         """The rows' ``lambda``; for a run with no rows yet, the method's strength option from its config."""
         if len(self.rows):
             return float(self.rows["lambda"].iloc[0])
-        try:
-            from .registry import method_classes
+        from .registry import known_method_classes
 
-            opt = next((c.strength_option for c in method_classes(self.method) if c.strength_option), None)
+        classes = known_method_classes(self.method)  # never imports a module named in a results file
+        if classes is None:  # a method this installation does not know
+            return float("nan")
+        opt = next((c.strength_option for c in classes if c.strength_option), None)
+        try:
             return float(self.config.get("hparams", {})[opt]) if opt else 0.0
-        except Exception:  # a method this version does not know
+        except (KeyError, TypeError, ValueError):
             return float("nan")
 
     @property

@@ -67,11 +67,10 @@ def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
     Each part with a strength shows it (``kl λ=1 + rdrop α=1``; alone: ``kl, λ=1``); a part
     that is plain fine-tuning at strength 0 is left out, and nothing left is ``naive``.
     """
-    try:
-        from .registry import method_classes
+    from .registry import known_method_classes
 
-        classes = method_classes(method)
-    except Exception:  # a method this version does not know: its spec as it is
+    classes = known_method_classes(method)  # never imports a module named in a results file
+    if classes is None:  # a method this installation does not know: its spec as recorded
         return method, []
     parts, shown = [], []
     for cls in classes:

@@ -47,7 +47,7 @@ METRIC_COLUMNS = [
     "majority_accuracy",  # always predicting eval_task's most frequent test label
     "train_loss",     # mean total training loss of the epoch so far (NaN for init)
     "wall_time",      # seconds since the run started (timing: differs between identical runs)
-    # causal LMs only (empty for classifiers), over the test tokens that carry loss; see evaluate_lm.py
+    # causal LMs only (empty for classifiers), over the test tokens that carry loss; see objectives/causal_lm/evaluate.py
     "nll",            # mean negative log-likelihood per token (nats; "loss" holds the same)
     "perplexity",     # exp(nll)
     "token_accuracy", # fraction of tokens that are the most likely next token

@@ -15,7 +15,6 @@ import numpy as np
 import torch
 
 from . import registry
-from .causal_lm import check_methods as check_lm_methods
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, WriteFailed, command_name
 from .options import Option
@@ -204,8 +203,11 @@ def determinism_settings(device: torch.device) -> dict:
 
 
 def warn_one_class_tasks(stream) -> list[str]:
-    """In ``task`` a task with one class gets a one-output head: nothing to learn, accuracy 100%. Say so."""
+    """In ``task`` a task with one class gets a one-output head: nothing to learn, accuracy 100%. Say so.
+    In ``class`` and ``domain`` a stream where no task holds two classes, or a task that trains a single
+    output, learns nothing either: BadInput."""
     if stream.scenario != "task":
+        check_two_classes(stream)
         return []
     lonely = [task.name for task, outs in zip(stream.tasks, stream.layout.task_outputs) if len(outs) < 2]
     for name in lonely:
@@ -213,6 +215,23 @@ def warn_one_class_tasks(stream) -> list[str]:
                     "accuracy 100%% whatever the model does (give it two classes, or use --scenario domain or class)",
                     name)
     return lonely
+
+
+def check_two_classes(stream) -> None:
+    """BadInput for a ``class``/``domain`` stream in which nothing is learned (see warn_one_class_tasks)."""
+    if getattr(stream, "objective", "classification") != "classification":
+        return  # a language-modelling stream has no classes
+    layout = stream.layout
+    for t, task in enumerate(stream.tasks):
+        active = layout.active_outputs(t)
+        if (layout.n_outputs if active is None else len(active)) < 2:
+            raise BadInput(f"--scenario {stream.scenario}: task {task.name!r} trains a classifier with one output, "
+                           "which is right whatever the model does; allowed: a first task with two classes or more")
+    found = [(getattr(task.train, "targets", None), getattr(task.test, "targets", None)) for task in stream.tasks]
+    if (all(isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) for a, b in found)
+            and all(int(torch.cat([a, b]).unique().numel()) < 2 for a, b in found)):
+        raise BadInput(f"--scenario {stream.scenario}: every task holds one class ({', '.join(t.name for t in stream.tasks)}),"
+                       " so no task asks the model to tell classes apart; allowed: tasks with two classes or more")
 
 
 def build_stream_for(config: RunConfig):
@@ -233,14 +252,16 @@ def prepare(config: RunConfig):
 
     device = resolve_device(config.device)
     spec = registry.model(config.model.name)
+    if spec.check_device is not None:
+        spec.check_device(config.model.values(), device)
     _, source = split_spec(config.model.name)
     model_values = config.model.values()
     stream = build_stream_for(config)
+    stream.objective = registry.objective_of(config.benchmark, config.model.name).name  # chosen by resolve
     warn_one_class_tasks(stream)
     methods = registry.build_methods(config.method.name, config.hparams)
-    for m in methods:  # options that cannot work on this stream (Avalanche's strategies declare no such check)
-        if hasattr(m, "check_stream"):
-            m.check_stream(stream)
+    for m in methods:  # options that cannot work on this stream
+        m.check_stream(stream)
     seed_everything(config.seed)
     try:
         model = spec.build(stream, model_values, source)
@@ -248,7 +269,6 @@ def prepare(config: RunConfig):
         if isinstance(e, BadInput):
             raise
         raise BadInput(f"--model {config.model.name}: {e}") from None
-    check_lm_methods(stream, methods, model, device)  # causal LMs: refuse the methods that do not apply
     return device, stream, model, methods
 
 
@@ -322,6 +342,9 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False)
     scratch. The run is claimed first (``forgetting.claim``): RunBusy when another live process
     runs it. The manifest says ``complete`` only when every task's rows are there.
     """
+    if force and resume:
+        raise BadInput("--resume and --force together: pick one (--resume continues an unfinished run from its last "
+                       "checkpoint, --force runs it again from the start)")
     config = registry.resolve(config)
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id

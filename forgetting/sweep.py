@@ -13,6 +13,8 @@ import argparse
 import functools
 import json
 import os
+import platform
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +33,7 @@ from .sweep_grid import grid_configs, split_run_args
 from .sweep_table import console_table
 
 PROG = command_name("sweep")  # what the messages call this command: forgetting-sweep or python -m forgetting.sweep
-SWEEP_LOG = "sweep.json"
+SWEEP_LOGS = "sweeps"  # RESULTS_DIR/sweeps/<start time>-<host>-<pid>.json: one log per invocation
 CONFIRM_ABOVE = 1000  # a sweep of more runs than this starts only with --yes: a typo in a grid can mean days
 
 
@@ -229,12 +231,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = ", ".join(ns.suites) if ns.suites else "the grid"
     say(f"{PROG}: {len(runs)} runs in {where}: {done_before} already complete, "
         f"{sum(r.state == 'unfinished' for r in runs)} unfinished to run again, {sum(r.state == 'new' for r in runs)} new")
+    ns.started = now()
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the sweep as Ctrl-C does
     try:
         outcomes = execute(todo, ns)
     except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; unfinished runs will run again next time", file=sys.stderr)
+        print(f"{PROG}: interrupted; no further run started, unfinished runs will run again next time",
+              file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     return finish(ns, runs, outcomes, say)
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]:
@@ -262,18 +273,26 @@ def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]
     return outcomes
 
 
+def log_path(results_dir: str | Path, started: str) -> Path:
+    """This invocation's log: its own file, so sweeps on one results directory never overwrite each other's."""
+    stamp = started.replace("-", "").replace(":", "").replace("+0000", "Z")
+    return Path(results_dir) / SWEEP_LOGS / f"{stamp}-{platform.node() or 'host'}-{os.getpid()}.json"
+
+
 def write_log(ns, runs: list[Planned], outcomes: dict[str, Outcome]) -> Path:
-    """RESULTS_DIR/sweep.json: what this sweep found and did, run by run."""
+    """RESULTS_DIR/sweeps/<start>-<host>-<pid>.json: what this sweep found and did, run by run."""
     entries = {}
     for r in runs:
         o = outcomes.get(r.run_id)
         entries[r.run_id] = {"label": describe(r.config), "before": r.state,
                                     "status": o.status if o else "complete", "error": o.error if o else None,
                                     "seconds": round(o.seconds, 3) if o else None}
-    path = Path(ns.results_dir) / SWEEP_LOG
+    started = getattr(ns, "started", None) or now()
+    path = log_path(ns.results_dir, started)
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"ended": now(), "suites": list(ns.suites), "runs": entries,
-                             **({"grid": ns.grid, "seeds": ns.seeds, "run_args": ns.run_args} if ns.run_args is not None else {})})
+    grid = {"grid": ns.grid, "seeds": ns.seeds, "run_args": ns.run_args} if getattr(ns, "run_args", None) is not None else {}
+    atomic_write_json(path, {"started": started, "ended": now(), "host": platform.node(), "pid": os.getpid(),
+                             "suites": list(ns.suites), **grid, "runs": entries})
     return path
 
 
@@ -299,6 +318,9 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
             files = write_report(complete, out)
         except BadInput as e:
             print(f"{PROG}: no report: {e}", file=sys.stderr)
+            code = 1
+        except OSError as e:  # a read-only or full --report-dir: the runs are done, the report is not
+            print(f"{PROG}: no report: cannot write {e.filename or out}: {e.strerror or e}", file=sys.stderr)
             code = 1
         else:
             table = console_table(out / "summary.csv")

@@ -11,7 +11,9 @@ def console_table(summary_csv: Path) -> str:
 
     if not summary_csv.is_file():
         return ""
-    df = pd.read_csv(summary_csv, dtype={"label": str, "benchmark": str, "scenario": str, "status": str})
+    # names as text, whatever they look like ("NA", "null" and "nan" included): only an empty cell is missing
+    text = {c: str for c in ("benchmark", "scenario", "method", "name", "variant", "label", "status", "state", "seeds")}
+    df = pd.read_csv(summary_csv, dtype=text, keep_default_na=False, na_values=[""])
     if df.empty:
         return ""
 

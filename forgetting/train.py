@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import math
 from collections import defaultdict
 
@@ -12,26 +11,11 @@ from torch import nn
 from . import progress
 from .config import RunConfig
 from .errors import RunFailed
-from .causal_lm import is_lm
-from .evaluate import Evaluator
-from .evaluate_lm import LMEvaluator
 from .methods.base import Method
+from .objectives import objective_for
 from . import optim
 from .streams.base import TaskStream
-
-
-def freeze(model: nn.Module) -> nn.Module:
-    """``model`` itself, in eval mode and without gradients: a teacher."""
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-        p.grad = None
-    return model
-
-
-def frozen_copy(model: nn.Module) -> nn.Module:
-    """A snapshot for use as a teacher: a deep copy, frozen (eval mode, no gradients)."""
-    return freeze(copy.deepcopy(model))
+from .teacher import boundary_references, freeze, frozen_copy  # noqa: F401  (the teacher helpers, also from here)
 
 
 class Trainer:
@@ -52,8 +36,8 @@ class Trainer:
         self.methods = methods
         self.device = device
         self.recorder = recorder
-        evaluator = LMEvaluator if is_lm(stream) else Evaluator
-        self.evaluator = evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
+        self.objective = objective_for(stream)  # what the model predicts: data loss, penalties' distributions, measures
+        self.evaluator = self.objective.evaluator(stream, config.eval_batch_size, device, subset=config.eval_subset)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.previous_model: nn.Module | None = None
         self.base_model: nn.Module | None = None
@@ -122,15 +106,7 @@ class Trainer:
         adapters are merged and new ones started, the reference is the model with its adapters
         disabled), that reference, with a copy kept only of the base model.
         """
-        boundary = getattr(self.model, "task_boundary", None)
-        if boundary is not None and getattr(self.model, "lora", None):
-            if t == 0:
-                self.base_model = frozen_copy(self.model)
-            self.previous_model = boundary(t)
-            return
-        self.previous_model = frozen_copy(self.model)
-        if t == 0:
-            self.base_model = self.previous_model
+        self.previous_model, self.base_model = boundary_references(self.model, t, self.base_model)
 
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step."""

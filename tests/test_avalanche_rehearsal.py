@@ -71,9 +71,8 @@ def test_gdumb_rows_follow_its_retrained_copy(tmp_path):
 @pytest.mark.parametrize("method", ["avalanche-icarl", "avalanche-bic"])
 def test_class_incremental_strategies_refuse_other_scenarios(method, tmp_path):
     cfg = make_config(method=method, scenario="domain", progress=False, device="cpu", results_dir=str(tmp_path))
-    device, stream, model, methods = prepare(cfg)
     with pytest.raises(BadInput, match="defined for the class scenario only, not 'domain'"):
-        AvalancheTrainer(cfg, stream, model, methods, device)
+        prepare(cfg)  # the strategy's check_stream, as every method's, before the trainer or any file
 
 
 def test_icarl_refuses_a_model_without_features_and_head(tmp_path):
@@ -89,7 +88,7 @@ def test_avalanche_refuses_augmented_streams(tmp_path):
 
     write_cifar10(tmp_path / "data")
     cfg = make_config(benchmark="split-cifar10", method="avalanche-der", augment=True, data_dir=str(tmp_path / "data"),
-                      progress=False, device="cpu", results_dir=str(tmp_path / "r"))
+                      progress=False, device="cpu", results_dir=str(tmp_path / "r"), trust_data=True)
     with pytest.raises(BadInput, match="--augment"):
         run_experiment(cfg)
     assert not (tmp_path / "r").exists()

@@ -22,7 +22,8 @@ CIFAR10_MEAN, CIFAR10_STD = np.array(MEAN["cifar10"]), np.array(STD["cifar10"])
 
 
 def stream10(root, scenario="class", **options):
-    return build_stream("split-cifar10", scenario, {"data_dir": str(root), **options})
+    """The stream of the tiny files written here: not the official ones, so read with trust_data."""
+    return build_stream("split-cifar10", scenario, {"data_dir": str(root), "trust_data": True, **options})
 
 
 def as_image(row: np.ndarray) -> np.ndarray:
@@ -55,7 +56,8 @@ def test_cifar10_reads_the_real_format_into_five_tasks(tmp_path, scenario):
 @pytest.mark.parametrize("n_tasks", [10, 20])
 def test_cifar100_in_10_or_20_tasks(tmp_path, n_tasks):
     written = write_cifar100(tmp_path)
-    stream = build_stream("split-cifar100", "class", {"data_dir": str(tmp_path), "n_tasks": n_tasks})
+    stream = build_stream("split-cifar100", "class", {"data_dir": str(tmp_path), "n_tasks": n_tasks,
+                                                       "trust_data": True})
     per = 100 // n_tasks
     assert len(stream) == n_tasks
     assert [t.classes for t in stream.tasks] == [list(range(k * per, (k + 1) * per)) for k in range(n_tasks)]
@@ -123,7 +125,7 @@ def test_a_run_on_split_cifar10_files(tmp_path):
     write_cifar10(tmp_path / "data")
     cfg = make_config(benchmark="split-cifar10", scenario="class", method="kl", data_dir=str(tmp_path / "data"),
                       results_dir=str(tmp_path / "r"), epochs=1, hidden=[16], augment=True, progress=False,
-                      device="cpu")
+                      device="cpu", trust_data=True)
     run_dir, rows, status = run_experiment(cfg)
     assert status == "complete" and len(rows) == 5 + 5 * 5
     config = json.loads((run_dir / "config.json").read_text())
@@ -193,7 +195,7 @@ def test_cifar_download_without_data_dir_goes_to_the_cache(tmp_path, monkeypatch
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     monkeypatch.setattr(tv_cifar, "download_and_extract_archive", fake_download)
-    cfg = make_config(benchmark="split-cifar10", download=True, data_dir=None, device="cpu")
+    cfg = make_config(benchmark="split-cifar10", download=True, data_dir=None, device="cpu", trust_data=True)
     _, stream, _, _ = prepare(cfg)
     assert len(stream) == 5
     [(url, root, md5)] = calls  # once: the test split finds the files the first call wrote
@@ -239,5 +241,51 @@ def test_augmented_run_resumes_with_the_same_crops(tmp_path, monkeypatch):
 
     write_cifar10(tmp_path / "data")
     cfg = make_config(benchmark="split-cifar10", method="kl", augment=True, epochs=1, hidden=[16], batch_size=4,
-                      data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "cut"), progress=False, device="cpu")
+                      data_dir=str(tmp_path / "data"), results_dir=str(tmp_path / "cut"), progress=False, device="cpu",
+                      trust_data=True)
     resumed_equals_whole(cfg, tmp_path, monkeypatch)
+
+
+# --- files that are pickles: only the official ones are read without --trust-data ---------------------
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        from pathlib import Path
+
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_an_unknown_cifar_file_is_refused_before_it_is_unpickled(tmp_path, cli):
+    """A CIFAR batch file is a pickle: a planted one ran its payload when the stream was built."""
+    import pickle
+
+    write_cifar10(tmp_path)
+    marker = tmp_path / "marker"
+    (tmp_path / "cifar-10-batches-py" / "data_batch_2").write_bytes(pickle.dumps(_Payload(marker)))
+    with pytest.raises(BadInput, match=r"data_batch_1' is not the official CIFAR10 file \(sha256 differs\).*--trust-data"):
+        build_stream("split-cifar10", "class", {"data_dir": str(tmp_path)})
+    assert not marker.exists()
+    proc = cli("forgetting.run", "--benchmark", "split-cifar10", "--data-dir", str(tmp_path),
+               "--results-dir", str(tmp_path / "r"))
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "--trust-data" in proc.stderr and not marker.exists() and not (tmp_path / "r").exists()
+
+
+def test_the_official_digests_are_what_the_check_compares(tmp_path, monkeypatch):
+    """A file whose digest is in the official list is read without --trust-data (the list patched to
+    hold the tiny files' digests, as the real files' are)."""
+    import hashlib
+
+    from forgetting.streams import cifar
+
+    write_cifar10(tmp_path)
+    folder = tmp_path / "cifar-10-batches-py"
+    table = {p.name: ("sha256", hashlib.sha256(p.read_bytes()).hexdigest()) for p in folder.iterdir()}
+    assert set(table) == set(cifar.OFFICIAL["cifar10"])  # every file torchvision reads has its digest
+    from torchvision.datasets import CIFAR100
+
+    assert set(cifar.OFFICIAL["cifar100"]) == {n for n, _ in CIFAR100.train_list + CIFAR100.test_list} | {"meta"}
+    monkeypatch.setitem(cifar.OFFICIAL, "cifar10", table)
+    assert len(build_stream("split-cifar10", "class", {"data_dir": str(tmp_path)})) == 5

@@ -127,11 +127,13 @@ def _class_kl(student, teacher, form, task=1, class_outputs="seen", temperature=
     from types import SimpleNamespace
 
     from forgetting.methods.kl import Method as KL
+    from forgetting.objectives.classification import Classification
     from forgetting.streams.base import Batch
 
     layout = layout_for("class", 3, [2, 2, 2])
     layout.class_outputs = class_outputs
-    trainer = SimpleNamespace(previous_model=FixedTeacher(torch.tensor(teacher)), layout=layout)
+    trainer = SimpleNamespace(previous_model=FixedTeacher(torch.tensor(teacher)), layout=layout,
+                              objective=Classification(layout))
     method = KL(kl_lambda=0.5, kl_direction="forward", temperature=temperature, kl_class_outputs=form)
     n = len(student)
     batch = Batch(torch.zeros(n, 1), torch.full((n,), 2 * task), torch.full((n,), task), torch.arange(n))

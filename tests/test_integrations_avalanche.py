@@ -29,6 +29,7 @@ from forgetting.integrations.avalanche import (  # noqa: E402
     to_avalanche_benchmark,
 )
 from forgetting.methods.kl import Method as KL  # noqa: E402
+from forgetting.objectives.classification import Classification  # noqa: E402
 from forgetting.metrics import accuracy_matrix, run_summary  # noqa: E402
 from forgetting.models.mlp import MLP  # noqa: E402
 from forgetting.penalty import kl_penalty  # noqa: E402
@@ -161,7 +162,8 @@ def test_kl_plugin_per_head_groups_equal_our_kl_method():
     with torch.no_grad():
         student, teacher_out = model(x), teacher(x)
         ours = KL(kl_lambda=1.0, kl_direction="forward", temperature=2.0)
-        trainer = type("T", (), {"previous_model": teacher, "layout": stream.layout})()
+        trainer = type("T", (), {"previous_model": teacher, "layout": stream.layout,
+                                 "objective": Classification(stream.layout)})()
         batch = Batch(x, torch.zeros(16, dtype=torch.long), torch.full((16,), 2), torch.arange(16))
         expected, _ = ours.penalties(trainer, batch, student, task=2)["kl"]
         assert torch.equal(plugin.penalty(student, teacher_out), expected)

@@ -119,10 +119,10 @@ def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
     """A tiny GPT-2 on prompt/response pairs: labels -100 on the prompt; the KL is the token-level one."""
     from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
-    from forgetting.causal_lm import loss_mask, shifted
+    from forgetting.objectives.causal_lm import loss_mask, shifted
     from forgetting.models.causal import byte_tokenizer
     from forgetting.penalty import token_kl_penalty
-    from forgetting.streams.lm import LMData
+    from forgetting.objectives.causal_lm import LMData
 
     tok = byte_tokenizer()
     prompts = [tok(f"say {w}:", add_special_tokens=False)["input_ids"] for w in ("yes", "no", "maybe", "so")]

@@ -13,16 +13,16 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "forgetting"
 LAYERS = [  # (layer name, module prefixes)
-    ("basics", ["errors", "options", "penalty", "metrics", "extras", "config", "progress"]),
+    ("basics", ["errors", "options", "penalty", "metrics", "extras", "config", "progress", "teacher"]),
     ("data", ["streams"]),
-    ("models", ["models"]),
-    ("objectives", ["causal_lm"]),  # the causal-LM loss and masks, beside the classifiers' cross-entropy
-    ("methods", ["methods", "evaluate", "integrations"]),  # integrations/__init__: strategy specs only
-    ("loop", ["train", "optim", "objectives"]),
+    ("objectives", ["objectives", "evaluate"]),  # what a model predicts: data loss, penalties' distributions, measures
+    ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)
+    ("methods", ["methods", "integrations"]),  # integrations/__init__: strategy specs only
+    ("loop", ["train", "optim"]),
     ("bridges and files", ["integrations.avalanche", "integrations.hf", "integrations.trl", "results", "checkpoint",
                            "claim", "tracking"]),
     ("registry", ["registry"]),
-    ("entry points", ["run", "suite", "api", "executors", "sweep", "console", "plot", "report", "__main__", ""]),
+    ("entry points", ["run", "suite", "api", "executors", "sweep", "plot", "report", "__main__", ""]),
 ]
 
 
@@ -106,3 +106,11 @@ def test_the_import_graph_has_no_circle():
     for m in sorted(g):
         if m not in state and (cycle := visit(m)):
             raise AssertionError("import circle: " + " -> ".join(f"forgetting.{c}" for c in cycle))
+
+
+def test_every_layer_entry_names_a_module():
+    """No stale entry: each prefix is a module or package of forgetting (or the prefix of some)."""
+    modules = set(graph())
+    stale = [p for _, prefixes in LAYERS for p in prefixes
+             if p and not any(m == p or m.startswith(p + ".") or m.startswith(p + "_") for m in modules)]
+    assert not stale, stale

@@ -7,14 +7,15 @@ import copy
 import pytest
 import torch
 
-from forgetting.causal_lm import loss_mask, shifted
+from forgetting.objectives.causal_lm import loss_mask, shifted
 from forgetting.errors import BadInput
 from forgetting.registry import build_methods, build_model, make_config, tokenizer_maker
 from forgetting.models.causal import AdapterDisabled, byte_tokenizer
 from forgetting.penalty import token_kl_penalty
 from forgetting.run import main, prepare
 from forgetting.streams import build_stream, iterate_batches
-from forgetting.train import Trainer, frozen_copy
+from forgetting.teacher import frozen_copy
+from forgetting.train import Trainer
 
 TINY = {"gpt2_layers": 1, "gpt2_width": 16, "gpt2_heads": 2, "gpt2_dropout": 0.1}
 WORDS = ["good", "bad", "fine", "awful", "great", "poor"]
@@ -226,6 +227,21 @@ def bad_no_pad(tmp):
     return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "no pad token"
 
 
+def bad_truncated_weights(tmp):
+    ckpt = tiny_checkpoint(tmp / "cut")
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:200])  # a copy that stopped early
+    return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "cannot read its weights"
+
+
+def bad_no_tokenizer(tmp):
+    ckpt = tiny_checkpoint(tmp / "alone")
+    for f in ckpt.iterdir():  # the model saved without its tokenizer
+        if f.name not in ("config.json", "generation_config.json", "model.safetensors"):
+            f.unlink()
+    return ["--model", f"causal:{ckpt}", *pair_args(tmp)], "no tokenizer files in"
+
+
 def bad_prompt_column(tmp):
     return ["--model", "gpt2", *pair_args(tmp, prompt="question")], "no column 'question'"
 
@@ -256,7 +272,7 @@ def bad_bf16_on_cpu(tmp):
 
 BAD = {"bf16 on cpu": bad_bf16_on_cpu, "not a causal LM": bad_not_causal, "tokenizer without pad": bad_no_pad, "prompt column missing":
        bad_prompt_column, "response longer than context": bad_long_response, "rdrop on an LM": bad_rdrop,
-       "ewc with LoRA": bad_lora_ewc}
+       "ewc with LoRA": bad_lora_ewc, "truncated weights": bad_truncated_weights, "no tokenizer": bad_no_tokenizer}
 
 
 @pytest.mark.parametrize("name", list(BAD))
@@ -337,7 +353,7 @@ def test_lm_teacher_cache_gives_the_live_teachers_penalty(tmp_path):
     kl = trainer.methods[0]
     kl.before_task(trainer, 1)
     data = stream.tasks[1].train
-    assert kl.cache is not None and kl.cache.shape == (sum(len(r) for r in data.responses), 258)
+    assert kl.cache is not None and kl.cache.outputs.shape == (sum(len(r) for r in data.responses), 258)
     trainer.model.train()
     torch.manual_seed(3)
     for batch in iterate_batches(data, 1, 5, shuffle=True, generator=torch.Generator().manual_seed(0)):

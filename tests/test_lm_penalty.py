@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from forgetting.causal_lm import loss_mask, shifted, token_loss
+from forgetting.objectives.causal_lm import loss_mask, shifted, token_loss
 from forgetting.penalty import token_kl_penalty
 from forgetting.streams.base import concat_inputs
 

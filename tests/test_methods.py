@@ -19,6 +19,7 @@ from forgetting.methods.ewc import Method as EWC, diagonal_fisher
 from forgetting.methods.ewc_online import Method as OnlineEWC
 from forgetting.methods.joint import Method as Joint
 from forgetting.methods.kl import Method as KL
+from forgetting.objectives.classification import Classification
 from forgetting.methods.l2sp import Method as L2SP
 from forgetting.methods.mas import output_sensitivity
 from forgetting.methods.rdrop import Method as RDrop
@@ -28,7 +29,8 @@ from forgetting.options import check_all
 from forgetting.run import build_parser, config_from_args
 from forgetting.streams import build_stream
 from forgetting.streams.base import Batch, HeadLayout, TensorData, concat_inputs, gather_examples, layout_for
-from forgetting.train import Trainer, frozen_copy
+from forgetting.teacher import frozen_copy
+from forgetting.train import Trainer
 
 
 class TwoParams(nn.Module):
@@ -146,7 +148,8 @@ def test_shortcut_steps_aside_for_layers_used_twice_or_sharing_weights():
 
 
 def _fake_trainer(model, n_tasks=3):
-    return SimpleNamespace(model=model, stream=[None] * n_tasks, layout=DOMAIN2, device="cpu")
+    return SimpleNamespace(model=model, stream=[None] * n_tasks, layout=DOMAIN2, device="cpu",
+                           objective=Classification(DOMAIN2))
 
 
 def test_ewc_penalty_is_one_term_per_task_and_online_ewc_accumulates():
@@ -350,7 +353,7 @@ def test_kl_method_matches_hand_values_per_old_head(direction, temperature):
     layout = layout_for("task", 3, [2, 2, 2])
     student = torch.tensor([[0.2, -1.0, 0.5, 1.5, 3.0, 0.0], [1.0, 2.0, -0.5, 0.3, 0.0, 9.0]])
     teacher_out = torch.tensor([[1.0, 0.0, 0.0, 0.5, -3.0, 1.0], [0.0, 0.5, 0.4, -0.2, 7.0, 0.0]])
-    trainer = SimpleNamespace(previous_model=FixedTeacher(teacher_out), layout=layout)
+    trainer = SimpleNamespace(previous_model=FixedTeacher(teacher_out), layout=layout, objective=Classification(layout))
     method = KL(kl_lambda=0.7, kl_direction=direction, temperature=temperature)
     batch = Batch(torch.zeros(2, 1), torch.tensor([4, 5]), torch.tensor([2, 2]), torch.arange(2))
     value, weight = method.penalties(trainer, batch, student, 2)["kl"]
@@ -374,7 +377,7 @@ def test_rdrop_passes_differ_under_dropout_and_its_loss_matches_a_hand_computati
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
     layout = HeadLayout("domain", [[0, 1, 2]], 3)
-    trainer = SimpleNamespace(model=model, layout=layout, current_task=0)
+    trainer = SimpleNamespace(model=model, layout=layout, current_task=0, objective=Classification(layout))
     batch = Batch(torch.randn(5, 6), torch.tensor([0, 2, 1, 1, 0]), torch.zeros(5, dtype=torch.long), torch.arange(5))
     method = RDrop(rdrop_alpha=0.8)
     model.train()

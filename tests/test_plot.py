@@ -540,3 +540,53 @@ def test_legends_say_what_a_reader_writes_lora_rank_and_temperature():
                                  fake("c", "kl", {"kl_lambda": 1.0, "temperature": 1.0}, 0),
                                  fake("d", "kl", {"kl_lambda": 1.0, "temperature": 2.0}, 0)])
     assert labels == {"a": "naive", "b": "LoRA r=8", "c": "kl, λ=1 [T=1]", "d": "kl, λ=1 [T=2]"}
+
+
+# --- reading results runs no code ----------------------------------------------------------------
+def test_a_method_named_in_a_received_config_is_never_imported(sweep, tmp_path, monkeypatch):
+    """Display names went through the method registry, which imports a dotted path: a received
+    config.json naming `plantedpkg.evil` ran that module. The run is named by its recorded name."""
+    pkg = tmp_path / "lib" / "plantedpkg"
+    pkg.mkdir(parents=True)
+    marker = tmp_path / "marker"
+    (pkg / "__init__.py").write_text("")
+    (pkg / "evil.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "lib"))
+
+    def plant(d):
+        c = json.loads((d / "config.json").read_text())
+        c["method"]["name"] = "plantedpkg.evil"
+        (d / "config.json").write_text(json.dumps(c))
+    victim = corrupt(sweep, tmp_path, plant)
+    out = tmp_path / "out"
+    write_report([tmp_path / "results"], out)
+    assert not marker.exists()
+    summary = pd.read_csv(out / "summary.csv", dtype=str)
+    assert summary["label"].str.startswith("plantedpkg.evil").sum() == 1, summary["label"].tolist()
+    assert victim.name in (out / "runs.csv").read_text()
+
+
+@pytest.mark.parametrize("fault", ["read-only --out", "full disk"])
+def test_an_out_that_cannot_be_written_is_one_line(fault, sweep, tmp_path, monkeypatch, capsys):
+    """A read-only or full filesystem under --out gave a traceback. (Simulated: root writes anywhere.)"""
+    import errno
+    import os
+
+    out = tmp_path / "out"
+    if fault == "read-only --out":
+        real = Path.mkdir
+
+        def mkdir(self, *a, **k):
+            if str(self).startswith(str(out)):
+                raise OSError(errno.EROFS, "Read-only file system", str(self))
+            return real(self, *a, **k)
+        monkeypatch.setattr(Path, "mkdir", mkdir)
+    else:
+        def replace(src, dst, *a, **k):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(os, "replace", replace)
+    code = plot_main([str(sweep), "--out", str(out), "--formats", "png"])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err, err
+    assert ("Read-only file system" in err and code == 2) if fault.startswith("read") else \
+        ("No space left on device" in err and code == 1)

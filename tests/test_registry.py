@@ -164,11 +164,12 @@ def test_the_seed_bound_is_checked_on_the_cli_before_any_run(tmp_path):
     assert not (tmp_path / "r").exists()
 
 
-def test_avalanche_strategies_are_a_declared_runner_not_methods():
+def test_avalanche_strategies_implement_the_method_protocol_with_their_own_runner():
     from forgetting.methods.base import Method
 
     for name in ("avalanche-naive", "avalanche-lwf"):
-        assert not issubclass(registry.method_class(name), Method)
+        cls = registry.method_class(name)
+        assert issubclass(cls, Method) and cls.runner == "avalanche" and "class_distribution" in cls.needs
         assert registry.runner(name).__name__ == "AvalancheTrainer"
     assert registry.runner("kl+rdrop").__name__ == "Trainer"
 

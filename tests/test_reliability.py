@@ -349,3 +349,101 @@ def test_manifest_is_strict_json_even_with_non_finite_numbers(tmp_path):
     assert "Infinity" not in text and "NaN" not in text
     obj = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
     assert obj == {"a": "inf", "b": ["nan", "-inf", 1.5]} and float(obj["a"]) == float("inf")
+
+
+# --- nothing received runs code ------------------------------------------------------------------
+class _Payload:
+    """Unpickled, it writes a marker file: the proof that a loader ran code from a file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (Path.write_text, (Path(self.marker), "pwned"))
+
+
+def test_a_planted_checkpoint_state_runs_no_code_on_resume(tmp_path, monkeypatch, caplog):
+    """torch.load(weights_only=False) ran a planted task_<t>.state.pt's payload on --resume."""
+    import torch
+
+    cfg = make_config(method="ewc", epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False,
+                      model_options={"hidden": [16]})
+    run_dir = cut_after_task(cfg, 2, monkeypatch)
+    marker = tmp_path / "marker"
+    bad = run_dir / "checkpoints" / "task_2.state.pt"
+    torch.save({"task": 2, "methods": [_Payload(marker)]}, bad)
+    caplog.set_level(logging.WARNING, logger="forgetting")
+    assert run_experiment(cfg, resume=True)[2] == "complete"
+    assert not marker.exists()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and str(bad) in warnings[0] and "resuming from the end of task 1" in warnings[0]
+
+
+# --- locks that tell the truth -------------------------------------------------------------------
+def test_a_live_owner_on_this_host_keeps_its_lock_whatever_its_heartbeat_age(tmp_path):
+    """A paused owner (SIGSTOP, a laptop asleep) lost its run once its heartbeat was 5 minutes old."""
+    from forgetting.claim import HOST, STALE_S, RunBusy, _start_time, claim
+
+    paused = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        paused.send_signal(signal.SIGSTOP)
+        lock = _lock(tmp_path / "paused", pid=paused.pid, host=HOST, pid_started=_start_time(paused.pid))
+        old = time.time() - 10 * STALE_S
+        os.utime(lock, (old, old))
+        with pytest.raises(RunBusy, match=f"pid {paused.pid} on host {HOST}"):
+            claim(tmp_path / "paused")
+        # the same pid, but another process than the one that took the lock: it is gone
+        _lock(tmp_path / "reused", pid=paused.pid, host=HOST, pid_started=_start_time(paused.pid) - 1)
+        c = claim(tmp_path / "reused")
+        assert "names another process" in c.took_over
+        c.release()
+    finally:
+        paused.kill()
+        paused.wait()
+
+
+def test_a_full_disk_before_the_start_is_one_line_and_leaves_no_lock(tmp_path, monkeypatch, capsys):
+    """ENOSPC while writing run.lock gave a traceback and left an empty lock refusing the next try."""
+    import errno
+
+    from forgetting import claim as claim_mod
+    from forgetting.run import main
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(claim_mod.os, "fsync", full)
+    args = ["--epochs", "1", "--quiet", "--results-dir", str(tmp_path / "r")]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "No space left on device" in err and "run.lock" in err, err
+    assert not list((tmp_path / "r").rglob("run.lock")) and not list((tmp_path / "r").iterdir())
+    monkeypatch.undo()
+    assert main(args) == 0  # the next try is not refused
+
+
+def test_a_linked_checkpoints_folder_is_replaced_not_written_through(tmp_path, monkeypatch):
+    """A symlinked RUN_DIR/checkpoints made the run write its checkpoints wherever the link pointed."""
+    import shutil
+
+    cfg = make_config(epochs=1, seed=2, results_dir=str(tmp_path / "cut"), progress=False, model_options={"hidden": [16]})
+    run_dir = cut_after_task(cfg, 2, monkeypatch)
+    outside = tmp_path / "elsewhere"
+    shutil.move(str(run_dir / "checkpoints"), outside)
+    (run_dir / "checkpoints").symlink_to(outside, target_is_directory=True)
+    before = sorted(p.name for p in outside.iterdir())
+    assert run_experiment(cfg, resume=True)[2] == "complete"
+    assert sorted(p.name for p in outside.iterdir()) == before  # nothing written through the link
+    folder = run_dir / "checkpoints"
+    assert not folder.is_symlink() and folder.is_dir() and (folder / "task_4.safetensors").is_file()
+    assert "resumed_at" not in read_run(run_dir)[2]  # a linked folder is not the run's: started again
+
+
+def test_resume_with_force_is_refused_in_one_line(tmp_path, capsys):
+    """--resume --force silently dropped --force."""
+    from forgetting.run import main
+
+    assert main(["--epochs", "1", "--quiet", "--resume", "--force", "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--resume and --force" in err and "pick one" in err, err
+    assert not (tmp_path / "r").exists()

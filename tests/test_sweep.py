@@ -57,6 +57,12 @@ def complete_runs(results: Path) -> dict[str, dict]:
     return runs_with_status(results, "complete")
 
 
+def last_log(results: Path) -> dict:
+    """The log of the latest sweep on ``results`` (each sweep writes its own)."""
+    logs = sorted((results / sweep.SWEEP_LOGS).glob("*.json"), key=lambda p: p.stat().st_mtime)
+    return json.loads(logs[-1].read_text())
+
+
 # --- suite files ------------------------------------------------------------------------------
 def test_grid_expands_to_the_product_with_every_value_checked(tmp_path):
     suite = load_suite(write(tmp_path, """
@@ -315,7 +321,7 @@ def test_sweep_resumes_after_sigkill_without_rerunning_or_duplicating(tmp_path):
     for rid, manifest in before.items():  # not run again: same start time, same bytes
         assert after[rid]["started"] == manifest["started"]
         assert (results / rid / METRICS).read_bytes() == first_files[rid]
-    log = json.loads((results / sweep.SWEEP_LOG).read_text())["runs"]
+    log = last_log(results)["runs"]
     assert {rid for rid, r in log.items() if r["before"] == "complete"} == set(before)
     assert {rid for rid, r in log.items() if r["before"] == "unfinished"} == set(killed)
     for rid in after:
@@ -342,7 +348,7 @@ def test_failed_run_is_listed_and_the_others_finish(tmp_path):
     assert p.returncode == 1
     assert "1 of 3 runs failed" in p.stderr and "non-finite loss" in p.stderr, p.stderr
     assert len(complete_runs(results)) == 2
-    log = json.loads((results / sweep.SWEEP_LOG).read_text())["runs"]
+    log = last_log(results)["runs"]
     assert sorted(r["status"] for r in log.values()) == ["complete", "complete", "failed"]
 
 
@@ -421,3 +427,124 @@ def test_a_sweep_above_the_confirmation_size_needs_yes(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "1200 runs to run" in err and "--yes" in err
     assert not results.exists()
+
+
+# --- sweeps that stop when told, and their logs --------------------------------------------------
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        if int(text[text.rindex(")") + 2:].split()[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return text[text.rindex(")") + 2] != "Z"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGKILL to the driver", "SIGTERM to the driver", "Ctrl-C (SIGINT to the group)"])
+def test_an_interrupted_sweep_stops_its_workers_and_starts_nothing_new(tmp_path, how):
+    """SIGKILL or SIGTERM to the sweep left its worker running and starting new runs; Ctrl-C let more start."""
+    suite = write(tmp_path, TINY.format(epochs=40).replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))  # 6 long runs
+    results = tmp_path / "results"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(results),
+           "--workers", "1", "--no-report", "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    workers = []
+    try:
+        deadline = time.monotonic() + 300
+        while proc.poll() is None and time.monotonic() < deadline and not runs_with_status(results, "running"):
+            time.sleep(0.01)
+        assert runs_with_status(results, "running"), "no run started"
+        workers = [p for p in _children(proc.pid) if _alive(p)]
+        assert workers
+        if how.startswith("SIGKILL"):
+            os.kill(proc.pid, signal.SIGKILL)
+        elif how.startswith("SIGTERM"):
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(w) for w in workers), "a worker outlived its sweep"
+        started = set(p.parent.name for p in results.glob("*/manifest.json"))
+        time.sleep(1.0)
+        assert set(p.parent.name for p in results.glob("*/manifest.json")) == started
+        assert len(started) == 1, "a run started after the interruption"
+        [manifest] = [json.loads(p.read_text()) for p in results.glob("*/manifest.json")]
+        assert manifest["status"] == "interrupted"  # the worker's run ended as one, its claim released
+        assert not list(results.glob("*/run.lock"))
+        if not how.startswith("SIGKILL"):
+            assert proc.returncode == 130, proc.stderr.read()
+    finally:
+        for w in workers:
+            if _alive(w):
+                os.kill(w, signal.SIGKILL)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def test_each_sweep_invocation_writes_its_own_log(tmp_path):
+    """Concurrent sweeps overwrote each other's RESULTS_DIR/sweep.json."""
+    suite = write(tmp_path, TINY.format(epochs=1).replace("seeds = [0, 1]", "seeds = [0]")
+                  .replace("grid.kl_lambda = [0, 1]", "kl_lambda = 1"))
+    results = tmp_path / "results"
+    args = [str(suite), "--results-dir", str(results), "--workers", "1", "--no-report", "--quiet"]
+    assert sweep.main(args) == 0
+    assert sweep.main(args) == 0
+    logs = sorted((results / sweep.SWEEP_LOGS).glob("*.json"))
+    assert len(logs) == 2 and not (results / "sweep.json").exists()
+    found = sorted(([r["before"] for r in json.loads(p.read_text())["runs"].values()] for p in logs))
+    assert found == [["complete"], ["new"]]
+    assert all(json.loads(p.read_text())["pid"] == os.getpid() for p in logs)
+
+
+def test_embedded_ray_listens_on_loopback_only(monkeypatch):
+    """ray.init without an address started Ray's services on every interface."""
+    from forgetting import executors
+
+    calls = []
+
+    class FakeRay:
+        def init(self, *args, **kwargs):
+            calls.append((args, kwargs))
+
+        def shutdown(self):
+            pass
+
+        def remote(self, **kw):
+            return lambda f: f
+
+    monkeypatch.setattr(executors, "import_ray", lambda: FakeRay())
+    executors.execute_ray([], 2, 1, None, lambda o: None)
+    executors.execute_ray([], 2, 1, "ray://head:10001", lambda o: None)
+    (_, local), (_, cluster) = calls
+    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
+    assert "_node_ip_address" not in cluster and cluster["address"] == "ray://head:10001"
+
+
+def test_the_end_table_reads_names_as_text(tmp_path):
+    """summary.csv read with pandas' guesses turned an experiment named NA into nan."""
+    from forgetting.sweep_table import console_table
+
+    cols = {"benchmark": ["split-digits"], "scenario": ["domain"], "method": ["NA"], "label": ["NA"],
+            "status": ["complete"], "n_seeds": [2]}
+    for key in ("average_accuracy", "old_task_accuracy", "forgetting_max"):
+        cols.update({f"{key}_mean": [0.5], f"{key}_ci95_lo": [0.4], f"{key}_ci95_hi": [0.6], f"{key}_ci95_cut": [False]})
+    pd.DataFrame(cols).to_csv(tmp_path / "summary.csv", index=False)
+    line = console_table(tmp_path / "summary.csv").splitlines()[-1]
+    assert line.split()[:3] == ["split-digits", "domain", "NA"] and "nan" not in line, line

@@ -54,7 +54,8 @@ def test_grid_runs_as_a_sweep_and_a_second_call_skips_them(tmp_path):
             "--no-report", "--quiet", "--", *RUN]
     p = run_cli("forgetting.sweep", *args)
     assert p.returncode == 0, p.stderr[-2000:]
-    log = json.loads((results / sweep.SWEEP_LOG).read_text())
+    (log_file,) = (results / sweep.SWEEP_LOGS).glob("*.json")
+    log = json.loads(log_file.read_text())
     assert log["grid"] == ["kl_lambda=0,1"] and log["run_args"] == RUN
     assert sorted(r["status"] for r in log["runs"].values()) == ["complete", "complete"]
     lambdas = sorted(json.loads((results / rid / "config.json").read_text())["method"]["options"]["kl_lambda"]

@@ -33,7 +33,7 @@ def test_cached_teacher_outputs_equal_live_ones(scenario):
     tr = trainer_after_task0(scenario)
     kl = tr.methods[0]
     kl.before_task(tr, 1)
-    assert kl.cache is not None and kl.cache.shape == (len(tr.stream.tasks[1].train), tr.layout.n_outputs)
+    assert kl.cache is not None and kl.cache.outputs.shape == (len(tr.stream.tasks[1].train), tr.layout.n_outputs)
     for batch in iterate_batches(tr.stream.tasks[1].train, 1, 32, shuffle=True, generator=torch.Generator().manual_seed(1)):
         cached = kl.teacher_logits(tr, batch)
         with torch.no_grad():

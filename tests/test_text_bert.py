@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from forgetting.objectives.classification import Classification
 from forgetting.registry import tokenizer_maker
 from forgetting.config import RunConfig
 from forgetting.registry import make_config
@@ -118,7 +119,8 @@ def test_rdrop_on_bert_two_passes_only_in_training_and_float32_kl(tiny_stream):
     torch.manual_seed(0)
     model = build_model("bert", tiny_stream, TINY)
     (rdrop,) = build_methods("rdrop", {"rdrop_alpha": 1.0})
-    trainer = SimpleNamespace(model=model, layout=tiny_stream.layout, current_task=0)
+    trainer = SimpleNamespace(model=model, layout=tiny_stream.layout, current_task=0,
+                              objective=Classification(tiny_stream.layout))
     batch = first_batch(tiny_stream)
     calls = []
     model.register_forward_hook(lambda m, i, o: calls.append(o.dtype))

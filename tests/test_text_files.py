@@ -226,3 +226,43 @@ def test_local_text_runs_hash_their_files(tmp_path, data_dir, benchmark, folder,
     with open(tmp_path / folder / edited, "ab") as f:
         f.write(b"\n")
     assert make_config(benchmark=benchmark, model="bert", data_dir=str(tmp_path)).run_id != before.run_id
+
+
+# --- one line where one line is promised ---------------------------------------------------------
+def test_a_text_file_that_is_not_a_regular_file_is_one_line(tmp_path, capsys, cli):
+    """A directory gave IsADirectoryError's traceback; /dev/zero hung (its content hash never ends)."""
+    results = tmp_path / "results"
+    (tmp_path / "folder.csv").mkdir()
+    code, err = run_main(capsys, "--benchmark", "text-file", "--text-file", str(tmp_path / "folder.csv"),
+                         "--model", "bert", "--results-dir", str(results), "--quiet", *TINY)
+    assert code == 2 and err.count("\n") == 1 and "folder.csv' is not a file" in err, err
+    p = cli("forgetting.run", "--benchmark", "text-file", "--text-file", "/dev/zero", "--model", "bert",
+            "--results-dir", str(results), "--quiet", *TINY, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "'/dev/zero' is not a file" in p.stderr, p.stderr
+    assert not results.exists()
+
+
+def test_a_ragged_csv_row_is_named_in_one_line(tmp_path, capsys):
+    """A row with a field too many printed three lines (datasets' log, a blank, ours) and named no row."""
+    data = write_csv(tmp_path / "d.csv", ROWS, "\n")
+    lines = data.read_text().splitlines()
+    lines[5] += ',"one too many"'
+    data.write_text("\n".join(lines) + "\n")
+    results = tmp_path / "results"
+    code, err = run_main(capsys, "--benchmark", "text-file", "--text-file", str(data), "--model", "bert",
+                         "--results-dir", str(results), "--quiet", *TINY)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "line 6 (row 5): 4 fields, the header has 3" in err and not results.exists()
+
+
+@pytest.mark.parametrize("scenario", ["class", "domain"])
+def test_tasks_of_one_class_each_are_refused_in_class_and_domain(tmp_path, capsys, scenario):
+    """Every task of one class trained a classifier that is right whatever it does (100 %)."""
+    rows = [("first", t, "pos") for t in POS] + [("second", t, "neg") for t in NEG]
+    data = write_csv(tmp_path / "d.csv", rows)
+    results = tmp_path / "results"
+    code, err = run_main(capsys, "--benchmark", "text-file", "--text-file", str(data), "--model", "bert",
+                         "--scenario", scenario, "--results-dir", str(results), "--quiet", *TINY)
+    assert code == 2 and err.count("\n") == 1 and f"--scenario {scenario}: " in err, err
+    assert ("one output" if scenario == "class" else "every task holds one class") in err
+    assert not results.exists()

@@ -3,10 +3,11 @@
 
 This module stays light on purpose: it names the Avalanche strategies that ``--method
 avalanche-NAME`` runs and declares their options, so the CLI and the registry can list them
-without importing Avalanche (which takes seconds). Each is a strategy spec, not a ``Method``: it
-has no hooks, and the registry declares the ``avalanche`` runner for it
-(``integrations.avalanche.AvalancheTrainer``), which reads its ``strategy`` and
-``strategy_kwargs`` and runs Avalanche's own strategy on our stream and model.
+without importing Avalanche (which takes seconds). Each is a ``Method`` (the same protocol: options,
+strength, ``needs``, ``check_stream``, ``runner``) whose hooks are never called: it declares the
+``avalanche`` runner (``integrations.avalanche.AvalancheTrainer``), which reads its ``strategy`` and
+``strategy_kwargs`` and runs Avalanche's own strategy on our stream and model. Avalanche's
+strategies train classifiers: they need the class distribution of the classification objective.
 """
 
 from __future__ import annotations
@@ -14,27 +15,34 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 from ..errors import BadInput
+from ..methods.base import Method
 from ..options import Option
 
 
-class AvalancheMethod:
+class AvalancheMethod(Method):
     """An Avalanche strategy run on our stream and model, recorded into our results schema."""
 
     name: ClassVar[str] = "avalanche-naive"
     strategy: ClassVar[str] = "Naive"  # class name in avalanche.training
     runner: ClassVar[str] = "avalanche"  # Avalanche runs the whole loop: never composed with '+'
+    needs = frozenset({"class_distribution"})
+    needs_why = "Avalanche's strategies train classifiers"
     options: ClassVar[list[Option]] = []
-    strength_option: ClassVar[str | None] = None  # the hyper-parameter reported as "lambda"
-    changes_task_loss: ClassVar[bool] = False
-    changes_batches: ClassVar[bool] = False
     scenarios: ClassVar[tuple[str, ...]] = ("task", "domain", "class")  # where the strategy is defined
     multi_head: ClassVar[bool] = True  # in ``task``, hand Avalanche our model as multi-head (TaskLabelled)
 
-    def __init__(self, **hparams):
-        self.hparams = hparams
-
-    def strength(self) -> float:
-        return float(self.hparams[self.strength_option]) if self.strength_option else 0.0
+    def check_stream(self, stream) -> None:
+        """BadInput where Avalanche cannot run the strategy on ``stream``: text inputs, a scenario it is not
+        defined for, train-time augmentation."""
+        if stream.input_kind != "tensor":
+            raise BadInput(f"--method {self.name}: Avalanche strategies need tensor inputs, "
+                           f"stream {stream.name!r} gives {stream.input_kind}")
+        if stream.scenario not in self.scenarios:
+            raise BadInput(f"--method {self.name}: defined for the {' and '.join(self.scenarios)} "
+                           f"scenario only, not {stream.scenario!r}")
+        if not stream.deterministic_inputs:
+            raise BadInput(f"--method {self.name}: Avalanche strategies train on a fixed copy of each task's "
+                           "data, so train-time augmentation (--augment) cannot reach them; run without --augment")
 
     def strategy_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of the Avalanche strategy's constructor, from our hyper-parameters."""

@@ -48,7 +48,8 @@ from ..errors import BadInput, RunFailed
 from ..optim import build_optimizer
 from ..penalty import check_penalty_options, grouped_kl_penalty
 from ..streams.base import HeadLayout, TaskData, TaskStream
-from ..train import Trainer, frozen_copy
+from ..teacher import frozen_copy
+from ..train import Trainer
 from . import AvalancheMethod
 
 # --- data ----------------------------------------------------------------------------------
@@ -340,19 +341,11 @@ class AvalancheTrainer(Trainer):
     def __init__(self, config, stream, model, methods, device, recorder=None, plugins: Sequence[SupervisedPlugin] = ()):
         if len(methods) != 1 or not isinstance(methods[0], AvalancheMethod):
             raise BadInput(f"--method: {config.method.name!r}: an Avalanche strategy runs alone")
-        if stream.input_kind != "tensor":
-            raise BadInput(f"--method {config.method.name}: Avalanche strategies need tensor inputs, "
-                           f"stream {stream.name!r} gives {stream.input_kind}")
         method = methods[0]
-        if stream.scenario not in method.scenarios:
-            raise BadInput(f"--method {config.method.name}: defined for the {' and '.join(method.scenarios)} "
-                           f"scenario only, not {stream.scenario!r}")
+        method.check_stream(stream)
         if method.strategy == "ICaRL" and not (hasattr(model, "features") and hasattr(model, "head")):
             raise BadInput(f"--method {config.method.name}: iCaRL needs a model split into a feature extractor and a "
                            f"classifier (.features and .head, as mlp and resnet18 are); {config.model.name!r} is not")
-        if not stream.deterministic_inputs:
-            raise BadInput(f"--method {config.method.name}: Avalanche strategies train on a fixed copy of each task's "
-                           "data, so train-time augmentation (--augment) cannot reach them; run without --augment")
         super().__init__(config, stream, model, methods, device, recorder)
         self.method = methods[0]
         self.benchmark = to_avalanche_benchmark(stream)

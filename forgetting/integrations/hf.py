@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from transformers import Trainer
 
-from ..causal_lm import loss_mask, shifted
+from ..objectives.causal_lm.tokens import loss_mask, shifted
 from ..penalty import check_penalty_options, kl_penalty, token_kl_penalty
-from ..train import freeze, frozen_copy
+from ..teacher import freeze, frozen_copy
 
 
 class KLPenaltyMixin:

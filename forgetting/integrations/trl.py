@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..causal_lm import IGNORE, loss_mask, shifted
+from ..objectives.causal_lm.tokens import IGNORE, loss_mask, shifted
 from ..extras import require
-from ..train import frozen_copy
+from ..teacher import frozen_copy
 from .hf import KLPenaltyMixin
 
 require("lm", "KLRegularizedSFTTrainer (TRL's SFTTrainer with the token-level KL penalty)", ("trl",))

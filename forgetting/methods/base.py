@@ -13,10 +13,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar, Iterator
 
-import torch.nn.functional as F
 from torch import Tensor
 
-from ..causal_lm import is_lm, token_loss
 from ..options import Option
 from ..streams.base import Batch, iterate_batches
 
@@ -27,15 +25,11 @@ Terms = dict[str, tuple[Tensor, float]]  # name -> (unweighted value, weight in 
 
 
 def masked_cross_entropy(trainer: "Trainer", logits: Tensor, batch: Batch) -> Tensor:
-    """Cross-entropy over the outputs each example may predict while the current task trains.
-
-    Its own head in ``task``; every output in ``domain``; in ``class`` the outputs of the tasks
-    seen so far (``--class-outputs seen``, replayed examples included) or all of them.
-    For a causal LM: the mean next-token cross-entropy over the tokens that carry loss.
-    """
-    if is_lm(getattr(trainer, "stream", None)):
-        return token_loss(logits, batch.inputs["labels"])
-    return F.cross_entropy(trainer.layout.masked(logits, batch.task_ids, trainer.current_task), batch.targets)
+    """The data loss of the run's objective while the current task trains: for classifiers the cross-entropy
+    over the outputs each example may predict (its own head in ``task``; every output in ``domain``; in
+    ``class`` the outputs of the tasks seen so far, or all of them); for causal LMs the mean next-token
+    cross-entropy over the tokens that carry loss."""
+    return trainer.objective.data_loss(logits, batch, trainer.current_task)
 
 
 class Method:
@@ -48,6 +42,11 @@ class Method:
     changes_task_loss: ClassVar[bool] = False
     changes_batches: ClassVar[bool] = False
     runner: ClassVar[str] = "forgetting"  # the loop that runs it (registry.RUNNERS): our Trainer
+    # What it needs of the run's objective (objectives.Objective.provides), e.g. {"class_distribution"}, and why;
+    # registry.resolve refuses it in one line where the objective does not give it.
+    needs: ClassVar[frozenset[str]] = frozenset()
+    needs_why: ClassVar[str] = ""
+    anchors_weights: ClassVar[bool] = False  # pulls the trainable weights to old values (not for LoRA's fresh adapters)
 
     def __init__(self, **hparams):
         self.hparams = hparams

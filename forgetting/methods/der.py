@@ -62,6 +62,8 @@ class Reservoir:
 
 
 class Method(Base):
+    needs = frozenset({"class_distribution"})
+    needs_why = "DER replays each example's class logits and labels over the head layout"
     name = "der"
     options = [
         Option("der_size", int, 200, "examples in the DER buffer, over all tasks (Buzzega et al. 2020: 200, 500, 5120)",

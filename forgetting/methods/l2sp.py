@@ -15,6 +15,7 @@ from .importance import weighted_sq_distance
 
 
 class Method(Base):
+    anchors_weights = True  # the penalty pulls the trainable weights towards their values at a boundary
     name = "l2sp"
     options = [
         Option("l2sp_alpha", float, 0.1, "weight alpha of the L2 pull towards the snapshot's weights "

@@ -30,6 +30,9 @@ def output_sensitivity(model: nn.Module, data, task: int, layout, device, shortc
 
 
 class Method(Base):
+    needs = frozenset({"class_distribution"})
+    needs_why = "MAS's importance is the gradient of the squared norm of the class outputs"
+    anchors_weights = True
     name = "mas"
     options = [
         Option("mas_lambda", float, 1.0, "MAS penalty weight lambda (Aljundi et al. 2018: 1.0)", minimum=0.0),

@@ -40,6 +40,8 @@ def per_head_symmetric_kl(layout, logits1: Tensor, logits2: Tensor, task_ids: Te
 
 
 class Method(Base):
+    needs = frozenset({"class_distribution"})
+    needs_why = "R-Drop's two-pass consistency is defined here for one class distribution per example"
     name = "rdrop"
     options = [
         Option("rdrop_alpha", float, 1.0, "weight of the symmetric KL between the two dropout passes "

@@ -16,6 +16,7 @@ from .importance import Params, snapshot, trainable, weighted_sq_distance, zeros
 
 
 class Method(Base):
+    anchors_weights = True  # the penalty pulls the trainable weights towards their values at a boundary
     name = "si"
     options = [
         Option("si_c", float, 1.0, "SI penalty weight c (Zenke et al. 2017 use 1.0 on split MNIST)", minimum=0.0),

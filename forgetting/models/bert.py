@@ -59,10 +59,11 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     resolved = resolve_source(source)
+    sources.check_tokenizer_files(resolved, f"--model bert:{source}")
     try:
         with sources.quiet_loading():
             return AutoTokenizer.from_pretrained(resolved)
-    except (OSError, ValueError) as e:
+    except sources.load_errors() as e:
         raise _load_error(source, "tokenizer", e) from None
 
 
@@ -183,7 +184,7 @@ def _pretrained_encoder(source: str):
     try:
         with sources.quiet_loading():
             return AutoModel.from_pretrained(resolved)
-    except (OSError, ValueError) as e:
+    except sources.load_errors() as e:  # a truncated model.safetensors raises SafetensorError
         raise _load_error(source, "weights", e) from None
 
 

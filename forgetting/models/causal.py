@@ -26,11 +26,13 @@ from torch import Tensor, nn
 
 from ..errors import BadInput, first_line
 from ..options import Option
-from ..streams.lm import OPTIONS as LM_OPTIONS
-from ..streams.lm import lm_stream
+from ..objectives.causal_lm.data import OPTIONS as LM_OPTIONS
+from ..objectives.causal_lm.data import lm_stream
+from ..streams.text import TokenizerMaker
 from . import sources
 
-INPUTS = "text"  # what the model reads: the text streams, as language-modelling tasks (streams/lm.py)
+INPUTS = "text"  # what the model reads: the text streams, as language-modelling tasks (objectives/causal_lm/data.py)
+OBJECTIVE = "causal-lm"  # what it predicts: the next token (forgetting.objectives.causal_lm)
 
 OPTIONS = [
     *LM_OPTIONS,
@@ -92,10 +94,11 @@ def load_tokenizer(source: str):
     from transformers import AutoTokenizer
 
     resolved = resolve_source(source)
+    sources.check_tokenizer_files(resolved, f"--model causal:{source}")
     try:
         with sources.quiet_loading():
             tok = AutoTokenizer.from_pretrained(resolved)
-    except (OSError, ValueError, TypeError) as e:
+    except sources.load_errors() as e:
         raise BadInput(f"--model causal:{source}: cannot load its tokenizer: {first_line(e)}") from None
     if tok.pad_token_id is None:
         raise BadInput(f"--model causal:{source}: its tokenizer has no pad token, allowed: a tokenizer with "
@@ -110,8 +113,8 @@ def tokenizer(source: str | None, options: dict):
     """The tokenizer maker ``run.prepare`` hands to a text stream: training texts -> (tokenizer, source).
 
     The byte-level tokenizer (``--model gpt2``) or a checkpoint's own (``causal:SOURCE``). The
-    maker carries the LM task options (``lm_options``), which tell the stream to build
-    language-modelling tasks (``streams/lm.py``) in that form.
+    maker carries the LM encoding of the raw tasks (``lm_stream``) and the LM task options, so the text
+    stream builds language-modelling tasks (``objectives/causal_lm/data.py``) in that form.
     """
     if source is None:
         def make(texts):
@@ -121,9 +124,7 @@ def tokenizer(source: str | None, options: dict):
 
         def make(texts):
             return load_tokenizer(source), source
-    make.lm_options = {o.name: options.get(o.name, o.default) for o in LM_OPTIONS}
-    make.build_stream = lm_stream  # the text stream hands its raw tasks to the LM encoding
-    return make
+    return TokenizerMaker(make, lm_stream, {o.name: options.get(o.name, o.default) for o in LM_OPTIONS})
 
 
 # --- the model -----------------------------------------------------------------------------
@@ -140,6 +141,7 @@ class CausalLM(nn.Module):
         self.lm = lm
         self.source = source
         self.lora = lora if lora and lora.get("rank") else None
+        self.keeps_own_reference = self.lora is not None  # teacher.boundary_references: task_boundary gives it
         self.precision = precision
 
     @property
@@ -260,14 +262,29 @@ def _pretrained_lm(source: str):
         with sources.quiet_loading():
             config = AutoConfig.from_pretrained(resolved)
             return AutoModelForCausalLM.from_pretrained(resolved, config=config)
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except sources.load_errors() as e:  # a truncated model.safetensors raises SafetensorError
+        if not isinstance(e, (OSError, ValueError, KeyError, TypeError)):
+            raise BadInput(f"--model causal:{source}: cannot read its weights (a truncated or damaged file?): "
+                           f"{first_line(e)}") from None
         raise BadInput(f"--model causal:{source}: not a causal language model checkpoint "
                        f"(AutoModelForCausalLM cannot load it): {first_line(e)}") from None
 
 
+def trains_adapters(options: dict) -> bool:
+    """Whether fine-tuning trains fresh LoRA adapters at every task (methods that anchor weights do not apply)."""
+    return bool(options.get("lora_rank"))
+
+
+def check_device(options: dict, device: torch.device) -> None:
+    """BadInput where the model's precision cannot run on ``device`` (bf16 autocast is CUDA-only here)."""
+    if options.get("precision", "float32") == "bf16" and device.type != "cuda":
+        raise BadInput(f"--precision bf16: autocast runs on cuda only, the device is {device.type}; allowed here: "
+                       "float32")
+
+
 def build(stream, options: dict, source: str | None = None) -> CausalLM:
     """The causal LM for an LM stream, whose tokenizer must come from the same ``source``."""
-    if getattr(stream, "objective", None) != "causal-lm":
+    if stream.objective != OBJECTIVE:
         raise BadInput(f"--model: a causal LM needs a text stream (uci-sentiment, ag-news, clinc150, text-file, "
                        f"five-datasets), stream {stream.name!r} gives {stream.input_kind} inputs")
     tokenizer = stream.tokenizer

@@ -37,6 +37,28 @@ def resolve_source(source: str, kind: str, example: str, scratch: str) -> str:
                    "(NAME or OWNER/NAME)")
 
 
+def load_errors() -> tuple[type[BaseException], ...]:
+    """What loading a damaged or foreign checkpoint raises: transformers' own kinds, and safetensors' error for
+    a truncated or garbled weights file (it is not an OSError)."""
+    from safetensors import SafetensorError
+
+    return (OSError, ValueError, KeyError, TypeError, SafetensorError)
+
+
+# The files a tokenizer is saved as (any one suffices for AutoTokenizer): fast, then slow formats.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model",
+                   "spiece.model", "sentencepiece.bpe.model")
+
+
+def check_tokenizer_files(resolved: str, where: str) -> None:
+    """BadInput naming what is missing when a checkpoint directory holds no tokenizer (a model saved alone)."""
+    path = Path(resolved)
+    if path.is_dir() and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise BadInput(f"{where}: no tokenizer files in {resolved!r} (none of {', '.join(TOKENIZER_FILES)}), "
+                       "allowed: a checkpoint directory with its tokenizer saved beside the model "
+                       "(tokenizer.save_pretrained(DIR))")
+
+
 @contextlib.contextmanager
 def quiet_loading():
     """No weight-loading progress bar from transformers (restored afterwards)."""

@@ -18,13 +18,15 @@ from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, T
 @dataclass(frozen=True)
 class Benchmark:
     """A registered stream: its builder ``build(scenario, options) -> TaskStream`` (as "module:function" or
-    the function itself), the options it reads, whether it reads ``--data-dir``, and its inputs
-    (``tensor`` or ``text``; text streams are tokenised by the model's tokenizer)."""
+    the function itself), the options it reads, whether it reads ``--data-dir``, its inputs
+    (``tensor`` or ``text``; text streams are tokenised by the model's tokenizer) and the objective its
+    targets are for (``forgetting.objectives``; a model may declare its own, as the causal LMs do)."""
 
     build: Any
     options: tuple[Option, ...] = ()
     reads_data_dir: bool = False
     inputs: str = "tensor"
+    objective: str = "classification"
 
     def builder(self) -> Callable:
         if callable(self.build):
@@ -49,7 +51,10 @@ TRAIN_PER_CLASS = Option("train_per_class", int, 0, "keep this many training ima
                          "seed (0: all); for small CPU studies", minimum=0)
 CIFAR100_TASKS = Option("n_tasks", int, 10, "number of tasks of split-cifar100: 10 (of 10 classes) or 20 (of 5)",
                         choices=(10, 20))
-IMAGE_OPTIONS = (AUGMENT, TRAIN_PER_CLASS, DOWNLOAD)
+TRUST_DATA = Option("trust_data", bool, False, "read image files that are not the official archive's (your own "
+                    "CIFAR variant): they are pickles, which can run code when read; only for files you made",
+                    hashed=False)
+IMAGE_OPTIONS = (AUGMENT, TRAIN_PER_CLASS, DOWNLOAD, TRUST_DATA)
 
 BENCHMARKS: dict[str, Benchmark] = {
     "split-digits": Benchmark("forgetting.streams.digits:build_split"),

@@ -178,6 +178,8 @@ class TaskStream:
 
     ``deterministic_inputs`` is False where a training example's input changes between
     visits (augmentation): per-example caches of teacher outputs are then not exact.
+    ``objective`` names the run's objective (``forgetting.objectives``): how the loop, the methods
+    and the evaluator read a model's outputs on it.
     """
 
     name: str
@@ -188,6 +190,7 @@ class TaskStream:
     input_shape: tuple[int, ...] = ()
     deterministic_inputs: bool = True
     info: dict[str, Any] = field(default_factory=dict)
+    objective: str = "classification"  # what a model of it predicts (forgetting.objectives names them)
 
     def __len__(self) -> int:
         return len(self.tasks)

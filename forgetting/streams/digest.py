@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 SAMPLE_ABOVE = 1 << 30
@@ -25,6 +26,8 @@ def file_digest(path: str | Path) -> str | None:
         st = path.stat()
     except OSError:
         return None  # the stream's builder says what is missing
+    if not stat.S_ISREG(st.st_mode):
+        return None  # a directory, a device (/dev/zero never ends), a pipe: the builder refuses it
     key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _cache:
         h = hashlib.sha256()

@@ -19,7 +19,7 @@ from pathlib import Path
 from ..errors import BadInput, first_line
 from ..options import Option, defaults
 from .digest import file_digest
-from .text import RawTask, split_train_test, text_stream
+from .text import RawTask, encodes_own_tasks, split_train_test, text_stream
 
 OPTIONS = [
     Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
@@ -87,9 +87,23 @@ def check_text(path: Path, flag: str) -> None:
                 raise BadInput(f"{where} line {lineno}: a JSON {type(row).__name__}, allowed: one JSON object per line")
     else:
         delimiter = LOADERS[suffix][1].get("sep", ",")
-        records = (r for r in csv.reader(io.StringIO(text, newline=""), delimiter=delimiter) if any(f.strip() for f in r))
-        next(records, None)
-        if next(records, None) is None:
+        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+        header, rows = None, 0
+        try:
+            for record in reader:
+                if not any(f.strip() for f in record):
+                    continue
+                if header is None:
+                    header = record
+                    continue
+                rows += 1
+                if len(record) != len(header):
+                    raise BadInput(f"{where} line {reader.line_num} (row {rows}): {len(record)} fields, the header has "
+                                   f"{len(header)}, allowed: one value per column (quote a value holding "
+                                   f"{'a tab' if delimiter == chr(9) else 'a comma'})")
+        except csv.Error as e:
+            raise BadInput(f"{where} line {reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+        if not rows:
             raise BadInput(f"{where} has a header line but no rows, allowed: a header line and one row per example")
 
 
@@ -232,12 +246,10 @@ def chosen_tasks(train_rows: list[tuple], options: dict, path: str) -> list:
 
 def build_pairs(scenario: str, options: dict):
     """Prompt/response rows per task, for causal LMs (``--prompt-column`` and ``--response-column``)."""
-    from .lm import wants_lm
-
     if not (options.get("prompt_column") and options.get("response_column")):
         missing = "--response-column" if options.get("prompt_column") else "--prompt-column"
         raise BadInput(f"{missing}: prompt/response rows need both --prompt-column and --response-column")
-    if not wants_lm(options):
+    if not encodes_own_tasks(options):
         raise BadInput("--response-column: prompt/response rows need a causal LM, allowed: --model gpt2 or "
                        "causal:PATH_OR_HUB_ID")
     path, test_path = options["text_file"], options.get("text_test_file") or ""

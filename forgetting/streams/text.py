@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -36,6 +36,28 @@ OPTIONS = [
 SPLIT_SEED = 0
 TEST_FRACTION = 0.2
 CACHE_VERSION = 1  # bump when the encoding below changes, so old cache files are not reused
+
+
+@dataclass(frozen=True)
+class TokenizerMaker:
+    """What a text model hands a text stream (``run.prepare`` makes it from the model): ``make(training texts)
+    -> (tokenizer, source)``, called as the maker itself. A model whose objective is not classification
+    (the causal LMs) also gives ``encode(name, scenario, raw_tasks, options, info) -> TaskStream``, which
+    encodes the raw tasks for that objective instead of as classes, with its own task ``options``; its tasks
+    then need no labels."""
+
+    make: Callable
+    encode: Callable | None = None
+    options: dict = field(default_factory=dict)
+
+    def __call__(self, texts):
+        return self.make(texts)
+
+
+def encodes_own_tasks(options: dict) -> bool:
+    """Whether the stream's tokenizer maker encodes the tasks for an objective of its own (no labels needed)."""
+    maker = options.get("tokenizer")
+    return isinstance(maker, TokenizerMaker) and maker.encode is not None
 
 
 @dataclass
@@ -219,9 +241,8 @@ def text_stream(name: str, scenario: str, raw: list[RawTask], options: dict, inf
         for split, texts in (("training", t.train_texts), ("test", t.test_texts)):
             if not texts:
                 raise BadInput(f"task {t.name!r} of {name} has no {split} examples")
-    build_stream = getattr(make_tokenizer, "build_stream", None)
-    if build_stream is not None:  # a causal LM's maker: language-modelling tasks (streams/lm.py)
-        return build_stream(name, scenario, raw, opts, info)
+    if encodes_own_tasks(opts):  # a causal LM's maker: language-modelling tasks (objectives/causal_lm/data.py)
+        return make_tokenizer.encode(name, scenario, raw, opts, info)
     layout, maps = text_layout(scenario, [t.classes for t in raw])
     targets = [(_targets(t, "training", t.train_labels, m), _targets(t, "test", t.test_labels, m))
                for t, m in zip(raw, maps)]

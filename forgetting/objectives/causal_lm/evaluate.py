@@ -26,10 +26,10 @@ import math
 import torch
 from torch import nn
 
-from .causal_lm import IGNORE, loss_mask, shifted
-from .evaluate import SUBSET_SEED
-from .penalty import token_kl_sum
-from .streams.base import TaskStream
+from ...evaluate import SUBSET_SEED
+from ...penalty import token_kl_sum
+from ...streams.base import TaskStream
+from .tokens import IGNORE, loss_mask, shifted
 
 # Logits floats per evaluation batch (64 MiB): bounds the batch size for long texts or large vocabularies.
 EVAL_FLOATS = 2**24

@@ -30,16 +30,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ..errors import BadInput
-from ..options import Option
-from .base import HeadLayout, Task
-from .text import RawTask, TextStream
+from ...errors import BadInput
+from ...options import Option
+from ...streams.base import HeadLayout, Task
+from ...streams.text import RawTask, TextStream
 
 LM_TASKS = ("auto", "lm", "completion")
 DEFAULT_PROMPT = "Input: {text}\nOutput:"
 
 # Declared by the causal models (forgetting/models/causal.py), whose tokenizer maker carries their
-# values to the stream (``maker.lm_options``): they apply only with a causal LM.
+# values to the stream (``TokenizerMaker.options``): they apply only with a causal LM.
 OPTIONS = [
     Option("lm_task", str, "auto", "causal LMs: lm = language modelling of each task's texts (loss on every token); "
            "completion = prompt -> response, loss on the response only; auto = completion for a text-file with "
@@ -51,14 +51,10 @@ OPTIONS = [
 ]
 
 
-def wants_lm(options: dict) -> bool:
-    """Whether a text stream is built for a causal LM (its tokenizer maker says so)."""
-    return getattr(options.get("tokenizer"), "lm_options", None) is not None
-
-
 @dataclass
 class LMStream(TextStream):
-    """A stream of causal-LM tasks; ``objective`` tells the loop, methods and evaluator how to read logits."""
+    """A stream of causal-LM tasks: its objective (``objectives.causal_lm.CausalLM``) tells the loop, methods and
+    evaluator how to read logits."""
 
     objective: str = "causal-lm"
 
@@ -141,9 +137,9 @@ def label_name(label: Any, names: dict | None) -> str:
 
 def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info: dict | None = None) -> LMStream:
     """The LM stream of ``raw`` tasks (already sampled), tokenised by the causal model's tokenizer maker
-    ``options['tokenizer']``, in the form its ``lm_options`` say."""
+    ``options['tokenizer']`` (a ``TokenizerMaker``), in the form its ``options`` say."""
     make_tokenizer = options["tokenizer"]
-    options = {**options, **make_tokenizer.lm_options}
+    options = {**options, **make_tokenizer.options}
     info = dict(info or {})
     if scenario != "domain":
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")

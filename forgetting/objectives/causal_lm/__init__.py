@@ -1,0 +1,126 @@
+"""``causal-lm``: next-token prediction with a loss mask (the causal LMs, ``--model gpt2`` or ``causal:SOURCE``).
+
+A classifier's logits are [batch, outputs] with one target per example; a causal LM's are
+[batch, length, vocabulary] and the batch dict's ``labels`` (Hugging Face's convention, -100
+where no loss is taken) say which next tokens carry loss. Position i of the logits predicts
+token i + 1, so logits and labels are compared shifted by one (``shifted``): the positions that
+carry loss are ``labels[:, 1:] != -100`` on ``logits[:, :-1]``. The data loss is the mean
+token cross-entropy over those positions in the batch (what ``model(..., labels=...).loss`` of a
+Hugging Face causal LM computes); the KL penalty is taken at the same positions, over the whole
+vocabulary. The token sequences are ``data.LMData`` (built by ``data.lm_stream``), the measures
+``evaluate.LMEvaluator``'s.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...penalty import token_kl_penalty
+from ...streams.base import iterate_batches
+from ...teacher import TeacherCache
+from .. import Objective
+from .data import LMData, LMStream, is_lm
+from .evaluate import LMEvaluator
+from .tokens import IGNORE, loss_mask, shifted, token_loss
+
+def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device) -> tuple[Tensor, Tensor]:
+    """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
+
+    (flat [positions, vocabulary] float32, offsets [examples + 1]): example i's positions, in
+    order, are rows ``offsets[i]:offsets[i + 1]``, the order in which ``logits[loss_mask]``
+    lists a batch's positions.
+    """
+    chunks = []
+    with torch.inference_mode():
+        for batch in iterate_batches(data, task, batch_size, shuffle=False):
+            inputs = batch.to(device).inputs
+            logits, _ = shifted(teacher(inputs), inputs["labels"])
+            chunks.append(logits[loss_mask(inputs["labels"])].float())
+    counts = torch.as_tensor([len(r) for r in data.responses])
+    offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
+    offsets[1:] = counts.cumsum(0)
+    flat = torch.cat(chunks)
+    assert flat.shape[0] == int(offsets[-1]), "cached positions do not match the examples' loss tokens"
+    return flat, offsets.to(flat.device)
+
+
+def lm_fisher(model: nn.Module, data: LMData, task: int, labels: str, device):
+    """A causal LM's diagonal Fisher: mean over sequences of the squared gradient of log p(y|x).
+
+    y is the sequence's tokens that carry loss (their log-probabilities summed): the data's own
+    (``empirical``) or, for ``true``, one token drawn from the model's next-token distribution at
+    each of those positions (a one-sample Monte Carlo estimate of the expectation over y, from a
+    generator seeded by the task, so runs repeat). One backward pass per sequence, model in eval mode.
+    """
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    fisher = {n: torch.zeros_like(p.detach()) for n, p in params.items()}
+    gen = torch.Generator(device=device).manual_seed(1000 + task)
+    was_training = model.training
+    model.eval()
+    try:
+        for i in range(len(data)):
+            inputs = {k: v.to(device) for k, v in data.gather(torch.tensor([i]))[0].items()}
+            with torch.enable_grad():
+                logits, targets = shifted(model(inputs), inputs["labels"])
+                mask = targets != IGNORE
+                logp = F.log_softmax(logits[mask].float(), dim=-1)
+                y = targets[mask]
+                if labels == "true":
+                    y = torch.multinomial(logp.detach().exp(), 1, generator=gen).squeeze(1)
+                ll = logp.gather(1, y[:, None]).sum()
+                grads = torch.autograd.grad(ll, list(params.values()), allow_unused=True)
+            for (name, _), g in zip(params.items(), grads):
+                if g is not None:
+                    fisher[name] += g.detach().float().square().to(fisher[name].dtype)
+    finally:
+        model.train(was_training)
+    return {name: f / max(len(data), 1) for name, f in fisher.items()}
+
+
+class CausalLM(Objective):
+    name = "causal-lm"
+    label = "causal LMs"
+    provides = frozenset({"token_distribution"})
+    cache_unit = "tokens"
+    report_measures = (("nll", "held-out NLL per token (nats)", 1.0),
+                       ("answer_accuracy", "answer accuracy (%)", 100.0))
+
+    def data_loss(self, logits, batch, task):
+        return token_loss(logits, batch.inputs["labels"])
+
+    def penalty_kl(self, logits, batch, task, teacher, cache, *, direction, temperature, **_):
+        """``token_kl_penalty`` at every position that carries loss (replayed examples too), the teacher's logits
+        there from the cache where it holds the whole batch, else from the live teacher."""
+        labels = batch.inputs["labels"]
+        student, _ = shifted(logits, labels)
+        mask = loss_mask(labels)
+        options = {"direction": direction, "temperature": temperature}
+        if cache is not None and cache.holds(batch.task_ids, batch.index):
+            start, end = cache.offsets[batch.index], cache.offsets[batch.index + 1]
+            counts = end - start
+            rows = torch.repeat_interleave(start - torch.cumsum(counts, 0) + counts, counts) + \
+                torch.arange(int(counts.sum()), device=counts.device)
+            cached = cache.outputs.index_select(0, rows)
+            return token_kl_penalty(student[mask], cached, torch.ones(len(cached), dtype=torch.bool,
+                                                                      device=cached.device), **options)
+        return token_kl_penalty(student, shifted(teacher(batch), labels)[0], mask, **options)
+
+    def cache_rows(self, data):
+        return sum(len(r) for r in data.responses)  # every token that carries loss
+
+    def teacher_cache(self, teacher, data, task, batch_size, device):
+        size = max(1, min(batch_size, 2**24 // (self.info["max_seq_len"] * self.layout.n_outputs)))
+        outputs, offsets = lm_teacher_outputs(teacher, data, task, size, device)
+        return TeacherCache(task, outputs, offsets)
+
+    def fisher(self, model, data, task, labels, device):
+        return lm_fisher(model, data, task, labels, device)
+
+    def evaluator(self, stream, batch_size, device, subset=0):
+        return LMEvaluator(stream, batch_size, device, subset=subset)
+
+
+__all__ = ["IGNORE", "CausalLM", "LMData", "LMStream", "is_lm", "lm_fisher", "lm_teacher_outputs", "loss_mask",
+           "shifted", "token_loss"]

@@ -1,0 +1,54 @@
+"""Run ids of today's configs stay what they were before the objective seam (issue #23): the README's commands
+and every run of the suites in benchmarks/. The expected values were computed by the code at commit 85563f2."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from conftest import ROOT
+from forgetting.run import TOP_LEVEL, _preparse, build_parser, config_from_args
+from forgetting.suite import load_suite
+
+# The README's commands (placeholders such as DIR and $M left out), with their ids at 85563f2.
+README = {
+    "": "e26977350ca9",
+    "--kl-lambda 0.5": "426211dabec5",
+    "--benchmark ag-news --scenario class --model bert --bert-layers 2": "f9c709093220",
+    "--benchmark uci-sentiment --model gpt2 --max-seq-len 64 --lr 3e-3 --epochs 12 --batch-size 8 "
+    "--text-train-per-task 100 --text-test-per-task 100 --method kl --kl-lambda 1": "8245e2406c80",
+    "--benchmark uci-sentiment --model gpt2 --lm-task completion": "30d893b1000d",
+    "--method avalanche-ewc --av-ewc-lambda 100": "f8bde4beca23",
+    "--benchmark split-cifar10 --model resnet18 --method der --scenario class --optimizer sgd --lr 0.03 --augment "
+    "--epochs 50": "c14c1806efc0",
+}
+# Each suite: (number of runs, sha1 of their ids joined by spaces, first 16 hex digits), at 85563f2.
+SUITES = {
+    "default.toml": (310, "761779573bd49aa5"),
+    "lm_study.toml": (18, "7b74afe9c40ae44c"),
+    "quick.toml": (53, "d41a1b980f4f5547"),
+    "split_cifar100_facil.toml": (18, "a21e90a369304572"),
+    "split_cifar_mammoth.toml": (42, "50dd9d983ede00d5"),
+}
+
+
+def run_id(args: str, data_dir) -> str:
+    argv = [*args.split(), "--data-dir", str(data_dir)]
+    chosen = _preparse(argv)
+    for key in ("benchmark", "model", "method"):
+        if getattr(chosen, key) is None:
+            setattr(chosen, key, TOP_LEVEL[key])
+    return config_from_args(build_parser(chosen).parse_args(argv)).run_id
+
+
+@pytest.mark.parametrize("args", list(README))
+def test_the_readme_commands_keep_their_run_ids(args, data_dir):
+    assert run_id(args, data_dir) == README[args]
+
+
+def test_every_suite_run_keeps_its_run_id(data_dir):
+    assert sorted(p.name for p in (ROOT / "benchmarks").glob("*.toml")) == sorted(SUITES)
+    for name, (count, digest) in SUITES.items():
+        ids = [c.run_id for c in load_suite(ROOT / "benchmarks" / name).runs("results", str(data_dir))]
+        assert (len(ids), hashlib.sha1(" ".join(ids).encode()).hexdigest()[:16]) == (count, digest), name
