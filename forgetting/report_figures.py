@@ -507,7 +507,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     legend_cols = legend_columns(look)
     title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
                  f"\n{where}", W, "figure.titlesize") if look.titles else ""
-    entries = d["label"].nunique() + 2
+    entries = d["label"].nunique() + 2 * (2 + d.assign(_m=method_key(d))["_m"].nunique())
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
               + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
@@ -516,6 +516,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
     handles: dict[str, object] = {}
     for ax, (col, on) in zip(axes, panels):
+        short = "new-task KL" if col == "kl_new_task" else "old-task KL"
         for label in order:
             g = d[d["label"] == label]
             if len(g):
@@ -523,17 +524,36 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
                                             s=plt.rcParams["lines.markersize"] ** 2)
         fit = kl_fit(d.assign(kl_new_task=d[col]))
         fitted = "too few runs for a fitted line"
+        low, high = (-100.0, 100.0) if scale == 100 else (-math.inf, math.inf)  # what the quantity can take
+
+        def line(f, xs):  # the fitted line, cut where it leaves the quantity's range
+            ys = scale * (f["intercept"] + f["slope"] * xs)
+            return xs[(ys >= low) & (ys <= high)], ys[(ys >= low) & (ys <= high)]
+
         if fit:
             xs = np.linspace(d[col].min(), d[col].max(), 50)
-            handles["least-squares line"] = ax.plot(xs, scale * (fit["intercept"] + fit["slope"] * xs), color="0.2",
-                                                    lw=0.9)[0]
+            lo, hi = (scale * v for v in fit["slope_ci95"])
+            handles[f"{short}, all runs: slope {scale * fit['slope']:.3g} [{lo:.3g}, {hi:.3g}] (95% t-interval), "
+                    f"n = {fit['n']}, {fit['configs']} configs"] = ax.plot(*line(fit, xs), color="0.2", lw=0.9)[0]
             fitted = f"line R² = {fit['r2']:.2f}"
             if "quad" in fit:
                 q = fit["quad"]
-                handles["least-squares parabola"] = ax.plot(xs, scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs),
-                                                            color="0.2", lw=0.9, ls="--")[0]
+                ys = scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs)
+                keep = (ys >= low) & (ys <= high)
+                handles[f"{short}, all runs: least-squares parabola"] = ax.plot(xs[keep], ys[keep], color="0.2", lw=0.9,
+                                                                      ls="--")[0]
                 fitted += f", parabola R² = {q['r2']:.2f}"
-            fitted += f" (n = {fit['n']})"
+            fitted += f" (n = {fit['n']}, {fit['configs']} configs)"
+        for m in sorted(set(method_key(d))):  # each method's own line, in its colour, beside the pooled one
+            g = d[method_key(d) == m]
+            f = kl_fit(g.assign(kl_new_task=g[col])) if g["label"].nunique() > 1 or len(g) >= 3 else None
+            if f and len(set(method_key(d))) > 1:
+                xs = np.linspace(g[col].min(), g[col].max(), 20)
+                lo, hi = (scale * v for v in f["slope_ci95"])
+                colour = sns.color_palette(family(m), SHADES)[6]
+                handles[f"{short}, {m}: slope {scale * f['slope']:.3g} [{lo:.3g}, {hi:.3g}], n = {f['n']}, "
+                        f"{f['configs']} config{'s' * (f['configs'] > 1)}"] = ax.plot(*line(f, xs), color=colour,
+                                                                                     lw=0.8, ls="-.")[0]
         ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else 2), "axes.titlesize"))
         ax.set_xlabel("KL from the base model (nats)")
         ax.locator_params(axis="x", nbins=5)

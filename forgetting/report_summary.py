@@ -240,6 +240,10 @@ def forgetting_column(table: pd.DataFrame) -> str:
 def kl_fit(table: pd.DataFrame) -> dict | None:
     """Least-squares line (and parabola) of forgetting on KL drift on the new task, over complete runs.
 
+    ``slope_ci95`` is the slope's 95% t-interval (the regression's standard error, n - 2 degrees of
+    freedom); ``configs`` the number of distinct experiments among the ``n`` runs (seeds of one
+    experiment are not independent configurations).
+
     Forgetting is the max-based accuracy forgetting, or for causal LMs the max-based NLL rise
     (``column`` says which). ``quad`` holds the quadratic fit's coefficients (c0 + c1 x + c2 x^2)
     and R², given at least four runs (Shenfeld et al. 2025 fit forgetting against new-task KL).
@@ -249,8 +253,10 @@ def kl_fit(table: pd.DataFrame) -> dict | None:
     if len(d) < 3 or d["kl_new_task"].nunique() < 2:
         return None
     fit = stats.linregress(d["kl_new_task"], d[y])
+    half = float(stats.t.ppf(0.975, len(d) - 2) * fit.stderr)  # the slope's 95% t-interval (n - 2 degrees of freedom)
     out = {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(d),
-           "column": y}
+           "column": y, "slope_ci95": (float(fit.slope) - half, float(fit.slope) + half),
+           "configs": int(table.loc[d.index, "label"].nunique()) if "label" in table else len(d)}
     if len(d) >= 4 and d["kl_new_task"].nunique() >= 3:
         x, v = d["kl_new_task"].to_numpy(float), d[y].to_numpy(float)
         c2, c1, c0 = np.polyfit(x, v, 2)

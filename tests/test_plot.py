@@ -590,3 +590,36 @@ def test_an_out_that_cannot_be_written_is_one_line(fault, sweep, tmp_path, monke
     assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err, err
     assert ("Read-only file system" in err and code == 2) if fault.startswith("read") else \
         ("No space left on device" in err and code == 1)
+
+
+def test_kl_fit_slope_interval_is_the_regression_t_interval_and_methods_get_their_own_lines(sweep):
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    import forgetting
+    from forgetting.report_summary import kl_fit, run_table
+    from forgetting.api import runs_from_frame
+
+    df = forgetting.load_results(sweep)
+    table = run_table(runs_from_frame(df))
+    fit = kl_fit(table)
+    d = table[table["status"] == "complete"].dropna(subset=["kl_new_task", "forgetting_max"])
+    x, y = d["kl_new_task"].to_numpy(float), d["forgetting_max"].to_numpy(float)
+    n = len(x)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()  # by hand, float64
+    resid = y - (y.mean() + slope * (x - x.mean()))
+    se = np.sqrt((resid ** 2).sum() / (n - 2) / ((x - x.mean()) ** 2).sum())
+    half = stats.t.ppf(0.975, n - 2) * se
+    assert fit["slope"] == pytest.approx(slope, rel=1e-9)
+    assert fit["slope_ci95"] == pytest.approx((slope - half, slope + half), rel=1e-9)
+    assert fit["n"] == 8 and fit["configs"] == 4  # 4 experiments x 2 seeds
+    figs = forgetting.plot.figures(df)
+    try:
+        legend = [t.get_text() for t in figs["kl_vs_forgetting"].legends[0].get_texts()]
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    pooled = [t for t in legend if t.startswith("new-task KL, all runs: slope")]
+    assert len(pooled) == 1 and "n = 8, 4 configs" in pooled[0] and "95% t-interval" in pooled[0]
+    own = [t for t in legend if t.startswith("new-task KL, kl: slope") or t.startswith("new-task KL, kl+rdrop: slope")]
+    assert len(own) == 2 and all("n = 4, 2 configs" in t for t in own), legend
