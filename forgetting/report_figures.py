@@ -107,6 +107,11 @@ def legend_columns(look: Look) -> int:
     return 1 if look.width == "column" or points("legend.fontsize") > 9 else 2
 
 
+def nll_unit(table: pd.DataFrame) -> str:
+    """``byte`` where every run's NLL is per byte (the byte-level tokenizer of ``--model gpt2``), else ``token``."""
+    return "byte" if "nll_unit" in table and len(table) and (table["nll_unit"] == "byte").all() else "token"
+
+
 def clip_limits(ax, axis: str, low: float | None = None, high: float | None = None, margin: float = 0.03) -> None:
     """Keep the autoscaled limits of ``axis`` within [low, high], give or take ``margin`` of the span."""
     get, put = (ax.get_xlim, ax.set_xlim) if axis == "x" else (ax.get_ylim, ax.set_ylim)
@@ -285,7 +290,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     nrows = math.ceil(len(panels) / ncols)
     legend_cols = legend_columns(look)
     title = wrap(("Accuracy of each old task while fine-tuning on the next ones" if pct else
-                  "Held-out NLL per token of each old task while fine-tuning on the next ones (up: forgetting)")
+                  f"Held-out NLL per {nll_unit(table)} of each old task while fine-tuning on the next ones "
+                  "(up: forgetting)")
                  + f"\n{where}", W, "figure.titlesize") if look.titles else ""
     unfinished = data is not None and bool((~data["complete"] & data["label"].isin(order)).any())
     legend_title = wrap("mean over seeds" + ("; band: 95% t-interval" + (", cut to 0-100 %" if pct else "")
@@ -305,7 +311,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     b = (bounds - bounds.iloc[0]).to_dict() if len(bounds) else {}
     for k, ax in zip(panels, drawn):
         ax.set_title(f"task {names[k]}")
-        ax.set_ylabel("accuracy (%)" if pct else "NLL (nats/token)")
+        ax.set_ylabel("accuracy (%)" if pct else f"NLL (nats per {nll_unit(table)})")
         for step in b.values():
             ax.axvline(step, **BOUNDARY_STYLE)
         rc = reference_curves(ref, k) if reference else pd.DataFrame()
@@ -558,7 +564,8 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
         ax.set_xlabel("KL from the base model (nats)")
         ax.locator_params(axis="x", nbins=5)
         clip_limits(ax, "x", low=0.0)
-    axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100 else "NLL rise, max-based (nats/token)")
+    axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100
+                       else f"NLL rise, max-based (nats per {nll_unit(table)})")
     if column:
         axes[1].set_ylabel(axes[0].get_ylabel())
         axes[1].yaxis.set_tick_params(labelleft=True)

@@ -158,7 +158,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
         out.append({
             "benchmark": r.benchmark, "scenario": r.scenario, "method": r.method, "lambda": r.lam,
             "name": name_of(labels[r.run_id]), "variant": variant_of(labels[r.run_id]), "label": labels[r.run_id],
-            "seed": r.seed, "status": r.status, "state": r.state(), "tasks_completed": r.tasks_completed,
+            "seed": r.seed, "nll_unit": r.nll_unit, "status": r.status, "state": r.state(), "tasks_completed": r.tasks_completed,
             "n_tasks": r.n_tasks,
             **{m: s.get(m, float("nan")) for m, *_ in METRICS if m != "wall_time_s"},
             "wall_time_s": r.wall_time_s,
@@ -336,7 +336,9 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         with_variant = bool((s["variant"].fillna("") != "").any())
         shown = [(m, h, pct) for m, h, pct, _ in METRICS
                  if m not in LM_METRICS or s[f"{m}_mean"].notna().any()]  # LM columns only for LM runs
-        head = ["method", "runs"] + [h for _, h, _ in shown]
+        here = table[(table["benchmark"] == bench) & (table["scenario"] == scen)]
+        unit = "byte" if "nll_unit" in here and len(here) and (here["nll_unit"] == "byte").all() else "token"
+        head = ["method", "runs"] + [h.replace("nats/token", f"nats/{unit}") for _, h, _ in shown]
         if with_variant:
             head.insert(1, "variant")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -370,7 +372,9 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         if fit and fit["column"] == "nll_forgetting_max":
             quad = fit.get("quad")
             lines += [f"NLL rise (max-based) against KL drift on the new task over {fit['n']} complete runs: "
-                      f"least-squares slope {fit['slope']:.3f} nats/token per nat, R² = {fit['r2']:.3f}"
+                      f"least-squares slope {fit['slope']:.3f} nats/{unit} per nat "
+                      f"[{fit['slope_ci95'][0]:.3f}, {fit['slope_ci95'][1]:.3f}] (95% t-interval), R² = {fit['r2']:.3f}, "
+                      f"{fit['configs']} configs"
                       + (f"; quadratic fit {quad['c0']:.3f} + {quad['c1']:.3f} x + {quad['c2']:.3f} x², "
                          f"R² = {quad['r2']:.3f}" if quad else "") + ".", ""]
         elif fit:
