@@ -32,6 +32,38 @@ def _look(table, base: Look, methods, tasks) -> Look:
     return replace(base, labels=choose_labels(table, methods, list(colors(table))), tasks=choose_tasks(table, tasks))
 
 
+# options that set a run's budget: runs that differ in them are not comparable point for point, so each
+# budget gets figures of its own (the summary tables still list every run, the budget in its variant)
+BUDGET_KEYS = ("epochs", "batch_size", "text_train_per_task", "text_test_per_task", "train_per_class", "eval_subset")
+
+
+def budget_of(run) -> tuple:
+    """The run's budget: its (option, value) pairs among ``BUDGET_KEYS``, in a fixed order."""
+    return tuple(sorted((k.split(".")[-1], v) for k, v in run.experiment().items() if k.split(".")[-1] in BUDGET_KEYS))
+
+
+def figure_groups(runs) -> dict[tuple[str, str, str], list]:
+    """Runs by benchmark, scenario and, where they differ in budget, budget (``epochs=1,batch_size=64``;
+    '' where one budget covers the benchmark and scenario). A note on stderr names the differing options."""
+    import sys
+
+    sets: dict[tuple[str, str], dict[tuple, list]] = {}
+    for r in runs:
+        sets.setdefault((r.benchmark, r.scenario), {}).setdefault(budget_of(r), []).append(r)
+    out: dict[tuple[str, str, str], list] = {}
+    for (bench, scen), budgets in sorted(sets.items()):
+        if len(budgets) == 1:
+            out[bench, scen, ""] = next(iter(budgets.values()))
+            continue
+        keys = sorted({k for b in budgets for k, _ in b})
+        differing = [k for k in keys if len({dict(b).get(k) for b in budgets}) > 1]
+        for b, group in sorted(budgets.items(), key=lambda kv: repr(kv[0])):
+            out[bench, scen, ",".join(f"{k}={dict(b).get(k)}" for k in differing)] = group
+        print(f"note: {bench}, {scen}: runs differ in {', '.join(differing)}; each budget is drawn in figures of "
+              "its own", file=sys.stderr)
+    return out
+
+
 def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None, *,
                  methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
                  bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
@@ -63,18 +95,17 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
         raise BadInput(f"--out: {str(out)!r} is a file, not a directory")
     table = run_table(runs)
     look = _look(table, look, methods, tasks)
-    sets: dict[tuple[str, str], list] = {}
-    for r in runs:
-        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    sets = figure_groups(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     figures: dict[tuple[str, str], list[Path]] = {}
-    for (bench, scen), group in sorted(sets.items()):
+    for (bench, scen, budget), group in sets.items():
         sub = out if len(sets) == 1 else out / f"{bench}-{scen}"
+        sub = sub / budget if budget else sub
         ids = {r.run_id for r in group}
-        figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub,
-                                          look=look)
-        written += figures[bench, scen]
+        drawn = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub, look=look)
+        figures[bench, scen] = figures.get((bench, scen), []) + drawn
+        written += drawn
     written += write_summary(table, out, reference_accuracies(runs))
     configs = runs_config_table(runs)
     runs_csv = out / "runs.csv"  # one row per run: its numbers, every config field, its command
@@ -102,15 +133,14 @@ def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequ
         raise BadInput("no runs in the frame: load some with forgetting.load_results(path)")
     table = run_table(runs)
     look = _look(table, look, methods, tasks)
-    sets: dict[tuple[str, str], list] = {}
-    for r in runs:
-        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    sets = figure_groups(runs)
     out: dict = {}
-    for (bench, scen), group in sorted(sets.items()):
+    for (bench, scen, budget), group in sets.items():
         got = Collect()
         ids = {r.run_id for r in group}
         figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got, look=look)
-        out.update({(name if len(sets) == 1 else f"{bench}-{scen}/{name}"): fig for name, fig in got.items()})
+        where = "" if len(sets) == 1 else f"{bench}-{scen}/" + (f"{budget}/" if budget else "")
+        out.update({f"{where}{name}": fig for name, fig in got.items()})
     return out
 
 

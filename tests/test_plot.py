@@ -623,3 +623,23 @@ def test_kl_fit_slope_interval_is_the_regression_t_interval_and_methods_get_thei
     assert len(pooled) == 1 and "n = 8, 4 configs" in pooled[0] and "95% t-interval" in pooled[0]
     own = [t for t in legend if t.startswith("new-task KL, kl: slope") or t.startswith("new-task KL, kl+rdrop: slope")]
     assert len(own) == 2 and all("n = 4, 2 configs" in t for t in own), legend
+
+
+def test_runs_of_different_budgets_are_drawn_in_figures_of_their_own(sweep, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    results = tmp_path / "results"
+    shutil.copytree(sweep, results)
+    run(results, "--method", "kl", "--kl-lambda", "0.5", "--seed", "0", "--epochs", "2")  # another budget
+    figs = forgetting.plot.figures(forgetting.load_results(results))
+    try:
+        names = sorted(figs)
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    assert "split-digits-domain/epochs=1/tradeoff" in names and "split-digits-domain/epochs=2/tradeoff" in names
+    assert "runs differ in epochs" in capsys.readouterr().err
+    files = write_report([results], tmp_path / "report")
+    assert (tmp_path / "report" / "split-digits-domain" / "epochs=2" / "forgetting_curves.png") in files
