@@ -64,9 +64,9 @@ BENCHMARKS: dict[str, Benchmark] = {
     "split-cifar10": Benchmark("forgetting.streams.cifar:build_split10", IMAGE_OPTIONS, reads_data_dir=True),
     "split-cifar100": Benchmark("forgetting.streams.cifar:build_split100", (CIFAR100_TASKS, *IMAGE_OPTIONS),
                                 reads_data_dir=True),
-    "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", tuple(text.OPTIONS), True, "text"),
-    "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", tuple(text.OPTIONS), True, "text"),
-    "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", tuple(text.OPTIONS), True, "text"),
+    "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", (*text.OPTIONS, DOWNLOAD), True, "text"),
+    "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", (*text.OPTIONS, DOWNLOAD), True, "text"),
+    "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", (*text.OPTIONS, DOWNLOAD), True, "text"),
     "text-file": Benchmark("forgetting.streams.files:build", (*text.OPTIONS, *files.OPTIONS), False, "text"),
     "five-datasets": Benchmark("forgetting.streams.hub:build", (*text.OPTIONS, *hub.OPTIONS), False, "text"),
 }
