@@ -152,15 +152,17 @@ def marker(method: str) -> str:
 
 
 def default_strength(method: str) -> float:
-    """The default of the method's strength option (EWC's 1e5, KL's 1): the middle shade of its family."""
-    try:
-        from .registry import method_options, method_classes
+    """The default of the method's strength option (EWC's 1e5, KL's 1): the middle shade of its family.
+    Only methods this installation knows are looked up: a name read from a results file is never imported."""
+    from .registry import known_method_classes
 
-        option = next((c.strength_option for c in method_classes(method) if c.strength_option), None)
-        value = next((o.default for o in method_options(method) if o.name == option), None)
-        return float(value) if value and float(value) > 0 else 1.0
-    except Exception:  # a method this version does not know
+    classes = known_method_classes(method) or []
+    option = next((o for c in classes if c.strength_option for o in c.options if o.name == c.strength_option), None)
+    try:
+        value = float(option.default) if option is not None else 1.0
+    except (TypeError, ValueError):
         return 1.0
+    return value if value > 0 else 1.0
 
 
 def _shade(lam: float, method: str) -> int:
@@ -510,13 +512,13 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     palette, shapes = colors(table), markers(table)
     W = look.inches
     column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
-    legend_cols = legend_columns(look)
+    legend_cols = 1  # the fits' entries are long: one column keeps them inside the figure
     title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
                  f"\n{where}", W, "figure.titlesize") if look.titles else ""
     entries = d["label"].nunique() + 2 * (2 + d.assign(_m=method_key(d))["_m"].nunique())
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
-              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
+              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + line_in("legend.title_fontsize") + 0.2)
     fig, axes = plt.subplots(2 if column else 1, 1 if column else 2, figsize=(W, height), sharey=True,
                              layout="constrained")
     panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
@@ -539,7 +541,7 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
         if fit:
             xs = np.linspace(d[col].min(), d[col].max(), 50)
             lo, hi = (scale * v for v in fit["slope_ci95"])
-            handles[f"{short}, all runs: slope {scale * fit['slope']:.3g} [{lo:.3g}, {hi:.3g}] (95% t-interval), "
+            handles[f"{short}, all runs: slope {scale * fit['slope']:.3g} [{lo:.3g}, {hi:.3g}], "
                     f"n = {fit['n']}, {fit['configs']} configs"] = ax.plot(*line(fit, xs), color="0.2", lw=0.9)[0]
             fitted = f"line R² = {fit['r2']:.2f}"
             if "quad" in fit:
@@ -572,7 +574,8 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     if scale == 100:
         clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
+                   title="one point per run; lines: least squares, slope [95% t-interval]")
     if title:
         fig.suptitle(title)
     return save(fig, out, f"{prefix}kl_vs_forgetting", look)

@@ -616,11 +616,12 @@ def test_kl_fit_slope_interval_is_the_regression_t_interval_and_methods_get_thei
     figs = forgetting.plot.figures(df)
     try:
         legend = [t.get_text() for t in figs["kl_vs_forgetting"].legends[0].get_texts()]
+        title = figs["kl_vs_forgetting"].legends[0].get_title().get_text()
     finally:
         for f in figs.values():
             plt.close(f)
     pooled = [t for t in legend if t.startswith("new-task KL, all runs: slope")]
-    assert len(pooled) == 1 and "n = 8, 4 configs" in pooled[0] and "95% t-interval" in pooled[0]
+    assert len(pooled) == 1 and "n = 8, 4 configs" in pooled[0] and "slope [95% t-interval]" in title
     own = [t for t in legend if t.startswith("new-task KL, kl: slope") or t.startswith("new-task KL, kl+rdrop: slope")]
     assert len(own) == 2 and all("n = 4, 2 configs" in t for t in own), legend
 
