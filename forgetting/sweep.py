@@ -76,10 +76,22 @@ def probe_data(config: RunConfig) -> str | None:
     return None
 
 
+def with_download(configs: list[RunConfig]) -> list[RunConfig]:
+    """``--download`` for every run whose stream can fetch its data (a setting, not hashed), its data digests
+    taken where the download puts the files (as ``forgetting-run --download`` takes them)."""
+    for c in configs:
+        if any(o.name == "download" for o in registry.stream_options(c.benchmark)):
+            c.stream.settings["download"] = True
+            c.data_fingerprint = registry.fingerprint(registry.stream(c.benchmark), c.stream, c.data_dir)
+    return configs
+
+
 def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, device: str,
-         note: Callable[[str], None] = print, grid: dict | None = None) -> list[Planned]:
+         note: Callable[[str], None] = print, grid: dict | None = None, download: bool = False,
+         skipped: list | None = None) -> list[Planned]:
     """Every run of the suites (or of the command-line ``grid``), in order, once each (same run id: first
-    listing wins).
+    listing wins). ``download``: streams that can fetch missing data do, before any run starts (the ids
+    are then computed on the files fetched). Experiments skipped for missing data are appended to ``skipped``.
 
     Raises BadInput for a malformed suite or for data that a non-skippable experiment lacks.
     """
@@ -98,10 +110,16 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
             configs = exp.runs(results_dir, data_dir, device)  # each resolved once (ms per run)
             key = json.dumps([exp.benchmark, exp.model, exp.stream_options], sort_keys=True)
             if key not in probed:
-                probed[key] = probe_data(configs[0])
+                probed[key] = probe_data(with_download(configs[:1])[0] if download else configs[0])
+                if download and probed[key] is None:  # the files are there now: ids hash their content
+                    configs = exp.runs(results_dir, data_dir, device)
+            if download:
+                with_download(configs)
             if probed[key] is not None:
                 if exp.if_data_missing == "skip":
                     note(f"skipping experiment {exp.name!r} ({exp.where}): {probed[key]}")
+                    if skipped is not None:
+                        skipped.append((exp.name, exp.benchmark))
                     continue
                 raise BadInput(f"{exp.where} ({exp.benchmark}): {probed[key]} "
                                "(or set if_data_missing = \"skip\" in the suite)")
@@ -153,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray-address", default=None, help="join the Ray cluster at this address (e.g. ray://head:10001 "
                    "or auto) instead of starting Ray on this machine")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto for every run (default: auto)")
+    p.add_argument("--download", action="store_true", help="fetch the data of streams that can (MNIST, CIFAR: "
+                   "torchvision; uci-sentiment, ag-news, clinc150: the Hugging Face hub) before any run starts, "
+                   "into --data-dir or the download cache")
     p.add_argument("--report-dir", default=None, help="where the plots and summary go (default: RESULTS_DIR/report)")
     p.add_argument("--no-report", action="store_true", help="do not write the plots and summary")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is complete; run nothing")
@@ -207,8 +228,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         # absolute paths: Ray workers do not share the driver's working directory
         data_dir = str(Path(data_dir).resolve()) if data_dir else None
         grid = None if run_args is None else {"axes": ns.grid, "seeds": ns.seeds, "run_args": run_args}
+        ns.skipped = []
         runs = plan(ns.suites, str(Path(ns.results_dir).resolve()), data_dir, ns.device,
-                    note=lambda m: print(f"{PROG}: {m}", file=sys.stderr), grid=grid)
+                    note=lambda m: print(f"{PROG}: {m}", file=sys.stderr), grid=grid, download=ns.download,
+                    skipped=ns.skipped)
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -332,6 +355,12 @@ def finish(ns, runs: list[Planned], outcomes: dict[str, Outcome], say) -> int:
 
                 log_report(ns.log_to, files, out, ns.results_dir)
     print(f"results: {ns.results_dir} (log of this sweep: {log})")
+    skipped = getattr(ns, "skipped", [])
+    if skipped:  # what the study left out, and the one command that gets it
+        again = os.environ.get("FORGETTING_RERUN_COMMAND") or " ".join([PROG, *ns.suites])
+        names = ", ".join(f"{name!r} ({bench})" for name, bench in skipped)
+        print(f"{PROG}: skipped {len(skipped)} experiment{'s' * (len(skipped) > 1)} whose data is missing: {names}; "
+              f"to fetch their data and run them: {again} --download")
     if failed:
         print(f"{PROG}: {len(failed)} of {len(runs)} runs failed:", file=sys.stderr)
         labels = {r.run_id: describe(r.config) for r in runs}

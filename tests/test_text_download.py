@@ -105,3 +105,52 @@ def test_a_run_with_download_on_a_public_clone(hub, tmp_path):
                          results_dir=str(tmp_path / "results"), data_dir=None)
     run_dir, rows, status = run_experiment(config)
     assert status == "complete" and set(rows["eval_task"]) == {0, 1, 2}
+
+
+def test_a_sweep_names_what_it_skipped_and_the_command_that_fetches_it(hub, tmp_path):
+    """The suite skips uci-sentiment (no data); its summary says so and gives the one command that gets it;
+    that command (--download) fetches the data, and the runs' ids hash the files fetched."""
+    from conftest import run_cli  # noqa: F401  (the project's path set-up)
+    from forgetting import sweep
+    from forgetting.streams import default_data_dir  # noqa: F401
+
+    suite = tmp_path / "s.toml"
+    suite.write_text('''
+[defaults]
+epochs = 1
+seeds = [0]
+[[experiment]]
+name = "digits"
+benchmark = "split-digits"
+scenarios = ["domain"]
+model_options = { hidden = [16] }
+[[experiment.method]]
+name = "naive"
+[[experiment]]
+name = "sentiment"
+benchmark = "uci-sentiment"
+scenarios = ["domain"]
+model = "bert"
+model_options = { bert_layers = 1, bert_hidden = 16, bert_heads = 2 }
+stream_options = { max_seq_len = 16 }
+if_data_missing = "skip"
+[[experiment.method]]
+name = "naive"
+''')
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    out = io.StringIO()
+    args = [str(suite), "--results-dir", str(tmp_path / "r"), "--workers", "1", "--no-report", "--quiet"]
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        assert sweep.main(args) == 0
+    assert "skipped 1 experiment whose data is missing: 'sentiment' (uci-sentiment)" in out.getvalue()
+    assert f"python -m forgetting.sweep {suite} --download" in out.getvalue()
+    listed = io.StringIO()
+    with contextlib.redirect_stdout(listed), contextlib.redirect_stderr(io.StringIO()):
+        assert sweep.main([*args, "--download", "--list"]) == 0
+    assert len(listed.getvalue().splitlines()) == 2 and (tmp_path / "cache" / "forgetting" / "uci_sentiment").is_dir()
+    planned = sweep.plan([str(suite)], str(tmp_path / "r"), None, "cpu", download=True)
+    sentiment = next(p for p in planned if p.config.benchmark == "uci-sentiment")
+    assert sentiment.config.data_fingerprint  # the fetched files' digests are in the run id
