@@ -166,8 +166,19 @@ def build_parser() -> argparse.ArgumentParser:
                    f"{WORKERS.default})")
     p.add_argument("--threads", default=THREADS.default, help=f"{THREADS.help} (default: 1)")
     p.add_argument("--executor", default="process", metavar="{" + ",".join(EXECUTORS) + "}",
-                   help="process (worker processes on this machine) or ray "
-                   "(Ray tasks; needs pip install 'forgetting[ray]') (default: process)")
+                   help="process (worker processes on this machine), ray "
+                   "(Ray tasks; needs pip install 'forgetting[ray]') or slurm (a SLURM job array through submitit; "
+                   "needs pip install 'forgetting[slurm]') (default: process)")
+    p.add_argument("--slurm-cluster", default="slurm", metavar="{slurm,local}",
+                   help="with --executor slurm: slurm (sbatch, a job array) or local (submitit's local executor: "
+                        "the same jobs as subprocesses here, to try a setup) (default: slurm)")
+    p.add_argument("--slurm-partition", default=None, help="with --executor slurm: the partition (default: the "
+                   "cluster's)")
+    p.add_argument("--slurm-time", default=60, type=int, metavar="MINUTES",
+                   help="with --executor slurm: each run's time limit in minutes (default: 60); a run cut by it "
+                        "continues from its last task boundary when the sweep is run again")
+    p.add_argument("--slurm-folder", default=None, help="with --executor slurm: where submitit keeps the jobs' "
+                   "scripts and logs (default: RESULTS_DIR/slurm), on storage the nodes see")
     p.add_argument("--ray-address", default=None, help="join the Ray cluster at this address (e.g. ray://head:10001 "
                    "or auto) instead of starting Ray on this machine")
     p.add_argument("--device", default="auto", help="cpu, cuda or auto for every run (default: auto)")
@@ -214,6 +225,16 @@ def check_args(ns: argparse.Namespace) -> None:
     ns.log_to = tracking.check(ns.log_to)
     if ns.executor == "ray":
         import_ray()
+    if getattr(ns, "slurm_partition", None) and ns.executor != "slurm":
+        raise BadInput("--slurm-partition: only applies with --executor slurm")
+    if ns.executor == "slurm":
+        from .executors_slurm import CLUSTERS, import_submitit
+
+        if ns.slurm_cluster not in CLUSTERS:
+            raise BadInput(f"--slurm-cluster: {ns.slurm_cluster!r}, allowed: {', '.join(CLUSTERS)}")
+        if ns.slurm_time < 1:
+            raise BadInput(f"--slurm-time: {ns.slurm_time} minutes, allowed: at least 1")
+        import_submitit()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -287,7 +308,13 @@ def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]
             bar.write(f"{PROG}: run {o.run_id} ({labels.get(o.run_id, '')}) {o.status}: {o.error}", file=sys.stderr)
 
     try:
-        if todo and ns.executor == "ray":
+        if todo and ns.executor == "slurm":
+            from .executors_slurm import execute_slurm
+
+            execute_slurm(todo, ns.workers, ns.threads, on_result, cluster=ns.slurm_cluster,
+                          folder=ns.slurm_folder or Path(ns.results_dir) / "slurm", partition=ns.slurm_partition,
+                          time_min=ns.slurm_time)
+        elif todo and ns.executor == "ray":
             execute_ray(todo, ns.workers, ns.threads, ns.ray_address, on_result)
         elif todo:
             execute_processes(todo, ns.workers, ns.threads, on_result)

@@ -121,3 +121,39 @@ def test_the_end_table_gives_language_models_their_nll_not_token_accuracy(tmp_pa
     accuracy, language = text.split("language models")
     assert "split-digits" in accuracy and "uci-sentiment" not in accuracy
     assert "new-task NLL" in language and "2.500 [ 2.400, 2.600]" in language and "split-digits" not in language
+
+
+SIX = """
+[defaults]
+epochs = 1
+batch_size = 64
+model_options = { hidden = [16], dropout = 0.0 }
+[[experiment]]
+benchmark = "split-digits"
+scenarios = ["domain"]
+seeds = [0, 1, 2]
+[[experiment.method]]
+name = "kl"
+grid.kl_lambda = [0, 1]
+"""
+
+
+@pytest.mark.slow
+def test_slurm_executor_through_submitit_local_gives_the_process_executors_rows(tmp_path):
+    """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows."""
+    pytest.importorskip("submitit")
+    suite = tmp_path / "six.toml"
+    suite.write_text(SIX)
+    rows = {}
+    for executor in ("process", "slurm"):
+        results = tmp_path / executor
+        extra = ["--slurm-cluster", "local", "--slurm-time", "10"] if executor == "slurm" else []
+        p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "2",
+                    "--executor", executor, *extra, "--no-report", "--quiet")
+        assert p.returncode == 0, p.stderr[-3000:]
+        rows[executor] = {d.name: pd.read_csv(d / METRICS).drop(columns="wall_time")
+                          for d in results.iterdir() if (d / METRICS).is_file()}
+    assert len(rows["process"]) == 6 and rows["slurm"].keys() == rows["process"].keys()
+    for rid, df in rows["process"].items():
+        pd.testing.assert_frame_equal(rows["slurm"][rid], df, check_exact=True)
+    assert list((tmp_path / "slurm" / "slurm").glob("*_submission.sh")) or list((tmp_path / "slurm" / "slurm").iterdir())
