@@ -12,6 +12,7 @@ EXTRAS = {  # extra -> the top-level modules it brings
     "avalanche": ("avalanche", "torchvision", "quadprog"),
     "ray": ("ray",),
     "slurm": ("submitit",),
+    "search": ("optuna",),
     "lm": ("transformers", "tokenizers", "peft", "trl"),
     "track": ("tensorboard", "mlflow", "wandb"),
 }

@@ -187,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "into --data-dir or the download cache")
     p.add_argument("--report-dir", default=None, help="where the plots and summary go (default: RESULTS_DIR/report)")
     p.add_argument("--no-report", action="store_true", help="do not write the plots and summary")
+    p.add_argument("--search", default=None, type=int, metavar="N",
+                   help="a search instead of the grid: N trials over the suite's grid.OPTION ranges through Optuna "
+                        "(one experiment, one method; each trial runs every seed as normal runs; the study in "
+                        "RESULTS_DIR/search.db continues when run again; needs pip install 'forgetting[search]')")
+    p.add_argument("--objective", default="average_accuracy", metavar="{average_accuracy,forgetting,pareto}",
+                   help="with --search: maximise the final average accuracy, minimise the max-based forgetting, or "
+                        "pareto: new-task and old-task accuracy both (default: average_accuracy)")
     p.add_argument("--list", action="store_true", help="list the runs and whether each is complete; run nothing")
     p.add_argument("--yes", action="store_true", help=f"run even when more than {CONFIRM_ABOVE} runs are to run "
                    "(without it such a sweep stops before starting, with the count)")
@@ -211,6 +218,14 @@ def check_args(ns: argparse.Namespace) -> None:
                        "--method kl")
     if ns.run_args is not None and not ns.run_args and not ns.grid and ns.seeds is None:
         raise BadInput("nothing after --: give forgetting-run's options, with --grid and/or --seeds before --")
+    if getattr(ns, "search", None) is not None:
+        if ns.search < 1:
+            raise BadInput(f"--search: {ns.search} trials, allowed: at least 1")
+        from .sweep_search import OBJECTIVES, import_optuna
+
+        if ns.objective not in OBJECTIVES:
+            raise BadInput(f"--objective: {ns.objective!r}, allowed: {', '.join(OBJECTIVES)}")
+        import_optuna()
     if ns.executor not in EXECUTORS:
         raise BadInput(f"--executor: unknown executor {ns.executor!r}, allowed: {', '.join(EXECUTORS)}")
     if ns.ray_address and ns.executor != "ray":
@@ -256,6 +271,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if getattr(ns, "search", None) is not None:
+        return search(ns, say)
     if ns.list:
         for r in runs:
             print(f"{r.state:<10} {r.run_id}  {describe(r.config)}")
@@ -290,6 +307,39 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
+
+
+def search(ns: argparse.Namespace, say) -> int:
+    """``--search N``: N trials of an Optuna study over the suite's ranges, each a set of normal runs."""
+    from .sweep_search import run_search
+
+    try:
+        if len(ns.suites) != 1 or len(load_suite(ns.suites[0]).experiments) != 1:
+            raise BadInput("--search: give one suite with one [[experiment]] (its grid.OPTION ranges are searched)")
+        suite = load_suite(ns.suites[0])
+        exp = suite.experiments[0]
+        data_dir = ns.data_dir if ns.data_dir is not None else default_data_dir()
+        configs = exp.runs(str(Path(ns.results_dir).resolve()), data_dir, ns.device)
+        problem = probe_data(configs[0])
+        if problem is not None:
+            raise BadInput(f"{exp.where}: {problem}")
+
+        def run_trial(trial_configs: list[RunConfig]) -> dict[str, Outcome]:
+            todo = [c for c in trial_configs if run_state(c, c.run_id) != "complete"]
+            return execute(todo, argparse.Namespace(**{**vars(ns), "quiet": True})) if todo else {}
+
+        trials = run_search(exp, configs, ns.search, ns.objective, str(Path(ns.results_dir).resolve()), run_trial,
+                            lambda m: say(f"{PROG}: {m}"), study_name=f"{suite.name}/{exp.name}")
+    except BadInput as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for t in sorted(trials, key=lambda t: t["number"]):
+        values = ", ".join(f"{v:.4f}" for v in t["values"])
+        print(f"{'*' if t['best'] else ' '} trial {t['number']:>3}  {ns.objective} {values}  {t['params']}  "
+              f"runs {' '.join(t['run_ids'])}")
+    print(f"{len(trials)} trials in {Path(ns.results_dir) / 'search.db'} (* best); figures of every trial's runs: "
+          f"python -m forgetting.plot {ns.results_dir}")
+    return 0
 
 
 def execute(todo: list[RunConfig], ns: argparse.Namespace) -> dict[str, Outcome]:

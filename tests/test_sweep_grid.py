@@ -157,3 +157,54 @@ def test_slurm_executor_through_submitit_local_gives_the_process_executors_rows(
     for rid, df in rows["process"].items():
         pd.testing.assert_frame_equal(rows["slurm"][rid], df, check_exact=True)
     assert list((tmp_path / "slurm" / "slurm").glob("*_submission.sh")) or list((tmp_path / "slurm" / "slurm").iterdir())
+
+
+SEARCH = """
+name = "lam"
+[defaults]
+epochs = 1
+batch_size = 64
+model_options = { hidden = [16], dropout = 0.0 }
+[[experiment]]
+name = "digits"
+benchmark = "split-digits"
+scenarios = ["domain"]
+seeds = [0]
+[[experiment.method]]
+name = "kl"
+grid.kl_lambda = [0.01, 10]
+grid.kl_direction = ["forward", "reverse"]
+"""
+
+
+def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
+    optuna = pytest.importorskip("optuna")
+    suite = tmp_path / "lam.toml"
+    suite.write_text(SEARCH)
+    results = tmp_path / "results"
+    args = [str(suite), "--search", "3", "--results-dir", str(results), "--workers", "1", "--quiet"]
+    assert sweep.main(args) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="lam/digits:average_accuracy", storage=f"sqlite:///{results / 'search.db'}")
+    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(trials) == 3 and "3 trials" in out
+    for t in trials:
+        assert 0.01 <= t.params["kl_lambda"] <= 10 and t.params["kl_direction"] in ("forward", "reverse")
+        (rid,) = t.user_attrs["run_ids"]
+        config = json.loads((results / rid / "config.json").read_text())
+        assert config["method"]["options"]["kl_lambda"] == t.params["kl_lambda"]
+        by_hand = build_parser().parse_args(["--epochs", "1", "--batch-size", "64", "--hidden", "16", "--dropout", "0",
+                                             "--kl-lambda", repr(t.params["kl_lambda"]), "--kl-direction",
+                                             t.params["kl_direction"], "--results-dir", str(results.resolve())])
+        assert config_from_args(by_hand).run_id == rid  # a trial is the run started by hand
+        from forgetting.metrics import run_summary
+        from forgetting.results import read_run
+
+        _, rows, manifest = read_run(results / rid)
+        assert manifest["status"] == "complete" and t.value == pytest.approx(run_summary(rows)["average_accuracy"])
+    # again: the study continues (one more trial), and bad objectives are one line
+    assert sweep.main([*args[:2], "1", *args[3:]]) == 0
+    assert len(optuna.load_study(study_name="lam/digits:average_accuracy",
+                                 storage=f"sqlite:///{results / 'search.db'}").trials) == 4
+    assert sweep.main([*args, "--objective", "nope"]) == 2
+    assert "--objective: 'nope'" in capsys.readouterr().err
