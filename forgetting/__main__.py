@@ -1,4 +1,4 @@
-from .run import main
+from .cli import main
 import sys
 
 sys.exit(main())

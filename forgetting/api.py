@@ -8,16 +8,33 @@ run again); ``forgetting.load_results(paths)`` reads what ``forgetting.plot`` re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
 
 
-def run(benchmark: str = "split-digits", method: str = "kl", **options) -> pd.DataFrame:
-    """Run one experiment and return its tidy metric rows: ``forgetting.run(...)`` (see ``run.experiment``)."""
-    from .run import experiment
+def experiment(benchmark: str = "split-digits", method: str = "kl", *, force: bool = False, resume: bool = False,
+               results_dir: str | Path = "results", progress: bool = False, **options) -> pd.DataFrame:
+    """Run one experiment and return its tidy metric rows (one per evaluation point and task).
 
-    return experiment(benchmark, method, **options)
+    ``options`` are any option of the chosen stream, model, method or loop, by their config names
+    (``scenario="class"``, ``model="bert"``, ``kl_lambda=0.5``, ``epochs=2``, ``data_dir=...``). An
+    option the components do not take raises ``BadInput`` naming it. The run's directory is in
+    ``df.attrs["run_dir"]`` and its status (``complete`` or ``skipped``) in ``df.attrs["status"]``.
+    """
+    from . import registry
+    from .running import run_experiment
+
+    config = registry.make_config(benchmark=benchmark, method=method, results_dir=str(results_dir),
+                                  progress=progress, **options)
+    run_dir, rows, status = run_experiment(config, force=force, resume=resume, resolved=True)
+    rows = rows.copy()
+    rows.attrs.update(run_dir=str(run_dir), status=status, run_id=config.run_id)
+    return rows
+
+
+run = experiment  # ``forgetting.run(...)``: the module ``forgetting.run`` called
 
 
 def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
@@ -28,6 +45,8 @@ def load_results(paths: str | Path | Iterable[str | Path]) -> pd.DataFrame:
     option are told apart without opening ``config.json``; ``status``, ``tasks_completed`` and
     ``wall_time_s`` are the run's manifest's (so ``forgetting.plot.figures`` can draw from this frame).
     """
+    import pandas as pd
+
     from .report_runs import load_runs
 
     if isinstance(paths, (str, Path)):

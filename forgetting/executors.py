@@ -9,8 +9,10 @@ Workers die with their sweep: an interrupted driver (Ctrl-C, SIGTERM) signals it
 current run ends marked interrupted, and no worker starts another run after that; a driver that
 is killed outright (SIGKILL) is noticed by its workers (the kernel's parent-death signal on
 Linux, and a check of the parent every ``PARENT_CHECK_S`` seconds everywhere), which do the same
-and exit. Embedded Ray listens on the loopback interface only (``_node_ip_address``); with a
-cluster address the cluster's own settings apply.
+and exit. Embedded Ray (no cluster address) opens network ports: Ray 2.60's GCS, raylet and
+workers listen on every interface, and ``ray.init`` turns a loopback node address back into the
+machine's (measured; no setting of ``ray.init`` changes it), so the README says to use it on a
+trusted network only; the process executor opens none.
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ from .config import RunConfig
 from .errors import BadInput
 
 EXECUTORS = ("process", "ray", "slurm")  # slurm: forgetting/executors_slurm.py (submitit)
-LOOPBACK = "127.0.0.1"
 MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is tried this many times
 
 
@@ -100,13 +101,13 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     import torch
 
     from .claim import RunBusy
-    from .run import run_experiment
+    from .running import run_experiment
 
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     _running = True
     try:
-        _, _, status = run_experiment(cfg, resume=True)
+        _, _, status = run_experiment(cfg, resume=True, resolved=True)  # resolved by the sweep, sent as a dict
     except RunBusy as e:
         return Outcome(cfg.run_id, "busy", str(e), time.perf_counter() - t0)
     except KeyboardInterrupt:
@@ -139,15 +140,15 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
         os.environ["OMP_NUM_THREADS"] = str(threads)  # inherited by the workers, read when torch loads
         pool = ProcessPoolExecutor(max_workers=min(workers, len(pending)), mp_context=ctx,
                                    initializer=_die_with_parent, initargs=(os.getpid(),))
-        try:
-            futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
-        finally:
-            if saved is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = saved
         broken = []
         try:
+            try:
+                futures = {pool.submit(run_one, c.to_dict(), threads): c for c in pending}
+            finally:
+                if saved is None:
+                    os.environ.pop("OMP_NUM_THREADS", None)
+                else:
+                    os.environ["OMP_NUM_THREADS"] = saved
             for fut in as_completed(futures):
                 config = futures[fut]
                 try:
@@ -160,7 +161,7 @@ def execute_processes(configs: list[RunConfig], workers: int, threads: int,
             for proc in list((pool._processes or {}).values()):
                 try:
                     os.kill(proc.pid, signal.SIGTERM)
-                except (ProcessLookupError, AttributeError):
+                except (ProcessLookupError, AttributeError, TypeError):
                     pass
             raise
         finally:
@@ -196,9 +197,7 @@ def execute_ray(configs: list[RunConfig], workers: int, threads: int, address: s
         ray.init(address=address, runtime_env={"py_modules": [str(package_dir)]})
     else:
         path = os.pathsep.join(p for p in (str(package_dir.parent), os.environ.get("PYTHONPATH")) if p)
-        # loopback only: Ray's services would otherwise listen on every interface of this machine
-        ray.init(num_cpus=workers, include_dashboard=False, _node_ip_address=LOOPBACK,
-                 runtime_env={"env_vars": {"PYTHONPATH": path}})
+        ray.init(num_cpus=workers, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": path}})
     pending = {}
     try:
         task = ray.remote(num_cpus=threads, max_retries=MAX_ATTEMPTS - 1)(run_one)

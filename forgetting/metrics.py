@@ -82,8 +82,8 @@ def at_majority_rate(rows: pd.DataFrame, tasks_completed: int | None = None) -> 
             for r in hit.sort_values(["trained_task", "eval_task"]).itertuples()]
 
 
-def is_lm_run(rows: pd.DataFrame) -> bool:
-    """Whether the rows are a causal LM's (they carry a per-token NLL)."""
+def has_nll(rows: pd.DataFrame) -> bool:
+    """Whether the rows carry a held-out NLL per token (the causal-LM objective's measure)."""
     return "nll" in rows and bool(rows["nll"].notna().any())
 
 
@@ -230,9 +230,14 @@ def run_summary(rows: pd.DataFrame, tasks_completed: int | None = None) -> dict[
     b = untrained_accuracy(rows)
     kl_new, kl_old = final_kl(rows, tasks_completed)
     lm = {}
-    if is_lm_run(rows):
+    if has_nll(rows):
         N = accuracy_matrix(rows, tasks_completed, value="nll")
+        fin = final_epoch_rows(rows, tasks_completed)
+        last = fin[(fin["trained_task"] == T - 1) & (fin["eval_task"] <= T - 1)]
+        answers = last["answer_accuracy"].dropna() if "answer_accuracy" in last else []
         lm = {"nll_forgetting_max": nll_forgetting_max(N), "nll_rise": nll_rise(N),
+              # the mean answer accuracy over the tasks seen whose answers are scored (completion tasks)
+              "answer_accuracy": float(np.mean(answers)) if len(answers) else float("nan"),
               "new_task_nll": float(N[T - 1, T - 1]),
               "old_task_nll": float(N[T - 1, : T - 1].mean()) if T > 1 else float("nan")}
     return {

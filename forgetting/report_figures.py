@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from adjustText import adjust_text  # noqa: E402
 
-from .metrics import (accuracy_matrix, bounded_ci, is_lm_run, mean_ci, old_task_curves, pareto_front,  # noqa: E402
+from .metrics import (accuracy_matrix, bounded_ci, has_nll, mean_ci, old_task_curves, pareto_front,  # noqa: E402
                       task_boundaries)
 from .report_look import FORMATS, Look  # noqa: E402
 from .report_runs import Run  # noqa: E402
@@ -592,7 +592,7 @@ def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = ""
     if not runs:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    nll = [r for r in runs if is_lm_run(r.rows)]
+    nll = [r for r in runs if has_nll(r.rows)]
     with plt.rc_context(style_rc(look.style)):
         return (forgetting_curves(runs, table, where, out, prefix, look)
                 + accuracy_heatmaps(runs, table, where, out, prefix, look)

@@ -50,6 +50,12 @@ class Run:
         return self.manifest["status"]
 
     @property
+    def report_measures(self) -> str:
+        """The summary columns the run's objective asks the reports' tables to show, as ``column:heading:scale``
+        joined by ``;`` (from its manifest; empty for a run that predates them: the classifier's columns)."""
+        return ";".join(f"{c}:{h}:{s:g}" for c, h, s in self.manifest.get("report_measures") or [])
+
+    @property
     def complete(self) -> bool:
         return self.status == "complete"
 

@@ -36,13 +36,14 @@ METRICS = [
     ("kl_new_task", "KL drift, new task", False, (0.0, INF)),
     ("kl_old_tasks", "KL drift, old tasks", False, (0.0, INF)),
     # causal LMs only (a table shows these columns where some run has them)
+    ("answer_accuracy", "answer accuracy", True, (0.0, 1.0)),
     ("nll_forgetting_max", "NLL rise, max-based (nats/token)", False, (-INF, INF)),
     ("nll_rise", "NLL rise since learned (nats/token)", False, (-INF, INF)),
     ("new_task_nll", "new-task NLL", False, (0.0, INF)),
     ("old_task_nll", "old-task NLL", False, (0.0, INF)),
     ("wall_time_s", "wall time (s)", False, (0.0, INF)),
 ]
-LM_METRICS = ("nll_forgetting_max", "nll_rise", "new_task_nll", "old_task_nll")
+LM_METRICS = ("answer_accuracy", "nll_forgetting_max", "nll_rise", "new_task_nll", "old_task_nll")
 KEYS = ["benchmark", "scenario", "label"]
 SYMBOLS = {"lambda": "λ", "alpha": "α", "gamma": "γ"}
 
@@ -163,6 +164,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
             **{m: s.get(m, float("nan")) for m, *_ in METRICS if m != "wall_time_s"},
             "wall_time_s": r.wall_time_s,
             "at_majority_rate": "; ".join(f"A[{t}][{k}] = {100 * rate:.1f}%" for t, k, rate in stuck),
+            "report_measures": r.report_measures,
             "run_id": r.run_id, "path": str(r.path),
         })
     return pd.DataFrame(out)
@@ -197,7 +199,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Complete runs pooled per experiment (mean, 95% t-interval); each unfinished run a row of its own."""
     rows = []
     done = table[table["status"] == "complete"]
-    first = ["method", "lambda", "name", "variant"]
+    first = ["method", "lambda", "name", "variant", "report_measures"]
     for key, g in done.groupby(KEYS, sort=True, dropna=False):
         row = dict(zip(KEYS, key))
         row.update({k: g[k].iloc[0] for k in first})

@@ -16,6 +16,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,7 +27,8 @@ from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
 from .options import Option
 from .results import MANIFEST, atomic_write_json, now
-from .run import build_stream_for, ensure_writable
+from .preparing import build_stream_for
+from .running import ensure_writable
 from .streams import default_data_dir
 from .suite import load_suite
 from .sweep_grid import grid_configs, split_run_args
@@ -293,7 +295,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     say(f"{PROG}: {len(runs)} runs in {where}: {done_before} already complete, "
         f"{sum(r.state == 'unfinished' for r in runs)} unfinished to run again, {sum(r.state == 'new' for r in runs)} new")
     ns.started = now()
-    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the sweep as Ctrl-C does
+    main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
+    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops it as Ctrl-C does
     try:
         outcomes = execute(todo, ns)
     except KeyboardInterrupt:
@@ -301,7 +304,8 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return finish(ns, runs, outcomes, say)
 
 

@@ -56,7 +56,7 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
 def grid_configs(axes: Sequence[str], seeds: str | None, run_args: Sequence[str], *, results_dir: str,
                  data_dir: str | None, device: str) -> list[RunConfig]:
     """One resolved config per grid point x seed, in order; BadInput names the first bad value."""
-    from .run import TOP_LEVEL, _preparse, build_parser, config_from_args, read_config_file
+    from .cli import TOP_LEVEL, _preparse, build_parser, config_from_args, read_config_file
 
     for arg in run_args:
         if arg.split("=")[0] in SWEEP_OWNED:

@@ -17,34 +17,37 @@ def console_table(summary_csv: Path) -> str:
     if df.empty:
         return ""
 
-    def pct(row, key):  # the interval as the summary gives it: cut to the quantity's range, † when cut
+    def cell(row, key, scale):  # the interval as the summary gives it: cut to the quantity's range, † when cut
+        if f"{key}_mean" not in row:
+            return "-"
         m, lo, hi = row[f"{key}_mean"], row[f"{key}_ci95_lo"], row[f"{key}_ci95_hi"]
         if pd.isna(m):
             return "-"
         cut = "†" if str(row.get(f"{key}_ci95_cut", False)) == "True" else " "
-        return f"{100 * m:5.1f}" + ("" if pd.isna(lo) else f" [{100 * lo:5.1f},{100 * hi:5.1f}]{cut}")
+        fmt = "5.1f" if scale == 100 else "5.3f"
+        return f"{scale * m:{fmt}}" + ("" if pd.isna(lo) else f" [{scale * lo:{fmt}},{scale * hi:{fmt}}]{cut}")
 
-    lines = ["", "old tasks kept (after the last task; mean [95% CI over seeds, † cut to the possible range], in %):",
-             f"{'benchmark':<16}{'scenario':<9}{'method':<30}{'seeds':>6}  {'avg acc':>20}  "
-             f"{'old-task acc':>20}  {'forgetting':>20}"]
-    lm = df["nll_rise_mean"].notna() if "nll_rise_mean" in df else pd.Series(False, index=df.index)
-    for _, row in df[~lm].iterrows():
+    lines = ["", "old tasks kept (after the last task; mean [95% CI over seeds, † cut to the possible range]; "
+             "accuracies and forgetting in %, NLL in nats per token):"]
+    header = None
+    for _, row in df.iterrows():
+        measures = parse_measures(row.get("report_measures"))
+        if measures != header:  # each run's objective says what its rows show (accuracy; NLL for causal LMs)
+            header = measures
+            lines.append(f"{'benchmark':<16}{'scenario':<9}{'method':<30}{'seeds':>6}"
+                         + "".join(f"  {h:>20}" for _, h, _ in measures))
         label = str(row["label"]) + ("" if row["status"] == "complete" else " (unfinished)")
-        lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}  "
-                     f"{pct(row, 'average_accuracy'):>20}  {pct(row, 'old_task_accuracy'):>20}  "
-                     f"{pct(row, 'forgetting_max'):>20}")
-    if lm.any():  # causal LMs: held-out NLL (what their forgetting is), not token accuracy
-        def nll(row, key):
-            m, lo, hi = row[f"{key}_mean"], row[f"{key}_ci95_lo"], row[f"{key}_ci95_hi"]
-            return "-" if pd.isna(m) else f"{m:6.3f}" + ("" if pd.isna(lo) else f" [{lo:6.3f},{hi:6.3f}]")
-
-        lines += ["", "language models (after the last task; held-out NLL in nats per token, per byte for --model gpt2; "
-                  "mean [95% CI over seeds]):",
-                  f"{'benchmark':<16}{'scenario':<9}{'method':<30}{'seeds':>6}  {'new-task NLL':>22}  "
-                  f"{'old-task NLL':>22}  {'NLL rise':>22}"]
-        for _, row in df[lm].iterrows():
-            label = str(row["label"]) + ("" if row["status"] == "complete" else " (unfinished)")
-            lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}  "
-                         f"{nll(row, 'new_task_nll'):>22}  {nll(row, 'old_task_nll'):>22}  "
-                         f"{nll(row, 'nll_forgetting_max'):>22}")
+        lines.append(f"{row['benchmark']:<16}{row['scenario']:<9}{label[:29]:<30}{int(row['n_seeds']):>6}"
+                     + "".join(f"  {cell(row, c, scale):>20}" for c, _, scale in measures))
     return "\n".join(lines)
+
+
+CLASSIFIER = [("average_accuracy", "avg acc", 100.0), ("old_task_accuracy", "old-task acc", 100.0),
+              ("forgetting_max", "forgetting", 100.0)]  # runs whose manifest predates report_measures
+
+
+def parse_measures(text) -> list[tuple[str, str, float]]:
+    """``column:heading:scale;...`` (summary.csv's report_measures) as tuples; the classifier's when empty."""
+    if not isinstance(text, str) or not text.strip():
+        return CLASSIFIER
+    return [(c, h, float(s)) for c, h, s in (part.split(":") for part in text.split(";"))]

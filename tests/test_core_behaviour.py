@@ -40,9 +40,10 @@ def test_rows_cover_every_task_at_every_evaluation_point(tmp_path):
     assert rows[rows.phase == "init"].kl_base.isna().all()
     after_base = rows[rows.trained_task >= 1]
     assert after_base.kl_base.notna().all() and (after_base.kl_base >= 0).all()
-    # at the end of task 0 the current model is the base model: zero drift
-    end0 = rows[(rows.trained_task == 0) & (rows.epoch == 2)]
-    assert np.allclose(end0.kl_base.fillna(0.0), 0.0)
+    # during task 0 there is no base model yet (it is the snapshot taken at its end): no drift is claimed;
+    # the base measured against itself is zero (tests/test_drift.py, with the hand values of every scenario)
+    during0 = rows[rows.trained_task == 0]
+    assert len(during0) == 2 * n_tasks and during0.kl_base.isna().all()
     A = accuracy_matrix(rows)
     assert A.shape == (5, 5)
     assert 0.9 < A[0, 0] <= 1.0

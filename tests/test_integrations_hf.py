@@ -62,9 +62,23 @@ def args(tmp_path, **kw) -> TrainingArguments:
     return TrainingArguments(**base)
 
 
+def sharpen(model, scale: float = 40.0):
+    """The classifier head scaled: confident, sharply different from an unscaled model of another seed."""
+    with torch.no_grad():
+        model.classifier.weight.mul_(scale)
+        model.classifier.bias.normal_(0.0, 2.0)
+    return model
+
+
+def kl_by_hand(p_logits, q_logits, t: float = 1.0):
+    """mean over rows of sum_j p_j (log p_j - log q_j) at temperature t, times t^2 (float64)."""
+    lp, lq = F.log_softmax(p_logits.double() / t, -1), F.log_softmax(q_logits.double() / t, -1)
+    return (lp.exp() * (lp - lq)).sum(-1).mean() * t * t
+
+
 def test_loss_is_model_cross_entropy_plus_lambda_times_kl(tmp_path, tokenizer, dataset):
     model = tiny_bert(tokenizer.vocab_size, seed=0)
-    ref = tiny_bert(tokenizer.vocab_size, seed=1)
+    ref = sharpen(tiny_bert(tokenizer.vocab_size, seed=1))
     trainer = KLRegularizedTrainer(model=model, args=args(tmp_path), train_dataset=dataset, ref_model=ref,
                                    kl_lambda=0.7, kl_direction="reverse", temperature=2.0)
     assert trainer.ref_model is ref  # frozen in place: eval mode (dropout off), no gradients
@@ -75,13 +89,15 @@ def test_loss_is_model_cross_entropy_plus_lambda_times_kl(tmp_path, tokenizer, d
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits, ref_logits = model(**inputs).logits, ref(**inputs).logits
-        # reverse KL(p_model || p_ref) at T=2, by hand, times T^2
-        lp, lq = F.log_softmax(logits / 2, 1), F.log_softmax(ref_logits / 2, 1)
-        kl_by_hand = (lp.exp() * (lp - lq)).sum(1).mean() * 4
-        expected = F.cross_entropy(logits, batch["labels"]) + 0.7 * kl_by_hand
-    assert kl_by_hand > 0
-    assert torch.allclose(loss.detach(), expected, rtol=1e-5, atol=1e-6)
-    assert torch.allclose(kl_penalty(logits, ref_logits, direction="reverse", temperature=2.0), kl_by_hand, rtol=1e-5)
+        reverse = kl_by_hand(logits, ref_logits, 2.0)  # KL(p_model || p_ref) at T=2, times T^2
+        ce = -F.log_softmax(logits.double(), 1)[torch.arange(8), batch["labels"]].mean()
+        expected = ce + 0.7 * reverse
+        # what a flipped direction or a missing T^2 would give: far outside the tolerance
+        assert abs(kl_by_hand(ref_logits, logits, 2.0) - reverse) > 0.05 * reverse
+        assert reverse > 0.1
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert kl_penalty(logits, ref_logits, direction="reverse", temperature=2.0).item() == pytest.approx(
+        reverse.item(), rel=1e-5)
 
 
 def test_training_logs_kl_and_leaves_the_reference_unchanged(tmp_path, tokenizer, dataset):
@@ -119,9 +135,7 @@ def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
     """A tiny GPT-2 on prompt/response pairs: labels -100 on the prompt; the KL is the token-level one."""
     from transformers import DataCollatorForSeq2Seq, GPT2Config, GPT2LMHeadModel
 
-    from forgetting.objectives.causal_lm import loss_mask, shifted
     from forgetting.models.causal import byte_tokenizer
-    from forgetting.penalty import token_kl_penalty
     from forgetting.objectives.causal_lm import LMData
 
     tok = byte_tokenizer()
@@ -133,6 +147,11 @@ def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
     cfg = GPT2Config(vocab_size=len(tok), n_positions=32, n_embd=16, n_layer=1, n_head=2, bos_token_id=256,
                      eos_token_id=256, pad_token_id=257)
     model, ref = GPT2LMHeadModel(cfg), GPT2LMHeadModel(cfg)
+    with torch.no_grad():  # a reference far from the student, so the mask and the direction show in the loss
+        for p in ref.parameters():
+            p.add_(torch.randn_like(p) * 0.5)
+        for p in model.parameters():
+            p.mul_(3.0)
     trainer = KLRegularizedTrainer(model=model, args=args(tmp_path, max_steps=2, per_device_train_batch_size=2),
                                    train_dataset=ds, data_collator=collate, ref_model=ref, kl_lambda=0.5)
     batch = collate([ds[i] for i in range(4)])
@@ -141,10 +160,17 @@ def test_causal_lm_penalty_is_taken_on_response_tokens_only(tmp_path):
     loss = trainer.compute_loss(model, batch)
     with torch.no_grad():
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        out, ref_logits = model(**inputs, labels=batch["labels"]), ref(**inputs).logits
-        labels = batch["labels"]
-        kl = token_kl_penalty(shifted(out.logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels))
-    assert kl > 0 and torch.allclose(loss.detach(), out.loss + 0.5 * kl, rtol=1e-5)
+        logits, ref_logits = model(**inputs).logits[:, :-1], ref(**inputs).logits[:, :-1]
+        nxt = batch["labels"][:, 1:]
+        keep = nxt != -100  # position i predicts token i + 1: the response's tokens only
+        ce = -F.log_softmax(logits.double(), -1)[keep].gather(1, nxt[keep][:, None]).mean()
+        kl = kl_by_hand(ref_logits[keep], logits[keep])  # forward: KL(p_ref || p_model), mean per token
+        real = batch["attention_mask"][:, 1:].bool()
+        # what a lost mask (every real token, or every position) or a flipped direction would give
+        for wrong in (kl_by_hand(ref_logits[real], logits[real]), kl_by_hand(ref_logits.flatten(0, 1),
+                      logits.flatten(0, 1)), kl_by_hand(logits[keep], ref_logits[keep])):
+            assert abs(wrong - kl) > 0.01 * kl, (float(wrong), float(kl))
+    assert kl > 0.3 and loss.item() == pytest.approx((ce + 0.5 * kl).item(), rel=1e-5)
     ref_before = {k: v.clone() for k, v in ref.state_dict().items()}
     trainer.train()
     assert [h["step"] for h in trainer.state.log_history if "kl" in h] == [1, 2]

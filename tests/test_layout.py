@@ -22,7 +22,8 @@ LAYERS = [  # (layer name, module prefixes)
     ("bridges and files", ["integrations.avalanche", "integrations.hf", "integrations.trl", "results", "checkpoint",
                            "claim", "tracking"]),
     ("registry", ["registry"]),
-    ("entry points", ["run", "suite", "api", "executors", "sweep", "plot", "report", "__main__", ""]),
+    ("entry points", ["run", "cli", "preparing", "running", "suite", "api", "executors", "sweep", "plot", "report",
+                      "__main__", ""]),
 ]
 
 

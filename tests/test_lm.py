@@ -388,3 +388,33 @@ def test_uci_completion_tasks_use_the_sources_prompt_and_answer_words(data_dir):
         cut = int(inputs["attention_mask"][j].sum()) == 96  # a long review loses its beginning, not its answer
         assert (text.startswith("<|endoftext|>Review: ") or cut) and text.endswith("\nSentiment:" + answer)
     assert [tok.decode(c) for c in data.choices] == [" negative<|endoftext|>", " positive<|endoftext|>"]
+
+
+def write_corpus(path, n=12):
+    """A plain corpus: text and task columns, no label."""
+    lines = ["task,text"]
+    for i in range(n):
+        lines.append(f"a,the {WORDS[i % 6]} phone number {i}")
+        lines.append(f"b,a {WORDS[(i + 3) % 6]} film of {i} scenes")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_text_file_without_labels_is_an_lm_corpus_for_a_causal_lm(tmp_path, capsys):
+    corpus = str(write_corpus(tmp_path / "corpus.csv"))
+    stream = build_stream("text-file", "domain", {"text_file": corpus, "tokenizer": tokenizer_maker("gpt2"),
+                                                 "max_seq_len": 40})
+    assert stream.objective == "causal-lm" and stream.info["lm_task"] == "lm"
+    train = stream.tasks[0].train
+    assert all(p == [] for p in train.prompts)  # language modelling: the loss on every token of the text
+    texts = {stream.tokenizer.decode(r[:-1]) for r in train.responses}
+    assert texts <= {f"the {WORDS[i % 6]} phone number {i}" for i in range(12)} and len(texts) == len(train)
+    args = ["--benchmark", "text-file", "--text-file", corpus, "--device", "cpu", "--epochs", "1", "--quiet",
+            "--results-dir", str(tmp_path / "r")]
+    for argv, needle in ((["--model", "bert"], "--label-column: no column 'label'"),
+                         (["--model", "gpt2", "--lm-task", "completion"], "has no label column")):
+        capsys.readouterr()
+        assert main([*args, *argv]) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and needle in err[0], err
+    assert not (tmp_path / "r").exists()

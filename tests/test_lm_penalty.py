@@ -112,3 +112,26 @@ def test_replayed_labels_are_padded_with_the_ignore_index():
     joined = concat_inputs([a, b])
     assert joined["labels"].shape == (3, 5)
     assert torch.all(joined["labels"][:2, 3:] == -100) and torch.all(joined["attention_mask"][:2, 3:] == 0)
+
+
+def test_one_masked_position_its_kl_and_the_default_temperature_is_one():
+    """The mean over one position is that position's KL (T = 1 when not given)."""
+    student, teacher, labels = batch(seed=7)
+    one = torch.full_like(labels, -100)
+    one[1, 6] = labels[1, 6]  # only position 5 of example 1 carries loss
+    value = token_kl_penalty(shifted(student, one)[0], shifted(teacher, one)[0], loss_mask(one))
+    assert value.item() == pytest.approx(hand_kl(student, teacher, one, "forward", 1.0), rel=1e-5)
+
+
+def test_chunks_go_through_activation_checkpointing_when_a_gradient_is_needed(monkeypatch):
+    """``chunk_floats`` bounds the memory: each chunk of positions is one checkpointed call (same value)."""
+    import torch.utils.checkpoint as ckpt
+
+    calls = []
+    original = ckpt.checkpoint
+    monkeypatch.setattr(ckpt, "checkpoint", lambda *a, **k: calls.append(1) or original(*a, **k))
+    student, teacher, labels = batch(seed=3)
+    n = int(loss_mask(labels).sum())
+    s = student.clone().requires_grad_(True)
+    token_kl_penalty(shifted(s, labels)[0], shifted(teacher, labels)[0], loss_mask(labels), chunk_floats=11 * 4)
+    assert len(calls) == math.ceil(n / 4)

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from forgetting import kl_penalty
+from forgetting import kl_penalty, train_epoch_kl_reg
+from forgetting.penalty import grouped_kl_penalty, padded_teacher_kl
 
 STUDENT = [[1, 3, 0.5, 2], [0.1, -1, 2, 0.5], [-2, -1, -0.5, -3]]
 TEACHER = [[0.5, 1, 2, -1], [1, 0, -1, 2], [0, 0, 0, 0]]
@@ -94,3 +95,62 @@ def test_bad_options_raise():
         kl_penalty(S, T, temperature=0.0)
     with pytest.raises(ValueError, match="shape"):
         kl_penalty(S, T[:, :3])
+
+
+@pytest.mark.parametrize("direction", ["reverse", "symmetric"])
+def test_grouped_penalty_is_the_mean_over_groups_with_the_options_passed_on(direction):
+    """Groups as lists, tensors or None (every output): each group's KL by hand, options reach every one."""
+    s, t = torch.tensor(STUDENT), torch.tensor(TEACHER)
+    per = {}
+    for name, cols in (("ab", [0, 1]), ("cd", [2, 3])):
+        a = [[row[c] for c in cols] for row in STUDENT]
+        b = [[row[c] for c in cols] for row in TEACHER]
+        fwd = sum(kl(softmax(y, 2.0), softmax(x, 2.0)) for x, y in zip(a, b)) / 3
+        rev = sum(kl(softmax(x, 2.0), softmax(y, 2.0)) for x, y in zip(a, b)) / 3
+        per[name] = {"reverse": rev, "symmetric": (fwd + rev) / 2}[direction] * 4
+    opts = {"direction": direction, "temperature": 2.0}
+    expected = (per["ab"] + per["cd"]) / 2
+    assert grouped_kl_penalty(s, t, [[0, 1], [2, 3]], **opts).item() == pytest.approx(expected, rel=1e-5)
+    assert grouped_kl_penalty(s, t, [torch.tensor([0, 1]), (2, 3)], **opts).item() == pytest.approx(expected, rel=1e-5)
+    assert grouped_kl_penalty(s, t, [[2, 3]], **opts).item() == pytest.approx(per["cd"], rel=1e-5)
+    assert grouped_kl_penalty(s, t, [None], **opts).item() == pytest.approx(hand(direction, 2.0), rel=1e-5)
+    assert grouped_kl_penalty(s, t, [None, [2, 3]], **opts).item() == pytest.approx(
+        (hand(direction, 2.0) + per["cd"]) / 2, rel=1e-5)
+
+
+def test_train_epoch_kl_reg_takes_the_penalty_with_its_options_and_steps_on_the_total():
+    """The returned parts by hand (reverse, T = 3), and the step is SGD on ce + lambda * kl."""
+    torch.manual_seed(0)
+    student, teacher = torch.nn.Linear(3, 4), torch.nn.Linear(3, 4)
+    x, y = torch.randn(5, 3), torch.tensor([0, 1, 2, 3, 0])
+    ref = torch.nn.Linear(3, 4)
+    ref.load_state_dict(student.state_dict())
+    parts = train_epoch_kl_reg(student, teacher, x, y, torch.optim.SGD(student.parameters(), lr=0.1),
+                               F.cross_entropy, 0.5, direction="reverse", temperature=3.0)
+    with torch.no_grad():
+        z, zt = ref(x).tolist(), teacher(x).tolist()
+    kl_hand = sum(kl(softmax(a, 3.0), softmax(b, 3.0)) for a, b in zip(z, zt)) / 5 * 9
+    ce_hand = -sum(math.log(softmax(a)[c]) for a, c in zip(z, y.tolist())) / 5
+    assert parts["kl"] == pytest.approx(kl_hand, rel=1e-5) and parts["ce"] == pytest.approx(ce_hand, rel=1e-5)
+    assert parts["loss"] == pytest.approx(ce_hand + 0.5 * kl_hand, rel=1e-5)
+    loss = F.cross_entropy(ref(x), y) + 0.5 * kl_penalty(ref(x), teacher(x).detach(), direction="reverse",
+                                                          temperature=3.0)
+    loss.backward()
+    for p, r in zip(student.parameters(), ref.parameters()):
+        assert torch.allclose(p, r - 0.1 * r.grad, atol=1e-6)
+
+
+def test_padded_teacher_kl_by_hand_at_its_default_temperature_and_its_shape_errors():
+    """KL(p_teacher padded with zeros || p_student) = sum_j p_j (log p_j - log q_pos(j)), batchmean, T = 1."""
+    s = torch.tensor(STUDENT)  # 4 student outputs; the teacher knew outputs 2 and 0 (in that order)
+    t = torch.tensor([[1.0, -1.0], [0.5, 2.0], [-3.0, 0.0]])
+    expected = sum(sum(p * math.log(p / softmax(row)[pos]) for p, pos in zip(softmax(tr), (2, 0)))
+                   for row, tr in zip(STUDENT, t.tolist())) / 3
+    assert padded_teacher_kl(s, t, torch.tensor([2, 0])).item() == pytest.approx(expected, rel=1e-5)
+    at2 = sum(sum(p * math.log(p / softmax(row, 2.0)[pos]) for p, pos in zip(softmax(tr, 2.0), (2, 0)))
+              for row, tr in zip(STUDENT, t.tolist())) / 3 * 4  # both softened by T = 2, times T^2
+    assert padded_teacher_kl(s, t, torch.tensor([2, 0]), temperature=2.0).item() == pytest.approx(at2, rel=1e-5)
+    with pytest.raises(ValueError, match=r"shapes do not match: student \(3, 4\), teacher \(2, 2\), 2 teacher"):
+        padded_teacher_kl(s, t[:2], torch.tensor([2, 0]))  # batch sizes differ
+    with pytest.raises(ValueError, match=r"student \(3, 4\), teacher \(3, 2\), 3 teacher positions"):
+        padded_teacher_kl(s, t, torch.tensor([2, 0, 1]))  # positions do not match the teacher's outputs

@@ -513,30 +513,6 @@ def test_each_sweep_invocation_writes_its_own_log(tmp_path):
     assert all(json.loads(p.read_text())["pid"] == os.getpid() for p in logs)
 
 
-def test_embedded_ray_listens_on_loopback_only(monkeypatch):
-    """ray.init without an address started Ray's services on every interface."""
-    from forgetting import executors
-
-    calls = []
-
-    class FakeRay:
-        def init(self, *args, **kwargs):
-            calls.append((args, kwargs))
-
-        def shutdown(self):
-            pass
-
-        def remote(self, **kw):
-            return lambda f: f
-
-    monkeypatch.setattr(executors, "import_ray", lambda: FakeRay())
-    executors.execute_ray([], 2, 1, None, lambda o: None)
-    executors.execute_ray([], 2, 1, "ray://head:10001", lambda o: None)
-    (_, local), (_, cluster) = calls
-    assert local["_node_ip_address"] == "127.0.0.1" and local["include_dashboard"] is False
-    assert "_node_ip_address" not in cluster and cluster["address"] == "ray://head:10001"
-
-
 def test_the_end_table_reads_names_as_text(tmp_path):
     """summary.csv read with pandas' guesses turned an experiment named NA into nan."""
     from forgetting.sweep_table import console_table

@@ -102,27 +102,6 @@ def test_console_scripts_name_themselves_as_called(tmp_path, script):
     assert p.returncode == 2 and p.stderr.startswith(f"{script}: error:"), p.stderr
 
 
-def test_the_end_table_gives_language_models_their_nll_not_token_accuracy(tmp_path):
-    from forgetting.sweep_table import console_table
-
-    rows = []
-    for label, lm in (("kl, λ=1", False), ("naive", True)):
-        row = {"benchmark": "uci-sentiment" if lm else "split-digits", "scenario": "domain", "method": label,
-               "label": label, "status": "complete", "n_seeds": 3}
-        for key in ("average_accuracy", "old_task_accuracy", "forgetting_max", "new_task_nll", "old_task_nll",
-                    "nll_forgetting_max", "nll_rise"):
-            lm_key = "nll" in key
-            value = (2.5 if lm_key else 0.4) if lm == lm_key else float("nan")
-            row.update({f"{key}_mean": value, f"{key}_ci95_lo": value - 0.1, f"{key}_ci95_hi": value + 0.1,
-                        f"{key}_ci95_cut": False})
-        rows.append(row)
-    pd.DataFrame(rows).to_csv(tmp_path / "summary.csv", index=False)
-    text = console_table(tmp_path / "summary.csv")
-    accuracy, language = text.split("language models")
-    assert "split-digits" in accuracy and "uci-sentiment" not in accuracy
-    assert "new-task NLL" in language and "2.500 [ 2.400, 2.600]" in language and "split-digits" not in language
-
-
 SIX = """
 [defaults]
 epochs = 1

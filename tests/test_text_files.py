@@ -133,7 +133,7 @@ def test_cli_rejects_empty_tasks_checkpoints_without_config_and_non_text_models(
     assert not results.exists()
 
 
-def test_cli_trains_a_small_bert_on_a_file_stream_with_every_method(tmp_path, capsys):
+def test_cli_trains_a_small_bert_on_a_file_stream_with_naive_kl_and_rdrop(tmp_path, capsys):
     data = write_csv(tmp_path / "d.csv", ROWS)
     for method in ("naive", "kl", "rdrop"):
         code, err = run_main(capsys, "--benchmark", "text-file", "--text-file", str(data), "--model", "bert", *TINY,

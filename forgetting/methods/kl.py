@@ -19,6 +19,10 @@ KL, as LwF puts its penalty on the new task's inputs; the KL term then means the
 ``kl`` alone and the teacher cache serves every example it holds. ``kl_on_replayed`` holds them
 too (a distillation on the replayed examples as well, with the live teacher).
 
+Where the distributions are taken and over which outputs is the run's objective's
+(``objectives.Objective.penalty_kl``): the above for classifiers; for causal LMs the next-token
+distribution over the whole vocabulary at every token that carries loss (replayed examples too).
+
 The teacher is frozen and in eval mode, so where a task's inputs are fixed its outputs on the
 task's training set are fixed too: they are computed once at the task boundary (the teacher
 cache) and looked up by example index, which makes a KL step cost about as much as a plain one.

@@ -25,13 +25,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
-from torch import Tensor
-
 from ..errors import BadInput
-from ..teacher import TeacherCache
 
 if TYPE_CHECKING:  # pragma: no cover
+    from torch import Tensor
+
     from ..streams.base import Batch, HeadLayout, TaskStream
+    from ..teacher import TeacherCache
 
 OBJECTIVES: dict[str, str] = {  # the built-ins, imported on first use
     "classification": "forgetting.objectives.classification:Classification",
@@ -47,8 +47,11 @@ class Objective:
     label: ClassVar[str] = ""  # how messages name the models it trains: "classifiers", "causal LMs"
     provides: ClassVar[frozenset[str]] = frozenset()  # what methods may need of it ("class_distribution", ...)
     cache_unit: ClassVar[str] = "examples"  # what a teacher-cache row is
-    # (row column, what the quick report calls it, scale): the measures the reports show, headline first
-    report_measures: ClassVar[tuple[tuple[str, str, float], ...]] = (("accuracy", "accuracy (%)", 100.0),)
+    # (summary column of metrics.run_summary, its heading, scale to print): what the reports' tables show for a
+    # run of this objective, headline first; a run writes them to its manifest, so reports read no code
+    report_measures: ClassVar[tuple[tuple[str, str, float], ...]] = (
+        ("average_accuracy", "avg acc", 100.0), ("old_task_accuracy", "old-task acc", 100.0),
+        ("forgetting_max", "forgetting", 100.0))
 
     def __init__(self, layout: "HeadLayout", info: dict | None = None):
         self.layout = layout

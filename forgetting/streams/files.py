@@ -5,7 +5,8 @@ column, a label column and a task column; tasks are learned in the order they fi
 (or as ``--text-tasks`` lists them). Without ``--text-test-file`` each task's rows are split
 80/20 into train and test parts, stratified, with a fixed seed. A task's classes are the labels
 of its rows (in ``--text-labels`` order when declared, else sorted); in the
-``domain`` scenario every task gets all classes.
+``domain`` scenario every task gets all classes. With a causal LM (``--model gpt2``) a file without
+a label column is a corpus (``text,task``): its texts are language-modelled.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import io
 import json
 import math
 from pathlib import Path
+from typing import Sequence
 
 from ..errors import BadInput, first_line
 from ..options import Option, defaults
@@ -107,8 +109,9 @@ def check_text(path: Path, flag: str) -> None:
             raise BadInput(f"{where} has a header line but no rows, allowed: a header line and one row per example")
 
 
-def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, list]:
-    """The named columns of a data file, through ``datasets.load_dataset``; BadInput for a bad file."""
+def load_table(path_str: str, flag: str, columns: dict[str, str], optional: Sequence[str] = ()) -> dict[str, list]:
+    """The named columns of a data file, through ``datasets.load_dataset``; BadInput for a bad file or a missing
+    column (one whose option is in ``optional`` is left out instead)."""
     import datasets
 
     path = Path(path_str).expanduser()
@@ -129,9 +132,9 @@ def load_table(path_str: str, flag: str, columns: dict[str, str]) -> dict[str, l
         if was:
             datasets.enable_progress_bars()
     for option, name in columns.items():
-        if name not in ds.column_names:
+        if name not in ds.column_names and option not in optional:
             raise BadInput(f"{option}: no column {name!r} in {path_str!r}, allowed: {', '.join(ds.column_names)}")
-    return {name: ds[name] for name in columns.values()}
+    return {name: ds[name] for name in columns.values() if name in ds.column_names}
 
 
 def _missing(v) -> bool:
@@ -154,15 +157,18 @@ def _sorted_labels(labels) -> list[str]:
 
 
 def read_rows(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]:
-    """(task, text, label) per row, checked: no empty task, text or label."""
+    """(task, text, label) per row, checked: no empty task, text or label. For a causal LM (a tokenizer maker
+    that encodes its own tasks) the label column may be absent: the file is a corpus, every label ''."""
     cols = {"--text-column": options["text_column"], "--label-column": options["label_column"],
             "--task-column": options["task_column"]}
-    table = load_table(path, flag, cols)
-    texts, labels, tasks = (table[c] for c in cols.values())
+    table = load_table(path, flag, cols, optional=("--label-column",) if encodes_own_tasks(options) else ())
+    texts, tasks = table[options["text_column"]], table[options["task_column"]]
+    labels = table.get(options["label_column"], [""] * len(texts))
+    unlabelled = options["label_column"] not in table
     rows = []
     for i, (task, text, label) in enumerate(zip(tasks, texts, labels), 1):
         for value, col in ((task, options["task_column"]), (text, options["text_column"]),
-                           (label, options["label_column"])):
+                           *(() if unlabelled else ((label, options["label_column"]),))):
             if _missing(value) or (col != options["text_column"] and not str(value).strip()):
                 raise BadInput(f"{flag}: row {i} of {path!r} has an empty {col!r} column")
         rows.append((str(task), str(text), _label(label)))
@@ -229,6 +235,8 @@ def build(scenario: str, options: dict):
         raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, classes))
     info = {"source": str(Path(path).expanduser().resolve()),
             "split": f"test file {test_path}" if test_path else "each task split 80/20 stratified, seed 0"}
+    if all(label == "" for _, _, label in every_row) and encodes_own_tasks(options):
+        info["lm_unlabelled"] = True  # a corpus: language modelling only
     return text_stream("text-file", scenario, raw, options, info)
 
 

@@ -21,7 +21,7 @@ from ...penalty import token_kl_penalty
 from ...streams.base import iterate_batches
 from ...teacher import TeacherCache
 from .. import Objective
-from .data import LMData, LMStream, is_lm
+from .data import LMData, LMStream
 from .evaluate import LMEvaluator
 from .tokens import IGNORE, loss_mask, shifted, token_loss
 
@@ -84,8 +84,8 @@ class CausalLM(Objective):
     label = "causal LMs"
     provides = frozenset({"token_distribution"})
     cache_unit = "tokens"
-    report_measures = (("nll", "held-out NLL per token (nats)", 1.0),
-                       ("answer_accuracy", "answer accuracy (%)", 100.0))
+    report_measures = (("answer_accuracy", "answer acc", 100.0), ("old_task_nll", "old-task NLL", 1.0),
+                       ("nll_forgetting_max", "NLL rise", 1.0))  # held-out NLL per token (nats), not token accuracy
 
     def data_loss(self, logits, batch, task):
         return token_loss(logits, batch.inputs["labels"])
@@ -122,5 +122,5 @@ class CausalLM(Objective):
         return LMEvaluator(stream, batch_size, device, subset=subset)
 
 
-__all__ = ["IGNORE", "CausalLM", "LMData", "LMStream", "is_lm", "lm_fisher", "lm_teacher_outputs", "loss_mask",
+__all__ = ["IGNORE", "CausalLM", "LMData", "LMStream", "lm_fisher", "lm_teacher_outputs", "loss_mask",
            "shifted", "token_loss"]

@@ -59,10 +59,6 @@ class LMStream(TextStream):
     objective: str = "causal-lm"
 
 
-def is_lm(stream) -> bool:
-    return getattr(stream, "objective", "classification") == "causal-lm"
-
-
 class LMData:
     """Token sequences ``<bos> prompt response`` of one split of one task; loss on the response.
 
@@ -144,9 +140,14 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
     if scenario != "domain":
         raise BadInput(f"--scenario: causal LMs have one output space (the vocabulary), allowed: domain, got {scenario!r}")
     pairs = bool(info.pop("lm_pairs", False))
+    unlabelled = bool(info.pop("lm_unlabelled", False))
     form = options.get("lm_task", "auto")
     if form == "auto":
         form = "completion" if pairs else "lm"
+    if form == "completion" and unlabelled:
+        raise BadInput(f"--lm-task completion: {info.get('source', name)!r} has no label column, so it is a corpus "
+                       "for language modelling; allowed: lm, auto (or a --label-column, or --prompt-column and "
+                       "--response-column)")
     template = options.get("lm_prompt") or info.get("lm_template") or DEFAULT_PROMPT
     if form == "completion" and not pairs and "{text}" not in template:
         raise BadInput(f"--lm-prompt: {template!r} has no {{text}}, allowed: a template holding {{text}}")

@@ -1,0 +1,126 @@
+"""Mutation testing of the core modules with mutmut: the score per module, and the surviving mutants.
+
+    python benchmarks/mutation.py                      # every module below
+    python benchmarks/mutation.py penalty kl           # some of them (the keys of MODULES)
+    python benchmarks/mutation.py --max-children 2 ... # mutmut's parallel workers (default: the CPU count)
+
+Needs the ``[dev]`` extra (mutmut). Works on a copy of the project in a temporary directory (mutmut writes
+its ``mutants/`` tree and state beside the sources), mutates one module at a time, and runs for each mutant
+only the tests, among the fast ones named for that module, that executed the mutated function (mutmut's
+own per-function test selection). A mutant is *killed* when a test fails or it times out, *survives*
+otherwise; the score is killed / (killed + survived). The survivors are printed with their diffs; those
+that are equivalent (no test could tell them apart) are listed in docs/DESIGN.md with the reason.
+Not part of the test suite: it takes minutes to hours, see the README's testing section.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# module key -> (source file, the fast tests that cover it: files, with -k expressions where a file is long)
+MODULES: dict[str, tuple[str, list[str]]] = {
+    "penalty": ("forgetting/penalty.py", ["tests/test_penalty.py", "tests/test_lm_penalty.py", "tests/test_teacher.py",
+                                          "tests/test_loop_penalty.py", "tests/test_drift.py"]),
+    "kl": ("forgetting/methods/kl.py", ["tests/test_loop_penalty.py", "tests/test_teacher.py",
+                                        "tests/test_teacher_cache.py", "tests/test_class_incremental.py",
+                                        "tests/test_methods.py", "tests/test_lm.py"]),
+    "evaluate": ("forgetting/evaluate.py", ["tests/test_drift.py", "tests/test_class_incremental.py",
+                                            "tests/test_core_behaviour.py"]),
+    "evaluate_lm": ("forgetting/objectives/causal_lm/evaluate.py", ["tests/test_drift.py", "tests/test_lm.py"]),
+    "classification": ("forgetting/objectives/classification.py", ["tests/test_loop_penalty.py", "tests/test_drift.py",
+                                                                   "tests/test_class_incremental.py",
+                                                                   "tests/test_methods.py", "tests/test_teacher.py"]),
+    "causal_lm": ("forgetting/objectives/causal_lm/__init__.py", ["tests/test_loop_penalty.py", "tests/test_lm_fisher.py",
+                                                                  "tests/test_drift.py", "tests/test_lm.py"]),
+    "ewc": ("forgetting/methods/ewc.py", ["tests/test_methods.py", "tests/test_lm_fisher.py"]),
+    "importance": ("forgetting/methods/importance.py", ["tests/test_methods.py", "tests/test_lm_fisher.py"]),
+    "metrics": ("forgetting/metrics.py", ["tests/test_metrics.py"]),
+    "train": ("forgetting/train.py", ["tests/test_loop_penalty.py", "tests/test_teacher.py", "tests/test_optim.py",
+                                      "tests/test_reliability.py"]),
+}
+
+STATUS = re.compile(r"^\s*(\S+__mutmut_\d+): (.+)$")
+
+
+def config(source: str, tests: list[str], max_children: int | None) -> str:
+    """The [tool.mutmut] table for one module (toml)."""
+    quote = lambda xs: "[" + ", ".join(f'"{x}"' for x in xs) + "]"  # noqa: E731
+    return (f"\n[tool.mutmut]\nsource_paths = {quote(['forgetting'])}\nonly_mutate = {quote([source])}\n"
+            f"pytest_add_cli_args = {quote(['-p', 'no:cacheprovider', '-m', 'not slow', '-q'])}\n"
+            f"pytest_add_cli_args_test_selection = {quote(tests)}\n"
+            f"also_copy = {quote(['benchmarks', 'examples', 'README.md', 'LICENSE'])}\n"
+            'process_isolation = "forkserver"\nuse_git_change_detection = false\n')
+
+
+def run_module(key: str, work: Path, max_children: int | None) -> dict:
+    source, tests = MODULES[key]
+    project = work / key
+    shutil.copytree(ROOT, project, ignore=shutil.ignore_patterns(".git", ".venv", "results", "mutants", "__pycache__",
+                                                                  "*.egg-info", "build"))
+    pyproject = project / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text() + config(source, tests, max_children))
+    env = {**os.environ, "PYTHONPATH": "", "OMP_NUM_THREADS": "1"}
+    env.setdefault("FORGETTING_DATA_DIR", str(ROOT.parent / "shared" / "data"))
+    mutmut = [sys.executable, "-m", "mutmut"]
+    start = time.monotonic()
+    cmd = [*mutmut, "run"] + (["--max-children", str(max_children)] if max_children else [])
+    run = subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True)
+    seconds = time.monotonic() - start
+    (work / f"{key}.log").write_text(run.stdout + run.stderr)
+    res = subprocess.run([*mutmut, "results", "--all", "true"], cwd=project, env=env, capture_output=True, text=True)
+    status = {m.group(1): m.group(2).strip() for m in map(STATUS.match, res.stdout.splitlines()) if m}
+    survivors = sorted(n for n, s in status.items() if s == "survived")
+    diffs = {n: subprocess.run([*mutmut, "show", n], cwd=project, env=env, capture_output=True, text=True).stdout
+             for n in survivors}
+    counts: dict[str, int] = {}
+    for s in status.values():
+        counts[s] = counts.get(s, 0) + 1
+    return {"key": key, "source": source, "seconds": seconds, "counts": counts, "survivors": diffs,
+            "returncode": run.returncode}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("modules", nargs="*", default=[], metavar="MODULE", help=f"some of: {', '.join(MODULES)} (default: all)")
+    p.add_argument("--max-children", type=int, default=None, help="mutmut's parallel workers")
+    p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (mutants, logs)")
+    a = p.parse_args(argv)
+    unknown = [m for m in a.modules if m not in MODULES]
+    if unknown:
+        p.error(f"unknown module {unknown[0]!r}: allowed are {', '.join(MODULES)}")
+    work = Path(a.keep) if a.keep else Path(tempfile.mkdtemp(prefix="forgetting-mutation-"))
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    try:
+        for key in a.modules or list(MODULES):
+            r = run_module(key, work, a.max_children)
+            rows.append(r)
+            c = r["counts"]
+            killed = c.get("killed", 0) + c.get("timeout", 0)
+            tested = killed + c.get("survived", 0)
+            score = 100.0 * killed / tested if tested else float("nan")
+            others = {k: v for k, v in c.items() if k not in ("killed", "timeout", "survived")}
+            print(f"{r['source']:36s} {score:5.1f} %  killed {killed:4d}  survived {c.get('survived', 0):3d}  "
+                  f"{' '.join(f'{k} {v}' for k, v in sorted(others.items()))}  {r['seconds'] / 60:5.1f} min", flush=True)
+            for name, diff in r["survivors"].items():
+                print(f"  survived: {name}\n" + "\n".join("    " + line for line in diff.splitlines()), flush=True)
+            if r["returncode"] != 0 and not c:
+                print(f"  mutmut failed: see {work / (key + '.log')}", flush=True)
+    finally:
+        if not a.keep:
+            shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
