@@ -107,13 +107,16 @@ def test_a_run_with_download_on_a_public_clone(hub, tmp_path):
     assert status == "complete" and set(rows["eval_task"]) == {0, 1, 2}
 
 
-def test_a_sweep_names_what_it_skipped_and_the_command_that_fetches_it(hub, tmp_path):
+def test_a_sweep_names_what_it_skipped_and_the_command_that_fetches_it(hub, tmp_path, monkeypatch):
     """The suite skips uci-sentiment (no data); its summary says so and gives the one command that gets it;
     that command (--download) fetches the data, and the runs' ids hash the files fetched."""
     from conftest import run_cli  # noqa: F401  (the project's path set-up)
     from forgetting import sweep
     from forgetting.streams import default_data_dir  # noqa: F401
 
+    empty = tmp_path / "data"  # a data directory without uci_sentiment/ (the default one, as on a public clone)
+    empty.mkdir()
+    monkeypatch.setenv("FORGETTING_DATA_DIR", str(empty))
     suite = tmp_path / "s.toml"
     suite.write_text('''
 [defaults]
@@ -150,7 +153,7 @@ name = "naive"
     listed = io.StringIO()
     with contextlib.redirect_stdout(listed), contextlib.redirect_stderr(io.StringIO()):
         assert sweep.main([*args, "--download", "--list"]) == 0
-    assert len(listed.getvalue().splitlines()) == 2 and (tmp_path / "cache" / "forgetting" / "uci_sentiment").is_dir()
-    planned = sweep.plan([str(suite)], str(tmp_path / "r"), None, "cpu", download=True)
+    assert len(listed.getvalue().splitlines()) == 2 and (empty / "uci_sentiment" / "yelp_labelled.txt").is_file()
+    planned = sweep.plan([str(suite)], str(tmp_path / "r"), str(empty), "cpu", download=True)
     sentiment = next(p for p in planned if p.config.benchmark == "uci-sentiment")
     assert sentiment.config.data_fingerprint  # the fetched files' digests are in the run id
