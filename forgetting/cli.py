@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -221,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(chosen, key, from_file.get(key, TOP_LEVEL[key]))
     parser = build_parser(chosen)
     ns = parser.parse_args(argv)
-    setup_logging(ns.quiet)
+    follower = os.environ.get("RANK", "0") != "0"  # a rank other than 0 of a launched run: rank 0 reports
+    setup_logging(ns.quiet or follower)
     config = None
     try:
         config = registry.resolve(gather_from_args(ns))  # the run's one resolve
@@ -239,6 +241,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{parser.prog}: interrupted; the run is marked unfinished", file=sys.stderr)
         return 130
+    if rows is None or follower:
+        return 0
     if status == "skipped" and not ns.quiet:
         print(f"run {config.run_id} is already complete (use --force to run it again)")
     if not ns.quiet:

@@ -23,6 +23,7 @@ SCHEMA_VERSION = 2
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 AMP = ("off", "bf16", "fp16")
+OBJECTIVES = ("sft", "pg")
 
 # The loop's own options (methods, models and streams declare theirs).
 LOOP_OPTIONS = [
@@ -49,7 +50,22 @@ LOOP_OPTIONS = [
     Option("grad_clip", float, 0.0, "clip the gradients' total L2 norm to this before each step (0: off)", minimum=0.0),
     Option("amp", str, "off", "mixed precision of the loop: off, or bf16/fp16 autocast of the student's forward pass "
            "and task loss (CUDA only; penalties and teachers stay fp32)", choices=AMP),
+    # how fine-tuning is driven (forgetting/onpolicy.py); with sft none of these is in the run id
+    Option("objective", str, "sft", "how a task is trained: sft = cross-entropy on its targets; pg = group-relative "
+           "policy gradient on the model's own sampled answers scored by --reward (GRPO; no clipping unless --pg-clip)",
+           choices=OBJECTIVES),
+    Option("pg_samples", int, 8, "pg: answers G sampled per input (at least 2: an answer's advantage is its reward "
+           "minus its group's mean)", minimum=2),
+    Option("pg_temperature", float, 1.0, "pg: temperature of the sampling distribution (and of the log-probabilities "
+           "scored, as TRL's GRPO)", minimum=0.0, exclusive_minimum=True),
+    Option("pg_max_new_tokens", int, 16, "pg, causal LMs: the longest sampled completion, in tokens", minimum=1),
+    Option("pg_clip", float, 0.0, "pg: PPO-style ratio clipping epsilon against the sampling policy (0: off)",
+           minimum=0.0),
+    Option("pg_scale_std", bool, False, "pg: divide each advantage by its group's reward standard deviation (GRPO)"),
+    Option("reward", str, "correct", "pg: the reward of a sampled answer: correct (1 if right, 0 otherwise; a task may "
+           "declare a set of correct answers), a registered reward, or module:function"),
 ]
+PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_max_new_tokens", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2
 LOOP_DEFAULTS = {o.name: o.default for o in LOOP_OPTIONS}
 
@@ -114,10 +130,6 @@ class RunConfig:
     def stream_options(self) -> dict[str, Any]:
         return {k: v for k, v in self.stream.values().items() if k != "scenario"}
 
-    def __getattr__(self, name: str) -> Any:  # loop options: config.epochs, config.lr, ...
-        if name in LOOP_DEFAULTS:
-            return self.__dict__.get("loop", {}).get(name, LOOP_DEFAULTS[name])
-        raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
 
     # --- serialisation and the run id ------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -147,6 +159,15 @@ class RunConfig:
         """A short hash of everything that changes the numbers (meaningful once resolved)."""
         blob = json.dumps(self.hashed_dict(), sort_keys=True, default=str)
         return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _loop_property(option: Option) -> property:
+    name, default = option.name, option.default
+    return property(lambda self: self.loop.get(name, default), doc=f"loop option {name}: {option.help}")
+
+
+for _option in LOOP_OPTIONS:  # config.epochs, config.lr, ...: one read-only property per declared loop option
+    setattr(RunConfig, _option.name, _loop_property(_option))
 
 
 def flat_view(d: dict[str, Any]) -> dict[str, Any]:

@@ -65,6 +65,17 @@ class Evaluator:
         position[idx] = torch.arange(len(outs), device=logits.device)
         return logits.index_select(1, idx), position[targets]
 
+    def accuracy(self, logits: torch.Tensor, targets: torch.Tensor, task: int, outs: list[int] | None) -> float:
+        """Share of argmax predictions that are right: the target, or one of its answer set (``Task.answers``)."""
+        pred = logits.argmax(1)
+        table = getattr(self.stream.tasks[task], "answers", None)
+        if table is None:
+            return float((pred == targets).float().mean())
+        if outs is not None:  # back to output indices
+            idx = torch.as_tensor(outs, device=pred.device)
+            pred, targets = idx[pred], idx[targets]
+        return float(table.to(pred.device)[targets, pred].float().mean())
+
     def base_logits(self, base_model: nn.Module, task: int) -> torch.Tensor:
         """The base model's logits on every output for a task's test examples (computed once)."""
         if self._base_id != id(base_model):
@@ -82,7 +93,7 @@ class Evaluator:
             with torch.inference_mode():
                 logits, targets = self._restrict(*self._logits(model, task), outs)
                 n = len(targets)
-                accuracy = float((logits.argmax(1) == targets).float().mean())
+                accuracy = self.accuracy(logits, targets, task, outs)
                 majority = float(torch.bincount(targets).max()) / max(n, 1)
                 loss = float(F.cross_entropy(logits, targets))
                 kl = float("nan")

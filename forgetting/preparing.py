@@ -103,15 +103,16 @@ def build_stream_for(config: RunConfig):
     return build_stream(registry.stream(config.benchmark), config.scenario, {**config.stream_options, **extra})
 
 
-def prepare(config: RunConfig):
-    """Everything a run needs, built and checked before any file is written.
+def prepare(config: RunConfig, device: torch.device | None = None):
+    """Everything a run needs, built and checked before any file is written (``device``: this rank's, when a
+    launcher started several processes; else the one ``config.device`` names).
 
     Data flows one way: the model's tokenizer maker (text models) goes to the stream, which
     encodes its texts with it; the model is then built for the stream's layout.
     """
     from .models import split_spec
 
-    device = resolve_device(config.device)
+    device = resolve_device(config.device) if device is None else device
     spec = registry.model(config.model.name)
     if spec.check_device is not None:
         spec.check_device(config.model.values(), device)

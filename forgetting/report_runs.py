@@ -13,7 +13,7 @@ from typing import Iterable
 
 import pandas as pd
 
-from .config import flat_view
+from .config import LOOP_OPTIONS, PG_OPTIONS, flat_view
 from .errors import BadInput
 from .results import CONFIG, MANIFEST, METRICS, find_runs, read_metrics_csv
 
@@ -116,7 +116,10 @@ class Run:
 
     def experiment(self) -> dict:
         """The flattened config without the seed and execution details: runs equal here are seeds of one experiment."""
-        return {k: v for k, v in flatten(self.config).items() if k.split(".")[0] not in NOT_EXPERIMENT}
+        flat = flatten(self.config)
+        if flat.get("method") and "objective" not in flat:  # an sft run records no pg option (its id is as before)
+            flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in PG_OPTIONS})
+        return {k: v for k, v in flat.items() if k.split(".")[0] not in NOT_EXPERIMENT}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:

@@ -8,13 +8,15 @@ import os
 import sys
 from pathlib import Path
 
-from . import registry
-from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_last_readable, save_boundary
-from .claim import check_free, claim
+import contextlib
+
+from . import distributed, registry
+from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_boundary, restore_last_readable, save_boundary
+from .claim import RunBusy, check_free, claim
 from .config import RunConfig
 from .errors import BadInput, RunFailed, WriteFailed
 from .objectives import objective_for
-from .preparing import determinism_settings, prepare
+from .preparing import determinism_settings, prepare, resolve_device
 from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
 
 log = logging.getLogger("forgetting")
@@ -96,34 +98,76 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
                        "checkpoint, --force runs it again from the start)")
     if not resolved:
         config = registry.resolve(config)
+    distributed.check(config, distributed.launched_size())  # every rank refuses alike, before anything is written
     ensure_writable(config.results_dir)
     run_dir = Path(config.results_dir) / config.run_id
-    if not force:  # a complete run is final: no claim needed to see it
-        old_rows, previous = _previous(run_dir)
-        if previous is not None and previous.get("status") == "complete":
-            return run_dir, old_rows, "skipped"
-    check_free(run_dir)  # another process runs it: say so before preparing (a stream can take minutes)
-    device, stream, model, methods = prepare(config)  # checks everything before a file is written
+    world, device = distributed.init(resolve_device(config.device))  # one process unless a launcher started several
+    # rank 0 alone looks at the run directory and decides; the other ranks follow (no rank waits for one that left)
+    decision = _decide(run_dir, force, claimed=False) if world.main else None
+    decision = world.broadcast(decision)
+    if decision[0] != "run":
+        return _follow(decision, run_dir)
+    device, stream, model, methods = prepare(config, device)  # checks everything before a file is written
+    distributed.check_model(model, world.size, config.model.name)
     objective = objective_for(stream)  # what the reports show of this run is the objective's to say
     extra = {"determinism": determinism_settings(device), "data": config.data_fingerprint, **ray_node(),
-             "objective": objective.name, "report_measures": [list(m) for m in objective.report_measures]}
-    writer = RunWriter(config, str(device), extra_manifest=extra)
+             "objective": objective.name, "report_measures": [list(m) for m in objective.report_measures],
+             "distributed": world.describe(config.batch_size)}
+    writer = RunWriter(config, str(device), extra_manifest=extra) if world.main else None
     trainer_cls = registry.runner(config.method.name)  # our Trainer, or Avalanche's loop (imported only then)
-    trainer = trainer_cls(config, stream, model, methods, device, recorder=Recorder(writer))  # may refuse: BadInput
-    with claim(run_dir):
-        old_rows, previous = _previous(run_dir)  # again, under the claim: another process may have run it
-        if not force and previous is not None and previous.get("status") == "complete":
-            return run_dir, old_rows, "skipped"
-        return _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume)
+    trainer = trainer_cls(config, stream, model, methods, device,
+                          recorder=Recorder(writer) if world.main else None)  # may refuse: BadInput
+    trainer.world = world
+    with claim(run_dir) if world.main else contextlib.nullcontext():
+        decision = _decide(run_dir, force, claimed=True) if world.main else None  # again, under the claim
+        decision = world.broadcast(decision)
+        if decision[0] != "run":
+            return _follow(decision, run_dir)
+        if not world.main:
+            return _run_follower(config, run_dir, stream, trainer, world, resume)
+        old_rows, previous = _previous(run_dir)
+        return _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume, world)
 
 
-def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume):
+def _decide(run_dir: Path, force: bool, claimed: bool) -> tuple:
+    """Rank 0's decision: ("skipped", rows) for a complete run (unless ``force``), ("busy", why) when another
+    process runs it, else ("run",)."""
+    if not force:
+        old_rows, previous = _previous(run_dir)
+        if previous is not None and previous.get("status") == "complete":
+            return ("skipped", old_rows)
+    if not claimed:
+        try:
+            check_free(run_dir)  # another process runs it: say so before preparing (a stream can take minutes)
+        except RunBusy as e:
+            return ("busy", e.lock, e.owner)
+    return ("run",)
+
+
+def _follow(decision: tuple, run_dir: Path):
+    if decision[0] == "busy":
+        raise RunBusy(decision[1], decision[2])
+    return run_dir, decision[1], "skipped"
+
+
+def _run_follower(config, run_dir, stream, trainer, world, resume):
+    """A rank other than 0: the same training on its shards, resumed from the boundary rank 0 chose; it writes
+    nothing (no rows: it evaluates nothing)."""
+    last = world.broadcast(None)
+    if last is not None:
+        restore_boundary(run_dir, trainer, last)
+    trainer.fit(start_task=0 if last is None else last + 1)
+    return run_dir, None, "complete"
+
+
+def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, resume, world=distributed.SINGLE):
     last, elapsed = None, 0.0
     if resume and previous is not None and old_rows is not None:
         last, elapsed, unreadable = restore_last_readable(run_dir, trainer)
         if unreadable:
             then = f"resuming from the end of task {last}" if last is not None else "starting again from the first task"
             log.warning("--resume: cannot read checkpoint %s; %s", "; nor ".join(unreadable), then)
+    world.broadcast(last)  # the other ranks restore the same boundary
     try:
         if last is not None:
             kept = old_rows[(old_rows["phase"] == "init") | (old_rows["trained_task"] <= last)]

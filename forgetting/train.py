@@ -9,11 +9,13 @@ import torch
 from torch import nn
 
 from . import progress
+from .distributed import SINGLE, take
 from .config import RunConfig
 from .errors import RunFailed
 from .methods.base import Method
 from .objectives import objective_for
 from . import optim
+from .onpolicy import pg_task_loss
 from .streams.base import TaskStream
 from .teacher import boundary_references, freeze, frozen_copy  # noqa: F401  (the teacher helpers, also from here)
 
@@ -25,7 +27,13 @@ class Trainer:
     ``previous_model`` a frozen snapshot taken at the end of task t - 1 and ``base_model`` the
     snapshot after task 0. After every epoch (and every ``eval_every`` steps) every task is
     evaluated and the rows go to ``recorder``.
+
+    ``world`` (``distributed.World``; set by ``running`` under a launcher): this process's rank. Every rank
+    draws the same global batches and trains on its shard of each; gradients and the reported losses are
+    summed over the ranks with each rank's share of the batch as weight; rank 0 alone evaluates and records.
     """
+
+    world = SINGLE
 
     def __init__(self, config: RunConfig, stream: TaskStream, model: nn.Module, methods: list[Method],
                  device: torch.device, recorder=None):
@@ -73,7 +81,8 @@ class Trainer:
             m.before_task(self, t)
         task = self.stream.tasks[t]
         steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
-        bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", self.config.progress)
+        show = self.config.progress and self.world.main
+        bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", show)
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
@@ -82,7 +91,7 @@ class Trainer:
                 for k, v in parts.items():
                     sums[k] += v
                 n_batches += 1
-                if self.config.progress:
+                if show:
                     bar.update(1)
                     bar.set_postfix(loss=f"{parts['loss']:.3f}", refresh=False)
                 if self.recorder is not None:
@@ -109,10 +118,19 @@ class Trainer:
         self.previous_model, self.base_model = boundary_references(self.model, t, self.base_model)
 
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
-        """One optimisation step: task loss + weighted penalties, backward, optimiser step."""
+        """One optimisation step: task loss + weighted penalties, backward, optimiser step.
+
+        Under a launcher ``batch`` is the global batch: this rank keeps its shard and its loss enters
+        weighted by its share of the batch's loss units (``_share``)."""
         self.model.train()
+        logs = {}
+        batch, share = self._share(batch)
         with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
-            logits, data_loss, terms = self._loss_method.task_loss(self, batch)
+            if self.config.objective == "pg" and t > 0:  # the base task is learned from its targets
+                logits, data_loss, logs = pg_task_loss(self, batch)
+                terms = {}
+            else:
+                logits, data_loss, terms = self._loss_method.task_loss(self, batch)
         if self.config.amp != "off":
             logits, data_loss = logits.float(), data_loss.float()
         for m in self.methods:
@@ -120,16 +138,25 @@ class Trainer:
         total = data_loss
         for value, weight in terms.values():
             total = total + weight * value
-        if not torch.isfinite(total.detach()):
-            value = float(total.detach())
+        parts = {"loss": float(total.detach()), "data_loss": float(data_loss.detach())}
+        parts.update({k: float(v.detach()) for k, (v, _) in terms.items()})
+        parts.update({k: float(v) for k, v in logs.items()})  # pg's reward_mean, reward_std, pg_loss
+        if self.world.distributed:  # every rank reports (and checks) the global batch's losses
+            names = list(parts)
+            parts = dict(zip(names, self.world.sum_floats([share * parts[k] for k in names], self.device)))
+        if not math.isfinite(parts["loss"]):
+            value = parts["loss"]
             raise RunFailed(f"non-finite loss ({value}) at task {t} ({self.stream.tasks[t].name}), "
                             f"epoch {epoch}, step {self.global_step + 1}",
                             task=t, epoch=epoch, step=self.global_step + 1, loss=value)
         self.optimizer.zero_grad(set_to_none=True)
+        scaled = total if share == 1.0 else total * share
         if self.scaler is None:
-            total.backward()
+            scaled.backward()
         else:  # fp16: scaled loss, gradients unscaled before the hooks and clipping see them
-            self.scaler.scale(total).backward()
+            self.scaler.scale(scaled).backward()
+        self.world.reduce_grads([p for p in self.model.parameters() if p.requires_grad])
+        if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         for m in self.methods:
             m.after_backward(self, t)
@@ -142,12 +169,23 @@ class Trainer:
         self.global_step += 1
         for m in self.methods:
             m.after_step(self, t)
-        parts = {"loss": float(total.detach()), "data_loss": float(data_loss.detach())}
-        parts.update({k: float(v.detach()) for k, (v, _) in terms.items()})
         return parts
+
+    def _share(self, batch):
+        """(this rank's part of the batch, its share of the batch's loss units); (batch, 1.0) in one process."""
+        if not self.world.distributed:
+            return batch, 1.0
+        units = self.objective.loss_units(batch)
+        mine = self.world.shard(batch)
+        share = self.objective.loss_units(mine) / units if units else 0.0
+        if share == 0:  # nothing of this batch here (its last few examples): a pass on one example, weighted 0
+            return take(batch, torch.zeros(1, dtype=torch.long)), 0.0
+        return mine, share
 
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
+        if not self.world.main:  # rank 0 evaluates the whole test sets (the model is the same on every rank)
+            return []
         rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,

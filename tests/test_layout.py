@@ -13,12 +13,13 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "forgetting"
 LAYERS = [  # (layer name, module prefixes)
-    ("basics", ["errors", "options", "penalty", "metrics", "extras", "config", "progress", "teacher"]),
+    ("basics", ["errors", "options", "penalty", "kl_estimators", "policy_gradient", "rewards", "metrics", "extras",
+                "config", "progress", "teacher"]),
     ("data", ["streams"]),
     ("objectives", ["objectives", "evaluate"]),  # what a model predicts: data loss, penalties' distributions, measures
     ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)
     ("methods", ["methods", "integrations"]),  # integrations/__init__: strategy specs only
-    ("loop", ["train", "optim"]),
+    ("loop", ["train", "optim", "onpolicy", "distributed"]),
     ("bridges and files", ["integrations.avalanche", "integrations.hf", "integrations.trl", "results", "checkpoint",
                            "claim", "tracking"]),
     ("registry", ["registry"]),

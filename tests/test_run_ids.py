@@ -28,6 +28,7 @@ SUITES = {
     "default.toml": (310, "761779573bd49aa5"),
     "lm_study.toml": (18, "7b74afe9c40ae44c"),
     "quick.toml": (53, "d41a1b980f4f5547"),
+    "rl_razor.toml": (21, "75bae32d4e97ece1"),  # new with issue #24 (pg runs hash the pg options), ids as first written
     "split_cifar100_facil.toml": (18, "a21e90a369304572"),
     "split_cifar_mammoth.toml": (42, "50dd9d983ede00d5"),
 }

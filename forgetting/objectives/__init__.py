@@ -66,6 +66,11 @@ class Objective:
         """The loss of the batch's own targets while ``task`` trains (a scalar)."""
         raise NotImplementedError
 
+    def loss_units(self, batch: "Batch") -> int:
+        """What the batch's losses are means over (its examples): a process that trains on part of a batch
+        weighs its mean by its part of these (``distributed``)."""
+        return len(batch)
+
     # --- penalties ------------------------------------------------------------------------
     def penalty_kl(self, logits: Tensor, batch: "Batch", task: int, teacher: Callable[["Batch"], Tensor],
                    cache: TeacherCache | None, *, direction: str, temperature: float, **options: Any) -> Tensor:
@@ -92,6 +97,28 @@ class Objective:
     def fisher(self, model, data, task: int, labels: str, device):
         """The diagonal Fisher as a dict of parameter name -> tensor, where ``fisher_terms`` gives None."""
         raise NotImplementedError(f"objective {self.name!r} gives no Fisher")
+
+    # --- on-policy fine-tuning (``--objective pg``; ``provides`` holds "answer_sampling" where implemented) ----
+    @classmethod
+    def check_answers(cls, options: dict) -> None:
+        """BadInput in one line where the run's stream and model options (``options``) give tasks with no answer
+        to sample and reward (called by ``resolve`` for ``--objective pg``, before any file is written)."""
+
+    def sample_answers(self, model, batch: "Batch", task: int, groups: int, generator, *, temperature: float,
+                       max_new_tokens: int, log_probs: bool = False):
+        """``groups`` answers per example drawn from the live ``model`` (the caller has it in eval mode, without
+        gradient), seeded by the loop's ``generator``; with ``log_probs`` also log π(answer) under that model
+        (the sampling policy, for PPO's ratio), else None."""
+        raise NotImplementedError(f"objective {self.name!r} samples no answers")
+
+    def answer_log_probs(self, model, batch: "Batch", task: int, answers, *, temperature: float):
+        """The student (train mode, with gradient) on the batch: (its logits on ``batch.inputs``, for the penalties;
+        log π(answer) per answer token, [inputs, G] or [inputs, G, length]; the answer tokens' mask or None)."""
+        raise NotImplementedError(f"objective {self.name!r} scores no answers")
+
+    def correct(self, answers, batch: "Batch", stream: "TaskStream") -> Tensor:
+        """Bool [inputs, G]: which sampled answers are correct for their example."""
+        raise NotImplementedError(f"objective {self.name!r} knows no correct answers")
 
     # --- evaluation -----------------------------------------------------------------------
     def evaluator(self, stream: "TaskStream", batch_size: int, device, subset: int = 0):

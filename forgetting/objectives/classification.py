@@ -19,6 +19,7 @@ from torch import Tensor
 
 from ..evaluate import Evaluator
 from ..penalty import grouped_kl_penalty, padded_teacher_kl
+from ..policy_gradient import sample_answers
 from ..streams.base import iterate_batches
 from ..teacher import TeacherCache
 from . import Objective
@@ -44,7 +45,7 @@ def teacher_outputs(teacher, data, task: int, batch_size: int, device) -> Tensor
 class Classification(Objective):
     name = "classification"
     label = "classifiers"
-    provides = frozenset({"class_distribution"})
+    provides = frozenset({"class_distribution", "answer_sampling"})
 
     def __init__(self, layout, info=None):
         super().__init__(layout, info)
@@ -126,6 +127,34 @@ class Classification(Objective):
             return [(torch.full_like(batch.targets, c), nll, "square", probs[:, c]) for c in range(len(outs))]
 
         return terms
+
+    # --- on-policy fine-tuning ----------------------------------------------------------------
+    def sample_answers(self, model, batch, task, groups, generator, *, temperature, max_new_tokens, log_probs=False):
+        """A class per draw from the softmax over the outputs each example may predict (its head, the active ones)."""
+        logits = model(batch.inputs)
+        answers = sample_answers(logits, groups, generator, allowed=self.layout.mask(batch.task_ids, task),
+                                 temperature=temperature)
+        return answers, (self.class_log_probs(logits, batch, task, answers, temperature) if log_probs else None)
+
+    def answer_log_probs(self, model, batch, task, answers, *, temperature):
+        logits = model(batch.inputs)
+        return logits, self.class_log_probs(logits, batch, task, answers, temperature), None
+
+    def class_log_probs(self, logits, batch, task, answers, temperature):
+        masked = self.layout.masked(logits, batch.task_ids, task).float() / temperature
+        return F.log_softmax(masked, dim=1).gather(1, answers)
+
+    def correct(self, answers, batch, stream):
+        """The answer is the target, or (a task with ``answers``: a table [targets, outputs]) in the target's set."""
+        right = answers == batch.targets.unsqueeze(1)
+        for t in batch.task_ids.unique().tolist():
+            table = getattr(stream.tasks[t], "answers", None)
+            if table is None:
+                continue
+            rows = (batch.task_ids == t).nonzero().squeeze(1)
+            table = table.to(answers.device)
+            right[rows] = table[batch.targets[rows]].gather(1, answers[rows])
+        return right
 
     def evaluator(self, stream, batch_size, device, subset=0):
         return Evaluator(stream, batch_size, device, subset=subset)

@@ -12,6 +12,7 @@ from typing import Any, Callable
 from ..errors import BadInput
 from ..options import Option
 from . import files, hub, text
+from .parity import OPTIONS as PARITY_OPTIONS
 from .base import CLASS_OUTPUTS, SCENARIOS, Batch, HeadLayout, Task, TaskData, TaskStream, TensorData, iterate_batches, layout_for
 
 
@@ -64,6 +65,7 @@ BENCHMARKS: dict[str, Benchmark] = {
     "split-cifar10": Benchmark("forgetting.streams.cifar:build_split10", IMAGE_OPTIONS, reads_data_dir=True),
     "split-cifar100": Benchmark("forgetting.streams.cifar:build_split100", (CIFAR100_TASKS, *IMAGE_OPTIONS),
                                 reads_data_dir=True),
+    "parity-mnist": Benchmark("forgetting.streams.parity:build", (*PARITY_OPTIONS, DOWNLOAD), reads_data_dir=True),
     "uci-sentiment": Benchmark("forgetting.streams.text_local:build_uci", (*text.OPTIONS, DOWNLOAD), True, "text"),
     "ag-news": Benchmark("forgetting.streams.text_local:build_ag_news", (*text.OPTIONS, DOWNLOAD), True, "text"),
     "clinc150": Benchmark("forgetting.streams.text_local:build_clinc", (*text.OPTIONS, DOWNLOAD), True, "text"),

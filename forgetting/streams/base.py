@@ -86,7 +86,10 @@ class Task:
     """One task of a stream: its name, its train and test data, and the classes it holds.
 
     ``classes`` are the task's global class ids (in the source's numbering, for display);
-    ``outputs`` the model output indices its targets use.
+    ``outputs`` the model output indices its targets use. ``answers`` (optional, bool
+    [target values, outputs]) declares a *set* of correct answers per target: a prediction ``o`` of
+    an example with target ``y`` is right when ``answers[y, o]`` (ParityMNIST: every digit of the
+    right parity); None: only the target itself.
     """
 
     task_id: int
@@ -95,6 +98,7 @@ class Task:
     test: TaskData
     classes: list[Any]
     outputs: list[int]
+    answers: Tensor | None = None
 
 
 @dataclass

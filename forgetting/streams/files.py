@@ -21,7 +21,7 @@ from typing import Sequence
 from ..errors import BadInput, first_line
 from ..options import Option, defaults
 from .digest import file_digest
-from .text import RawTask, encodes_own_tasks, split_train_test, text_stream
+from .text import RawTask, encodes_own_tasks, sample, split_train_test, text_stream
 
 OPTIONS = [
     Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
@@ -57,27 +57,19 @@ def data_fingerprint(options: dict) -> dict:
 def check_text(path: Path, flag: str) -> None:
     """What ``datasets`` reports only as "An error occurred while generating the dataset": an
     empty file, bytes that are not UTF-8, a JSON line that does not parse, a CSV without rows,
-    each named with its line."""
+    each named with its line. Read line by line, so a large file is never held whole (a ``.json``
+    file is, once: it may be one JSON document)."""
     where = f"{flag}: {str(path)!r}"
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise BadInput(f"{where} is empty, allowed: a header line and one row per example (CSV, TSV) or one JSON "
-                       "object per line (JSON Lines)")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = len((raw[: e.start].decode("utf-8", "replace") + "x").splitlines())
-        raise BadInput(f"{where} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}), allowed: UTF-8; save the "
-                       "file as UTF-8") from None
+    _check_utf8(path, where)
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
         if suffix == ".json":
             try:
-                json.loads(text)
+                json.loads(path.read_text(encoding="utf-8"))
                 return  # one JSON document: datasets reads it
             except ValueError:
                 pass  # JSON Lines in a .json file: checked line by line
-        for lineno, line in enumerate(text.splitlines(), 1):
+        for lineno, line in enumerate(_text_lines(path), 1):
             if not line.strip():
                 continue
             try:
@@ -89,29 +81,58 @@ def check_text(path: Path, flag: str) -> None:
                 raise BadInput(f"{where} line {lineno}: a JSON {type(row).__name__}, allowed: one JSON object per line")
     else:
         delimiter = LOADERS[suffix][1].get("sep", ",")
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
-        header, rows = None, 0
-        try:
-            for record in reader:
-                if not any(f.strip() for f in record):
-                    continue
-                if header is None:
-                    header = record
-                    continue
-                rows += 1
-                if len(record) != len(header):
-                    raise BadInput(f"{where} line {reader.line_num} (row {rows}): {len(record)} fields, the header has "
-                                   f"{len(header)}, allowed: one value per column (quote a value holding "
-                                   f"{'a tab' if delimiter == chr(9) else 'a comma'})")
-        except csv.Error as e:
-            raise BadInput(f"{where} line {reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+        with path.open(encoding="utf-8", newline="") as f:
+            reader = csv.reader(f, delimiter=delimiter)
+            header, rows = None, 0
+            try:
+                for record in reader:
+                    if not any(f.strip() for f in record):
+                        continue
+                    if header is None:
+                        header = record
+                        continue
+                    rows += 1
+                    if len(record) != len(header):
+                        raise BadInput(f"{where} line {reader.line_num} (row {rows}): {len(record)} fields, the header "
+                                       f"has {len(header)}, allowed: one value per column (quote a value holding "
+                                       f"{'a tab' if delimiter == chr(9) else 'a comma'})")
+            except csv.Error as e:
+                raise BadInput(f"{where} line {reader.line_num}: not valid {'TSV' if delimiter == chr(9) else 'CSV'} "
+                               f"({e})") from None
         if not rows:
             raise BadInput(f"{where} has a header line but no rows, allowed: a header line and one row per example")
 
 
-def load_table(path_str: str, flag: str, columns: dict[str, str], optional: Sequence[str] = ()) -> dict[str, list]:
-    """The named columns of a data file, through ``datasets.load_dataset``; BadInput for a bad file or a missing
-    column (one whose option is in ``optional`` is left out instead)."""
+def _text_lines(path: Path):
+    """The file's lines as ``str.splitlines`` cuts the whole text, one byte line at a time (a byte line ends
+    at a newline, which ``splitlines`` also ends a line at, so the numbering is the whole text's)."""
+    with path.open("rb") as f:
+        for raw in f:
+            yield from raw.decode("utf-8").splitlines()
+
+
+def _check_utf8(path: Path, where: str) -> None:
+    """An empty file or bytes that are not UTF-8, named with their line, one byte line in memory at a time."""
+    lines, blank = 0, True
+    with path.open("rb") as f:
+        for raw in f:
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                line = lines + len((raw[: e.start].decode("utf-8", "replace") + "x").splitlines())
+                raise BadInput(f"{where} line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}), allowed: UTF-8; "
+                               "save the file as UTF-8") from None
+            lines += len(text.splitlines())
+            blank = blank and not raw.strip()
+    if blank:
+        raise BadInput(f"{where} is empty, allowed: a header line and one row per example (CSV, TSV) or one JSON "
+                       "object per line (JSON Lines)")
+
+
+def open_table(path_str: str, flag: str, columns: dict[str, str], optional: Sequence[str] = ()):
+    """The data file as a ``datasets.Dataset`` (an Arrow table on disk, memory-mapped, not in memory), through
+    ``datasets.load_dataset``; BadInput for a bad file or a missing column (one whose option is in ``optional``
+    may be absent)."""
     import datasets
 
     path = Path(path_str).expanduser()
@@ -134,7 +155,39 @@ def load_table(path_str: str, flag: str, columns: dict[str, str], optional: Sequ
     for option, name in columns.items():
         if name not in ds.column_names and option not in optional:
             raise BadInput(f"{option}: no column {name!r} in {path_str!r}, allowed: {', '.join(ds.column_names)}")
+    return ds
+
+
+def load_table(path_str: str, flag: str, columns: dict[str, str], optional: Sequence[str] = ()) -> dict[str, list]:
+    """The named columns of a data file, whole, as lists (see ``open_table``)."""
+    ds = open_table(path_str, flag, columns, optional)
     return {name: ds[name] for name in columns.values() if name in ds.column_names}
+
+
+def _values(ds, name: str) -> list:
+    """A column's values as ``ds[name]`` gives them, each distinct value one shared object (a label or task
+    column of a million rows holds a handful of values, not a million strings)."""
+    column = ds.data.table.column(name)
+    try:
+        encoded = column.combine_chunks().dictionary_encode()
+    except Exception:  # a type Arrow does not dictionary-encode (lists, structs): the plain values
+        return ds[name]
+    distinct = encoded.dictionary.to_pylist() + [None]
+    codes = encoded.indices.fill_null(len(distinct) - 1).to_numpy(zero_copy_only=False)
+    return [distinct[k] for k in codes.tolist()]
+
+
+def _first_missing(ds, name: str) -> int | None:
+    """The first row whose ``name`` value is null or NaN, read from Arrow's validity bits (no text is
+    turned into a Python string)."""
+    import pyarrow.compute as pc
+
+    column = ds.data.table.column(name)
+    try:
+        where = pc.index(pc.is_null(column, nan_is_null=True), True).as_py()
+    except Exception:  # a type without nulls Arrow can test: the values
+        where = next((i for i, v in enumerate(ds[name]) if _missing(v)), -1)
+    return None if where < 0 else where
 
 
 def _missing(v) -> bool:
@@ -156,25 +209,37 @@ def _sorted_labels(labels) -> list[str]:
         return labels
 
 
-def read_rows(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]:
-    """(task, text, label) per row, checked: no empty task, text or label. For a causal LM (a tokenizer maker
-    that encodes its own tasks) the label column may be absent: the file is a corpus, every label ''."""
-    cols = {"--text-column": options["text_column"], "--label-column": options["label_column"],
-            "--task-column": options["task_column"]}
-    table = load_table(path, flag, cols, optional=("--label-column",) if encodes_own_tasks(options) else ())
-    texts, tasks = table[options["text_column"]], table[options["task_column"]]
-    labels = table.get(options["label_column"], [""] * len(texts))
-    unlabelled = options["label_column"] not in table
-    rows = []
-    for i, (task, text, label) in enumerate(zip(tasks, texts, labels), 1):
-        for value, col in ((task, options["task_column"]), (text, options["text_column"]),
-                           *(() if unlabelled else ((label, options["label_column"]),))):
-            if _missing(value) or (col != options["text_column"] and not str(value).strip()):
-                raise BadInput(f"{flag}: row {i} of {path!r} has an empty {col!r} column")
-        rows.append((str(task), str(text), _label(label)))
-    if not rows:
+def read_rows(path: str, flag: str, options: dict):
+    """``(rows, texts)``: rows are (task, row index, label), checked: no empty task, text or label (the first
+    bad row named); ``texts(indices)`` gives the texts of those rows only. The split and the sample choose rows
+    by task and label alone, so only the chosen rows' texts are ever read into memory. For a causal LM (a
+    tokenizer maker that encodes its own tasks) the label column may be absent: the file is a corpus, every
+    label ''."""
+    task_col, text_col, label_col = options["task_column"], options["text_column"], options["label_column"]
+    cols = {"--text-column": text_col, "--label-column": label_col, "--task-column": task_col}
+    ds = open_table(path, flag, cols, optional=("--label-column",) if encodes_own_tasks(options) else ())
+    tasks = _values(ds, task_col)
+    unlabelled = label_col not in ds.column_names
+    labels = [""] * len(tasks) if unlabelled else _values(ds, label_col)
+
+    def first_empty(values):
+        return next((i for i, v in enumerate(values) if _missing(v) or not str(v).strip()), None)
+
+    bad = [(i, col) for i, col in ((first_empty(tasks), task_col), (_first_missing(ds, text_col), text_col),
+                                   (None if unlabelled else first_empty(labels), label_col)) if i is not None]
+    if bad:
+        i, col = min(bad, key=lambda b: b[0])  # the first bad row; in it the first column, task, text, label
+        raise BadInput(f"{flag}: row {i + 1} of {path!r} has an empty {col!r} column")
+    if not tasks:
         raise BadInput(f"{flag}: {path!r} has no rows")
-    return rows
+    canon: dict = {}
+    rows = [(canon.setdefault(str(t), str(t)), i, canon.setdefault(_label(y), _label(y)))
+            for i, (t, y) in enumerate(zip(tasks, labels))]
+
+    def texts(indices: Sequence[int]) -> list[str]:
+        return [str(x) for x in ds.select(list(indices))[text_col]] if len(indices) else []
+
+    return rows, texts
 
 
 def read_pairs(path: str, flag: str, options: dict) -> list[tuple[str, str, str]]:
@@ -201,8 +266,8 @@ def build(scenario: str, options: dict):
     if options.get("prompt_column") or options.get("response_column"):
         return build_pairs(scenario, options)
     path, test_path = options["text_file"], options.get("text_test_file") or ""
-    train_rows = read_rows(path, "--text-file", options)
-    test_rows = read_rows(test_path, "--text-test-file", options) if test_path else None
+    train_rows, train_texts = read_rows(path, "--text-file", options)
+    test_rows, test_texts = read_rows(test_path, "--text-test-file", options) if test_path else (None, None)
     declared = list(options.get("text_labels") or [])
     if len(set(declared)) != len(declared):
         raise BadInput(f"--text-labels: a label is declared twice in {declared}")
@@ -232,7 +297,11 @@ def build(scenario: str, options: dict):
                 raise BadInput(f"--text-test-file: task {task!r} has no rows in {test_path!r}: every task needs "
                                "test examples")
         classes = all_labels if scenario == "domain" else [c for c in all_labels if c in found]
-        raw.append(RawTask(task, x_tr, y_tr, x_te, y_te, classes))
+        # the per-task sample text_stream takes, taken here on row indices (it is a no-op there after), so
+        # only the texts of the sampled rows are read
+        x_tr, y_tr = sample(x_tr, y_tr, int(options.get("text_train_per_task") or 0))
+        x_te, y_te = sample(x_te, y_te, int(options.get("text_test_per_task") or 0))
+        raw.append(RawTask(task, train_texts(x_tr), y_tr, (test_texts or train_texts)(x_te), y_te, classes))
     info = {"source": str(Path(path).expanduser().resolve()),
             "split": f"test file {test_path}" if test_path else "each task split 80/20 stratified, seed 0"}
     if all(label == "" for _, _, label in every_row) and encodes_own_tasks(options):

@@ -13,17 +13,24 @@ vocabulary. The token sequences are ``data.LMData`` (built by ``data.lm_stream``
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import BadInput
 from ...penalty import token_kl_penalty
 from ...streams.base import iterate_batches
 from ...teacher import TeacherCache
 from .. import Objective
 from .data import LMData, LMStream
 from .evaluate import LMEvaluator
+from . import sampling
 from .tokens import IGNORE, loss_mask, shifted, token_loss
+
+log = logging.getLogger("forgetting")
+
 
 def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device) -> tuple[Tensor, Tensor]:
     """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
@@ -82,13 +89,17 @@ def lm_fisher(model: nn.Module, data: LMData, task: int, labels: str, device):
 class CausalLM(Objective):
     name = "causal-lm"
     label = "causal LMs"
-    provides = frozenset({"token_distribution"})
+    provides = frozenset({"token_distribution", "answer_sampling", "completion_sampling"})
     cache_unit = "tokens"
     report_measures = (("answer_accuracy", "answer acc", 100.0), ("old_task_nll", "old-task NLL", 1.0),
                        ("nll_forgetting_max", "NLL rise", 1.0))  # held-out NLL per token (nats), not token accuracy
 
     def data_loss(self, logits, batch, task):
         return token_loss(logits, batch.inputs["labels"])
+
+    def loss_units(self, batch):
+        """The tokens that carry loss: the data loss and the KL are means over them."""
+        return int(loss_mask(batch.inputs["labels"]).sum())
 
     def penalty_kl(self, logits, batch, task, teacher, cache, *, direction, temperature, **_):
         """``token_kl_penalty`` at every position that carries loss (replayed examples too), the teacher's logits
@@ -117,6 +128,51 @@ class CausalLM(Objective):
 
     def fisher(self, model, data, task, labels, device):
         return lm_fisher(model, data, task, labels, device)
+
+    # --- on-policy fine-tuning (sampling.py) ------------------------------------------------------
+    @classmethod
+    def check_answers(cls, options):
+        kind = options.get("lm_task", "auto")
+        if kind == "lm" or (kind == "auto" and not options.get("response_column")):
+            raise BadInput("--objective pg: language-modelling tasks (--lm-task lm, what auto gives without a "
+                           "--response-column) have no answer to sample and reward; allowed: --lm-task completion")
+
+    def sample_answers(self, model, batch, task, groups, generator, *, temperature, max_new_tokens, log_probs=False):
+        """G completions per prompt from ``generate`` on the live model, seeded from the loop's generator."""
+        prompts, responses = sampling.split_batch(batch.inputs)
+        if any(len(r) == 0 for r in responses) or any(len(p) <= 1 for p in prompts):
+            raise BadInput("--objective pg: a causal LM's task needs prompts and responses to sample and reward "
+                           "(a language-modelling task has none); allowed: --lm-task completion")
+        longest = max(len(r) for r in responses)
+        if max_new_tokens < longest and not getattr(self, "_warned_short", False):
+            self._warned_short = True
+            log.warning("--pg-max-new-tokens %d is shorter than responses of up to %d tokens (a byte-level tokenizer "
+                        "takes one per byte): those are never matched, their reward is 0", max_new_tokens, longest)
+        config = model.lm.config
+        eos = config.eos_token_id
+        pad = config.pad_token_id if config.pad_token_id is not None else eos
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        completions = sampling.generate(model, prompts, groups, seed, temperature=temperature,
+                                        max_new_tokens=max_new_tokens, pad_id=pad, eos_id=eos,
+                                        device=batch.inputs["input_ids"].device)
+        old = None
+        if log_probs:
+            old = sampling.completion_log_probs(model, prompts, completions, temperature=temperature, pad_id=pad,
+                                                device=batch.inputs["input_ids"].device)[0]
+        return completions, old
+
+    def answer_log_probs(self, model, batch, task, answers, *, temperature):
+        prompts, _ = sampling.split_batch(batch.inputs)
+        config = model.lm.config
+        pad = config.pad_token_id if config.pad_token_id is not None else config.eos_token_id
+        log_probs, mask = sampling.completion_log_probs(model, prompts, answers, temperature=temperature, pad_id=pad,
+                                                        device=batch.inputs["input_ids"].device)
+        return model(batch.inputs), log_probs, mask
+
+    def correct(self, answers, batch, stream):
+        _, responses = sampling.split_batch(batch.inputs)
+        tokenizers = [stream.tasks[int(t)].train.tokenizer for t in batch.task_ids.tolist()]
+        return sampling.exact_matches(answers, responses, tokenizers)
 
     def evaluator(self, stream, batch_size, device, subset=0):
         return LMEvaluator(stream, batch_size, device, subset=subset)

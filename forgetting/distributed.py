@@ -1,0 +1,187 @@
+"""One run on several processes (``accelerate launch`` / ``torchrun``): data parallelism that gives the
+numbers one process gives at the same global batch.
+
+Every rank builds the same stream, model and methods from the same seed and draws the same shuffled
+*global* batch (``--batch-size``) from the same seeded generator; it then keeps its contiguous shard of
+it (``shard``), so the union of the ranks' shards is exactly the one-process batch. The loss of a batch
+is a mean over its units (examples for classifiers, tokens that carry loss for causal LMs); rank r's
+mean over its n_r of the batch's N units enters the gradient weighted by n_r / N (``weight``), and the
+gradients are summed over the ranks (``reduce_grads``, one all-reduce of a flat buffer, what DDP's
+bucketed all-reduce computes), so the update is the one-process update up to the order of float
+summation. Penalties that do not depend on the batch (EWC, L2-SP) are the same on every rank and sum to
+themselves. The frozen references are never wrapped: each rank keeps its own eval-mode copy, run under
+no_grad. Process groups come from accelerate (``PartialState``: gloo on CPU, NCCL on GPUs).
+
+What cannot give the same numbers is refused (``check``, ``check_model``): methods that keep state of the
+examples each process saw (DER's logits) or draw dropout twice (R-Drop), methods not checked yet (SI, MAS,
+Avalanche's strategies), a KL composed with replay (its mean is over the new task's examples of the batch,
+not the batch's units), on-policy sampling, fp16's loss scaler, BatchNorm (statistics over a shard).
+Dropout draws different masks for an example on N processes than on one: the numbers then agree in
+distribution only (documented in the README, not refused: the MLP's default dropout is 0.2).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .errors import BadInput
+
+# method parts whose update on N processes equals the one-process update (tests/test_distributed.py)
+SHARDABLE = ("naive", "kl", "ewc", "ewc_online", "l2sp", "replay", "joint")
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place in the run: ``rank`` of ``size`` processes (``size`` 1: no collectives)."""
+
+    rank: int = 0
+    size: int = 1
+    backend: str | None = None
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.size > 1
+
+    def describe(self, global_batch: int) -> dict:
+        """What the manifest records of how the run was spread."""
+        return {"world_size": self.size, "per_device_batch": global_batch // self.size, "global_batch": global_batch,
+                "backend": self.backend}
+
+    # --- data ---------------------------------------------------------------------------------
+    def shard(self, batch):
+        """This rank's contiguous part of a global batch (sizes differ by at most one)."""
+        if not self.distributed:
+            return batch
+        rows = torch.tensor_split(torch.arange(len(batch)), self.size)[self.rank]
+        return take(batch, rows)
+
+    # --- collectives ----------------------------------------------------------------------------
+    def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
+        """Sum every parameter's gradient over the ranks (each already weighted by its share of the batch).
+
+        A parameter whose gradient is None on every rank stays None (Adam skips it, as in one process);
+        one that has a gradient on some rank gets the sum (zeros stand in for the others)."""
+        if not self.distributed:
+            return
+        import torch.distributed as dist
+
+        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params]
+                         + [torch.tensor([float(p.grad is not None) for p in params], device=params[0].device)])
+        dist.all_reduce(flat)
+        offset = 0
+        present = flat[-len(params):]
+        for p, seen in zip(params, present.tolist()):
+            n = p.numel()
+            if seen:
+                p.grad = flat[offset:offset + n].view_as(p).clone()
+            offset += n
+
+    def sum_floats(self, values: list[float], device) -> list[float]:
+        """Element-wise sums over the ranks (the batch's loss parts, each weighted by the rank's share)."""
+        if not self.distributed:
+            return values
+        import torch.distributed as dist
+
+        t = torch.tensor(values, dtype=torch.float64, device=device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def broadcast(self, obj):
+        """Rank 0's ``obj`` on every rank (the decisions only rank 0 may take: skip, resume point)."""
+        if not self.distributed:
+            return obj
+        import torch.distributed as dist
+
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.distributed:
+            import torch.distributed as dist
+
+            dist.barrier()
+
+
+SINGLE = World()
+
+
+def take(batch, rows: torch.Tensor):
+    """The batch's examples at ``rows`` (tensor inputs, or dicts of per-example tensors)."""
+    from .streams.base import Batch
+
+    inputs = batch.inputs
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.index_select(0, rows.to(inputs.device))
+    elif isinstance(inputs, dict):
+        inputs = {k: v.index_select(0, rows.to(v.device)) for k, v in inputs.items()}
+    else:
+        raise BadInput(f"cannot split a batch of {type(inputs).__name__} inputs over processes")
+    pick = lambda t: t.index_select(0, rows.to(t.device))  # noqa: E731
+    return Batch(inputs, pick(batch.targets), pick(batch.task_ids), pick(batch.index))
+
+
+def launched_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE`` of accelerate launch / torchrun), 1 if none."""
+    try:
+        return max(1, int(os.environ.get("WORLD_SIZE", "1")))
+    except ValueError:
+        return 1
+
+
+def check(config, size: int) -> None:
+    """BadInput where a run cannot give its one-process numbers on ``size`` processes (every rank says so)."""
+    if size <= 1:
+        return
+    if config.batch_size % size:
+        raise BadInput(f"--batch-size {config.batch_size}: not divisible by the {size} processes of this launch "
+                       f"(the global batch is split evenly); allowed: a multiple of {size}")
+    parts = config.method.name.split("+")
+    bad = [p for p in parts if p not in SHARDABLE]
+    if bad:
+        raise BadInput(f"--method {config.method.name}: {bad[0]} cannot run on {size} processes with the numbers of one "
+                       f"(it keeps state of the examples each process sees, or depends on dropout draws); allowed "
+                       f"with a launcher: {', '.join(SHARDABLE)}")
+    if "kl" in parts and any(p in ("replay", "joint") for p in parts) \
+            and not config.hparams.get("kl_on_replayed", False):
+        raise BadInput(f"--method {config.method.name}: the KL's mean over the new task's examples of each batch does "
+                       f"not split over {size} processes; allowed: --kl-on-replayed, or kl or replay alone")
+    if getattr(config, "objective", "sft") not in (None, "sft"):
+        raise BadInput(f"--objective {config.objective}: on-policy sampling is not split over processes; allowed with "
+                       "a launcher: sft")
+    if getattr(config, "amp", "off") == "fp16":
+        raise BadInput("--amp fp16: the loss scaler's skipped steps are per process; allowed with a launcher: off, bf16")
+
+
+def check_model(model: torch.nn.Module, size: int, name: str) -> None:
+    """BadInput for a model whose training pass depends on the rank's shard as a whole (BatchNorm's batch
+    statistics: on N processes each would normalise over 1/N of the batch). SyncBatchNorm would give the one-
+    process statistics but runs on GPUs only, and is not wired in yet."""
+    if size <= 1:
+        return
+    norms = [type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if norms:
+        raise BadInput(f"--model {name}: its {norms[0]} normalises over each process's part of the batch, so {size} "
+                       f"processes would not give the numbers of one; allowed with a launcher: models without "
+                       f"BatchNorm (mlp, bert, gpt2)")
+
+
+def init(device: torch.device) -> tuple[World, torch.device]:
+    """Join the launcher's process group through accelerate; the world and this rank's device."""
+    size = launched_size()
+    if size <= 1:
+        return SINGLE, device
+    from accelerate import PartialState
+
+    state = PartialState(cpu=device.type == "cpu")
+    if state.num_processes != size:
+        raise BadInput(f"WORLD_SIZE={size} but accelerate joined {state.num_processes} processes")
+    local = state.device if device.type != "cpu" else device
+    return World(rank=state.process_index, size=state.num_processes, backend=str(state.backend)), local

@@ -1,0 +1,241 @@
+"""One run on several processes gives the rows of one process (``forgetting.distributed``).
+
+The launched tests start ``accelerate launch`` with 2 CPU processes (gloo) and compare every row with a run in
+this process at the same config: equal within float-summation tolerance. Why not bitwise: the batch's mean loss is
+the share-weighted sum of the two shards' means, and the gradient the sum of the two ranks' gradients, so the same
+float32 terms are added in another order (a few units in the last place per step, 1e-7 relative), which the steps
+carry forward; accuracies may then differ by an example whose two top logits are that close. Tolerances: 1e-4
+relative (plus 1e-5 absolute) on every loss, KL and NLL column, one test example on an accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from forgetting import distributed
+from forgetting.distributed import World, take
+from forgetting.errors import BadInput
+from forgetting.registry import make_config
+from forgetting.results import read_run
+from forgetting.running import run_experiment
+from forgetting.streams.base import Batch
+
+ROOT = Path(__file__).resolve().parents[1]
+pytest.importorskip("accelerate")
+
+MLP = {"benchmark": "split-digits", "scenario": "class", "model": "mlp", "epochs": 1, "batch_size": 30,
+       "device": "cpu", "progress": False, "hidden": [32], "dropout": 0.0}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch(args: list[str], n: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``args`` on ``n`` CPU processes (gloo), this tree's code first on the path."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+           "--main_process_port", str(_free_port()), *args]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+
+
+def assert_same_rows(one: pd.DataFrame, two: pd.DataFrame) -> None:
+    assert len(one) == len(two) and list(one["eval_task"]) == list(two["eval_task"])
+    for column in ("loss", "train_loss", "kl_base", "nll"):
+        if column in one and one[column].notna().any():
+            a, b = one[column].to_numpy(float), two[column].to_numpy(float)
+            assert (pd.isna(a) == pd.isna(b)).all(), column
+            ok = ~pd.isna(a)
+            assert abs(a[ok] - b[ok]).max() <= 1e-5 + 1e-4 * abs(a[ok]).max(), (column, abs(a[ok] - b[ok]).max())
+    for column in ("accuracy", "answer_accuracy"):
+        if column in one and one[column].notna().any():
+            diff = (one[column] - two[column]).abs().fillna(0).max()
+            assert diff <= 1.0 / 50, (column, diff)  # at most one example of a test set of > 50
+    assert list(one["global_step"]) == list(two["global_step"])
+
+
+def run_here(options: dict, results_dir: Path) -> pd.DataFrame:
+    _, rows, status = run_experiment(make_config(**options, results_dir=str(results_dir)), resolved=True)
+    assert status == "complete"
+    return rows
+
+
+def launched_rows(options: dict, results_dir: Path) -> tuple[pd.DataFrame, dict]:
+    cfg = make_config(**options, results_dir=str(results_dir))
+    _, rows, manifest = read_run(results_dir / cfg.run_id)
+    return rows, manifest
+
+
+# --- without a launch ---------------------------------------------------------------------------
+
+def test_the_shards_of_a_batch_are_the_batch():
+    batch = Batch({"input_ids": torch.arange(14).view(7, 2), "labels": torch.arange(14).view(7, 2)},
+                  torch.arange(7), torch.zeros(7, dtype=torch.long), torch.arange(7) * 3)
+    parts = [World(rank=r, size=3).shard(batch) for r in range(3)]
+    assert [len(p) for p in parts] == [3, 2, 2]
+    assert torch.equal(torch.cat([p.index for p in parts]), batch.index)
+    assert torch.equal(torch.cat([p.inputs["input_ids"] for p in parts]), batch.inputs["input_ids"])
+    assert World().shard(batch) is batch
+
+
+@pytest.mark.parametrize("lm", [False, True])
+def test_share_weighted_shard_gradients_sum_to_the_batch_gradient(lm):
+    """The rule the ranks follow, in float64: sum over shards of (shard units / batch units) * grad(shard mean)
+    equals grad(batch mean), for a mean over examples and over tokens that carry loss (uneven per row)."""
+    torch.manual_seed(0)
+    w = torch.randn(5, 4, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(7, 3, 5, dtype=torch.float64)
+    labels = torch.randint(0, 4, (7, 3))
+    if lm:
+        labels[0, 1:] = -100
+        labels[3, 2] = -100
+        labels[5, :] = -100
+    batch = Batch({"x": x, "labels": labels}, labels[:, 0], torch.zeros(7, dtype=torch.long), torch.arange(7))
+
+    def units(b):
+        return int((b.inputs["labels"] != -100).sum()) if lm else len(b)
+
+    def loss(b):
+        logits = b.inputs["x"] @ w
+        if lm:
+            return torch.nn.functional.cross_entropy(logits.reshape(-1, 4), b.inputs["labels"].reshape(-1),
+                                                     ignore_index=-100)
+        return torch.nn.functional.cross_entropy(logits[:, 0], b.targets)
+
+    (whole,) = torch.autograd.grad(loss(batch), w)
+    summed = torch.zeros_like(w)
+    for r in range(3):
+        part = World(rank=r, size=3).shard(batch)
+        summed += units(part) / units(batch) * torch.autograd.grad(loss(part), w)[0]
+    assert torch.allclose(summed, whole, rtol=1e-12, atol=1e-14)
+
+
+def test_causal_lm_loss_units_are_the_tokens_that_carry_loss():
+    from forgetting.objectives.causal_lm import CausalLM
+
+    labels = torch.tensor([[-100, 5, 6, -100], [-100, -100, 7, 8]])
+    batch = Batch({"input_ids": labels.clamp(min=0), "labels": labels}, labels[:, 0], torch.zeros(2), torch.arange(2))
+    assert CausalLM.loss_units(None, batch) == 4  # positions 1..3 whose label is not ignored
+
+
+@pytest.mark.parametrize("method,extra,needle", [
+    ("der", {}, "der cannot run on 2 processes"),
+    ("kl+replay", {}, "--kl-on-replayed"),
+    ("si", {}, "allowed with a launcher: naive, kl, ewc"),
+])
+def test_methods_that_cannot_split_are_refused(method, extra, needle):
+    cfg = make_config(**{**MLP, "method": method, **extra})
+    with pytest.raises(BadInput, match=needle):
+        distributed.check(cfg, 2)
+    distributed.check(cfg, 1)  # one process: anything goes
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    with pytest.raises(BadInput, match=r"--batch-size 30: not divisible by the 4 processes"):
+        distributed.check(make_config(**MLP, method="naive"), 4)
+
+
+def test_one_process_manifest_says_world_size_one(tmp_path):
+    rows = run_here({**MLP, "method": "naive"}, tmp_path)
+    _, _, manifest = read_run(tmp_path / rows["run_id"].iloc[0])
+    assert manifest["distributed"] == {"world_size": 1, "per_device_batch": 30, "global_batch": 30, "backend": None}
+
+
+# --- launched: 2 CPU processes -------------------------------------------------------------------
+
+def test_accelerate_launch_of_the_cli_gives_the_rows_of_one_process(tmp_path):
+    """``accelerate launch -m forgetting.run``: kl with the teacher cache, 2 ranks, the rows of one process;
+    rank 0 alone wrote the run (one run directory; the manifest says 2 ranks of 15)."""
+    args = ["--benchmark", "split-digits", "--scenario", "class", "--method", "kl", "--epochs", "1", "--batch-size",
+            "30", "--hidden", "32", "--dropout", "0", "--device", "cpu", "--quiet"]
+    proc = launch(["-m", "forgetting.run", *args, "--results-dir", str(tmp_path / "two")])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = run_here({**MLP, "method": "kl"}, tmp_path / "one")
+    two, manifest = launched_rows({**MLP, "method": "kl"}, tmp_path / "two")
+    assert manifest["status"] == "complete"
+    assert manifest["distributed"] == {"world_size": 2, "per_device_batch": 15, "global_batch": 30, "backend": "gloo"}
+    assert [p.name for p in (tmp_path / "two").iterdir()] == [one["run_id"].iloc[0]]
+    assert_same_rows(one, two)
+
+
+@pytest.mark.parametrize("flags,needle", [
+    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes"),
+    (["--method", "der"], "--method der: der cannot run on 2 processes"),
+])
+def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle):
+    """Both ranks started as a launcher starts them (its environment), each on its own: a launcher stops the
+    other ranks at the first exit, which would hide the second rank's answer."""
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+           "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    cmd = [sys.executable, "-m", "forgetting.run", *flags, "--device", "cpu", "--quiet", "--results-dir",
+           str(tmp_path / "r")]
+    procs = [subprocess.Popen(cmd, env={**env, "RANK": str(r), "LOCAL_RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT) for r in range(2)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 2, err[-2000:]
+        assert err.count("\n") == 1 and err.startswith("python -m forgetting.run: error: ") and needle in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_methods_on_two_processes_give_the_rows_of_one(tmp_path):
+    """naive, kl without the cache (the live teacher on each rank's shard), ewc (the Fisher on every rank),
+    replay (the same memory draws on every rank) and a causal LM with LoRA and kl: one launch, the rows of
+    runs in this process."""
+    from test_lm import TINY, write_pairs
+
+    pairs = write_pairs(tmp_path / "pairs.csv")
+    lm = {"benchmark": "text-file", "model": "gpt2", "method": "kl", "epochs": 1, "batch_size": 8, "lr": 3e-3,
+          "device": "cpu", "progress": False, **TINY, "gpt2_dropout": 0.0, "lora_rank": 2,
+          "text_file": str(pairs), "prompt_column": "prompt", "response_column": "response", "max_seq_len": 40}
+    runs = [{**MLP, "method": "naive"}, {**MLP, "method": "kl", "teacher_cache": False},
+            {**MLP, "method": "ewc", "ewc_lambda": 100.0}, {**MLP, "method": "replay", "replay_size": 40}, lm]
+    todo = tmp_path / "runs.json"
+    todo.write_text(json.dumps([{**r, "results_dir": str(tmp_path / "two")} for r in runs]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for options in runs:
+        one = run_here(options, tmp_path / "one")
+        two, manifest = launched_rows(options, tmp_path / "two")
+        assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
+        assert_same_rows(one, two)
+
+
+def test_a_run_whose_rank_is_killed_resumes_to_the_rows_of_one_process(tmp_path):
+    """Rank 1 dies mid-task 2 (the launcher then stops rank 0); ``--resume`` on 2 processes continues from the
+    boundary of task 1 that rank 0 wrote, every rank restoring it, and ends with the rows of one process."""
+    options = {**MLP, "method": "kl"}
+    todo = tmp_path / "runs.json"
+    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_kill": {"rank": 1, "task": 2}}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
+    assert proc.returncode != 0
+    cut, manifest = launched_rows(options, tmp_path / "two")
+    assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2
+    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_resume": True}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two, manifest = launched_rows(options, tmp_path / "two")
+    assert manifest["status"] == "complete" and manifest["resumed_at"]
+    assert_same_rows(run_here(options, tmp_path / "one"), two)
+
+
+def test_a_model_with_batchnorm_is_refused_on_several_processes():
+    """BatchNorm's statistics are over each rank's shard, not the batch: refused (SyncBatchNorm is not wired in)."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    with pytest.raises(BadInput, match=r"--model resnet: its BatchNorm2d normalises over each process's part"):
+        distributed.check_model(model, 2, "resnet")
+    distributed.check_model(model, 1, "resnet")
+    distributed.check_model(torch.nn.Linear(2, 2), 2, "mlp")
