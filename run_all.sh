@@ -14,6 +14,9 @@
 # settings, e.g. PIP_EXTRA_INDEX_URL=https://download.pytorch.org/whl/cpu for CPU-only torch.
 set -euo pipefail
 called_from="$PWD"
+# how the sweep's summary names this command (e.g. "get their data: ./run_all.sh --quick --download")
+FORGETTING_RERUN_COMMAND="./run_all.sh${*:+ $*}"
+export FORGETTING_RERUN_COMMAND
 cd "$(dirname "$0")"
 
 suite=benchmarks/default.toml

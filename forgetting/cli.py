@@ -15,7 +15,7 @@ from typing import Sequence
 from . import registry
 from .claim import RunBusy
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
-from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, command_name
 from .options import Option
 from .running import run_experiment
 from .tracking import TRACKERS
@@ -71,7 +71,7 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
     """The CLI: one group per component, every option any registered component declares (each checked
     and sorted to its component by ``registry.gather``/``resolve``, not here)."""
     p = OneLineParser(
-        prog="python -m forgetting.run",
+        prog=command_name("run"),
         description="Train a base model on the first task of a stream, fine-tune it on the others with a "
                     "method that holds forgetting back (by default the KL penalty towards a frozen copy), "
                     "evaluate every task after every epoch, and write the results to RESULTS_DIR/<run id>/.",
@@ -215,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         from_file = read_config_file(chosen.config) if chosen.config else {}
     except BadInput as e:
-        print(f"python -m forgetting.run: error: {e}", file=sys.stderr)
+        print(f"{command_name('run')}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
     for key in ("benchmark", "model", "method"):  # a user's component named in the file declares its flags too
         if getattr(chosen, key) is None:

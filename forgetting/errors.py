@@ -3,8 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 EXIT_BAD_INPUT = 2
+
+
+def command_name(module: str) -> str:
+    """How the user called the command of ``forgetting.<module>``: ``forgetting-<module>`` from the console
+    script, else ``python -m forgetting.<module>``; what its messages name it."""
+    script = f"forgetting-{module}"
+    return script if Path(sys.argv[0] if sys.argv else "").name == script else f"python -m forgetting.{module}"
 
 
 def first_line(e: BaseException) -> str:

@@ -30,7 +30,7 @@ from typing import Callable
 from .config import RunConfig
 from .errors import BadInput
 
-EXECUTORS = ("process", "ray")
+EXECUTORS = ("process", "ray", "slurm")  # slurm: forgetting/executors_slurm.py (submitit)
 MAX_ATTEMPTS = 2  # a run whose worker process dies (killed, out of memory) is tried this many times
 
 

@@ -11,6 +11,8 @@ EXTRAS = {  # extra -> the top-level modules it brings
     "vision": ("torchvision",),
     "avalanche": ("avalanche", "torchvision", "quadprog"),
     "ray": ("ray",),
+    "slurm": ("submitit",),
+    "search": ("optuna",),
     "lm": ("transformers", "tokenizers", "peft", "trl"),
     "track": ("tensorboard", "mlflow", "wandb"),
 }

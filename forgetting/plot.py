@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser
+from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .report_look import DEFAULT_STYLE, DEFAULT_WIDTH, FORMATS, STYLES, WIDTHS, Look, check_style, choose_labels, \
     choose_tasks
 from .results import atomic_write_text
@@ -32,23 +32,56 @@ def _look(table, base: Look, methods, tasks) -> Look:
     return replace(base, labels=choose_labels(table, methods, list(colors(table))), tasks=choose_tasks(table, tasks))
 
 
+# options that set a run's budget: runs that differ in them are not comparable point for point, so each
+# budget gets figures of its own (the summary tables still list every run, the budget in its variant)
+BUDGET_KEYS = ("epochs", "batch_size", "text_train_per_task", "text_test_per_task", "train_per_class", "eval_subset")
+
+
+def budget_of(run) -> tuple:
+    """The run's budget: its (option, value) pairs among ``BUDGET_KEYS``, in a fixed order."""
+    return tuple(sorted((k.split(".")[-1], v) for k, v in run.experiment().items() if k.split(".")[-1] in BUDGET_KEYS))
+
+
+def figure_groups(runs) -> dict[tuple[str, str, str], list]:
+    """Runs by benchmark, scenario and, where they differ in budget, budget (``epochs=1,batch_size=64``;
+    '' where one budget covers the benchmark and scenario). A note on stderr names the differing options."""
+    import sys
+
+    sets: dict[tuple[str, str], dict[tuple, list]] = {}
+    for r in runs:
+        sets.setdefault((r.benchmark, r.scenario), {}).setdefault(budget_of(r), []).append(r)
+    out: dict[tuple[str, str, str], list] = {}
+    for (bench, scen), budgets in sorted(sets.items()):
+        if len(budgets) == 1:
+            out[bench, scen, ""] = next(iter(budgets.values()))
+            continue
+        keys = sorted({k for b in budgets for k, _ in b})
+        differing = [k for k in keys if len({dict(b).get(k) for b in budgets}) > 1]
+        for b, group in sorted(budgets.items(), key=lambda kv: repr(kv[0])):
+            out[bench, scen, ",".join(f"{k}={dict(b).get(k)}" for k in differing)] = group
+        print(f"note: {bench}, {scen}: runs differ in {', '.join(differing)}; each budget is drawn in figures of "
+              "its own", file=sys.stderr)
+    return out
+
+
 def write_report(paths: Sequence[str | Path], out: str | Path, command: str | None = None, *,
                  methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
                  bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
-                 formats: str | Sequence[str] = FORMATS) -> list[Path]:
+                 formats: str | Sequence[str] = FORMATS, titles: bool | None = None) -> list[Path]:
     """Read every run under ``paths`` and write the figures, the summary, ``runs.csv`` and ``report.html``
     into ``out``; the files written. ``command`` is shown in the page as what made it.
 
     The figures draw the experiments ``methods`` names (methods or experiment labels, in that order;
     default all) with a forgetting-curve panel per old task in ``tasks`` (default all), 95% bands unless
     ``bands`` is False, ``width`` "column" (3.5 in) or "page" (7.16 in), ``style`` a seaborn context
-    (paper, notebook, talk, poster), as ``formats`` (pdf, svg, png; PNG at 300 dpi). The summary
+    (paper, notebook, talk, poster), as ``formats`` (pdf, svg, png; PNG at 300 dpi), with a title over
+    each figure if ``titles`` (default: off for the paper style, whose caption carries it). The summary
     tables always cover every run.
 
     BadInput (nothing written) for a path without runs, a corrupt file, an unknown schema version, or
     an option value not allowed.
     """
-    look = check_style(bands, width, style, formats)
+    look = check_style(bands, width, style, formats, titles)
     from .report_figures import figure_set
     from .report_html import write_html
     from .report_runs import load_runs, runs_config_table
@@ -62,18 +95,17 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
         raise BadInput(f"--out: {str(out)!r} is a file, not a directory")
     table = run_table(runs)
     look = _look(table, look, methods, tasks)
-    sets: dict[tuple[str, str], list] = {}
-    for r in runs:
-        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    sets = figure_groups(runs)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     figures: dict[tuple[str, str], list[Path]] = {}
-    for (bench, scen), group in sorted(sets.items()):
+    for (bench, scen, budget), group in sets.items():
         sub = out if len(sets) == 1 else out / f"{bench}-{scen}"
+        sub = sub / budget if budget else sub
         ids = {r.run_id for r in group}
-        figures[bench, scen] = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub,
-                                          look=look)
-        written += figures[bench, scen]
+        drawn = figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), sub, look=look)
+        figures[bench, scen] = figures.get((bench, scen), []) + drawn
+        written += drawn
     written += write_summary(table, out, reference_accuracies(runs))
     configs = runs_config_table(runs)
     runs_csv = out / "runs.csv"  # one row per run: its numbers, every config field, its command
@@ -85,12 +117,13 @@ def write_report(paths: Sequence[str | Path], out: str | Path, command: str | No
 
 
 def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequence[int] | None = None,
-            bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE) -> dict:
+            bands: bool = True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
+            titles: bool | None = None) -> dict:
     """The report's figures as matplotlib figures, by name (``forgetting_curves``, ...; prefixed with
     ``benchmark-scenario/`` when ``df`` holds several), from a ``forgetting.load_results`` frame or any
     subset of its rows; nothing is written. The keywords are ``write_report``'s. Save one as the report
     does with ``forgetting.report_figures.save``; close them with ``matplotlib.pyplot.close``."""
-    look = check_style(bands, width, style)
+    look = check_style(bands, width, style, titles=titles)
     from .api import runs_from_frame
     from .report_figures import Collect, figure_set
     from .report_summary import run_table
@@ -100,20 +133,19 @@ def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequ
         raise BadInput("no runs in the frame: load some with forgetting.load_results(path)")
     table = run_table(runs)
     look = _look(table, look, methods, tasks)
-    sets: dict[tuple[str, str], list] = {}
-    for r in runs:
-        sets.setdefault((r.benchmark, r.scenario), []).append(r)
+    sets = figure_groups(runs)
     out: dict = {}
-    for (bench, scen), group in sorted(sets.items()):
+    for (bench, scen, budget), group in sets.items():
         got = Collect()
         ids = {r.run_id for r in group}
         figure_set(group, table[table["run_id"].isin(ids)].reset_index(drop=True), got, look=look)
-        out.update({(name if len(sets) == 1 else f"{bench}-{scen}/{name}"): fig for name, fig in got.items()})
+        where = "" if len(sets) == 1 else f"{bench}-{scen}/" + (f"{budget}/" if budget else "")
+        out.update({f"{where}{name}": fig for name, fig in got.items()})
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m forgetting.plot",
+    p = OneLineParser(prog=command_name("plot"),
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "
                             "seeds) from run directories; each figure as PDF, SVG and 300-dpi PNG, sized for a "
@@ -142,11 +174,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     g.add_argument("--formats", metavar="LIST", default=",".join(FORMATS),
                    help=f"the files of each figure, comma-separated from {', '.join(FORMATS)}; PNG at 300 dpi, "
                         "embedded in report.html (default: pdf,svg,png)")
+    g.add_argument("--titles", action=argparse.BooleanOptionalAction, default=None,
+                   help="a title over each figure (default: off for --style paper, whose caption carries it; "
+                        "on for the others)")
     ns = p.parse_args(argv)
     try:
         command = shlex.join(["python", "-m", "forgetting.plot", *(sys.argv[1:] if argv is None else argv)])
         files = write_report(ns.results, ns.out, command=command, methods=ns.methods, tasks=ns.tasks,
-                             bands=ns.bands, width=ns.width, style=ns.style, formats=ns.formats)
+                             bands=ns.bands, width=ns.width, style=ns.style, formats=ns.formats,
+                             titles=ns.titles)
     except BadInput as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT

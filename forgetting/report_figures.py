@@ -99,12 +99,17 @@ def wrap(text: str, inches: float, key: str) -> str:
 
 
 def n_lines(text: str) -> int:
-    return text.count("\n") + 1
+    return text.count("\n") + 1 if text else 0
 
 
 def legend_columns(look: Look) -> int:
     """Two legend columns on a page width with paper-sized type, else one (so that no entry is cut)."""
     return 1 if look.width == "column" or points("legend.fontsize") > 9 else 2
+
+
+def nll_unit(table: pd.DataFrame) -> str:
+    """``byte`` where every run's NLL is per byte (the byte-level tokenizer of ``--model gpt2``), else ``token``."""
+    return "byte" if "nll_unit" in table and len(table) and (table["nll_unit"] == "byte").all() else "token"
 
 
 def clip_limits(ax, axis: str, low: float | None = None, high: float | None = None, margin: float = 0.03) -> None:
@@ -115,20 +120,83 @@ def clip_limits(ax, axis: str, low: float | None = None, high: float | None = No
     put(lo if low is None else max(lo, low - pad), hi if high is None else min(hi, high + pad))
 
 
+# Every method has one hue family and one marker, fixed by its name (not by which methods a report
+# happens to hold), so that a method looks the same in every figure of every report; unknown methods
+# (a user's own) get theirs from a stable hash of the name.
+FAMILIES = {"kl": "Blues", "rdrop": "Oranges", "kl+rdrop": "Purples", "ewc": "Greens", "ewc-online": "BuGn",
+            "si": "YlOrBr", "mas": "PuRd", "l2sp": "RdPu", "replay": "Reds", "replay+kl": "YlGnBu",
+            "der": "Oranges", "joint": "Purples"}
+MARKERS = {"naive": "o", "kl": "s", "rdrop": "D", "kl+rdrop": "P", "ewc": "^", "ewc-online": "v", "si": "<",
+           "mas": ">", "l2sp": "h", "replay": "X", "replay+kl": "*", "der": "d", "joint": "p"}
+SPARE_MARKERS = "o s D ^ v < > p h X * d P H 8".split()
+SHADES = 9  # shades of a family: λ picks one (half a decade a step, λ = 1 in the middle), the palest two unused
+
+
+def _stable(name: str, n: int) -> int:
+    import zlib
+
+    return zlib.crc32(name.encode("utf-8")) % n
+
+
+def method_key(table: pd.DataFrame) -> pd.Series:
+    """Which method a row's colour and marker follow: its method, ``naive`` for a penalty at strength 0."""
+    return table["method"].where(~table["label"].str.startswith("naive"), "naive")
+
+
+def family(method: str) -> str:
+    return "Greys" if method == "naive" else FAMILIES.get(method, SEQUENTIAL[_stable(method, len(SEQUENTIAL))])
+
+
+def marker(method: str) -> str:
+    return MARKERS.get(method, SPARE_MARKERS[_stable(method, len(SPARE_MARKERS))])
+
+
+def default_strength(method: str) -> float:
+    """The default of the method's strength option (EWC's 1e5, KL's 1): the middle shade of its family.
+    Only methods this installation knows are looked up: a name read from a results file is never imported."""
+    from .registry import known_method_classes
+
+    classes = known_method_classes(method) or []
+    option = next((o for c in classes if c.strength_option for o in c.options if o.name == c.strength_option), None)
+    try:
+        value = float(option.default) if option is not None else 1.0
+    except (TypeError, ValueError):
+        return 1.0
+    return value if value > 0 else 1.0
+
+
+def _shade(lam: float, method: str) -> int:
+    if lam is None or not np.isfinite(lam) or lam <= 0:
+        return 6
+    return int(min(SHADES - 1, max(2, 6 + round(2 * math.log10(lam / default_strength(method))))))
+
+
 def colors(table: pd.DataFrame) -> dict[str, tuple]:
-    """A colour per experiment label: a hue per method (naive its own, grey), darker for larger λ."""
-    out = {}
-    hue = table["method"].where(~table["label"].str.startswith("naive"), "naive")
-    methods = sorted(hue.unique(), key=lambda m: (m != "naive", m))
-    for i, m in enumerate(methods):
-        if m == "naive":
-            labels = sorted(table.loc[hue == m, "label"].unique())
-            out.update(zip(labels, sns.color_palette("Greys", len(labels) + 3)[3:]))
-            continue
-        labels = table[hue == m].sort_values(["lambda", "label"])["label"].unique()
-        shades = sns.color_palette(SEQUENTIAL[i % len(SEQUENTIAL)], len(labels) + 2)[2:]
-        out.update(zip(labels, shades))
+    """A colour per experiment label, in drawing order (method, then λ): the method's hue family (naive
+    grey), darker for larger λ, the same for the same method and λ in every report. Labels that would
+    share a colour within one table (variants at one λ) are moved to the nearest free shade, in label order."""
+    info = {}
+    for label, m, lam in zip(table["label"], method_key(table), table["lambda"]):
+        info.setdefault(label, (m, float(lam) if pd.notna(lam) else float("nan")))
+    order = sorted(info, key=lambda lab: (info[lab][0] != "naive", info[lab][0],
+                                          -1.0 if math.isnan(info[lab][1]) else info[lab][1], lab))
+    out: dict[str, tuple] = {}
+    taken: set[tuple[str, int]] = set()
+    for label in order:
+        m, lam = info[label]
+        base = (6 if label == "naive" else 4) if m == "naive" else _shade(lam, m)
+        shade, step = base, 0
+        while (m, shade) in taken and step < 2 * SHADES:  # a variant at the same λ: the nearest free shade
+            step += 1
+            shade = min(SHADES - 1, max(2, base + (step + 1) // 2 * (1 if step % 2 else -1)))
+        taken.add((m, shade))
+        out[label] = tuple(sns.color_palette(family(m), SHADES)[shade])
     return out
+
+
+def markers(table: pd.DataFrame) -> dict[str, str]:
+    """A marker per experiment label: its method's, the same in every report."""
+    return {lab: marker(m) for lab, m in zip(table["label"], method_key(table))}
 
 
 def label_order(table: pd.DataFrame, look: Look) -> list[str]:
@@ -226,10 +294,12 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     nrows = math.ceil(len(panels) / ncols)
     legend_cols = legend_columns(look)
     title = wrap(("Accuracy of each old task while fine-tuning on the next ones" if pct else
-                  "Held-out NLL per token of each old task while fine-tuning on the next ones (up: forgetting)")
-                 + f"\n{where}", W, "figure.titlesize")
+                  f"Held-out NLL per {nll_unit(table)} of each old task while fine-tuning on the next ones "
+                  "(up: forgetting)")
+                 + f"\n{where}", W, "figure.titlesize") if look.titles else ""
+    unfinished = data is not None and bool((~data["complete"] & data["label"].isin(order)).any())
     legend_title = wrap("mean over seeds" + ("; band: 95% t-interval" + (", cut to 0-100 %" if pct else "")
-                                             if look.bands else "") + "; dashed: unfinished run",
+                                             if look.bands else "") + ("; dashed: unfinished run" if unfinished else ""),
                         W, "legend.title_fontsize")
     panel_h = max(0.9, min(1.45, 6.0 / nrows)) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + nrows * panel_h + line_in("axes.labelsize") + 0.15
@@ -245,7 +315,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     b = (bounds - bounds.iloc[0]).to_dict() if len(bounds) else {}
     for k, ax in zip(panels, drawn):
         ax.set_title(f"task {names[k]}")
-        ax.set_ylabel("accuracy (%)" if pct else "NLL (nats/token)")
+        ax.set_ylabel("accuracy (%)" if pct else f"NLL (nats per {nll_unit(table)})")
         for step in b.values():
             ax.axvline(step, **BOUNDARY_STYLE)
         rc = reference_curves(ref, k) if reference else pd.DataFrame()
@@ -295,7 +365,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         top.tick_params(length=0, pad=1, labelcolor="0.35")
     fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
                title=legend_title)
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}{'forgetting' if pct else 'nll'}_curves", look)
 
 
@@ -320,7 +391,7 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     nrows = math.ceil(n / ncols)
     panel = (W - 0.5 - 0.6) / ncols  # less the y label and ticks, and the colour bar
     title = wrap(f"Accuracy matrix A[t][k] (%): accuracy on task k after training task t\n{where}", W,
-                 "figure.titlesize")
+                 "figure.titlesize") if look.titles else ""
     panel_titles = {}
     for label in order:
         done = [r for r in groups[label] if r.complete]
@@ -357,7 +428,8 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
                  label="accuracy (%)")
     fig.supxlabel("evaluated on task k")
     fig.supylabel("after training task t")
-    fig.suptitle(title)
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}accuracy_matrix", look)
 
 
@@ -374,7 +446,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     s = s.dropna(subset=["new_task_accuracy_mean", "old_task_accuracy_mean"])
     s = s.set_index("label").loc[[label for label in label_order(table, look) if label in set(s["label"])]]
     s = s.reset_index()
-    palette = colors(table)
+    palette, shapes = colors(table), markers(table)
     x, y = 100 * s["new_task_accuracy_mean"].to_numpy(), 100 * s["old_task_accuracy_mean"].to_numpy()
 
     def bars(m):  # asymmetric: the intervals are cut to [0, 100]
@@ -386,7 +458,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     entries = len(s) + 1 + 2 * (references is not None and len(references) > 0)
     W = look.inches
     legend_cols = legend_columns(look)
-    title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize")
+    title = wrap(f"Stability–plasticity trade-off\n{where}", W, "axes.titlesize") if look.titles else ""
     legend_title = wrap("mean over seeds; bars: 95% t-interval, cut to 0-100 %", W, "legend.title_fontsize")
     axes_h = (2.7 if look.width == "column" else 3.6) * max(1.0, points("axes.labelsize") / 8)
     height = (axes_h + line_in("axes.titlesize", n_lines(title)) + line_in("legend.title_fontsize", n_lines(legend_title))
@@ -396,7 +468,7 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
     texts, handles = [], {}
     for i, (_, r) in enumerate(s.iterrows()):
         handles[f"{r['label']} ({r['n_seeds']} seed{'s' * (r['n_seeds'] > 1)})"] = ax.errorbar(
-            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt="o", ms=ms, color=palette[r["label"]],
+            x[i], y[i], xerr=xerr[:, i : i + 1], yerr=yerr[:, i : i + 1], fmt=shapes[r["label"]], ms=ms, color=palette[r["label"]],
             ecolor=palette[r["label"]], elinewidth=0.8, capsize=1.5)
         texts.append(ax.text(x[i], y[i], r["label"], fontsize=points("legend.fontsize"), color="0.15"))
     front = pareto_front(x, y)
@@ -427,7 +499,8 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
         ax.set_xlim(-MARGIN, 100 + MARGIN)
         ax.set_ylim(-MARGIN, 100 + MARGIN)
         ax.text(0.5, 0.5, "no complete runs yet", transform=ax.transAxes, ha="center", color="0.4")
-    ax.set_title(title)
+    if title:
+        ax.set_title(title)
     return save(fig, out, f"{prefix}tradeoff", look)
 
 
@@ -439,53 +512,75 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     d = table[(table["status"] == "complete") & table["label"].isin(order)]
     y = forgetting_column(table)
     scale = 100 if y == "forgetting_max" else 1  # accuracy points, or nats per token
-    palette = colors(table)
+    palette, shapes = colors(table), markers(table)
     W = look.inches
     column = look.width == "column" or points("axes.labelsize") > 10  # larger type: one panel above the other
-    legend_cols = legend_columns(look)
+    legend_cols = 1  # the fits' entries are long: one column keeps them inside the figure
     title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
-                 f"\n{where}", W,
-                 "figure.titlesize")
-    entries = d["label"].nunique() + 2
+                 f"\n{where}", W, "figure.titlesize") if look.titles else ""
+    entries = d["label"].nunique() + 2 * (2 + d.assign(_m=method_key(d))["_m"].nunique())
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
-              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + 0.2)
+              + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + line_in("legend.title_fontsize") + 0.2)
     fig, axes = plt.subplots(2 if column else 1, 1 if column else 2, figsize=(W, height), sharey=True,
                              layout="constrained")
     panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
     handles: dict[str, object] = {}
     for ax, (col, on) in zip(axes, panels):
+        short = "new-task KL" if col == "kl_new_task" else "old-task KL"
         for label in order:
             g = d[d["label"] == label]
             if len(g):
-                handles[label] = ax.scatter(g[col], scale * g[y], color=palette[label], label=label,
+                handles[label] = ax.scatter(g[col], scale * g[y], color=palette[label], marker=shapes[label], label=label,
                                             s=plt.rcParams["lines.markersize"] ** 2)
         fit = kl_fit(d.assign(kl_new_task=d[col]))
         fitted = "too few runs for a fitted line"
+        low, high = (-100.0, 100.0) if scale == 100 else (-math.inf, math.inf)  # what the quantity can take
+
+        def line(f, xs):  # the fitted line, cut where it leaves the quantity's range
+            ys = scale * (f["intercept"] + f["slope"] * xs)
+            return xs[(ys >= low) & (ys <= high)], ys[(ys >= low) & (ys <= high)]
+
         if fit:
             xs = np.linspace(d[col].min(), d[col].max(), 50)
-            handles["least-squares line"] = ax.plot(xs, scale * (fit["intercept"] + fit["slope"] * xs), color="0.2",
-                                                    lw=0.9)[0]
+            lo, hi = (scale * v for v in fit["slope_ci95"])
+            handles[f"{short}, all runs: slope {scale * fit['slope']:.3g} [{lo:.3g}, {hi:.3g}], "
+                    f"n = {fit['n']}, {fit['configs']} configs"] = ax.plot(*line(fit, xs), color="0.2", lw=0.9)[0]
             fitted = f"line R² = {fit['r2']:.2f}"
             if "quad" in fit:
                 q = fit["quad"]
-                handles["least-squares parabola"] = ax.plot(xs, scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs),
-                                                            color="0.2", lw=0.9, ls="--")[0]
+                ys = scale * (q["c0"] + q["c1"] * xs + q["c2"] * xs * xs)
+                keep = (ys >= low) & (ys <= high)
+                handles[f"{short}, all runs: least-squares parabola"] = ax.plot(xs[keep], ys[keep], color="0.2", lw=0.9,
+                                                                      ls="--")[0]
                 fitted += f", parabola R² = {q['r2']:.2f}"
-            fitted += f" (n = {fit['n']})"
+            fitted += f" (n = {fit['n']}, {fit['configs']} configs)"
+        for m in sorted(set(method_key(d))):  # each method's own line, in its colour, beside the pooled one
+            g = d[method_key(d) == m]
+            f = kl_fit(g.assign(kl_new_task=g[col])) if g["label"].nunique() > 1 or len(g) >= 3 else None
+            if f and len(set(method_key(d))) > 1:
+                xs = np.linspace(g[col].min(), g[col].max(), 20)
+                lo, hi = (scale * v for v in f["slope_ci95"])
+                colour = sns.color_palette(family(m), SHADES)[6]
+                handles[f"{short}, {m}: slope {scale * f['slope']:.3g} [{lo:.3g}, {hi:.3g}], n = {f['n']}, "
+                        f"{f['configs']} config{'s' * (f['configs'] > 1)}"] = ax.plot(*line(f, xs), color=colour,
+                                                                                     lw=0.8, ls="-.")[0]
         ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else 2), "axes.titlesize"))
         ax.set_xlabel("KL from the base model (nats)")
         ax.locator_params(axis="x", nbins=5)
         clip_limits(ax, "x", low=0.0)
-    axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100 else "NLL rise, max-based (nats/token)")
+    axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100
+                       else f"NLL rise, max-based (nats per {nll_unit(table)})")
     if column:
         axes[1].set_ylabel(axes[0].get_ylabel())
         axes[1].yaxis.set_tick_params(labelleft=True)
     if scale == 100:
         clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
     if handles:
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols)
-    fig.suptitle(title)
+        fig.legend(list(handles.values()), list(handles), loc="outside lower center", ncols=legend_cols,
+                   title="one point per run; lines: least squares, slope [95% t-interval]")
+    if title:
+        fig.suptitle(title)
     return save(fig, out, f"{prefix}kl_vs_forgetting", look)
 
 

@@ -21,7 +21,7 @@ DEFAULT_STYLE = "paper"
 @dataclass(frozen=True)
 class Look:
     """What a figure shows and how: the experiments (labels, in this order; None: all), the old tasks
-    that get a curve panel (None: all), the 95% bands, the width, the seaborn context, the files."""
+    that get a curve panel (None: all), the 95% bands, the width, the seaborn context, the files, titles."""
 
     labels: tuple[str, ...] | None = None
     tasks: tuple[int, ...] | None = None
@@ -29,6 +29,7 @@ class Look:
     width: str = DEFAULT_WIDTH
     style: str = DEFAULT_STYLE
     formats: tuple[str, ...] = FORMATS
+    titles: bool = True  # a title over each figure (off for the paper style: the caption carries it)
 
     @property
     def inches(self) -> float:
@@ -43,10 +44,13 @@ def _items(value: str | Iterable, flag: str) -> list:
 
 
 def check_style(bands=True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STYLE,
-                formats: str | Iterable[str] = FORMATS) -> Look:
-    """The options that need no results: a Look drawing every experiment and task."""
+                formats: str | Iterable[str] = FORMATS, titles: bool | None = None) -> Look:
+    """The options that need no results: a Look drawing every experiment and task. ``titles`` None: off
+    for the paper style (a paper's caption says what a figure shows), on for the others."""
     if not isinstance(bands, bool):
         raise BadInput(f"--bands: {bands!r} is not a boolean; allowed: True, False")
+    if titles is not None and not isinstance(titles, bool):
+        raise BadInput(f"--titles: {titles!r} is not a boolean; allowed: True, False, None (off for the paper style)")
     if width not in WIDTHS:
         raise BadInput(f"--width: {width!r} is not a width; allowed: "
                        + ", ".join(f"{w} ({inches} in)" for w, inches in WIDTHS.items()))
@@ -58,7 +62,8 @@ def check_style(bands=True, width: str = DEFAULT_WIDTH, style: str = DEFAULT_STY
             raise BadInput(f"--formats: {f!r} is not a format written; allowed: {', '.join(FORMATS)} (comma-separated)")
         if f not in chosen:
             chosen.append(f)
-    return Look(bands=bands, width=width, style=style, formats=tuple(chosen))
+    return Look(bands=bands, width=width, style=style, formats=tuple(chosen),
+                titles=style != "paper" if titles is None else titles)
 
 
 def split_names(text: str, known: set[str]) -> list[str]:

@@ -93,6 +93,12 @@ class Run:
             return float("nan")
 
     @property
+    def nll_unit(self) -> str:
+        """What a causal LM's NLL is per: ``byte`` for ``--model gpt2`` (built with the byte-level tokenizer,
+        a token per UTF-8 byte), else ``token`` (a checkpoint's own tokenizer)."""
+        return "byte" if str(self.config.get("model", "")) == "gpt2" else "token"
+
+    @property
     def seed(self) -> int:
         return int(self.config.get("seed", 0))
 

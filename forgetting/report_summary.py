@@ -92,6 +92,20 @@ def display_name(method: str, hparams: dict) -> tuple[str, list[str]]:
     return " + ".join(f"{n} {s}".strip() for n, s in parts), shown
 
 
+# how a reader writes a setting that tells experiments apart (else ``option=value``); "" leaves it out
+READABLE = {"lora_rank": lambda v: f"LoRA r={v}" if v else "",
+            "temperature": lambda v: f"T={number(float(v))}"}
+
+
+def readable(key: str, value) -> str:
+    """``model.lora_rank``, 8 -> ``LoRA r=8``; ``method.temperature``, 2.0 -> ``T=2``; else ``name=value``."""
+    name = key.split(".")[-1]
+    try:
+        return READABLE[name](value) if name in READABLE else f"{name}={value}"
+    except (TypeError, ValueError):
+        return f"{name}={value}"
+
+
 def assign_experiments(runs: list[Run]) -> dict[str, str]:
     """Run id -> experiment label: ``display_name`` plus whatever else tells apart experiments sharing it.
 
@@ -119,8 +133,11 @@ def assign_experiments(runs: list[Run]) -> dict[str, str]:
             keys = sorted({k for e in exps for k in e} - skip)
             varying = [k for k in keys if len({repr(e.get(k)) for e in exps}) > 1]
             for r, e in zip(sub, exps):
-                extra = ", ".join(f"{k.split('.')[-1]}={e.get(k)}" for k in varying)
-                labels[r.run_id] = base + (f" [{extra}]" if extra else "")
+                parts = [text for text in (readable(k, e.get(k)) for k in varying) if text]
+                if base == "naive" and parts and all(text.startswith("LoRA ") for text in parts):
+                    labels[r.run_id] = ", ".join(parts)  # naive fine-tuning through adapters: LoRA r=8
+                else:
+                    labels[r.run_id] = base + (f" [{', '.join(parts)}]" if parts else "")
     return labels
 
 
@@ -142,7 +159,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
         out.append({
             "benchmark": r.benchmark, "scenario": r.scenario, "method": r.method, "lambda": r.lam,
             "name": name_of(labels[r.run_id]), "variant": variant_of(labels[r.run_id]), "label": labels[r.run_id],
-            "seed": r.seed, "status": r.status, "state": r.state(), "tasks_completed": r.tasks_completed,
+            "seed": r.seed, "nll_unit": r.nll_unit, "status": r.status, "state": r.state(), "tasks_completed": r.tasks_completed,
             "n_tasks": r.n_tasks,
             **{m: s.get(m, float("nan")) for m, *_ in METRICS if m != "wall_time_s"},
             "wall_time_s": r.wall_time_s,
@@ -225,6 +242,10 @@ def forgetting_column(table: pd.DataFrame) -> str:
 def kl_fit(table: pd.DataFrame) -> dict | None:
     """Least-squares line (and parabola) of forgetting on KL drift on the new task, over complete runs.
 
+    ``slope_ci95`` is the slope's 95% t-interval (the regression's standard error, n - 2 degrees of
+    freedom); ``configs`` the number of distinct experiments among the ``n`` runs (seeds of one
+    experiment are not independent configurations).
+
     Forgetting is the max-based accuracy forgetting, or for causal LMs the max-based NLL rise
     (``column`` says which). ``quad`` holds the quadratic fit's coefficients (c0 + c1 x + c2 x^2)
     and R², given at least four runs (Shenfeld et al. 2025 fit forgetting against new-task KL).
@@ -234,8 +255,10 @@ def kl_fit(table: pd.DataFrame) -> dict | None:
     if len(d) < 3 or d["kl_new_task"].nunique() < 2:
         return None
     fit = stats.linregress(d["kl_new_task"], d[y])
+    half = float(stats.t.ppf(0.975, len(d) - 2) * fit.stderr)  # the slope's 95% t-interval (n - 2 degrees of freedom)
     out = {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(d),
-           "column": y}
+           "column": y, "slope_ci95": (float(fit.slope) - half, float(fit.slope) + half),
+           "configs": int(table.loc[d.index, "label"].nunique()) if "label" in table else len(d)}
     if len(d) >= 4 and d["kl_new_task"].nunique() >= 3:
         x, v = d["kl_new_task"].to_numpy(float), d[y].to_numpy(float)
         c2, c1, c0 = np.polyfit(x, v, 2)
@@ -315,7 +338,9 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         with_variant = bool((s["variant"].fillna("") != "").any())
         shown = [(m, h, pct) for m, h, pct, _ in METRICS
                  if m not in LM_METRICS or s[f"{m}_mean"].notna().any()]  # LM columns only for LM runs
-        head = ["method", "runs"] + [h for _, h, _ in shown]
+        here = table[(table["benchmark"] == bench) & (table["scenario"] == scen)]
+        unit = "byte" if "nll_unit" in here and len(here) and (here["nll_unit"] == "byte").all() else "token"
+        head = ["method", "runs"] + [h.replace("nats/token", f"nats/{unit}") for _, h, _ in shown]
         if with_variant:
             head.insert(1, "variant")
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -349,7 +374,9 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         if fit and fit["column"] == "nll_forgetting_max":
             quad = fit.get("quad")
             lines += [f"NLL rise (max-based) against KL drift on the new task over {fit['n']} complete runs: "
-                      f"least-squares slope {fit['slope']:.3f} nats/token per nat, R² = {fit['r2']:.3f}"
+                      f"least-squares slope {fit['slope']:.3f} nats/{unit} per nat "
+                      f"[{fit['slope_ci95'][0]:.3f}, {fit['slope_ci95'][1]:.3f}] (95% t-interval), R² = {fit['r2']:.3f}, "
+                      f"{fit['configs']} configs"
                       + (f"; quadratic fit {quad['c0']:.3f} + {quad['c1']:.3f} x + {quad['c2']:.3f} x², "
                          f"R² = {quad['r2']:.3f}" if quad else "") + ".", ""]
         elif fit:

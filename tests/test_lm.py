@@ -343,7 +343,9 @@ def test_lm_runs_plot_nll_curves_and_the_nll_summary(tmp_path):
     files = {p.name for p in write_report([tmp_path / "r"], tmp_path / "report")}
     assert {"nll_curves.png", "forgetting_curves.png", "kl_vs_forgetting.png", "summary.md"} <= files
     md = (tmp_path / "report" / "summary.md").read_text()
-    assert "NLL rise, max-based (nats/token)" in md and "NLL rise (max-based) against KL drift" in md
+    # --model gpt2 reads bytes (its byte-level tokenizer): its NLL is per byte
+    assert "NLL rise, max-based (nats/byte)" in md and "NLL rise (max-based) against KL drift" in md
+    assert "nats/byte per nat" in md and "(95% t-interval)" in md and "nats/token" not in md
 
 
 def test_lm_teacher_cache_gives_the_live_teachers_penalty(tmp_path):

@@ -460,6 +460,88 @@ def test_missing_path_and_file_as_out(sweep, tmp_path):
         write_report([sweep], tmp_path / "file")
 
 
+def test_a_method_keeps_its_colour_and_marker_whatever_else_a_report_holds(sweep):
+    """The palette is keyed by the method's name and λ, not by which methods a report happens to hold."""
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+
+    def look(methods):
+        figs = forgetting.plot.figures(df, methods=methods)
+        try:
+            (panel, *_) = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+            colour = {line.get_label(): tuple(np.round(line.get_color(), 6)) for line in panel.lines
+                      if "λ" in line.get_label()}
+            shape = {c.get_label(): c.get_paths()[0].vertices.round(6).tolist()
+                     for c in figs["kl_vs_forgetting"].axes[0].collections if "λ" in str(c.get_label())}
+            return colour, shape
+        finally:
+            for fig in figs.values():
+                plt.close(fig)
+
+    both, both_shapes = look(None)
+    alone, alone_shapes = look("kl+rdrop")  # a report without kl
+    one, one_shapes = look(["kl, λ=5"])  # one strength of kl
+    rdrop = ["kl λ=0.5 + rdrop α=1", "kl λ=5 + rdrop α=1"]
+    assert set(alone) == set(rdrop) and set(one) == {"kl, λ=5"}
+    assert all(alone[k] == both[k] for k in rdrop) and one["kl, λ=5"] == both["kl, λ=5"]
+    assert all(alone_shapes[k] == both_shapes[k] for k in rdrop) and one_shapes["kl, λ=5"] == both_shapes["kl, λ=5"]
+    assert len(set(both.values())) == 4  # four experiments, four colours
+    assert both_shapes["kl, λ=5"] != both_shapes["kl λ=5 + rdrop α=1"]  # kl and kl+rdrop: different markers
+
+
+def test_titles_are_off_for_the_paper_style_unless_asked_and_dashed_is_named_only_when_drawn(sweep):
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+
+    def heads(**kw):
+        figs = forgetting.plot.figures(df, methods=["kl, λ=5"], **kw)
+        try:
+            sup = {name: (fig._suptitle.get_text() if fig._suptitle is not None else "") for name, fig in figs.items()}
+            sup["tradeoff"] = figs["tradeoff"].axes[0].get_title(loc="left")
+            note = figs["forgetting_curves"].legends[0].get_title().get_text()
+            return sup, note
+        finally:
+            for fig in figs.values():
+                plt.close(fig)
+
+    paper, note = heads()
+    assert not any(paper.values()), paper  # the default (paper) style: no titles
+    assert "dashed" not in note  # every run drawn is complete
+    titled, _ = heads(titles=True)
+    assert titled["forgetting_curves"].startswith("Accuracy of each old task") and "trade-off" in titled["tradeoff"]
+    talk, _ = heads(style="talk")
+    assert all(talk.values())
+    with pytest.raises(BadInput, match="--titles"):
+        forgetting.plot.figures(df, titles="yes")
+
+
+def test_legends_say_what_a_reader_writes_lora_rank_and_temperature():
+    from types import SimpleNamespace
+
+    from forgetting.report_summary import readable
+
+    assert readable("model.lora_rank", 8) == "LoRA r=8" and readable("model.lora_rank", 0) == ""
+    assert readable("method.temperature", 2.0) == "T=2" and readable("loop.epochs", 3) == "epochs=3"
+
+    def fake(rid, method, hparams, lora):
+        config = {"method": {"name": method, "options": hparams}, "model": {"name": "gpt2", "options": {"lora_rank": lora}},
+                  "hparams": hparams}
+        return SimpleNamespace(run_id=rid, method=method, benchmark="b", scenario="domain", config=config,
+                               experiment=lambda: {"method.name": method, "model.lora_rank": lora,
+                                                   **{f"method.{k}": v for k, v in hparams.items()}})
+
+    labels = assign_experiments([fake("a", "naive", {}, 0), fake("b", "naive", {}, 8),
+                                 fake("c", "kl", {"kl_lambda": 1.0, "temperature": 1.0}, 0),
+                                 fake("d", "kl", {"kl_lambda": 1.0, "temperature": 2.0}, 0)])
+    assert labels == {"a": "naive", "b": "LoRA r=8", "c": "kl, λ=1 [T=1]", "d": "kl, λ=1 [T=2]"}
+
+
 # --- reading results runs no code ----------------------------------------------------------------
 def test_a_method_named_in_a_received_config_is_never_imported(sweep, tmp_path, monkeypatch):
     """Display names went through the method registry, which imports a dotted path: a received
@@ -508,3 +590,57 @@ def test_an_out_that_cannot_be_written_is_one_line(fault, sweep, tmp_path, monke
     assert err.count("\n") == 1 and "Traceback" not in err and str(out) in err, err
     assert ("Read-only file system" in err and code == 2) if fault.startswith("read") else \
         ("No space left on device" in err and code == 1)
+
+
+def test_kl_fit_slope_interval_is_the_regression_t_interval_and_methods_get_their_own_lines(sweep):
+    import matplotlib.pyplot as plt
+    from scipy import stats
+
+    import forgetting
+    from forgetting.report_summary import kl_fit, run_table
+    from forgetting.api import runs_from_frame
+
+    df = forgetting.load_results(sweep)
+    table = run_table(runs_from_frame(df))
+    fit = kl_fit(table)
+    d = table[table["status"] == "complete"].dropna(subset=["kl_new_task", "forgetting_max"])
+    x, y = d["kl_new_task"].to_numpy(float), d["forgetting_max"].to_numpy(float)
+    n = len(x)
+    slope = ((x - x.mean()) * (y - y.mean())).sum() / ((x - x.mean()) ** 2).sum()  # by hand, float64
+    resid = y - (y.mean() + slope * (x - x.mean()))
+    se = np.sqrt((resid ** 2).sum() / (n - 2) / ((x - x.mean()) ** 2).sum())
+    half = stats.t.ppf(0.975, n - 2) * se
+    assert fit["slope"] == pytest.approx(slope, rel=1e-9)
+    assert fit["slope_ci95"] == pytest.approx((slope - half, slope + half), rel=1e-9)
+    assert fit["n"] == 8 and fit["configs"] == 4  # 4 experiments x 2 seeds
+    figs = forgetting.plot.figures(df)
+    try:
+        legend = [t.get_text() for t in figs["kl_vs_forgetting"].legends[0].get_texts()]
+        title = figs["kl_vs_forgetting"].legends[0].get_title().get_text()
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    pooled = [t for t in legend if t.startswith("new-task KL, all runs: slope")]
+    assert len(pooled) == 1 and "n = 8, 4 configs" in pooled[0] and "slope [95% t-interval]" in title
+    own = [t for t in legend if t.startswith("new-task KL, kl: slope") or t.startswith("new-task KL, kl+rdrop: slope")]
+    assert len(own) == 2 and all("n = 4, 2 configs" in t for t in own), legend
+
+
+def test_runs_of_different_budgets_are_drawn_in_figures_of_their_own(sweep, tmp_path, capsys):
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    results = tmp_path / "results"
+    shutil.copytree(sweep, results)
+    run(results, "--method", "kl", "--kl-lambda", "0.5", "--seed", "0", "--epochs", "2")  # another budget
+    figs = forgetting.plot.figures(forgetting.load_results(results))
+    try:
+        names = sorted(figs)
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    assert "split-digits-domain/epochs=1/tradeoff" in names and "split-digits-domain/epochs=2/tradeoff" in names
+    assert "runs differ in epochs" in capsys.readouterr().err
+    files = write_report([results], tmp_path / "report")
+    assert (tmp_path / "report" / "split-digits-domain" / "epochs=2" / "forgetting_curves.png") in files

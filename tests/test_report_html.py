@@ -86,7 +86,7 @@ def test_report_html_embeds_every_png_and_each_decodes_to_the_file(report):
     for run_id in ids.values():
         assert run_id in text
     assert text.count("python -m forgetting.run ") == 3
-    assert "kl, λ=1 [temperature=2.0]" in text and "2 (seeds 0 1)" in text
+    assert "kl, λ=1 [T=2]" in text and "2 (seeds 0 1)" in text
 
 
 def test_report_html_stands_alone_when_moved(report, tmp_path):

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..errors import BadInput
 from .digest import digests
 from .text import RawTask, data_folder, split_train_test, text_stream
+from .text_download import ensure
 
 UCI_DOMAINS = [("amazon", "amazon_cells_labelled.txt"), ("yelp", "yelp_labelled.txt"), ("imdb", "imdb_labelled.txt")]
 UCI_CLASSES = [0, 1]
@@ -61,6 +62,7 @@ def read_uci(path: Path) -> tuple[list[str], list[int]]:
 
 
 def build_uci(scenario: str, options: dict):
+    options = ensure(options, "uci_sentiment", [f for _, f in UCI_DOMAINS], "uci-sentiment")
     folder = data_folder(options, "uci_sentiment", [f for _, f in UCI_DOMAINS], "uci-sentiment")
     raw = []
     for name, filename in UCI_DOMAINS:
@@ -93,6 +95,7 @@ def read_ag_csv(path: Path, n_classes: int) -> tuple[list[str], list[int]]:
 
 
 def build_ag_news(scenario: str, options: dict):
+    options = ensure(options, "ag_news", ["test.csv", "classes.txt"], "ag-news")
     folder = data_folder(options, "ag_news", ["test.csv", "classes.txt"], "ag-news")
     names = [c.strip() for c in read_text(folder / "classes.txt").splitlines() if c.strip()]
     x_all, y_all = read_ag_csv(folder / "test.csv", len(names))
@@ -117,6 +120,7 @@ def build_ag_news(scenario: str, options: dict):
 
 
 def build_clinc(scenario: str, options: dict):
+    options = ensure(options, "clinc150", ["data_full.json", "domains.json"], "clinc150")
     folder = data_folder(options, "clinc150", ["data_full.json", "domains.json"], "clinc150")
     return text_stream("clinc150", scenario, build_clinc_raw(options), options,
                        {"source": str(folder), "split": "official train/test, out-of-scope left out"})
@@ -182,6 +186,10 @@ def _lm_domains_fingerprint(options: dict) -> dict:
 
 def _fingerprint(folder: str, files: list[str]):
     def data_fingerprint(options: dict) -> dict:
+        if options.get("download") and options.get("data_dir") is None:  # where --download puts them
+            from .local import download_cache
+
+            options = {**options, "data_dir": str(download_cache())}
         try:
             found = data_folder(options, folder, files[:2] if folder == "ag_news" else files, folder)
         except BadInput:
