@@ -156,7 +156,7 @@ def test_every_command_has_version_and_help_lists_choices(capsys):
     with pytest.raises(SystemExit):
         sweep_main(["--help"])
     out = capsys.readouterr().out
-    assert "--executor {process,ray}" in out
+    assert "--executor {process,ray,slurm}" in out
     with pytest.raises(SystemExit):
         plot_main(["--help"])
     out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
