@@ -28,7 +28,7 @@ def console_table(summary_csv: Path) -> str:
         return f"{scale * m:{fmt}}" + ("" if pd.isna(lo) else f" [{scale * lo:{fmt}},{scale * hi:{fmt}}]{cut}")
 
     lines = ["", "old tasks kept (after the last task; mean [95% CI over seeds, † cut to the possible range]; "
-             "accuracies and forgetting in %, NLL in nats per token):"]
+             "accuracies and forgetting in %, NLL in nats per token, per byte for --model gpt2):"]
     header = None
     for _, row in df.iterrows():
         measures = parse_measures(row.get("report_measures"))
