@@ -305,7 +305,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + nrows * panel_h + line_in("axes.labelsize") + 0.15
               + line_in("legend.title_fontsize", n_lines(legend_title))
               + line_in("legend.fontsize", math.ceil(len(handles) / legend_cols)) + 0.15)
-    fig, axes = plt.subplots(nrows, ncols, figsize=(W, height), sharex=True, squeeze=False, layout="constrained")
+    # each panel spans only the steps where its task exists (from the end of its training), so no shared x axis
+    fig, axes = plt.subplots(nrows, ncols, figsize=(W, height), squeeze=False, layout="constrained")
     for ax in axes.flat[len(panels):]:  # an odd panel count on two columns: the one above shows the steps
         ax.axis("off")
         axes[nrows - 2, ncols - 1].xaxis.set_tick_params(labelbottom=True)
@@ -344,7 +345,11 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
             ax.set_yticks(np.linspace(0, 100, 6))
         else:
             clip_limits(ax, "y", low=0.0)
-    drawn[0].xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole (the x axis is shared)
+    last = max([*b.values(), *(data["finetune_step"].tolist() if data is not None else [])], default=0)
+    for k, ax in zip(panels, drawn):
+        first = b.get(k, 0) if k < n_old else 0  # a task measured but never learned: from the base task's end
+        ax.set_xlim(first, max(last, first + 1))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     for ax in axes[-1]:
         if ax.axison:
             ax.set_xlabel("fine-tuning step")

@@ -644,3 +644,26 @@ def test_runs_of_different_budgets_are_drawn_in_figures_of_their_own(sweep, tmp_
     assert "runs differ in epochs" in capsys.readouterr().err
     files = write_report([results], tmp_path / "report")
     assert (tmp_path / "report" / "split-digits-domain" / "epochs=2" / "forgetting_curves.png") in files
+
+
+def test_each_task_panel_starts_at_the_end_of_its_own_training(sweep, figs):
+    """A task's forgetting curve exists only from the end of its training on: its panel starts there."""
+    from forgetting.metrics import task_boundaries
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+    rows = df[df["run_id"] == df["run_id"].iloc[0]]
+    bounds = task_boundaries(rows)
+    ends = (bounds - bounds.iloc[0]).to_dict()  # fine-tuning step at which each task's training ended
+    panels = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+    assert len(panels) == len(ends) - 1 >= 2
+    firsts = [ax.get_xlim()[0] for ax in panels]
+    assert firsts == [ends[k] for k in range(len(panels))]
+    assert firsts[1] > firsts[0]  # not all from step 0
+    assert {ax.get_xlim()[1] for ax in panels} == {max(ends.values())}
+    for ax in panels:  # every point drawn lies inside its panel
+        for line in ax.lines:
+            x = np.asarray(line.get_xdata(), dtype=float)
+            if len(x) and line.get_label() != "_nolegend_" and not line.get_linestyle() == ":":
+                assert x.min() >= ax.get_xlim()[0]
