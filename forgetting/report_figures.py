@@ -262,7 +262,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     pct = value == "accuracy"
     scale = 100.0 if pct else 1.0
     label_of = dict(zip(table["run_id"], table["label"]))
-    palette = colors(table)
+    palette, shapes = colors(table), markers(table)
     order = label_order(table, look)
     pts = []
     for r in runs:
@@ -273,6 +273,13 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     data = pd.concat(pts, ignore_index=True) if pts else None
     ref = next((r for r in runs if r.complete), max(runs, key=lambda r: r.tasks_completed))
     reference = pct and "majority_accuracy" in ref.rows
+
+    # a 2-seed t-band (t = 12.7) that covers the whole 0-100 % says nothing: those seeds are drawn as points
+    smeared = set()
+    if data is not None and pct and look.bands:
+        for (k, label), d in data[data["complete"]].groupby(["eval_task", "label"]):
+            if d["run_id"].nunique() == 2 and any(t_band(g) == (0.0, 100.0) for _, g in d.groupby("finetune_step")["y"]):
+                smeared.add((k, label))
 
     # the legend first: its size sets the figure's height
     handles: dict[str, Line2D] = {}
@@ -299,7 +306,9 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
                  + f"\n{where}", W, "figure.titlesize") if look.titles else ""
     unfinished = data is not None and bool((~data["complete"] & data["label"].isin(order)).any())
     legend_title = wrap("mean over seeds" + ("; band: 95% t-interval" + (", cut to 0-100 %" if pct else "")
-                                             if look.bands else "") + ("; dashed: unfinished run" if unfinished else ""),
+                                             if look.bands else "")
+                        + ("; dots: each of 2 seeds, where their band would cover 0-100 %" if smeared else "")
+                        + ("; dashed: unfinished run" if unfinished else ""),
                         W, "legend.title_fontsize")
     panel_h = max(0.9, min(1.45, 6.0 / nrows)) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + 0.1 + nrows * panel_h + line_in("axes.labelsize") + 0.15
@@ -330,13 +339,17 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
             done = d[d["complete"] & (d["label"] == label)] if len(d) else d
             if len(done):
                 lines, bands = len(ax.lines), len(ax.collections)
+                smear = (k, label) in smeared
                 sns.lineplot(done, x="finetune_step", y="y", color=palette[label], estimator="mean", legend=False,
-                             errorbar=(t_band if pct else t_band_unbounded) if look.bands else None,
+                             errorbar=(t_band if pct else t_band_unbounded) if look.bands and not smear else None,
                              err_kws={"alpha": BAND_ALPHA, "linewidth": 0}, ax=ax)
                 for line in ax.lines[lines:]:
                     line.set_label(label)
                 for band in ax.collections[bands:]:
                     band.set_label(f"band: {label}")
+                if smear:
+                    ax.scatter(done["finetune_step"], done["y"], s=6, color=palette[label], marker=shapes[label],
+                               linewidths=0, zorder=3, label=f"seeds: {label}")
         if len(d):
             for (rid, label), u in d[~d["complete"]].groupby(["run_id", "label"]):
                 ax.plot(u["finetune_step"], u["y"], ls="--", lw=0.9, color=palette[label], label=f"{label} ({rid})")

@@ -191,7 +191,9 @@ def test_methods_tasks_bands_and_width_restrict_what_is_drawn(sweep):
         (panel,) = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
         assert sorted(line.get_label() for line in panel.lines if "rdrop" in line.get_label()) == \
             ["kl λ=0.5 + rdrop α=1", "kl λ=5 + rdrop α=1"]
-        assert len([c for c in panel.collections if isinstance(c, PolyCollection)]) == 2
+        # a band each, or (1-epoch seeds far apart: a band over all of 0-100 %) each seed's points
+        assert sorted(c.get_label().split(": ")[1] for c in panel.collections
+                      if c.get_label().startswith(("band: ", "seeds: "))) == ["kl λ=0.5 + rdrop α=1", "kl λ=5 + rdrop α=1"]
     finally:
         for fig in figs.values():
             plt.close(fig)
@@ -667,3 +669,38 @@ def test_each_task_panel_starts_at_the_end_of_its_own_training(sweep, figs):
             x = np.asarray(line.get_xdata(), dtype=float)
             if len(x) and line.get_label() != "_nolegend_" and not line.get_linestyle() == ":":
                 assert x.min() >= ax.get_xlim()[0]
+
+
+def test_a_two_seed_band_that_would_cover_0_to_100_is_drawn_as_points_with_a_note(sweep):
+    """Seeds at 5 % and 95 %: the 2-seed t-interval (t = 12.7) spans all of 0-100 %, so each seed is a point."""
+    import matplotlib.pyplot as plt
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+    rdrop = df["method"] == "kl+rdrop"
+    far, near = rdrop & (df["lambda"] == 5), rdrop & (df["lambda"] == 0.5)
+    df.loc[far, "accuracy"] = np.where(df.loc[far, "seed"] == 0, 0.05, 0.95)
+    df.loc[near, "accuracy"] = np.where(df.loc[near, "seed"] == 0, 0.60, 0.62)  # band 61 +- 12.7 %
+    figs = forgetting.plot.figures(df, methods="kl+rdrop", tasks=[0])
+    try:
+        fig = figs["forgetting_curves"]
+        (panel,) = [ax for ax in fig.axes if ax.get_ylabel() == "accuracy (%)"]
+        bands = [c.get_label() for c in panel.collections if c.get_label().startswith("band")]
+        assert bands == ["band: kl λ=0.5 + rdrop α=1"]  # the other keeps its band
+        (dots,) = [c for c in panel.collections if c.get_label().startswith("seeds")]
+        assert dots.get_label() == "seeds: kl λ=5 + rdrop α=1"
+        ys = sorted(set(np.round(dots.get_offsets()[:, 1], 6)))
+        assert ys == [5.0, 95.0]  # one point per seed and step, at each seed's own accuracy
+        mean = next(line for line in panel.lines if line.get_label() == "kl λ=5 + rdrop α=1")
+        assert np.allclose(mean.get_ydata(), 50.0)
+        assert "dots: each of 2 seeds" in fig.legends[0].get_title().get_text().replace("\n", " ")
+    finally:
+        for f in figs.values():
+            plt.close(f)
+    df.loc[far, "accuracy"] = np.where(df.loc[far, "seed"] == 0, 0.30, 0.32)
+    figs = forgetting.plot.figures(df, methods="kl+rdrop", tasks=[0])
+    try:  # seeds that agree keep their bands and no note
+        assert "dots" not in figs["forgetting_curves"].legends[0].get_title().get_text()
+    finally:
+        for f in figs.values():
+            plt.close(f)
