@@ -391,7 +391,8 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
 def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Path, prefix: str,
                       look: Look = Look()) -> list[Path]:
     """A[t][k] in % per experiment, mean over complete seeds: a square panel each, two (column width) or
-    four (page width) to a row, numbers written in the cells where they fit."""
+    four (page width) to a row, numbers written in the cells where they fit (mean and, over 2 or more seeds,
+    the seeds' standard deviation below it)."""
     names = task_names(runs)
     K = len(names)  # columns: every task evaluated (lm-eval's and evaluation-only tasks after the learned ones)
     T = max(r.n_tasks for r in runs) or K  # rows: the tasks learned
@@ -413,7 +414,7 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
     panel_titles = {}
     for label in order:
         done = [r for r in groups[label] if r.complete]
-        what = (f"{len(done)} seed{'s' * (len(done) > 1)}" if done else
+        what = (f"{len(done)} seed{'s' * (len(done) > 1)}" + (": mean ± sd" if len(done) > 1 else "") if done else
                 "unfinished: " + "; ".join(f"seed {r.seed} {r.state()}" for r in groups[label]))
         panel_titles[label] = wrap(f"{label}\n{what}", panel, "axes.titlesize")
     title_lines = max(map(n_lines, panel_titles.values()))
@@ -435,7 +436,12 @@ def accuracy_heatmaps(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         with warnings.catch_warnings():  # a cell no run reached stays NaN (blank)
             warnings.simplefilter("ignore", RuntimeWarning)
             M = np.nanmean(np.stack(mats), axis=0) if mats else np.full((T, K), np.nan)
-        sns.heatmap(100 * M, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=annotate, fmt=".0f", cbar=False,
+            S = np.nanstd(np.stack(mats), axis=0, ddof=1) if len(mats) >= 2 else None  # the spread over seeds
+        cells = np.array([[f"{100 * m:.0f}" + (f"\n±{100 * S[t, k]:.0f}" if S is not None and np.isfinite(S[t, k])
+                                                else "") if np.isfinite(m) else "" for k, m in enumerate(row)]
+                          for t, row in enumerate(M)])
+        sns.heatmap(100 * M, ax=ax, vmin=0, vmax=100, cmap="viridis", annot=cells if annotate else False, fmt="",
+                    cbar=False,
                     mask=np.isnan(M), xticklabels=list(range(K)), yticklabels=list(range(T)), square=True,
                     annot_kws={"fontsize": points("legend.fontsize")})
         ax.set_title(panel_titles[label])

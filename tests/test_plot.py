@@ -704,3 +704,30 @@ def test_a_two_seed_band_that_would_cover_0_to_100_is_drawn_as_points_with_a_not
     finally:
         for f in figs.values():
             plt.close(f)
+
+
+def test_accuracy_matrix_cells_show_the_mean_and_the_sd_over_seeds(sweep):
+    """Seeds at 40 % and 50 % on every cell: mean 45, sd (n - 1) = 10 / sqrt(2) = 7.07, written "45\\n±7"."""
+    import statistics
+
+    import matplotlib.pyplot as plt
+
+    import forgetting
+
+    df = forgetting.load_results(sweep)
+    two = (df["method"] == "kl+rdrop") & (df["lambda"] == 5)
+    df.loc[two, "accuracy"] = np.where(df.loc[two, "seed"] == 0, 0.40, 0.50)
+    sd = 100 * statistics.stdev([0.40, 0.50])
+    assert f"{sd:.0f}" == "7"
+    figs = forgetting.plot.figures(df, methods=["kl λ=5 + rdrop α=1", "kl, λ=0.5"])
+    try:
+        heat = figs["accuracy_matrix"]
+        (panel,) = [ax for ax in heat.axes if ax.get_title(loc="left").startswith("kl λ=5 + rdrop")]
+        assert "2 seeds: mean ± sd" in panel.get_title(loc="left").replace("\n", " ")
+        cells = [t.get_text() for t in panel.texts]
+        assert cells and set(cells) == {"45\n±7"}
+        (other,) = [ax for ax in heat.axes if ax.get_title(loc="left").startswith("kl, λ=0.5")]
+        assert all("\n±" in t.get_text() for t in other.texts)  # real seeds: the sd is there too
+    finally:
+        for f in figs.values():
+            plt.close(f)
