@@ -187,3 +187,22 @@ def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
                                  storage=f"sqlite:///{results / 'search.db'}").trials) == 4
     assert sweep.main([*args, "--objective", "nope"]) == 2
     assert "--objective: 'nope'" in capsys.readouterr().err
+
+
+def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows(tmp_path):
+    """Claims and resume as the process executor's: a second call finds the runs complete, submits no job."""
+    pytest.importorskip("submitit")
+    results = tmp_path / "results"
+    args = ["--grid", "kl_lambda=0", "--seeds", "0-1", "--results-dir", str(results), "--executor", "slurm",
+            "--slurm-cluster", "local", "--slurm-time", "10", "--no-report", "--", *RUN]
+    p = run_cli("forgetting.sweep", *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    runs = sorted(d for d in results.iterdir() if (d / METRICS).is_file())
+    assert len(runs) == 2
+    before = {d.name: (d / METRICS).read_bytes() for d in runs}
+    jobs = sorted(str(f) for f in (results / "slurm").rglob("*"))
+    p = run_cli("forgetting.sweep", *args)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "2 runs in the grid: 2 already complete, 0 unfinished to run again, 0 new" in p.stdout + p.stderr
+    assert {d.name: (d / METRICS).read_bytes() for d in runs} == before  # the same rows, not written again
+    assert sorted(str(f) for f in (results / "slurm").rglob("*")) == jobs  # no job submitted
