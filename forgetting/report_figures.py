@@ -363,6 +363,7 @@ def forgetting_curves(runs: list[Run], table: pd.DataFrame, where: str, out: Pat
         first = b.get(k, 0) if k < n_old else 0  # a task measured but never learned: from the base task's end
         ax.set_xlim(first, max(last, first + 1))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
+        ax.set_xlabel("fine-tuning step")  # every panel: its own steps (seaborn would write the column's name)
     for ax in axes[-1]:
         if ax.axison:
             ax.set_xlabel("fine-tuning step")

@@ -731,3 +731,8 @@ def test_accuracy_matrix_cells_show_the_mean_and_the_sd_over_seeds(sweep):
     finally:
         for f in figs.values():
             plt.close(f)
+
+
+def test_every_curve_panel_names_its_own_steps(figs):
+    panels = [ax for ax in figs["forgetting_curves"].axes if ax.get_ylabel() == "accuracy (%)"]
+    assert {ax.get_xlabel() for ax in panels} == {"fine-tuning step"}
