@@ -21,7 +21,7 @@ from typing import Sequence
 from ..errors import BadInput, first_line
 from ..options import Option, defaults
 from .digest import file_digest
-from .text import RawTask, encodes_own_tasks, sample, split_train_test, text_stream
+from .text import RawTask, encodes_own_tasks, require_own_encoding, sample, split_train_test, text_stream
 
 OPTIONS = [
     Option("text_file", str, "", "text-file stream: the data, a .csv, .tsv, .jsonl/.json or .parquet file"),
@@ -333,9 +333,7 @@ def build_pairs(scenario: str, options: dict):
     if not (options.get("prompt_column") and options.get("response_column")):
         missing = "--response-column" if options.get("prompt_column") else "--prompt-column"
         raise BadInput(f"{missing}: prompt/response rows need both --prompt-column and --response-column")
-    if not encodes_own_tasks(options):
-        raise BadInput("--response-column: prompt/response rows need a causal LM, allowed: --model gpt2 or "
-                       "causal:PATH_OR_HUB_ID")
+    require_own_encoding("--response-column", "rows", options)
     path, test_path = options["text_file"], options.get("text_test_file") or ""
     train_rows = read_pairs(path, "--text-file", options)
     test_rows = read_pairs(test_path, "--text-test-file", options) if test_path else None

@@ -20,7 +20,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..options import Option
 from .digest import file_digest
-from .text import RawTask, encodes_own_tasks, text_stream
+from .text import RawTask, require_own_encoding, text_stream
 from .trace import _root, read_json_list, task_names
 
 OPTIONS = [
@@ -143,9 +143,7 @@ def raw_tasks(options: dict) -> list[RawTask]:
 
 
 def build(scenario: str, options: dict):
-    if not encodes_own_tasks(options):
-        raise BadInput("--benchmark olora: prompt/response tasks need a causal LM, allowed: --model gpt2 or "
-                       "causal:PATH_OR_HUB_ID")
+    require_own_encoding("--benchmark olora", "tasks", options)
     raw = raw_tasks(options)
     info = {"source": str(Path(options["data_dir"]).expanduser().resolve()), "lm_pairs": True,
             "lm_choices_are_classes": True, "split": "train.json / test.json of each dataset (O-LoRA's layout)", "scoring": "olora"}

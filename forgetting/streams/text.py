@@ -60,6 +60,13 @@ def encodes_own_tasks(options: dict) -> bool:
     return isinstance(maker, TokenizerMaker) and maker.encode is not None
 
 
+def require_own_encoding(option: str, pairs: str, options: dict) -> None:
+    """Prompt/response ``pairs`` (tasks, rows) are encoded by a causal LM's objective: refuse them for any other model."""
+    if not encodes_own_tasks(options):
+        raise BadInput(f"{option}: prompt/response {pairs} need a causal LM, allowed: --model gpt2 or "
+                       "causal:PATH_OR_HUB_ID")
+
+
 @dataclass
 class RawTask:
     """One task's labelled texts as a source gives them; ``classes`` are its labels in output order."""

@@ -16,7 +16,7 @@ from pathlib import Path
 from ..errors import BadInput
 from ..options import Option
 from .digest import file_digest
-from .text import RawTask, encodes_own_tasks, text_stream
+from .text import RawTask, require_own_encoding, text_stream
 
 OPTIONS = [
     Option("trace_tasks", str, [], "trace: the task folders under --data-dir to learn, in order (e.g. FOMC "
@@ -108,9 +108,7 @@ def raw_tasks(options: dict) -> list[RawTask]:
 
 
 def build(scenario: str, options: dict):
-    if not encodes_own_tasks(options):
-        raise BadInput("--benchmark trace: prompt/response tasks need a causal LM, allowed: --model gpt2 or "
-                       "causal:PATH_OR_HUB_ID")
+    require_own_encoding("--benchmark trace", "tasks", options)
     raw = raw_tasks(options)
     info = {"source": str(Path(options["data_dir"]).expanduser().resolve()), "lm_pairs": True,
             "split": "train.json / test.json of each task (TRACE's layout)", "scoring": "trace"}
