@@ -312,6 +312,7 @@ def test_naive_and_avalanche_naive_agree_on_split_digits(tmp_path):
 # --- the CLI -------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_runs_an_avalanche_strategy(cli, tmp_path):
     proc = cli("forgetting.run", "--method", "avalanche-ewc", "--av-ewc-lambda", "5", "--epochs", "1",
                "--results-dir", str(tmp_path))

@@ -6,6 +6,7 @@ import json
 import re
 
 import pandas as pd
+import pytest
 
 from conftest import run_cli
 from forgetting import progress
@@ -31,6 +32,7 @@ def test_a_run_whose_stderr_is_a_pipe_writes_one_line_per_task_and_per_evaluatio
     assert len(tasks) == 5
 
 
+@pytest.mark.slow
 def test_a_sweep_whose_stderr_is_a_pipe_writes_one_line_per_finished_run(tmp_path):
     suite = tmp_path / "suite.toml"
     suite.write_text('name = "tiny"\n[defaults]\nepochs = 1\nbatch_size = 64\n'

@@ -197,6 +197,7 @@ def _package(tmp_path, entry_point: bool):
     return {"PYTHONPATH": str(tmp_path)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["module path", "entry point"])
 def test_a_users_method_runs_from_their_own_package(tmp_path, how):
     env = _package(tmp_path, entry_point=how == "entry point")

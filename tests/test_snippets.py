@@ -144,7 +144,7 @@ def finished_runs(tmp_path_factory) -> Path:
     return results
 
 
-@pytest.mark.parametrize("block", RUNNABLE, ids=[b.id for b in RUNNABLE])
+@pytest.mark.parametrize("block", [pytest.param(b, id=b.id, marks=pytest.mark.slow) for b in RUNNABLE])  # processes
 def test_block_runs_as_printed(tmp_path, block, request):
     from forgetting.streams import default_data_dir
 

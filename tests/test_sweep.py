@@ -332,6 +332,7 @@ def test_sweep_resumes_after_sigkill_without_rerunning_or_duplicating(tmp_path):
         assert config["loop"]["epochs"] == epochs
 
 
+@pytest.mark.slow
 def test_failed_run_is_listed_and_the_others_finish(tmp_path):
     suite = write(tmp_path, TINY.format(epochs=1).replace("grid.kl_lambda = [0, 1]", "kl_lambda = 1") + """
         [[experiment]]
@@ -369,6 +370,7 @@ def test_ray_executor_gives_the_same_rows_as_processes(tmp_path):
         pd.testing.assert_frame_equal(rows["ray"][rid], df, check_exact=True)
 
 
+@pytest.mark.slow
 def test_run_all_passes_arguments_through_and_returns_the_sweep_exit_code(tmp_path):
     env = dict(os.environ, FORGETTING_PYTHON=sys.executable)  # no .venv to make: the interpreter is ready
     results = tmp_path / "results"

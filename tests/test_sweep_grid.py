@@ -48,6 +48,7 @@ def test_grid_lists_the_product_with_the_run_ids_of_the_same_runs_by_hand(tmp_pa
     assert listed == expected
 
 
+@pytest.mark.slow
 def test_grid_runs_as_a_sweep_and_a_second_call_skips_them(tmp_path):
     results = tmp_path / "results"
     args = ["--grid", "kl_lambda=0,1", "--seeds", "0", "--results-dir", str(results), "--workers", "1",
@@ -156,6 +157,7 @@ grid.kl_direction = ["forward", "reverse"]
 """
 
 
+@pytest.mark.slow
 def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
     suite = tmp_path / "lam.toml"
@@ -189,6 +191,7 @@ def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
     assert "--objective: 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows(tmp_path):
     """Claims and resume as the process executor's: a second call finds the runs complete, submits no job."""
     pytest.importorskip("submitit")
