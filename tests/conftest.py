@@ -94,6 +94,23 @@ def resumed_equals_whole(cfg, tmp_path, monkeypatch) -> Path:
     return run_dir
 
 
+def suite_rows_here(suite: Path, results: Path) -> dict:
+    """Every run of the suite file ``suite``, run one after the other in this process: {run id: its rows
+    without wall_time}. What an executor's runs (processes, Ray, SLURM) must give, without starting one."""
+    import pandas as pd
+
+    from forgetting.results import METRICS
+    from forgetting.running import run_experiment
+    from forgetting.suite import load_suite
+
+    out = {}
+    for config in load_suite(suite).runs(str(results.resolve()), default_data_dir()):
+        run_dir, _, status = run_experiment(config, resolved=True)
+        assert status == "complete", (config.run_id, status)
+        out[config.run_id] = pd.read_csv(run_dir / METRICS).drop(columns="wall_time")
+    return out
+
+
 class FixedTeacher(nn.Module):
     """A frozen 'teacher' that returns fixed logits, in eval mode (for penalties checked by hand)."""
 

@@ -4,8 +4,9 @@
 The cluster lives in a network namespace of its own (``unshare --net --pid``: only a loopback
 interface, so nothing of it is reachable from outside, and every process in it dies with the
 namespace's first process). Run as a script, this file is that first process: it starts the
-two nodes, runs the sweep through them, optionally kills the second node once it has started
-a run, and exits. Needs root (for the namespace) and Ray; skipped otherwise.
+two nodes, runs the sweep through them, runs it again into another results directory and kills
+the second node once it has started a run there, and exits. One cluster serves both sweeps (a
+cluster's start costs as much as a sweep). Needs root (for the namespace) and Ray; skipped otherwise.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+
+from conftest import suite_rows_here
 
 ROOT = Path(__file__).resolve().parents[1]
 SUITE = """
@@ -93,18 +96,19 @@ def _wait_for_nodes(address: str, n: int, nodes: list[subprocess.Popen], timeout
     raise SystemExit(f"the cluster did not reach {n} nodes in {timeout} s")
 
 
-def in_namespace(suite: str, results: str, logs: str, kill_worker: bool) -> int:
-    """Start a head and a worker node on 127.0.0.1, sweep through them, return the sweep's exit code."""
+def in_namespace(suite: str, results: str, logs: str) -> int:
+    """Start a head and a worker node on 127.0.0.1, sweep through them into RESULTS/keep, then again into
+    RESULTS/kill killing the worker node mid-run; 0 when both sweeps exited 0."""
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     logs = Path(logs)
     temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # Ray's socket paths must stay under 108 bytes
     try:
-        return _cluster(suite, results, logs, temp, kill_worker)
+        return _cluster(suite, Path(results), logs, temp)
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def _cluster(suite: str, results: str, logs: Path, temp: str, kill_worker: bool) -> int:
+def _cluster(suite: str, results: Path, logs: Path, temp: str) -> int:
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", RAY_AUTH_MODE="token",
                RAY_AUTH_TOKEN=uuid.uuid4().hex + uuid.uuid4().hex)
     os.environ.update(env)
@@ -117,10 +121,18 @@ def _cluster(suite: str, results: str, logs: Path, temp: str, kill_worker: bool)
                   "52412", "--runtime-env-agent-port", "52413", "--metrics-export-port", "52414",
                   env=env, log=logs / "worker.log")
     _wait_for_nodes(address, 2, [head, worker])
+    codes = [_sweep(suite, results / how, logs, address, env, worker if how == "kill" else None)
+             for how in ("keep", "kill")]
+    return max(codes, key=abs)
+
+
+def _sweep(suite: str, results: Path, logs: Path, address: str, env: dict, worker: subprocess.Popen | None) -> int:
+    """The suite through the cluster; with ``worker`` (the worker node's process), that node is SIGKILLed with
+    all it started once it has a run going past its first task."""
     sweep = subprocess.Popen([sys.executable, "-m", "forgetting.sweep", suite, "--executor", "ray", "--ray-address",
-                              address, "--results-dir", results, "--no-report", "--quiet"],
-                             cwd=ROOT, env=env, stdout=(logs / "sweep.out").open("w"), stderr=subprocess.STDOUT)
-    if kill_worker:  # once the worker node has a run going: SIGKILL the node and everything it started
+                              address, "--results-dir", str(results), "--no-report", "--quiet"], cwd=ROOT, env=env,
+                             stdout=(logs / f"sweep-{results.name}.out").open("w"), stderr=subprocess.STDOUT)
+    if worker is not None:  # once the worker node has a run going: SIGKILL the node and everything it started
         import ray
 
         ray.init(address=address, logging_level="ERROR")
@@ -161,45 +173,44 @@ def _rows(results: Path) -> dict[str, pd.DataFrame]:
     return out
 
 
-def _cluster_sweep(tmp_path: Path, kill_worker: bool) -> tuple[Path, Path]:
+def _cluster_sweeps(tmp_path: Path) -> tuple[Path, Path]:
     suite = tmp_path / "suite.toml"
     suite.write_text(SUITE)
     results, logs = tmp_path / "cluster", tmp_path / "logs"
     logs.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     p = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, __file__, str(suite),
-                        str(results), str(logs), "kill" if kill_worker else "keep"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    out = (logs / "sweep.out").read_text() if (logs / "sweep.out").exists() else ""
-    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-3000:]}\n{out[-3000:]}"
+                        str(results), str(logs)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    out = "\n".join(f.read_text()[-3000:] for f in sorted(logs.glob("sweep-*.out")))
+    assert p.returncode == 0, f"{p.stdout[-2000:]}\n{p.stderr[-3000:]}\n{out}"
     return suite, results
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill_worker", [False, True], ids=["both-nodes", "worker-killed"])
-def test_a_sweep_on_a_two_node_ray_cluster(tmp_path, kill_worker):
+def test_sweeps_on_a_two_node_ray_cluster_use_both_nodes_and_survive_a_killed_node(tmp_path):
+    """The suite's 6 runs on the cluster: both nodes run runs; again with the worker node SIGKILLed mid-run: its
+    run is retried on the head and resumed. Both times every run's rows are those of the run in this process."""
     pytest.importorskip("ray")
     if not _can_unshare():
         pytest.skip("needs root to make a network namespace (unshare --net) for the cluster")
-    suite, results = _cluster_sweep(tmp_path, kill_worker)
-    manifests = [json.loads(m.read_text()) for m in results.glob("*/manifest.json")]
-    assert len(manifests) == 6 and all(m["status"] == "complete" for m in manifests)
-    assert not list(results.glob("*/run.lock"))  # every claim released, the killed node's taken over
-    if kill_worker:  # the run the dead node held: retried by Ray on the head, its claim taken over, resumed
-        killed = json.loads((tmp_path / "logs" / "killed.json").read_text())
-        m = next(m for m in manifests if m["run_id"] == killed["run_id"])
-        assert m["ray_node_id"] != killed["ray_node_id"] and m["resumed_at"][0]["after_task"] >= 0
-    else:
-        assert len({m["ray_node_id"] for m in manifests}) == 2, "both nodes ran runs"
-    p = subprocess.run([sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(tmp_path / "process"),
-                        "--workers", "2", "--no-report", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert p.returncode == 0, p.stderr[-2000:]
-    cluster, process = _rows(results), _rows(tmp_path / "process")
-    assert cluster.keys() == process.keys() and len(cluster) == 6
-    for rid, df in process.items():
-        pd.testing.assert_frame_equal(cluster[rid], df, check_exact=True)
+    suite, results = _cluster_sweeps(tmp_path)
+    here = suite_rows_here(suite, tmp_path / "here")
+    assert len(here) == 6
+    for how in ("keep", "kill"):
+        manifests = [json.loads(m.read_text()) for m in (results / how).glob("*/manifest.json")]
+        assert len(manifests) == 6 and all(m["status"] == "complete" for m in manifests), how
+        assert not list((results / how).glob("*/run.lock")), how  # every claim released, the killed node's taken over
+        if how == "kill":  # the run the dead node held: retried by Ray on the head, its claim taken over, resumed
+            killed = json.loads((tmp_path / "logs" / "killed.json").read_text())
+            m = next(m for m in manifests if m["run_id"] == killed["run_id"])
+            assert m["ray_node_id"] != killed["ray_node_id"] and m["resumed_at"][0]["after_task"] >= 0
+        else:
+            assert len({m["ray_node_id"] for m in manifests}) == 2, "both nodes ran runs"
+        cluster = _rows(results / how)
+        assert cluster.keys() == here.keys(), how
+        for rid, df in here.items():
+            pd.testing.assert_frame_equal(cluster[rid], df, check_exact=True)
 
 
-if __name__ == "__main__":  # the namespace's first process: python tests/test_ray_cluster.py SUITE RESULTS LOGS kill|keep
-    sys.exit(in_namespace(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4] == "kill"))
+if __name__ == "__main__":  # the namespace's first process: python tests/test_ray_cluster.py SUITE RESULTS LOGS
+    sys.exit(in_namespace(sys.argv[1], sys.argv[2], sys.argv[3]))
