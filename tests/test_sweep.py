@@ -13,7 +13,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, run_cli, suite_rows_here
 from forgetting import sweep
 from forgetting.errors import BadInput
 from forgetting.results import CONFIG, MANIFEST, METRICS
@@ -355,9 +355,12 @@ def test_failed_run_is_listed_and_the_others_finish(tmp_path):
 
 @pytest.mark.slow
 def test_ray_executor_gives_the_same_rows_as_processes(tmp_path):
+    """The process and the Ray executor (each sweep's driver in its own process) give the rows of the runs made
+    in this process (tests/test_sweep_grid.py and tests/test_ray_cluster.py compare SLURM and a cluster with
+    the same)."""
     pytest.importorskip("ray")
     suite = write(tmp_path, TINY.format(epochs=2).replace("seeds = [0, 1]", "seeds = [0]"))  # 2 runs: kl at 0 and 1
-    rows = {}
+    rows = {"here": suite_rows_here(suite, tmp_path / "here")}
     for executor in ("process", "ray"):
         results = tmp_path / executor
         p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "1",
@@ -365,8 +368,9 @@ def test_ray_executor_gives_the_same_rows_as_processes(tmp_path):
         assert p.returncode == 0, p.stderr[-2000:]
         rows[executor] = {rid: pd.read_csv(results / rid / METRICS).drop(columns="wall_time")
                           for rid in complete_runs(results)}
-    assert len(rows["process"]) == 2 and rows["ray"].keys() == rows["process"].keys()
-    for rid, df in rows["process"].items():
+    assert len(rows["here"]) == 2 and rows["ray"].keys() == rows["process"].keys() == rows["here"].keys()
+    for rid, df in rows["here"].items():
+        pd.testing.assert_frame_equal(rows["process"][rid], df, check_exact=True)
         pd.testing.assert_frame_equal(rows["ray"][rid], df, check_exact=True)
 
 
