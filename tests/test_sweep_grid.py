@@ -49,7 +49,7 @@ def test_grid_lists_the_product_with_the_run_ids_of_the_same_runs_by_hand(tmp_pa
 
 
 @pytest.mark.slow
-def test_grid_runs_as_a_sweep_and_a_second_call_skips_them(tmp_path):
+def test_grid_runs_as_a_sweep_and_a_second_call_skips_them(tmp_path, capsys):
     results = tmp_path / "results"
     args = ["--grid", "kl_lambda=0,1", "--seeds", "0", "--results-dir", str(results), "--workers", "1",
             "--no-report", "--quiet", "--", *RUN]
@@ -64,8 +64,10 @@ def test_grid_runs_as_a_sweep_and_a_second_call_skips_them(tmp_path):
     assert lambdas == [0.0, 1.0]
     for rid in log["runs"]:
         assert len(pd.read_csv(results / rid / METRICS)) > 0
-    again = run_cli("forgetting.sweep", *[a for a in args if a != "--quiet"])
-    assert again.returncode == 0 and "2 already complete" in again.stderr, again.stderr
+    capsys.readouterr()
+    code = sweep.main([a for a in args if a != "--quiet"])  # the second call in this process: nothing to start
+    err = capsys.readouterr().err
+    assert code == 0 and "2 already complete" in err, err
 
 
 @pytest.mark.parametrize("args, message", [
@@ -191,7 +193,7 @@ def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows(tmp_path):
+def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows(tmp_path, capsys):
     """Claims and resume as the process executor's: a second call finds the runs complete, submits no job."""
     pytest.importorskip("submitit")
     results = tmp_path / "results"
@@ -203,8 +205,10 @@ def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows
     assert len(runs) == 2
     before = {d.name: (d / METRICS).read_bytes() for d in runs}
     jobs = sorted(str(f) for f in (results / "slurm").rglob("*"))
-    p = run_cli("forgetting.sweep", *args)
-    assert p.returncode == 0, p.stderr[-3000:]
-    assert "2 runs in the grid: 2 already complete, 0 unfinished to run again, 0 new" in p.stdout + p.stderr
+    capsys.readouterr()
+    code = sweep.main(args)  # the second call in this process: it must find both complete and submit nothing
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert "2 runs in the grid: 2 already complete, 0 unfinished to run again, 0 new" in out.out + out.err
     assert {d.name: (d / METRICS).read_bytes() for d in runs} == before  # the same rows, not written again
     assert sorted(str(f) for f in (results / "slurm").rglob("*")) == jobs  # no job submitted
