@@ -312,12 +312,14 @@ def test_naive_and_avalanche_naive_agree_on_split_digits(tmp_path):
 # --- the CLI -------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_cli_runs_an_avalanche_strategy(cli, tmp_path):
-    proc = cli("forgetting.run", "--method", "avalanche-ewc", "--av-ewc-lambda", "5", "--epochs", "1",
-               "--results-dir", str(tmp_path))
-    assert proc.returncode == 0, proc.stderr
-    assert "average accuracy over the 5 tasks seen" in proc.stdout
+def test_cli_runs_an_avalanche_strategy(tmp_path, capsys):
+    # the CLI's main in this process: README.md's avalanche-ewc block runs the same command as a process
+    from forgetting.run import main
+
+    code = main(["--method", "avalanche-ewc", "--av-ewc-lambda", "5", "--epochs", "1", "--results-dir", str(tmp_path)])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert "average accuracy over the 5 tasks seen" in out.out
     [run_dir] = [p for p in tmp_path.iterdir() if p.is_dir()]
     cfg = json.loads((run_dir / "config.json").read_text())
     assert cfg["method"] == {"name": "avalanche-ewc", "settings": {},
