@@ -202,6 +202,8 @@ class RunWriter:
         self.t0 = time.perf_counter()
         self._written_at = float("-inf")
         self._synced = True  # metrics.csv holds every row, flushed to disk
+        self._boundary = None  # the last task boundary's background write (a Future), until waited for
+        self._boundary_pool = None
         self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
         self._tracking = False
         self.manifest: dict[str, Any] = {
@@ -287,10 +289,30 @@ class RunWriter:
         self.manifest.update(fields)
         self.write_manifest()
 
-    def task_done(self, trainer, task: int) -> None:
-        """A task boundary: the rows up to here are on disk, then the manifest says they are complete."""
+    def task_done(self, trainer, task: int, save: Callable[[], None] | None = None) -> None:
+        """A task boundary: the rows up to here are on disk (synced, now); then, in the background while the next
+        task trains, ``save()`` writes the checkpoint (its files synced) and after it the manifest says the task
+        is complete. Syncing a model's weights to disk is I/O the loop need not wait for; the order, rows then
+        checkpoint then manifest, is kept, and an error surfaces at the next boundary or the end (``wait``)."""
         self.flush_rows()
-        self.update(completed_tasks=task + 1)
+        self.wait()
+
+        def boundary() -> None:
+            if save is not None:
+                save()
+            self.update(completed_tasks=task + 1)
+
+        if self._boundary_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._boundary_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgetting-boundary")
+        self._boundary = self._boundary_pool.submit(boundary)
+
+    def wait(self) -> None:
+        """The last boundary's checkpoint and manifest are written (its error, a WriteFailed, raised here)."""
+        pending, self._boundary = self._boundary, None
+        if pending is not None:
+            pending.result()
 
     def resume_from(self, rows: list[dict], elapsed: float, task: int) -> None:
         """Continue a killed run: keep its rows up to the end of ``task`` and its clock."""
@@ -301,6 +323,15 @@ class RunWriter:
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        try:
+            self.wait()
+        except WriteFailed:
+            if status == "complete":
+                raise
+        finally:
+            if self._boundary_pool is not None:
+                self._boundary_pool.shutdown()
+                self._boundary_pool = None
         if self.dir.is_dir():
             try:
                 self.flush_rows()

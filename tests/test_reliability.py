@@ -311,6 +311,33 @@ def test_a_write_that_fails_stops_the_run_with_the_path_and_position(tmp_path, m
     assert rows["trained_task"].max() == 0 and len(rows) == 15  # the last version written whole
 
 
+def test_a_checkpoint_written_in_the_background_that_fails_stops_the_run_naming_it(tmp_path, monkeypatch):
+    """The checkpoint after task 1 cannot be written (ENOSPC): its write runs while task 2 trains, and the run
+    stops failed naming the file; the manifest never says task 1 is complete, task 0's checkpoint is whole."""
+    import errno
+
+    from forgetting import checkpoint
+    from forgetting.checkpoint import boundaries
+    from forgetting.errors import WriteFailed
+
+    original = checkpoint.atomic_write
+
+    def fill_up(path, write, *args):
+        if Path(path).name == "task_1.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, write, *args)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", fill_up)
+    cfg = make_config(epochs=1, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    with pytest.raises(WriteFailed) as exc:
+        run_experiment(cfg)
+    run_dir = tmp_path / cfg.run_id
+    assert exc.value.path == str(run_dir / "checkpoints" / "task_1.safetensors")
+    _, rows, manifest = read_run(run_dir)
+    assert manifest["status"] == "failed" and manifest["completed_tasks"] == 1
+    assert boundaries(run_dir) == [0] and not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
 def test_resume_restores_the_der_buffer(tmp_path, monkeypatch):
     """DER's reservoir (references, stored logits, labels, count seen) comes back from the checkpoint."""
     cfg = make_config(method="der", epochs=1, seed=3, scenario="task", results_dir=str(tmp_path / "cut"),
