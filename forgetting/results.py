@@ -126,7 +126,9 @@ def metrics_csv(rows: Iterable[dict]) -> str:
 
 
 def csv_header() -> str:
-    return ",".join(METRIC_COLUMNS) + "\n"  # the column names need no quoting
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(METRIC_COLUMNS)
+    return out.getvalue()
 
 
 def csv_lines(rows: Iterable[dict]) -> str:
