@@ -4,7 +4,8 @@ At the end of task t the run saves ``checkpoints/task_<t>.safetensors`` (the mod
 loadable on their own with ``safetensors.torch.load_file``) and ``checkpoints/task_<t>.state.pt``
 (what else resumption needs to give the same rows as an uninterrupted run: the random number
 generators, the global step, and each method's ``state_dict()``). Both are written atomically.
-The run saves them (``forgetting.run``); the results writer knows nothing of them.
+The run serializes them at the boundary and writes them while the next task trains (``running.Recorder``,
+``RunWriter.task_done``); the manifest says the task is complete only once they are on disk.
 
 A checkpoint may come from someone else (a results directory received, a shared disk), so
 nothing in it runs code: the state file is read with ``torch.load(weights_only=True)``, whose
@@ -15,7 +16,7 @@ A file that names anything else is a CorruptCheckpoint, like a truncated one.
 
 from __future__ import annotations
 
-import os
+import io
 import random
 import re
 import shutil
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save as safetensors_save
 
 from .errors import first_line
 from .results import atomic_write
@@ -47,7 +48,12 @@ def _real_folder(run_dir: Path) -> Path:
 
 
 def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
-    folder = _real_folder(run_dir)
+    write_boundary(run_dir, boundary_files(trainer, task, elapsed))
+
+
+def boundary_files(trainer, task: int, elapsed: float) -> dict[str, bytes]:
+    """The two files of the checkpoint after ``task``, serialized now (file name -> bytes): what is written is
+    the state at the boundary, however long the writing takes (the run writes them in the background)."""
     # cloned: tied weights (a causal LM's embedding and output layer) share memory, which safetensors refuses
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in trainer.model.state_dict().items()}
     state = {
@@ -61,8 +67,23 @@ def save_boundary(run_dir: Path, trainer, task: int, elapsed: float) -> None:
         "generator": trainer.generator.get_state(),
         "methods": [m.state_dict() for m in trainer.methods],
     }
-    atomic_write(folder / f"task_{task}.state.pt", lambda tmp: torch.save(state, tmp))
-    atomic_write(weights_path(run_dir, task), lambda tmp: _save_file(weights, tmp, {"task": str(task)}))
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    # the state first: a task's weights without its state are not a boundary (``boundaries``)
+    return {f"task_{task}.state.pt": buffer.getvalue(),
+            weights_path(Path("."), task).name: save_weights(weights, {"task": str(task)})}
+
+
+def write_boundary(run_dir: Path, files: dict[str, bytes]) -> None:
+    """The checkpoint's files, each written whole and synced (``atomic_write``), in order."""
+    folder = _real_folder(run_dir)
+    for name, data in files.items():
+        atomic_write(folder / name, lambda tmp, data=data: Path(tmp).write_bytes(data))
+
+
+def save_weights(weights: dict, metadata: dict) -> bytes:
+    """The safetensors file of ``weights`` (byte for byte what ``save_file`` writes)."""
+    return safetensors_save(weights, metadata=metadata)
 
 
 def _plain_numpy_state(state: tuple) -> tuple:
@@ -75,17 +96,6 @@ def _plain_numpy_state(state: tuple) -> tuple:
 def _numpy_state(plain) -> tuple:
     name, keys, pos, has_gauss, cached = plain
     return name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, cached
-
-
-def _save_file(weights: dict, path: str, metadata: dict) -> None:
-    """safetensors' ``save_file``, its I/O errors (a full disk) raised as the OSError they are."""
-    try:
-        save_file(weights, path, metadata=metadata)
-    except Exception as e:  # noqa: BLE001 - safetensors wraps them in its own SafetensorError
-        code = re.search(r"os error (\d+)", str(e))
-        if code is None:
-            raise
-        raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
 
 
 def clear_checkpoints(run_dir: Path) -> None:

@@ -36,7 +36,10 @@ class Evaluator:
             n = len(t.test)
             self.index.append(torch.randperm(n, generator=g)[:subset].sort().values if 0 < subset < n else None)
         self._base_id: int | None = None
-        self._base_logits: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._base_logits: dict[int, torch.Tensor] = {}
+        self._base_log_probs: dict[tuple, torch.Tensor] = {}  # (task, outputs) -> the base's log-softmax there
+        self._majority: dict[tuple, float] = {}  # (task, outputs) -> majority rate (the targets are fixed)
+        self._outs_index: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def outputs_of(self, task: int, trained_task: int | None = None) -> list[int] | None:
         """The outputs task ``task`` is evaluated on after ``trained_task`` (None: every task trained); None: all."""
@@ -50,7 +53,7 @@ class Evaluator:
         """All logits (float32, every output) and targets (output indices) of a task's test examples."""
         chunks, targets = [], []
         for batch in iterate_batches(self.stream.tasks[task].test, task, self.batch_size, shuffle=False,
-                                     index=self.index[task]):
+                                     index=self.index[task], views=True):
             batch = batch.to(self.device)
             chunks.append(model(batch.inputs).float())
             targets.append(batch.targets)
@@ -60,10 +63,18 @@ class Evaluator:
         """Logits on ``outs`` only and targets as positions among them (unchanged when ``outs`` is None)."""
         if outs is None:
             return logits, targets
-        idx = torch.as_tensor(outs, device=logits.device)
-        position = torch.full((logits.shape[1],), -1, dtype=torch.long, device=logits.device)
-        position[idx] = torch.arange(len(outs), device=logits.device)
+        idx, position = self._outputs_index(outs, logits.shape[1], logits.device)
         return logits.index_select(1, idx), position[targets]
+
+    def _outputs_index(self, outs: list[int], n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``outs`` as an index tensor and each output's position among them (-1: not among them); made once."""
+        key = (tuple(outs), n, str(device))
+        if key not in self._outs_index:
+            idx = torch.as_tensor(outs, device=device)
+            position = torch.full((n,), -1, dtype=torch.long, device=device)
+            position[idx] = torch.arange(len(outs), device=device)
+            self._outs_index[key] = idx, position
+        return self._outs_index[key]
 
     def accuracy(self, logits: torch.Tensor, targets: torch.Tensor, task: int, outs: list[int] | None) -> float:
         """Share of argmax predictions that are right: the target, or one of its answer set (``Task.answers``)."""
@@ -79,32 +90,49 @@ class Evaluator:
     def base_logits(self, base_model: nn.Module, task: int) -> torch.Tensor:
         """The base model's logits on every output for a task's test examples (computed once)."""
         if self._base_id != id(base_model):
-            self._base_id, self._base_logits = id(base_model), {}
+            self._base_id, self._base_logits, self._base_log_probs = id(base_model), {}, {}
         if task not in self._base_logits:
             self._base_logits[task] = self._logits(base_model, task)[0]
         return self._base_logits[task]
 
+    def base_log_probs(self, base_model: nn.Module, task: int, outs: list[int] | None) -> torch.Tensor:
+        """The base model's log-softmax over ``outs`` on a task's test examples (computed once)."""
+        base = self.base_logits(base_model, task)
+        key = (task, None if outs is None else tuple(outs))
+        if key not in self._base_log_probs:
+            if outs is not None:
+                base = base.index_select(1, self._outputs_index(outs, base.shape[1], base.device)[0])
+            self._base_log_probs[key] = F.log_softmax(base, 1)
+        return self._base_log_probs[key]
+
     def evaluate_task(self, model: nn.Module, task: int, base_model: nn.Module | None = None,
                       trained_task: int | None = None) -> dict:
-        outs = self.outputs_of(task, trained_task)
         was_training = model.training
         model.eval()
         try:
             with torch.inference_mode():
-                logits, targets = self._restrict(*self._logits(model, task), outs)
-                n = len(targets)
-                accuracy = self.accuracy(logits, targets, task, outs)
-                majority = float(torch.bincount(targets).max()) / max(n, 1)
-                loss = float(F.cross_entropy(logits, targets))
-                kl = float("nan")
-                if base_model is not None:
-                    base = self.base_logits(base_model, task)
-                    if outs is not None:
-                        base = base.index_select(1, torch.as_tensor(outs, device=base.device))
-                    kl = float(F.kl_div(F.log_softmax(logits, 1), F.log_softmax(base, 1),
-                                        reduction="batchmean", log_target=True))
+                return self._measure(model, task, base_model, trained_task)
         finally:
             model.train(was_training)
+
+    def _measure(self, model: nn.Module, task: int, base_model: nn.Module | None, trained_task: int | None) -> dict:
+        """One task's row; the model is in eval mode, under inference mode. The loss is the cross-entropy
+        written as its two steps (``F.cross_entropy`` computes exactly these), so the KL drift reuses the
+        log-softmax; the base model's log-softmax and the task's majority rate are computed once."""
+        outs = self.outputs_of(task, trained_task)
+        logits, targets = self._restrict(*self._logits(model, task), outs)
+        n = len(targets)
+        accuracy = self.accuracy(logits, targets, task, outs)
+        key = (task, None if outs is None else tuple(outs))
+        if key not in self._majority:
+            self._majority[key] = float(torch.bincount(targets).max()) / max(n, 1)
+        majority = self._majority[key]
+        log_probs = F.log_softmax(logits, 1)
+        loss = float(F.nll_loss(log_probs, targets))
+        kl = float("nan")
+        if base_model is not None:
+            kl = float(F.kl_div(log_probs, self.base_log_probs(base_model, task, outs),
+                                reduction="batchmean", log_target=True))
         return {
             "eval_task": task,
             "eval_task_name": self.stream.tasks[task].name,
@@ -120,6 +148,12 @@ class Evaluator:
         """One row per task of the stream, seen and unseen (unseen ones give forward transfer).
 
         ``trained_task``: the last task trained (-1 before any; None: every task), which sets the
-        active outputs in ``class``.
+        active outputs in ``class``. The model is switched to eval mode once for all tasks.
         """
-        return [self.evaluate_task(model, k, base_model, trained_task) for k in range(len(self.stream))]
+        was_training = model.training
+        model.eval()
+        try:
+            with torch.inference_mode():
+                return [self._measure(model, k, base_model, trained_task) for k in range(len(self.stream))]
+        finally:
+            model.train(was_training)

@@ -49,8 +49,8 @@ def kl_penalty(
             f"student and teacher logits differ in shape: {tuple(student_logits.shape)} vs {tuple(teacher_logits.shape)}"
         )
     t = float(temperature)
-    log_p_student = F.log_softmax(student_logits.float() / t, dim=-1)
-    log_p_teacher = F.log_softmax(teacher_logits.float() / t, dim=-1)
+    log_p_student = F.log_softmax(_at(student_logits, t), dim=-1)
+    log_p_teacher = F.log_softmax(_at(teacher_logits, t), dim=-1)
     if direction == "forward":
         kl = F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
     elif direction == "reverse":
@@ -60,7 +60,19 @@ def kl_penalty(
             F.kl_div(log_p_student, log_p_teacher, reduction="batchmean", log_target=True)
             + F.kl_div(log_p_teacher, log_p_student, reduction="batchmean", log_target=True)
         )
-    return kl * (t * t)
+    return _squared(kl, t)
+
+
+def _at(logits: Tensor, t: float) -> Tensor:
+    """Float32 logits at temperature ``t``: at T = 1 the logits themselves (x / 1 is x, so the numbers are the
+    same and a step builds two nodes fewer)."""
+    logits = logits.float()
+    return logits if t == 1.0 else logits / t
+
+
+def _squared(kl: Tensor, t: float) -> Tensor:
+    """The T^2 scaling (Hinton et al.), skipped at T = 1 where it is a multiplication by 1."""
+    return kl if t == 1.0 else kl * (t * t)
 
 
 def padded_teacher_kl(
@@ -86,9 +98,9 @@ def padded_teacher_kl(
         raise ValueError(f"shapes do not match: student {tuple(student_logits.shape)}, teacher "
                          f"{tuple(teacher_logits.shape)}, {len(teacher_positions)} teacher positions")
     t = float(temperature)
-    log_q = F.log_softmax(student_logits.float() / t, dim=-1).index_select(1, teacher_positions)
-    log_p = F.log_softmax(teacher_logits.float() / t, dim=-1)
-    return F.kl_div(log_q, log_p, reduction="batchmean", log_target=True) * (t * t)
+    log_q = F.log_softmax(_at(student_logits, t), dim=-1).index_select(1, teacher_positions)
+    log_p = F.log_softmax(_at(teacher_logits, t), dim=-1)
+    return _squared(F.kl_div(log_q, log_p, reduction="batchmean", log_target=True), t)
 
 
 # Floats of one chunk's float32 log-probabilities in ``token_kl_penalty`` (16 MiB): bounds its memory.

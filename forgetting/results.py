@@ -122,12 +122,21 @@ def metrics_csv(rows: Iterable[dict]) -> str:
     """The rows as CSV text, byte for byte what ``pandas.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)``
     writes for them (NaN and None as empty fields; a test compares the two), without pandas: a run writes it
     after every evaluation."""
+    return csv_header() + csv_lines(rows)
+
+
+def csv_header() -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\n").writerow(METRIC_COLUMNS)
+    return out.getvalue()
+
+
+def csv_lines(rows: Iterable[dict]) -> str:
+    """The CSV lines of ``rows`` (no header): each line depends on its row alone, so a writer renders a row once."""
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow(METRIC_COLUMNS)
-    for r in rows:
-        w.writerow(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
-                    for v in (r.get(c) for c in METRIC_COLUMNS)])
+    w.writerows(["" if v is None or (isinstance(v, float) and math.isnan(v)) else v
+                 for v in (r.get(c) for c in METRIC_COLUMNS)] for r in rows)
     return out.getvalue()
 
 
@@ -150,15 +159,32 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def library_versions() -> dict[str, str]:
-    import importlib.metadata as md
-
+    """The installed versions of the libraries a run's numbers depend on."""
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "datasets", "avalanche-lib", "pandas", "numpy", "scikit-learn", "forgetting"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
+        version = installed_version(pkg)
+        if version is not None:
+            out[pkg] = version
     return out
+
+
+def installed_version(pkg: str) -> str | None:
+    """``importlib.metadata.version(pkg)`` (None when not installed), reading only the ``Version:`` line of the
+    metadata's header: ``version()`` parses the whole file as an e-mail message, torch's long description
+    included (40 ms of a run's start for eight packages)."""
+    import importlib.metadata as md
+
+    try:
+        dist = md.distribution(pkg)
+    except md.PackageNotFoundError:
+        return None
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    for line in text.splitlines():
+        if not line:  # the end of the header
+            break
+        if line.startswith("Version:"):
+            return line[len("Version:"):].strip()
+    return dist.version
 
 
 def now() -> str:
@@ -172,10 +198,14 @@ class RunWriter:
         self.config = config
         self.dir = Path(config.results_dir) / config.run_id
         self.rows: list[dict] = []
+        self._csv: list[str] = []  # the CSV lines of self.rows[:self._rendered], each rendered once
+        self._rendered = 0
         self.position: dict[str, int] = {}  # task, epoch and step of the last rows: where a failure happened
         self.t0 = time.perf_counter()
         self._written_at = float("-inf")
         self._synced = True  # metrics.csv holds every row, flushed to disk
+        self._boundary = None  # the last task boundary's background write (a Future), until waited for
+        self._boundary_pool = None
         self.trackers = Trackers(config.log_to)  # checked by resolve; nothing imported until start
         self._tracking = False
         self.manifest: dict[str, Any] = {
@@ -236,7 +266,10 @@ class RunWriter:
             raise WriteFailed(e.filename or path, e, **self.position) from None
 
     def write_metrics(self, sync: bool = True) -> None:
-        text = metrics_csv(self.rows)
+        if self._rendered < len(self.rows):  # only the rows added since the last write are rendered
+            self._csv.append(csv_lines(self.rows[self._rendered:]))
+            self._rendered = len(self.rows)
+        text = csv_header() + "".join(self._csv)
         self.write(self.dir / METRICS, lambda p: atomic_write_text(p, text, sync))
         self._written_at = time.perf_counter()
         self._synced = sync
@@ -258,19 +291,49 @@ class RunWriter:
         self.manifest.update(fields)
         self.write_manifest()
 
-    def task_done(self, trainer, task: int) -> None:
-        """A task boundary: the rows up to here are on disk, then the manifest says they are complete."""
+    def task_done(self, trainer, task: int, save: Callable[[], None] | None = None) -> None:
+        """A task boundary: the rows up to here are on disk (synced, now); then, in the background while the next
+        task trains, ``save()`` writes the checkpoint (its files synced) and after it the manifest says the task
+        is complete. Syncing a model's weights to disk is I/O the loop need not wait for; the order, rows then
+        checkpoint then manifest, is kept, and an error surfaces at the next boundary or the end (``wait``)."""
         self.flush_rows()
-        self.update(completed_tasks=task + 1)
+        self.wait()
+
+        def boundary() -> None:
+            if save is not None:
+                save()
+            self.update(completed_tasks=task + 1)
+
+        if self._boundary_pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._boundary_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="forgetting-boundary")
+        self._boundary = self._boundary_pool.submit(boundary)
+
+    def wait(self) -> None:
+        """The last boundary's checkpoint and manifest are written (its error, a WriteFailed, raised here)."""
+        pending, self._boundary = self._boundary, None
+        if pending is not None:
+            pending.result()
 
     def resume_from(self, rows: list[dict], elapsed: float, task: int) -> None:
         """Continue a killed run: keep its rows up to the end of ``task`` and its clock."""
         self.rows = rows
+        self._csv, self._rendered = [], 0
         self.t0 = time.perf_counter() - elapsed
         self.manifest["completed_tasks"] = task + 1
         self.manifest.setdefault("resumed_at", []).append({"time": now(), "after_task": task})
 
     def finish(self, status: str, error: str | None = None) -> None:
+        try:
+            self.wait()
+        except WriteFailed:
+            if status == "complete":
+                raise
+        finally:
+            if self._boundary_pool is not None:
+                self._boundary_pool.shutdown()
+                self._boundary_pool = None
         if self.dir.is_dir():
             try:
                 self.flush_rows()

@@ -11,7 +11,8 @@ from pathlib import Path
 import contextlib
 
 from . import distributed, registry
-from .checkpoint import CHECKPOINTS, clear_checkpoints, restore_boundary, restore_last_readable, save_boundary
+from .checkpoint import CHECKPOINTS, boundary_files, clear_checkpoints, restore_boundary, restore_last_readable, \
+    write_boundary
 from .claim import RunBusy, check_free, claim
 from .config import RunConfig
 from .errors import BadInput, RunFailed, WriteFailed
@@ -49,10 +50,11 @@ class Recorder:
         self.writer.add_losses(step, parts)
 
     def task_done(self, trainer, task: int) -> None:
-        self.writer.flush_rows()  # a checkpoint of task t implies its rows are on disk (resume keeps them)
-        self.writer.write(self.writer.dir / CHECKPOINTS,
-                          lambda _: save_boundary(self.writer.dir, trainer, task, self.writer.elapsed()))
-        self.writer.task_done(trainer, task)
+        # the checkpoint as it is now (serialized here), written after the rows are on disk (resume keeps them)
+        files = boundary_files(trainer, task, self.writer.elapsed())
+        writer = self.writer
+        writer.task_done(trainer, task, lambda: writer.write(writer.dir / CHECKPOINTS,
+                                                             lambda _: write_boundary(writer.dir, files)))
 
 
 def ray_node() -> dict:
@@ -76,6 +78,10 @@ def _previous(run_dir: Path):
 
 def _end(writer: RunWriter, status: str, error: str | None = None, **fields) -> None:
     """Record how the run ended; a manifest that cannot be written (full disk) is left as it was."""
+    try:
+        writer.wait()  # the last boundary's checkpoint written (the manifest is not written from two threads)
+    except WriteFailed:
+        pass
     try:
         writer.update(**fields)
         writer.finish(status, error)
@@ -178,6 +184,7 @@ def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, r
             clear_checkpoints(run_dir)
         writer.open()
         trainer.fit(start_task=0 if last is None else last + 1)
+        writer.wait()  # the last checkpoint on disk; a failure to write it fails the run here
         missing = writer.missing_tasks(stream.n_learned, config.epochs)
         if missing:
             raise RunFailed(f"the rows of tasks {missing} are missing at the end of the run", tasks=missing)

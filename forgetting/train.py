@@ -88,6 +88,7 @@ class Trainer:
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
+            self.model.train()  # every submodule; a step re-sets it only where something left the model in eval
             for batch in self._data_method.batches(self, t, epoch):
                 parts = self.step(batch.to(self.device), t, epoch)
                 for k, v in parts.items():
@@ -138,7 +139,8 @@ class Trainer:
 
         Under a launcher ``batch`` is the global batch: this rank keeps its shard and its loss enters
         weighted by its share of the batch's loss units (``_share``)."""
-        self.model.train()
+        if not self.model.training:  # evaluation and the hooks restore the mode they found (``train_task`` sets it)
+            self.model.train()
         logs = {}
         batch, share = self._share(batch)
         with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
@@ -154,7 +156,8 @@ class Trainer:
         total = data_loss
         for value, weight in terms.values():
             total = total + weight * value
-        parts = {"loss": float(total.detach()), "data_loss": float(data_loss.detach())}
+        loss = float(total.detach())
+        parts = {"loss": loss, "data_loss": loss if total is data_loss else float(data_loss.detach())}
         parts.update({k: float(v.detach()) for k, (v, _) in terms.items()})
         parts.update({k: float(v) for k, v in logs.items()})  # pg's reward_mean, reward_std, pg_loss
         if self.world.distributed:  # every rank reports (and checks) the global batch's losses
@@ -171,7 +174,8 @@ class Trainer:
             scaled.backward()
         else:  # fp16: scaled loss, gradients unscaled before the hooks and clipping see them
             self.scaler.scale(scaled).backward()
-        self.world.reduce_grads([p for p in self.model.parameters() if p.requires_grad])
+        if self.world.distributed:  # one process pays nothing for the launcher path
+            self.world.reduce_grads([p for p in self.model.parameters() if p.requires_grad])
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         for m in self.methods:

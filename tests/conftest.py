@@ -64,8 +64,8 @@ def cut_after_task(cfg, task: int, monkeypatch) -> Path:
 
     original = RunWriter.task_done
 
-    def crash(self, trainer, t):
-        original(self, trainer, t)
+    def crash(self, trainer, t, *save):  # save: the checkpoint's writing, which task_done schedules
+        original(self, trainer, t, *save)
         if t == task:
             raise Crash()
 

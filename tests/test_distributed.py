@@ -148,8 +148,14 @@ def test_a_global_batch_that_does_not_split_is_refused():
         distributed.check(make_config(**MLP, method="naive"), 4)
 
 
-def test_one_process_manifest_says_world_size_one(tmp_path):
-    rows = run_here({**MLP, "method": "naive"}, tmp_path)
+def test_one_process_manifest_says_world_size_one_and_the_loop_calls_no_collective(tmp_path, monkeypatch):
+    """One process pays nothing for the launcher path: no shard, no all-reduce of gradients or losses."""
+    def collective(*_args, **_kw):
+        raise AssertionError("a collective called on one process")
+
+    for name in ("reduce_grads", "sum_floats", "shard"):
+        monkeypatch.setattr(World, name, collective)
+    rows = run_here({**MLP, "method": "kl"}, tmp_path)
     _, _, manifest = read_run(tmp_path / rows["run_id"].iloc[0])
     assert manifest["distributed"] == {"world_size": 1, "per_device_batch": 30, "global_batch": 30, "backend": None}
 

@@ -84,3 +84,35 @@ def test_metrics_csv_is_what_pandas_writes():
                   "eval_task_name": 'a "quoted", name', "accuracy": 1.0, "loss": 2.5e-7}]
     assert metrics_csv(rows) == pd.DataFrame(rows, columns=METRIC_COLUMNS).to_csv(index=False)
     assert metrics_csv([]) == pd.DataFrame([], columns=METRIC_COLUMNS).to_csv(index=False)
+
+
+def test_metrics_csv_rewritten_as_rows_come_is_the_text_of_all_its_rows(tmp_path):
+    """The writer renders each row once and joins: after every rewrite, and after a resume, the file is
+    ``metrics_csv`` of every row it holds."""
+    from forgetting.registry import make_config
+    from forgetting.results import METRIC_COLUMNS, METRICS, RunWriter, metrics_csv
+
+    row = dict(zip(METRIC_COLUMNS, ["r1", "split-digits", "class", "kl", 1.0, 0, "epoch", 0, 1, 9, 0, 'a "b", c', 0.5]))
+    writer = RunWriter(make_config(results_dir=str(tmp_path), progress=False), "cpu").open()
+    rows = []
+    for k in range(3):
+        batch = [{**row, "eval_task": e, "accuracy": k / (e + 1), "loss": float("nan")} for e in range(k + 1)]
+        rows += batch
+        writer.add_rows(batch)
+        writer.write_metrics(sync=False)
+        assert (writer.dir / METRICS).read_text() == metrics_csv(rows)
+    writer.resume_from(rows[:1], 0.0, 0)
+    writer.add_rows(rows[3:])
+    writer.flush_rows()
+    assert (writer.dir / METRICS).read_text() == metrics_csv(rows[:1] + rows[3:])
+
+
+def test_library_versions_read_from_the_header_are_importlib_metadatas():
+    import importlib.metadata as md
+
+    from forgetting.results import installed_version, library_versions
+
+    for pkg in ("torch", "numpy", "pandas", "forgetting"):
+        assert installed_version(pkg) == md.version(pkg)
+    assert installed_version("no-such-package-here") is None
+    assert library_versions()["torch"] == md.version("torch")

@@ -311,6 +311,34 @@ def test_a_write_that_fails_stops_the_run_with_the_path_and_position(tmp_path, m
     assert rows["trained_task"].max() == 0 and len(rows) == 15  # the last version written whole
 
 
+def test_a_checkpoint_written_in_the_background_that_fails_stops_the_run_naming_it(tmp_path, monkeypatch):
+    """The checkpoint after task 0 cannot be written (ENOSPC): its write runs while task 1 trains, and the run
+    stops failed naming the file; the manifest never says task 0 is complete, no half-written file is left."""
+    import errno
+
+    from forgetting import checkpoint
+    from forgetting.checkpoint import boundaries
+    from forgetting.errors import WriteFailed
+
+    original = checkpoint.atomic_write
+
+    def fill_up(path, write, *args):
+        if Path(path).name == "task_0.safetensors":
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        original(path, write, *args)
+
+    monkeypatch.setattr(checkpoint, "atomic_write", fill_up)
+    cfg = make_config(epochs=1, results_dir=str(tmp_path), progress=False, model_options={"hidden": [16]})
+    with pytest.raises(WriteFailed) as exc:
+        run_experiment(cfg)
+    run_dir = tmp_path / cfg.run_id
+    assert exc.value.path == str(run_dir / "checkpoints" / "task_0.safetensors")
+    _, rows, manifest = read_run(run_dir)
+    assert manifest["status"] == "failed" and manifest["completed_tasks"] == 0
+    assert rows["trained_task"].max() >= 0  # task 0's rows were on disk before its checkpoint was written
+    assert boundaries(run_dir) == [] and not list((run_dir / "checkpoints").glob(".*.tmp"))
+
+
 def test_resume_restores_the_der_buffer(tmp_path, monkeypatch):
     """DER's reservoir (references, stored logits, labels, count seen) comes back from the checkpoint."""
     cfg = make_config(method="der", epochs=1, seed=3, scenario="task", results_dir=str(tmp_path / "cut"),

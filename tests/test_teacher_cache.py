@@ -130,3 +130,27 @@ def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
     assert value == pytest.approx(on_new, abs=1e-6) and abs(on_new - on_all) > 1e-4
     kl.hparams["kl_on_replayed"] = True  # every example of the batch held, the live teacher on all of them
     assert float(kl.penalties(tr, batch, logits, 1)["kl"][0]) == pytest.approx(on_all, abs=1e-6)
+
+
+def test_in_order_batches_are_views_only_where_laid_out_as_the_copies():
+    """``views=True`` (evaluation, the teacher cache): a batch shares the data's memory where it starts on a 64-byte
+    boundary as a gathered copy does, else it is the copy; shuffled or subset batches are always copies."""
+    from forgetting.streams.base import TensorData, iterate_batches
+
+    x, y = torch.randn(10, 3, 4), torch.arange(10)  # a row is 48 bytes: rows 0, 4, 8 start on 64-byte boundaries
+    data = TensorData(x, y)
+    aligned = x.data_ptr() % 64 == 0
+    for size, viewed in ((4, [aligned] * 3), (3, [aligned, False, False, False])):
+        views = list(iterate_batches(data, 2, size, shuffle=False, views=True))
+        copies = list(iterate_batches(data, 2, size, shuffle=False))
+        assert [v.inputs.data_ptr() == x[size * i].data_ptr() for i, v in enumerate(views)] == viewed
+        for v, c in zip(views, copies, strict=True):
+            assert torch.equal(v.inputs, c.inputs) and torch.equal(v.targets, c.targets)
+            assert torch.equal(v.index, c.index) and torch.equal(v.task_ids, c.task_ids)
+    shared = lambda batches: any(b.inputs.data_ptr() == x[int(b.index[0])].data_ptr() for b in batches)  # noqa: E731
+    assert not shared(iterate_batches(data, 0, 4, shuffle=True, generator=torch.Generator().manual_seed(0),
+                                      views=True))
+    assert not shared(iterate_batches(data, 0, 4, shuffle=False, index=torch.arange(8), views=True))
+    columns = TensorData(x.transpose(1, 2), y)  # not contiguous: copies
+    assert all(b.inputs.data_ptr() != columns.inputs[int(b.index[0])].data_ptr()
+               for b in iterate_batches(columns, 0, 4, shuffle=False, views=True))

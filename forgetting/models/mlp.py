@@ -25,7 +25,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = int(math.prod(input_shape))
         for h in hidden:
-            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout)]
+            # dropout 0 is the identity (torch returns its input): nn.Identity skips the call, same numbers
+            layers += [nn.Linear(width, h), nn.ReLU(), nn.Dropout(dropout) if dropout > 0 else nn.Identity()]
             width = h
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(width, n_outputs)

@@ -37,7 +37,7 @@ def teacher_outputs(teacher, data, task: int, batch_size: int, device) -> Tensor
     """The teacher's logits on every example of ``data``, in index order, float32."""
     chunks = []
     with torch.inference_mode():
-        for batch in iterate_batches(data, task, batch_size, shuffle=False):
+        for batch in iterate_batches(data, task, batch_size, shuffle=False, views=True):
             chunks.append(teacher(batch.to(device).inputs).float())
     return torch.cat(chunks)
 
