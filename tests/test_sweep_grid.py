@@ -119,14 +119,25 @@ grid.kl_lambda = [0, 1]
 
 @pytest.mark.slow
 def test_slurm_executor_through_submitit_local_gives_the_process_executors_rows(tmp_path):
-    """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows."""
+    """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows. One of
+    them was killed after task 1 (its checkpoint written) before the array: its task resumes it from there
+    to the rows the process executor got uninterrupted (the check shares this test's runs)."""
     pytest.importorskip("submitit")
+    from conftest import cut_after_task
+    from forgetting.results import MANIFEST
+    from forgetting.suite import load_suite
+
     suite = tmp_path / "six.toml"
     suite.write_text(SIX)
     rows = {}
     for executor in ("process", "slurm"):
         results = tmp_path / executor
         extra = ["--slurm-cluster", "local", "--slurm-time", "10"] if executor == "slurm" else []
+        if executor == "slurm":
+            cut = load_suite(suite).runs(str(results.resolve()), None)[0]
+            with pytest.MonkeyPatch.context() as mp:
+                cut_after_task(cut, 1, mp)
+            assert json.loads((results / cut.run_id / MANIFEST).read_text())["status"] != "complete"
         p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "2",
                     "--executor", executor, *extra, "--no-report", "--quiet")
         assert p.returncode == 0, p.stderr[-3000:]
@@ -136,6 +147,8 @@ def test_slurm_executor_through_submitit_local_gives_the_process_executors_rows(
     for rid, df in rows["process"].items():
         pd.testing.assert_frame_equal(rows["slurm"][rid], df, check_exact=True)
     assert list((tmp_path / "slurm" / "slurm").glob("*_submission.sh")) or list((tmp_path / "slurm" / "slurm").iterdir())
+    resumed = json.loads((tmp_path / "slurm" / cut.run_id / MANIFEST).read_text())
+    assert resumed["status"] == "complete" and [r["after_task"] for r in resumed["resumed_at"]] == [1]
 
 
 SEARCH = """
