@@ -162,11 +162,12 @@ def _rows(results: Path) -> dict[str, pd.DataFrame]:
 
 
 def _cluster_sweep(tmp_path: Path, kill_worker: bool) -> tuple[Path, Path]:
-    suite = tmp_path / "suite.toml"
-    suite.write_text(SUITE)
+    from conftest import subprocess_env, write_suite  # here, not at the top: this file also runs as a script
+
+    suite = write_suite(tmp_path, SUITE)
     results, logs = tmp_path / "cluster", tmp_path / "logs"
     logs.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     p = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, __file__, str(suite),
                         str(results), str(logs), "kill" if kill_worker else "keep"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
@@ -191,9 +192,11 @@ def test_a_sweep_on_a_two_node_ray_cluster(tmp_path, kill_worker):
         assert m["ray_node_id"] != killed["ray_node_id"] and m["resumed_at"][0]["after_task"] >= 0
     else:
         assert len({m["ray_node_id"] for m in manifests}) == 2, "both nodes ran runs"
+    from conftest import subprocess_env
+
     p = subprocess.run([sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(tmp_path / "process"),
                         "--workers", "2", "--no-report", "--quiet"], cwd=ROOT, capture_output=True, text=True,
-                       timeout=600, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                       timeout=600, env=subprocess_env())
     assert p.returncode == 0, p.stderr[-2000:]
     cluster, process = _rows(results), _rows(tmp_path / "process")
     assert cluster.keys() == process.keys() and len(cluster) == 6

@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli
+from conftest import run_cli, subprocess_env, write_suite
 from forgetting import sweep
 from forgetting.errors import BadInput
 from forgetting.results import METRICS
@@ -87,18 +87,14 @@ def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 @pytest.mark.parametrize("script", ["forgetting-run", "forgetting-sweep", "forgetting-plot"])
 def test_console_scripts_name_themselves_as_called(tmp_path, script):
     """Called as forgetting-run, the messages say forgetting-run (python -m ... says python -m ...)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import ROOT
-
     path = Path(sys.executable).parent / script
     if not path.exists():
         pytest.skip(f"{script} is not installed beside {sys.executable}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([str(path), "--nope"], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([str(path), "--nope"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert p.returncode == 2 and p.stderr.startswith(f"{script}: error:"), p.stderr
 
 
@@ -127,8 +123,7 @@ def test_slurm_executor_through_submitit_local_gives_the_process_executors_rows(
     from forgetting.results import MANIFEST
     from forgetting.suite import load_suite
 
-    suite = tmp_path / "six.toml"
-    suite.write_text(SIX)
+    suite = write_suite(tmp_path, SIX, "six.toml")
     rows = {}
     for executor in ("process", "slurm"):
         results = tmp_path / executor
@@ -171,8 +166,7 @@ grid.kl_direction = ["forward", "reverse"]
 
 def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
-    suite = tmp_path / "lam.toml"
-    suite.write_text(SEARCH)
+    suite = write_suite(tmp_path, SEARCH, "lam.toml")
     results = tmp_path / "results"
     args = [str(suite), "--search", "3", "--results-dir", str(results), "--workers", "1", "--quiet"]
     assert sweep.main(args) == 0
