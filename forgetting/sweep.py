@@ -5,6 +5,8 @@ Runs whose results directory holds a complete manifest (same config hash) are sk
 others, unfinished ones included, run in worker processes (``--executor process``) or as Ray
 tasks (``--executor ray``, on this machine or on a cluster). A run that fails is recorded and
 the others go on; the sweep then writes the plots and summary and exits 1 listing the failures.
+Without ``--results-dir`` the runs go to ``results/<suite name>`` (a one-off grid: ``results/<its budget>``,
+``forgetting.budget``), so that studies of different budgets never share a folder by accident.
 """
 
 from __future__ import annotations
