@@ -38,14 +38,15 @@ def run_results_dir(config) -> str:
 def grid_results_dir(configs: Iterable) -> str:
     """Where a one-off grid given no results directory goes: ``results/<budget>``, the runs' budget; where
     the grid spans budgets (``--grid epochs=1,2``), each differing value joined by '+' (``epochs=1+2,...``)."""
+    budgets = [budget(c) for c in configs]
     merged: dict[str, list] = {}
-    for c in configs:
-        for k, v in budget(c).items():
-            merged.setdefault(k, [])
-            if v not in merged[k]:
+    for k in BUDGET_KEYS:
+        for b in budgets:
+            v = b.get(k, 0)  # an option left out of a run's budget is 0 there (all, or off)
+            if v not in merged.setdefault(k, []):
                 merged[k].append(v)
-    ordered = {k: merged[k] for k in BUDGET_KEYS if k in merged}
-    return f"{RESULTS_ROOT}/" + ",".join(f"{k}={'+'.join(map(str, vs))}" for k, vs in ordered.items())
+    kept = {k: vs for k, vs in merged.items() if k in ALWAYS or vs != [0]}
+    return f"{RESULTS_ROOT}/" + ",".join(f"{k}={'+'.join(map(str, vs))}" for k, vs in kept.items())
 
 
 def suite_results_dir(names: Iterable[str]) -> str:

@@ -39,7 +39,7 @@ def test_the_cli_defaults_to_the_budget_folder_and_keeps_an_explicit_one(tmp_pat
     ns = build_parser().parse_args(["--epochs", "1", "--results-dir", str(tmp_path)])
     assert config_from_args(ns).results_dir == str(tmp_path)
     file = tmp_path / "run.toml"
-    file.write_text(f'epochs = 1\nresults_dir = "{tmp_path / "from-file"}"\n')
+    file.write_text(f"epochs = 1\nresults_dir = '{tmp_path / 'from-file'}'\n")
     assert config_from_args(build_parser().parse_args(["--config", str(file)])).results_dir == str(tmp_path / "from-file")
 
 
@@ -66,6 +66,8 @@ def test_folder_names():
     two = [registry.make_config(method="kl", epochs=e) for e in (1, 2, 1)]
     assert grid_results_dir(two) == "results/epochs=1+2,batch_size=32"
     assert grid_results_dir(two[:1]) == "results/epochs=1,batch_size=32"
+    subsets = [registry.make_config(method="kl", epochs=1, eval_subset=n) for n in (0, 50)]
+    assert grid_results_dir(subsets) == "results/epochs=1,batch_size=32,eval_subset=0+50"  # not eval_subset=50
 
 
 SUITE = """
