@@ -3,8 +3,8 @@
 In a notebook::
 
     import forgetting
-    rows = forgetting.run(method="kl", kl_lambda=0.5, epochs=2)      # one run's tidy rows
-    df = forgetting.load_results("results")                          # every run, config columns joined
+    rows = forgetting.run(method="kl", kl_lambda=0.5, epochs=2)      # one run's tidy rows, in results/<its budget>
+    df = forgetting.load_results(rows.attrs["results_dir"])          # every run there, config columns joined
     figs = forgetting.plot.figures(df)                               # matplotlib figures
 """
 

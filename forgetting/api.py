@@ -15,22 +15,26 @@ if TYPE_CHECKING:  # pragma: no cover
 
 
 def experiment(benchmark: str = "split-digits", method: str = "kl", *, force: bool = False, resume: bool = False,
-               results_dir: str | Path = "results", progress: bool = False, **options) -> pd.DataFrame:
+               results_dir: str | Path | None = None, progress: bool = False, **options) -> pd.DataFrame:
     """Run one experiment and return its tidy metric rows (one per evaluation point and task).
 
     ``options`` are any option of the chosen stream, model, method or loop, by their config names
     (``scenario="class"``, ``model="bert"``, ``kl_lambda=0.5``, ``epochs=2``, ``data_dir=...``). An
-    option the components do not take raises ``BadInput`` naming it. The run's directory is in
-    ``df.attrs["run_dir"]`` and its status (``complete`` or ``skipped``) in ``df.attrs["status"]``.
+    option the components do not take raises ``BadInput`` naming it. ``results_dir`` None (the default):
+    ``results/<the run's budget>`` (``results/epochs=2,batch_size=32``: ``forgetting.budget``), so runs of
+    different budgets never share a folder by accident. The run's directory is in ``df.attrs["run_dir"]``,
+    its results folder in ``df.attrs["results_dir"]`` and its status (``complete`` or ``skipped``) in
+    ``df.attrs["status"]``.
     """
     from . import registry
     from .running import run_experiment
 
-    config = registry.make_config(benchmark=benchmark, method=method, results_dir=str(results_dir),
+    config = registry.make_config(benchmark=benchmark, method=method,
+                                  results_dir=None if results_dir is None else str(results_dir),
                                   progress=progress, **options)
     run_dir, rows, status = run_experiment(config, force=force, resume=resume, resolved=True)
     rows = rows.copy()
-    rows.attrs.update(run_dir=str(run_dir), status=status, run_id=config.run_id)
+    rows.attrs.update(run_dir=str(run_dir), results_dir=config.results_dir, status=status, run_id=config.run_id)
     return rows
 
 

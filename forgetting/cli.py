@@ -38,7 +38,7 @@ def _add_option(group, o: Option) -> None:
 
 
 TOP_LEVEL = {"benchmark": "split-digits", "model": "mlp", "method": "kl", "device": "auto",
-             "results_dir": "results", "data_dir": None}
+             "results_dir": None, "data_dir": None}  # results_dir None: results/<the run's budget> (budget.py)
 
 
 def _preparse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -113,7 +113,9 @@ def build_parser(chosen: argparse.Namespace | None = None) -> argparse.ArgumentP
     add(g, LOOP_OPTIONS)
     g.add_argument("--device", default=None, help=f"{', '.join(DEVICES)} (cuda when available) or cuda:N (default: auto)")
     g = p.add_argument_group("output")
-    g.add_argument("--results-dir", default=None, help="where run directories go (default: results)")
+    g.add_argument("--results-dir", default=None, help="where run directories go (default: results/<the run's "
+                   "budget>, e.g. results/epochs=5,batch_size=32: runs of different budgets never share a folder "
+                   "by accident)")
     g.add_argument("--force", action="store_true", help="run again even if a complete run with this config exists")
     g.add_argument("--resume", action="store_true", help="continue an unfinished run with this config from its last "
                    "finished task (checkpoints are saved at every task boundary)")
@@ -145,7 +147,7 @@ def gather_from_args(ns: argparse.Namespace) -> RunConfig:
     given = {**{k: v for k, v in from_file.items() if k not in TOP_LEVEL},
              **{k: v for k, v in vars(ns).items() if k not in NOT_OPTIONS}}
     for key in ("benchmark", "model", "method", "device", "results_dir"):
-        if not isinstance(top[key], str):
+        if not isinstance(top[key], str) and not (key == "results_dir" and top[key] is None):
             raise BadInput(f"--{key.replace('_', '-')}: bad value {top[key]!r}, allowed: a string")
     log_to = getattr(ns, "log_to", None) or from_file.get("log_to", [])
     log_to = [log_to] if isinstance(log_to, str) else log_to

@@ -98,9 +98,14 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
     cfg = RunConfig.from_dict(config)
     if _stopping:
         return Outcome(cfg.run_id, "interrupted", "the sweep was interrupted before this run started")
+    from .claim import RunBusy, check_free
+
+    try:  # a run another live process holds: left to it before torch is even imported (a SLURM task ends at once)
+        check_free(Path(cfg.results_dir) / cfg.run_id)
+    except RunBusy as e:
+        return Outcome(cfg.run_id, "busy", str(e))
     import torch
 
-    from .claim import RunBusy
     from .running import run_experiment
 
     torch.set_num_threads(threads)

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+from .budget import BUDGET_KEYS
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .report_look import DEFAULT_STYLE, DEFAULT_WIDTH, FORMATS, STYLES, WIDTHS, Look, check_style, choose_labels, \
     choose_tasks
@@ -32,9 +33,8 @@ def _look(table, base: Look, methods, tasks) -> Look:
     return replace(base, labels=choose_labels(table, methods, list(colors(table))), tasks=choose_tasks(table, tasks))
 
 
-# options that set a run's budget: runs that differ in them are not comparable point for point, so each
+# runs that differ in budget (forgetting.budget.BUDGET_KEYS) are not comparable point for point, so each
 # budget gets figures of its own (the summary tables still list every run, the budget in its variant)
-BUDGET_KEYS = ("epochs", "batch_size", "text_train_per_task", "text_test_per_task", "train_per_class", "eval_subset")
 
 
 def budget_of(run) -> tuple:

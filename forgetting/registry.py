@@ -459,7 +459,8 @@ def resolve(config: RunConfig) -> RunConfig:
     """``config`` with every name and value checked and every default filled in; BadInput on the first bad one.
 
     The result is what a run uses and what its id hashes, whichever way the values came
-    (CLI, suite file, Python), so a default spelled out or left out gives the same id.
+    (CLI, suite file, Python), so a default spelled out or left out gives the same id. A config whose
+    ``results_dir`` is None is given ``results/<its budget>`` (``forgetting.budget``).
     """
     if not isinstance(config.device, str) or not _DEVICE.fullmatch(config.device):
         raise BadInput(f"--device: unknown device {config.device!r}, allowed: {', '.join(DEVICES)} (or cuda:N)")
@@ -496,10 +497,15 @@ def resolve(config: RunConfig) -> RunConfig:
     from .streams import default_data_dir  # the default is looked up only after an explicit one was checked
 
     data_dir = config.data_dir if config.data_dir is not None else default_data_dir()
-    return RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
-                     data_dir=data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
-                     log_to=tracking_check(config.log_to),
-                     data_fingerprint=fingerprint(bench, stream_c, data_dir))
+    resolved = RunConfig(stream=stream_c, model=model_c, method=method_c, loop=loop, device=config.device,
+                         data_dir=data_dir, results_dir=str(config.results_dir), progress=bool(config.progress),
+                         log_to=tracking_check(config.log_to),
+                         data_fingerprint=fingerprint(bench, stream_c, data_dir))
+    if config.results_dir is None:  # none given: results/<the run's budget> (forgetting.budget)
+        from .budget import run_results_dir
+
+        resolved.results_dir = run_results_dir(resolved)
+    return resolved
 
 
 def fingerprint(bench, stream_c: Component, data_dir: str | None) -> dict:
@@ -548,15 +554,16 @@ def _refuse(key: str, chosen: dict[str, str]) -> None:
 
 def make_config(benchmark: str = "split-digits", scenario: str | None = None, model: str = "mlp", method: str = "kl",
                 hparams: dict | None = None, model_options: dict | None = None, stream_options: dict | None = None,
-                device: str = "auto", data_dir: str | None = None, results_dir: str = "results",
+                device: str = "auto", data_dir: str | None = None, results_dir: str | None = None,
                 progress: bool = True, log_to: list[str] | tuple[str, ...] = (), **options) -> RunConfig:
     """A resolved config from Python: the components by name and any of their options as keywords
-    (``make_config(method="kl", kl_lambda=0.5, epochs=2)``); the same checks and run id as the CLI."""
+    (``make_config(method="kl", kl_lambda=0.5, epochs=2)``); the same checks and run id as the CLI.
+    ``results_dir`` None: ``results/<the run's budget>`` (``forgetting.budget``)."""
     values = {**(stream_options or {}), **(model_options or {}), **(hparams or {}), **options}
     if scenario is not None:
         values["scenario"] = scenario
     return resolve(gather(benchmark, model, method, values, device=device, data_dir=data_dir,
-                          results_dir=str(results_dir), progress=progress,
+                          results_dir=None if results_dir is None else str(results_dir), progress=progress,
                           log_to=[log_to] if isinstance(log_to, str) else list(log_to)))
 
 

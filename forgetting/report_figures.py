@@ -28,7 +28,7 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from adjustText import adjust_text  # noqa: E402
 
-from .metrics import (accuracy_matrix, bounded_ci, has_nll, mean_ci, old_task_curves, pareto_front,  # noqa: E402
+from .metrics import (accuracy_matrix, bounded_ci, mean_ci, old_task_curves, pareto_front,  # noqa: E402
                       task_boundaries)
 from .report_look import FORMATS, Look  # noqa: E402
 from .report_runs import Run  # noqa: E402
@@ -108,8 +108,10 @@ def legend_columns(look: Look) -> int:
 
 
 def nll_unit(table: pd.DataFrame) -> str:
-    """``byte`` where every run's NLL is per byte (the byte-level tokenizer of ``--model gpt2``), else ``token``."""
-    return "byte" if "nll_unit" in table and len(table) and (table["nll_unit"] == "byte").all() else "token"
+    """``byte`` where every run that reports an NLL has it per byte (the byte-level tokenizer of ``--model
+    gpt2``), else ``token``."""
+    lm = table[table["nll_unit"].fillna("") != ""] if "nll_unit" in table else table.iloc[:0]
+    return "byte" if len(lm) and (lm["nll_unit"] == "byte").all() else "token"
 
 
 def clip_limits(ax, axis: str, low: float | None = None, high: float | None = None, margin: float = 0.03) -> None:
@@ -620,7 +622,7 @@ def figure_set(runs: list[Run], table: pd.DataFrame, out: Path, prefix: str = ""
     if not runs:
         return []
     out.mkdir(parents=True, exist_ok=True)
-    nll = [r for r in runs if has_nll(r.rows)]
+    nll = [r for r in runs if r.reports_nll]  # the objective's report_measures say so, not the columns present
     with plt.rc_context(style_rc(look.style)):
         return (forgetting_curves(runs, table, where, out, prefix, look)
                 + accuracy_heatmaps(runs, table, where, out, prefix, look)

@@ -93,9 +93,23 @@ class Run:
             return float("nan")
 
     @property
+    def reports_nll(self) -> bool:
+        """Whether the run's objective reports a held-out NLL (its ``report_measures`` name one: a causal LM);
+        for a run whose manifest predates ``report_measures``, whether its rows carry one."""
+        measures = self.manifest.get("report_measures")
+        if measures:
+            return any("nll" in str(m[0]) for m in measures)
+        from .metrics import has_nll
+
+        return has_nll(self.rows)
+
+    @property
     def nll_unit(self) -> str:
-        """What a causal LM's NLL is per: ``byte`` for ``--model gpt2`` (built with the byte-level tokenizer,
-        a token per UTF-8 byte), else ``token`` (a checkpoint's own tokenizer)."""
+        """What the run's NLL is per: ``byte`` for ``--model gpt2`` (built with the byte-level tokenizer, a token
+        per UTF-8 byte), ``token`` for another causal LM (a checkpoint's own tokenizer), '' for a run whose
+        objective reports no NLL (a classifier)."""
+        if not self.reports_nll:
+            return ""
         return "byte" if str(self.config.get("model", "")) == "gpt2" else "token"
 
     @property

@@ -199,7 +199,7 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     """Complete runs pooled per experiment (mean, 95% t-interval); each unfinished run a row of its own."""
     rows = []
     done = table[table["status"] == "complete"]
-    first = ["method", "lambda", "name", "variant", "report_measures"]
+    first = ["method", "lambda", "name", "variant", "report_measures", "nll_unit"]  # nll_unit: byte, token, empty
     for key, g in done.groupby(KEYS, sort=True, dropna=False):
         row = dict(zip(KEYS, key))
         row.update({k: g[k].iloc[0] for k in first})
@@ -232,11 +232,17 @@ def summarize(table: pd.DataFrame) -> pd.DataFrame:
     return out.drop(columns="_unfinished").reset_index(drop=True)
 
 
+def reports_nll(table: pd.DataFrame) -> bool:
+    """Whether any run of a ``run_table`` reports a held-out NLL (its objective's ``report_measures``: its
+    ``nll_unit`` is set); a table without that column (made by hand): whether it carries an NLL rise."""
+    if "nll_unit" in table:
+        return bool((table["nll_unit"].fillna("") != "").any())
+    return "nll_forgetting_max" in table and bool(table["nll_forgetting_max"].notna().any())
+
+
 def forgetting_column(table: pd.DataFrame) -> str:
     """The forgetting a group of runs is judged by: the NLL rise for causal LMs, else accuracy forgetting."""
-    if "nll_forgetting_max" in table and table["nll_forgetting_max"].notna().any():
-        return "nll_forgetting_max"
-    return "forgetting_max"
+    return "nll_forgetting_max" if reports_nll(table) else "forgetting_max"
 
 
 def kl_fit(table: pd.DataFrame) -> dict | None:
@@ -327,7 +333,7 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
         "always predicting each task's most frequent test label (majority class)",
         "",
     ]
-    if summary["nll_rise_mean"].notna().any():
+    if reports_nll(table):
         lines[-1:-1] = [
             "- causal LMs: accuracy is the answer accuracy of completion tasks (the choice of highest likelihood) "
             "and the next-token accuracy of language-modelling tasks; KL drift is per token; NLL rise, max-based: "
@@ -336,10 +342,11 @@ def markdown(summary: pd.DataFrame, table: pd.DataFrame, references: pd.DataFram
     for (bench, scen), s in summary.groupby(["benchmark", "scenario"], sort=True):
         lines += [f"## {bench}, {scen}-incremental", ""]
         with_variant = bool((s["variant"].fillna("") != "").any())
-        shown = [(m, h, pct) for m, h, pct, _ in METRICS
-                 if m not in LM_METRICS or s[f"{m}_mean"].notna().any()]  # LM columns only for LM runs
         here = table[(table["benchmark"] == bench) & (table["scenario"] == scen)]
-        unit = "byte" if "nll_unit" in here and len(here) and (here["nll_unit"] == "byte").all() else "token"
+        lm = reports_nll(here)  # LM columns for runs whose objective reports NLL (report_measures)
+        shown = [(m, h, pct) for m, h, pct, _ in METRICS if m not in LM_METRICS or lm]
+        lm_units = here.loc[here["nll_unit"].fillna("") != "", "nll_unit"] if "nll_unit" in here else here.iloc[:0]
+        unit = "byte" if len(lm_units) and (lm_units == "byte").all() else "token"
         head = ["method", "runs"] + [h.replace("nats/token", f"nats/{unit}") for _, h, _ in shown]
         if with_variant:
             head.insert(1, "variant")

@@ -5,6 +5,8 @@ Runs whose results directory holds a complete manifest (same config hash) are sk
 others, unfinished ones included, run in worker processes (``--executor process``) or as Ray
 tasks (``--executor ray``, on this machine or on a cluster). A run that fails is recorded and
 the others go on; the sweep then writes the plots and summary and exits 1 listing the failures.
+Without ``--results-dir`` the runs go to ``results/<suite name>`` (a one-off grid: ``results/<its budget>``,
+``forgetting.budget``), so that studies of different budgets never share a folder by accident.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import registry
+from .budget import grid_results_dir, suite_results_dir
 from .config import DEVICES, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
@@ -88,12 +91,13 @@ def with_download(configs: list[RunConfig]) -> list[RunConfig]:
     return configs
 
 
-def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, device: str,
+def plan(suite_paths: Sequence[str], results_dir: str | None, data_dir: str | None, device: str,
          note: Callable[[str], None] = print, grid: dict | None = None, download: bool = False,
          skipped: list | None = None) -> list[Planned]:
     """Every run of the suites (or of the command-line ``grid``), in order, once each (same run id: first
     listing wins). ``download``: streams that can fetch missing data do, before any run starts (the ids
     are then computed on the files fetched). Experiments skipped for missing data are appended to ``skipped``.
+    ``results_dir`` None (a grid only): ``results/<the grid's budget>`` made absolute (``forgetting.budget``).
 
     Raises BadInput for a malformed suite or for data that a non-skippable experiment lacks.
     """
@@ -102,6 +106,10 @@ def plan(suite_paths: Sequence[str], results_dir: str, data_dir: str | None, dev
     if grid is not None:  # a one-off grid from the command line (forgetting.sweep_grid)
         configs = grid_configs(grid["axes"], grid["seeds"], grid["run_args"], results_dir=results_dir,
                                data_dir=data_dir, device=device)
+        if results_dir is None:
+            chosen = str(Path(grid_results_dir(configs)).resolve())
+            for c in configs:
+                c.results_dir = chosen
         problem = probe_data(configs[0])
         if problem is not None:
             raise BadInput(f"the runs after --: {problem}")
@@ -160,8 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--grid kl_lambda=0,0.5,1 -- --benchmark split-digits --method kl")
     p.add_argument("--seeds", default=None, metavar="SEEDS",
                    help="with run options after --: every grid point at each seed, e.g. 0-2 or 0,3,7")
-    p.add_argument("--results-dir", default="results", help="where run directories go; with --ray-address, a "
-                   "directory every node sees (default: results)")
+    p.add_argument("--results-dir", default=None, help="where run directories go; with --ray-address, a "
+                   "directory every node sees (default: results/<suite name>, e.g. results/quick; a grid: "
+                   "results/<its runs' budget>, e.g. results/epochs=1,batch_size=32)")
     p.add_argument("--data-dir", default=None, help="directory of local data sets (default: $FORGETTING_DATA_DIR, "
                    "else ../shared/data when it exists); with --ray-address, one every node sees")
     p.add_argument("--workers", default=WORKERS.default, help=f"{WORKERS.help} (default: the number of cores, "
@@ -236,7 +245,8 @@ def check_args(ns: argparse.Namespace) -> None:
         raise BadInput(f"--device: unknown device {ns.device!r}, allowed: {', '.join(DEVICES)}")
     if ns.data_dir is not None and not Path(ns.data_dir).is_dir():
         raise BadInput(f"--data-dir: {ns.data_dir!r} is not a directory")
-    ensure_writable(ns.results_dir)
+    if ns.results_dir is not None:  # the default is chosen once the suites or the grid are read
+        ensure_writable(ns.results_dir)
     from . import tracking
 
     ns.log_to = tracking.check(ns.log_to)
@@ -266,10 +276,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # absolute paths: Ray workers do not share the driver's working directory
         data_dir = str(Path(data_dir).resolve()) if data_dir else None
         grid = None if run_args is None else {"axes": ns.grid, "seeds": ns.seeds, "run_args": run_args}
+        if ns.results_dir is None and ns.suites:  # results/<suite name>: one study, one folder
+            ns.results_dir = suite_results_dir(load_suite(p).name for p in ns.suites)
+            ensure_writable(ns.results_dir)
         ns.skipped = []
-        runs = plan(ns.suites, str(Path(ns.results_dir).resolve()), data_dir, ns.device,
+        runs = plan(ns.suites, str(Path(ns.results_dir).resolve()) if ns.results_dir else None, data_dir, ns.device,
                     note=lambda m: print(f"{PROG}: {m}", file=sys.stderr), grid=grid, download=ns.download,
                     skipped=ns.skipped)
+        if ns.results_dir is None:  # a grid: results/<its runs' budget>, where plan put them
+            ns.results_dir = grid_results_dir(r.config for r in runs)
+            ensure_writable(ns.results_dir)
     except BadInput as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -278,6 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if ns.list:
         for r in runs:
             print(f"{r.state:<10} {r.run_id}  {describe(r.config)}")
+        say(f"{PROG}: {len(runs)} runs in {ns.results_dir}")
         return 0
     for r in runs:  # never part of a run id
         r.config.log_to = list(ns.log_to)

@@ -53,9 +53,10 @@ def parse_axis(text: str) -> tuple[str, list[str]]:
     return "--" + name.replace("_", "-"), items
 
 
-def grid_configs(axes: Sequence[str], seeds: str | None, run_args: Sequence[str], *, results_dir: str,
+def grid_configs(axes: Sequence[str], seeds: str | None, run_args: Sequence[str], *, results_dir: str | None,
                  data_dir: str | None, device: str) -> list[RunConfig]:
-    """One resolved config per grid point x seed, in order; BadInput names the first bad value."""
+    """One resolved config per grid point x seed, in order; BadInput names the first bad value. ``results_dir``
+    None: each config's default, ``results/<its budget>`` (the sweep then picks one for all)."""
     from .cli import TOP_LEVEL, _preparse, build_parser, config_from_args, read_config_file
 
     for arg in run_args:
@@ -77,7 +78,7 @@ def grid_configs(axes: Sequence[str], seeds: str | None, run_args: Sequence[str]
         for seed in seed_list:
             argv = [*run_args, *(x for flag, v in zip(flags, point) for x in (flag, v)),
                     *(["--seed", str(seed)] if seed is not None else []),
-                    "--results-dir", results_dir, "--device", device, "--quiet",
+                    *(["--results-dir", results_dir] if results_dir is not None else []), "--device", device, "--quiet",
                     *(["--data-dir", data_dir] if data_dir else [])]
             chosen = _preparse(argv)  # as forgetting.run's main: a user's components declare their flags
             from_file = read_config_file(chosen.config) if chosen.config else {}

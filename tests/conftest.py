@@ -34,17 +34,29 @@ def mnist_dir(data_dir) -> Path:
     return data_dir
 
 
-def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
-            env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run ``python -m module args`` in a subprocess, as a user would; returns the finished process.
-    ``env`` adds variables (a ``PYTHONPATH`` there goes after the project's)."""
-    extra = dict(env or {})
+def subprocess_env(**extra: str) -> dict:
+    """The environment of a command a test starts (a sweep, run_all.sh, a cluster's driver): this checkout first
+    on ``PYTHONPATH`` (a ``PYTHONPATH`` in ``extra`` after it), one torch thread unless said, and ``extra``."""
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), extra.pop("PYTHONPATH", ""), env.get("PYTHONPATH", ""))
                                         if p)
     env.update(extra)
     env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=env,
+    return env
+
+
+def write_suite(folder: Path, text: str, name: str = "suite.toml") -> Path:
+    """A suite file ``name`` in ``folder`` holding ``text``; its path."""
+    path = Path(folder) / name
+    path.write_text(text)
+    return path
+
+
+def run_cli(module: str, *args: str, cwd: Path | None = None, timeout: float = 600,
+            env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m module args`` in a subprocess, as a user would; returns the finished process.
+    ``env`` adds variables (a ``PYTHONPATH`` there goes after the project's)."""
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd or ROOT, env=subprocess_env(**(env or {})),
                           capture_output=True, text=True, timeout=timeout)
 
 

@@ -174,11 +174,12 @@ def _rows(results: Path) -> dict[str, pd.DataFrame]:
 
 
 def _cluster_sweeps(tmp_path: Path) -> tuple[Path, Path]:
-    suite = tmp_path / "suite.toml"
-    suite.write_text(SUITE)
+    from conftest import subprocess_env, write_suite  # here, not at the top: this file also runs as a script
+
+    suite = write_suite(tmp_path, SUITE)
     results, logs = tmp_path / "cluster", tmp_path / "logs"
     logs.mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
+    env = subprocess_env(OMP_NUM_THREADS="1")
     p = subprocess.run(["unshare", "--net", "--pid", "--fork", "--mount-proc", sys.executable, __file__, str(suite),
                         str(results), str(logs)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     out = "\n".join(f.read_text()[-3000:] for f in sorted(logs.glob("sweep-*.out")))

@@ -1,6 +1,5 @@
 """The README's first command (the main job) runs end to end on the embedded default."""
 
-import os
 import re
 import subprocess
 import sys
@@ -8,7 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, subprocess_env, write_suite
 
 
 def readme_commands() -> list[str]:
@@ -50,9 +49,8 @@ def test_first_command_runs_a_study_end_to_end(tmp_path):
     lead runs; tests/test_sweep.py checks that --quick selects benchmarks/quick.toml's runs."""
     first = readme_commands()[0]
     assert first == "./run_all.sh --quick"
-    suite = tmp_path / "small.toml"
-    suite.write_text(SMALL_STUDY)
-    env = dict(os.environ, FORGETTING_PYTHON=sys.executable, OMP_NUM_THREADS="1")
+    suite = write_suite(tmp_path, SMALL_STUDY, "small.toml")
+    env = subprocess_env(FORGETTING_PYTHON=sys.executable, OMP_NUM_THREADS="1")
     command = first.replace("--quick", f"--suite {suite}") + f" --results-dir {tmp_path / 'results'}"
     p = subprocess.run(command, shell=True, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]

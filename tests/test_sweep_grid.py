@@ -7,7 +7,7 @@ import json
 import pandas as pd
 import pytest
 
-from conftest import run_cli, suite_rows_here
+from conftest import run_cli, subprocess_env, suite_rows_here, write_suite
 from forgetting import sweep
 from forgetting.errors import BadInput
 from forgetting.results import METRICS
@@ -90,18 +90,14 @@ def test_bad_grid_is_one_line_and_exit_2(tmp_path, capsys, args, message):
 @pytest.mark.parametrize("script", ["forgetting-run", "forgetting-sweep", "forgetting-plot"])
 def test_console_scripts_name_themselves_as_called(tmp_path, script):
     """Called as forgetting-run, the messages say forgetting-run (python -m ... says python -m ...)."""
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from conftest import ROOT
-
     path = Path(sys.executable).parent / script
     if not path.exists():
         pytest.skip(f"{script} is not installed beside {sys.executable}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    p = subprocess.run([str(path), "--nope"], capture_output=True, text=True, env=env, timeout=120)
+    p = subprocess.run([str(path), "--nope"], capture_output=True, text=True, env=subprocess_env(), timeout=120)
     assert p.returncode == 2 and p.stderr.startswith(f"{script}: error:"), p.stderr
 
 
@@ -123,11 +119,20 @@ grid.kl_lambda = [0, 1]
 @pytest.mark.slow
 def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_this_process(tmp_path):
     """A 4-run suite as a job array through submitit's local executor: the same runs, the same rows as the
-    suite's runs made here (tests/test_sweep.py checks the process executor against the same)."""
+    suite's runs made here (tests/test_sweep.py checks the process executor against the same). One of them
+    was killed after task 1 (its checkpoint written) before the array: its task resumes it from there to the
+    rows the uninterrupted run got (the check shares this test's runs)."""
     pytest.importorskip("submitit")
-    suite = tmp_path / "four.toml"
-    suite.write_text(FOUR)
+    from conftest import cut_after_task
+    from forgetting.results import MANIFEST
+    from forgetting.suite import load_suite
+
+    suite = write_suite(tmp_path, FOUR, "four.toml")
     results = tmp_path / "slurm"
+    cut = load_suite(suite).runs(str(results.resolve()), None)[0]
+    with pytest.MonkeyPatch.context() as mp:
+        cut_after_task(cut, 1, mp)
+    assert json.loads((results / cut.run_id / MANIFEST).read_text())["status"] != "complete"
     p = run_cli("forgetting.sweep", str(suite), "--results-dir", str(results), "--workers", "2",
                 "--executor", "slurm", "--slurm-cluster", "local", "--slurm-time", "10", "--no-report", "--quiet")
     assert p.returncode == 0, p.stderr[-3000:]
@@ -138,6 +143,8 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     for rid, df in here.items():
         pd.testing.assert_frame_equal(slurm[rid], df, check_exact=True)
     assert list((results / "slurm").glob("*_submission.sh")) or list((results / "slurm").iterdir())
+    resumed = json.loads((results / cut.run_id / MANIFEST).read_text())
+    assert resumed["status"] == "complete" and [r["after_task"] for r in resumed["resumed_at"]] == [1]
 
 
 SEARCH = """
@@ -161,8 +168,7 @@ grid.kl_direction = ["forward", "reverse"]
 @pytest.mark.slow
 def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
     optuna = pytest.importorskip("optuna")
-    suite = tmp_path / "lam.toml"
-    suite.write_text(SEARCH)
+    suite = write_suite(tmp_path, SEARCH, "lam.toml")
     results = tmp_path / "results"
     args = [str(suite), "--search", "3", "--results-dir", str(results), "--workers", "1", "--quiet"]
     assert sweep.main(args) == 0

@@ -32,6 +32,8 @@ def hub(monkeypatch, tmp_path):
         state["calls"].append((repo_id, filename))
         if state["fail"]:
             raise OSError("connection reset")
+        if (repo_id, repo_type) != ("IsaacDev/sentiment-labelled-sentences", "dataset") or filename not in UCI:
+            raise huggingface_hub.errors.RepositoryNotFoundError(f"{repo_type} {repo_id}/{filename} not on this hub")
         path = tmp_path / "hub" / filename
         path.parent.mkdir(exist_ok=True)
         path.write_text(UCI[filename])
@@ -41,9 +43,13 @@ def hub(monkeypatch, tmp_path):
         state["calls"].append((name, config, split))
         if state["fail"]:
             raise ConnectionError("the hub is unreachable")
-        if "ag_news" in name:
-            texts = [f"story {i} about {t}" for i in range(10) for t in ("war", "goals", "stocks", "chips")]
-            return datasets.Dataset.from_dict({"text": texts, "label": [0, 1, 2, 3] * 10})
+        if (name, config) not in (("fancyzhx/ag_news", None), ("clinc/clinc_oos", "plus")):  # the ids checked
+            raise datasets.exceptions.DatasetNotFoundError(f"{name} (config {config}) is not on this hub")
+        if name == "fancyzhx/ag_news":  # text: the CSV's title and description joined by a space (its script)
+            texts = [f"Title {i}  about {t} story\\body" for i in range(10) for t in ("war", "goals", "stocks", "chips")]
+            feats = datasets.Features({"text": datasets.Value("string"),
+                                       "label": datasets.ClassLabel(names=["World", "Sports", "Business", "Sci/Tech"])})
+            return datasets.Dataset.from_dict({"text": texts, "label": [0, 1, 2, 3] * 10}, features=feats)
         from forgetting.streams import text_download
 
         domains = json.loads((pathlib.Path(text_download.__file__).with_name("clinc150_domains.json")).read_text())
@@ -81,7 +87,15 @@ def test_ag_news_and_clinc_download_in_the_local_layout(hub, tmp_path):
     assert (data / "ag_news" / "classes.txt").read_text().split("\n")[:4] == ["World", "Sports", "Business", "Sci/Tech"]
     assert [t.name for t in ag.tasks] == ["ag-news[World+Sports]", "ag-news[Business+Sci/Tech]"]
     assert sum(len(t.train) + len(t.test) for t in ag.tasks) == 40
+    from forgetting.streams.text_local import read_ag_csv
+
+    texts, labels = read_ag_csv(data / "ag_news" / "test.csv", 4)  # the local reader sees the hub's rows
+    hub_rows = [(f"Title {i}  about {t} story\\body", k + 1) for i in range(10) for k, t in
+                enumerate(("war", "goals", "stocks", "chips"))]
+    assert list(zip(texts, labels)) == [(" ".join(t.replace("\\", " ").split()), k) for t, k in hub_rows]
+    assert ("fancyzhx/ag_news", None, "test") in hub["calls"] and ("clinc/clinc_oos", "plus", None) not in hub["calls"]
     clinc = build_stream("clinc150", "class", {"download": True, "data_dir": str(data), "tokenizer": tokenizer_maker("bert")})
+    assert ("clinc/clinc_oos", "plus", None) in hub["calls"]
     full = json.loads((data / "clinc150" / "data_full.json").read_text())
     assert set(full) == {"train", "val", "test"} and all(i != "oos" for _, i in full["train"])
     assert len(full["train"]) == 2 * 150 and len(clinc.tasks) == len(json.loads((data / "clinc150" / "domains.json").read_text()))

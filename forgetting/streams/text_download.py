@@ -6,15 +6,20 @@ data directory, or the download cache (``streams.local.download_cache``, where M
 when none is given; from then on they are local files like any others, content-hashed into the run
 id. A failed fetch removes what it wrote and says why in one line (``streams.local.downloading``).
 
-Sources (the nearest hub copies of the originals):
+Sources (the nearest hub copies of the originals; ids, configs, columns and label encodings checked
+against the hub's dataset cards and the loading scripts they replaced, see docs/DATA.md):
 
 - uci-sentiment: the three ``*_labelled.txt`` files of the UCI archive, byte for byte, from a hub
   dataset repository that holds them as uploaded (``UCI_REPO``), through ``huggingface_hub``;
-- ag-news: ``AG_NEWS`` (Zhang et al. 2015), its test split, through ``datasets`` (title and
-  description come joined as one text there: written as the description, with an empty title);
-- clinc150: ``CLINC`` config ``plus`` (Larson et al. 2019) through ``datasets``, out-of-scope queries
-  left out (as the stream does); the grouping of its 150 intents into 10 domains is not on the hub
-  and ships with this package (``clinc150_domains.json``, from the original repository's domains.json).
+- ag-news: ``AG_NEWS`` (Zhang et al. 2015; the hub's canonical ``ag_news``, now under its owner's
+  name), its test split, through ``datasets``: columns ``text`` (title and description joined by a
+  space: written as the description, with an empty title, which the reader joins back the same way)
+  and ``label`` (0-3: World, Sports, Business, Sci/Tech, the CSV's class 1-4 minus one);
+- clinc150: ``CLINC`` config ``plus`` (Larson et al. 2019; the hub's ``clinc_oos``) through
+  ``datasets``: columns ``text`` and ``intent`` (a class label whose names include ``oos``), splits
+  train, validation, test; out-of-scope queries left out (as the stream does); the grouping of its
+  150 intents into 10 domains is not on the hub and ships with this package
+  (``clinc150_domains.json``, from the original repository's domains.json).
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from ..extras import require
 from .local import data_root, downloading
 
 UCI_REPO = "IsaacDev/sentiment-labelled-sentences"
-AG_NEWS = "fancyzhang/ag_news"
+AG_NEWS = "fancyzhx/ag_news"
 AG_CLASSES = ["World", "Sports", "Business", "Sci/Tech"]
 CLINC = "clinc/clinc_oos"
 SOURCES = {"uci_sentiment": f"hf://datasets/{UCI_REPO}", "ag_news": f"hf://datasets/{AG_NEWS} (test split)",
