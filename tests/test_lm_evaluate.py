@@ -1,0 +1,102 @@
+"""The causal-LM evaluator's bookkeeping, by hand: its batch size under the logits budget, the evaluated subset,
+the rows of a plain-text (``lm``) task, the perplexity's cap and the model's mode. (Its measures against float64
+hand values on a completion task are in test_drift.py.)"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+from torch import nn
+
+from forgetting.evaluate import SUBSET_SEED
+from forgetting.objectives.causal_lm.evaluate import EVAL_FLOATS, LMEvaluator
+
+
+def fake_stream(sizes, n_outputs=258, **info):
+    """What the evaluator's constructor reads: info, the layout's output count, each task's test-set size."""
+    return SimpleNamespace(info=info, layout=SimpleNamespace(n_outputs=n_outputs),
+                           tasks=[SimpleNamespace(test=range(n)) for n in sizes])
+
+
+def test_batch_size_is_the_asked_one_within_the_logits_budget_and_at_least_one():
+    assert EVAL_FLOATS == 2**24
+    assert LMEvaluator(fake_stream([3], max_seq_len=40), 5, "cpu").batch_size == 5
+    assert LMEvaluator(fake_stream([3], max_seq_len=40), 5000, "cpu").batch_size == 2**24 // (40 * 258)  # 1625
+    assert LMEvaluator(fake_stream([3]), 5000, "cpu").batch_size == 2**24 // (512 * 258)  # default length 512: 127
+    assert LMEvaluator(fake_stream([3], n_outputs=2**20, max_seq_len=64), 8, "cpu").batch_size == 1  # 0 -> 1
+
+
+def test_the_subset_is_the_same_seeded_draw_per_task_and_every_example_where_it_is_not_smaller():
+    ev = LMEvaluator(fake_stream([10, 3, 10, 4]), 4, "cpu", subset=4)
+    g = torch.Generator().manual_seed(SUBSET_SEED)
+    first = torch.randperm(10, generator=g)[:4].sort().values
+    third = torch.randperm(10, generator=g)[:4].sort().values  # tasks 1 and 3 (n <= 4) draw nothing
+    assert [t.tolist() for t in ev.index] == [first.tolist(), [0, 1, 2], third.tolist(), [0, 1, 2, 3]]
+    assert first.tolist() != third.tolist() and first.tolist() != [0, 1, 2, 3]
+    assert [b.tolist() for b in ev._batches(0)] == [first.tolist()]
+    assert [t.tolist() for t in LMEvaluator(fake_stream([10, 3]), 4, "cpu").index] == [list(range(10)), [0, 1, 2]]
+    assert [b.tolist() for b in LMEvaluator(fake_stream([10]), 4, "cpu")._batches(0)] == [[0, 1, 2, 3], [4, 5, 6, 7],
+                                                                                         [8, 9]]
+
+
+class ConstantLM(nn.Module):
+    """The same logits at every position, whatever the input; records the mode it was run in."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = nn.Parameter(logits.float())
+        self.modes = []
+
+    def forward(self, inputs):
+        self.modes.append(self.training)
+        b, n = inputs["input_ids"].shape
+        return self.logits.expand(b, n, -1).clone()
+
+
+def texts_stream(tmp_path):
+    from test_lm import write_texts
+
+    from forgetting.registry import tokenizer_maker
+    from forgetting.streams import build_stream
+
+    return build_stream("text-file", "domain", {"text_file": str(write_texts(tmp_path / "t.csv", n=3)),
+                                                "tokenizer": tokenizer_maker("gpt2"), "max_seq_len": 40})
+
+
+def test_rows_of_a_plain_text_task_by_hand_in_eval_mode_and_the_mode_restored(tmp_path):
+    stream = texts_stream(tmp_path)
+    assert stream.info["lm_task"] == "lm"
+    logits = torch.randn(stream.layout.n_outputs, generator=torch.Generator().manual_seed(0)) * 3.0
+    model = ConstantLM(logits).train()
+    ev = LMEvaluator(stream, 2, torch.device("cpu"))
+    rows = ev.evaluate(model)
+    assert model.training and model.modes and not any(model.modes)
+    model.eval()
+    ev.evaluate(model)
+    assert not model.training
+    logp = torch.log_softmax(logits.double(), 0)
+    for k, r in enumerate(rows):
+        data = stream.tasks[k].test
+        inputs, _ = data.gather(torch.arange(len(data)))
+        labels = inputs["labels"][:, 1:]
+        tokens = labels[labels != -100]
+        nll = float(-logp[tokens].mean())
+        assert r["eval_task"] == k and r["eval_task_name"] == stream.tasks[k].name and r["n_eval"] == len(data)
+        assert r["n_tokens"] == len(tokens) and r["nll"] == pytest.approx(nll, rel=1e-6) and r["loss"] == r["nll"]
+        assert r["perplexity"] == pytest.approx(math.exp(nll), rel=1e-6)
+        hit = float((tokens == int(logits.argmax())).double().mean())
+        assert r["token_accuracy"] == pytest.approx(hit) and r["accuracy"] == r["token_accuracy"]
+        for name in ("exact_match", "answer_accuracy", "kl_base"):  # no response, no choices, no base
+            assert math.isnan(r[name]), name
+
+
+def test_perplexity_is_capped_at_exp_700_where_the_nll_is_larger(tmp_path):
+    stream = texts_stream(tmp_path)
+    logits = torch.zeros(stream.layout.n_outputs)
+    logits[0] = 2000.0  # token 0 never appears in the texts: every token costs ~2000 nats
+    (r, *_) = LMEvaluator(stream, 8, torch.device("cpu")).evaluate(ConstantLM(logits))
+    assert r["nll"] == pytest.approx(2000.0, rel=1e-4) and r["token_accuracy"] == 0.0
+    assert r["perplexity"] == math.exp(700.0)
