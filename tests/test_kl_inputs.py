@@ -4,6 +4,7 @@ without reading any data, one-line refusals, and today's run ids untouched."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -199,6 +200,33 @@ def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_d
     assert float(got.detach()) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
     method.base_reference = None
     assert torch.equal(method.penalties(trainer, batch, None, 1)["kl"][0].detach(), got.detach())  # live: the same
+
+
+def test_the_base_seed_is_a_draw_below_2_62_seeded_by_seed_and_task():
+    """The documented function of (seed, task) alone: a rerun or a resumed run of a run id draws the same samples."""
+    for seed, task in [(0, 1), (0, 2), (3, 1)]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + task)
+        assert KL.base_seed(seed, task) == int(torch.randint(0, 2**62, (1,), generator=g))
+    seeds = {KL.base_seed(s, t) for s in range(3) for t in range(1, 4)}
+    assert len(seeds) == 9 and all(0 <= s < 2**62 for s in seeds)
+
+
+def test_the_base_references_cache_limit_is_samples_times_length_times_vocabulary_times_4_bytes(tmp_path):
+    """The reference's logits on the context-free samples are kept at exactly their size in MB (samples x (longest
+    - 1) x vocabulary x 4 / 2^20), not just below it."""
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, kl_inputs="base", kl_samples=3, kl_max_new_tokens=4)
+    trainer.snapshot_boundary(0)
+    method = trainer.methods[0]
+    method.before_task(trainer, 1)
+    assert method.base_reference is not None
+    size_mb = len(method.base) * (max(len(t) for t, _ in method.base) - 1) * trainer.layout.n_outputs * 4 / 2**20
+    method.hparams["teacher_cache_mb"] = size_mb
+    method.before_task(trainer, 1)
+    assert method.base_reference is not None
+    method.hparams["teacher_cache_mb"] = float(np.nextafter(size_mb, 0.0))
+    method.before_task(trainer, 1)
+    assert method.base is not None and method.base_reference is None
 
 
 @pytest.mark.parametrize("hparams", [{"kl_inputs": "base", "kl_samples": 3, "kl_max_new_tokens": 4},

@@ -15,10 +15,15 @@ from forgetting.evaluate import SUBSET_SEED
 from forgetting.objectives.causal_lm.evaluate import EVAL_FLOATS, LMEvaluator
 
 
+class FakeStream(SimpleNamespace):
+    def __len__(self):
+        return len(self.tasks)
+
+
 def fake_stream(sizes, n_outputs=258, **info):
     """What the evaluator's constructor reads: info, the layout's output count, each task's test-set size."""
-    return SimpleNamespace(info=info, layout=SimpleNamespace(n_outputs=n_outputs),
-                           tasks=[SimpleNamespace(test=range(n)) for n in sizes])
+    return FakeStream(info=info, layout=SimpleNamespace(n_outputs=n_outputs),
+                      tasks=[SimpleNamespace(test=range(n)) for n in sizes])
 
 
 def test_batch_size_is_the_asked_one_within_the_logits_budget_and_at_least_one():
@@ -100,3 +105,76 @@ def test_perplexity_is_capped_at_exp_700_where_the_nll_is_larger(tmp_path):
     (r, *_) = LMEvaluator(stream, 8, torch.device("cpu")).evaluate(ConstantLM(logits))
     assert r["nll"] == pytest.approx(2000.0, rel=1e-4) and r["token_accuracy"] == 0.0
     assert r["perplexity"] == math.exp(700.0)
+
+
+class OneExample:
+    """One completion example, prompt [5] after the begin token 0, response [9] (one token that carries loss), choices
+    [7] and [9] with the right one 1: the smallest case, where a mean over tokens or examples divides by 1."""
+
+    choices = [[7], [9]]
+    targets = torch.tensor([1])
+
+    def __len__(self):
+        return 1
+
+    def sequences(self, rows, responses):
+        ids = torch.tensor([[0, 5, *r] for r in responses])
+        labels = torch.tensor([[-100, -100, *r] for r in responses])
+        return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": labels}
+
+    def gather(self, rows):
+        return self.sequences(rows, [[9]] * len(rows)), self.targets[rows]
+
+
+def test_one_example_with_one_token_its_means_divide_by_one():
+    stream = FakeStream(info={"lm_task": "completion"}, layout=SimpleNamespace(n_outputs=12),
+                        tasks=[SimpleNamespace(test=OneExample(), name="one")])
+    logits = torch.zeros(12)
+    logits[9], logits[7] = 2.0, 1.0
+    (r,) = LMEvaluator(stream, 4, torch.device("cpu")).evaluate(ConstantLM(logits))
+    nll = -float(torch.log_softmax(logits.double(), 0)[9])
+    assert r["n_eval"] == 1 and r["n_tokens"] == 1 and r["nll"] == pytest.approx(nll, rel=1e-6)
+    assert r["token_accuracy"] == 1.0 and r["exact_match"] == 1.0 and r["answer_accuracy"] == 1.0
+    assert r["accuracy"] == 1.0 and math.isnan(r["kl_base"])
+    logits[7] = 3.0  # now the wrong choice and the wrong token are the most likely
+    (r,) = LMEvaluator(stream, 4, torch.device("cpu")).evaluate(ConstantLM(logits))
+    assert (r["token_accuracy"], r["exact_match"], r["answer_accuracy"], r["accuracy"]) == (0.0, 0.0, 0.0, 0.0)
+
+
+class Generated:
+    """What ``generated`` reads of a task's test set: its responses (end-of-text last) and a tokenizer."""
+
+    responses = [[1, 2, 3, 0], [5, 0], [6, 0]]
+    tokenizer = SimpleNamespace(decode=lambda ids: " ".join(map(str, ids)))
+
+    def __len__(self):
+        return 3
+
+
+@pytest.mark.parametrize("name, own", [("trace[FOMC]", "gen_exact_match"), ("trace[MeetingBank]", "rouge_l")])
+def test_generation_scores_the_evaluated_examples_and_its_speed_is_tokens_per_second(monkeypatch, name, own):
+    """greedy stood in for (its own test compares it with an argmax loop): the scores of its output against the
+    responses less their end-of-text token, the task's own score (from the name inside [...]) as accuracy, and the
+    tokens generated per second."""
+    from forgetting.objectives.causal_lm import evaluate, scores
+
+    calls = []
+
+    def greedy(model, data, rows, max_new_tokens, batch_size, device):
+        calls.append((rows.tolist(), max_new_tokens))
+        return [[1, 2, 3], [4], [6, 7]][: len(rows)], 2.0
+
+    monkeypatch.setattr(evaluate, "greedy", greedy)
+    stream = FakeStream(info={"max_new_tokens": 1, "scoring": "trace"}, layout=SimpleNamespace(n_outputs=8),
+                        tasks=[SimpleNamespace(test=Generated(), name=name)])
+    ev = LMEvaluator(stream, 4, "cpu")
+    assert ev.max_new_tokens == 1
+    g = ev.generated(None, 0)
+    assert calls == [([0, 1, 2], 1)]
+    preds, refs = ["1 2 3", "4", "6 7"], ["1 2 3", "5", "6"]
+    assert g["gen_exact_match"] == pytest.approx(1 / 3) == scores.exact_match(preds, refs)
+    assert g["rouge_l"] == scores.rouge_l(preds, refs) and g["bleu"] == scores.bleu(preds, refs)
+    assert g["gen_score"] == g[own] == g["accuracy"] and g["rouge_l"] != g["gen_exact_match"]
+    assert g["gen_tokens_per_s"] == 6 / 2.0
+    monkeypatch.setattr(evaluate, "greedy", lambda *a: ([[1]], 0.0))
+    assert math.isnan(LMEvaluator(stream, 4, "cpu", subset=1).generated(None, 0)["gen_tokens_per_s"])

@@ -130,3 +130,36 @@ def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
     assert value == pytest.approx(on_new, abs=1e-6) and abs(on_new - on_all) > 1e-4
     kl.hparams["kl_on_replayed"] = True  # every example of the batch held, the live teacher on all of them
     assert float(kl.penalties(tr, batch, logits, 1)["kl"][0]) == pytest.approx(on_all, abs=1e-6)
+
+
+def test_the_size_limit_is_examples_times_outputs_times_4_bytes_inclusive():
+    """On at exactly the cache's size in MB (rows x outputs x 4 / 2^20), off just below it."""
+    tr = trainer_after_task0()
+    kl = tr.methods[0]
+    size_mb = len(tr.stream.tasks[1].train) * tr.layout.n_outputs * 4 / 2**20
+    kl.hparams["teacher_cache_mb"] = size_mb
+    kl.before_task(tr, 1)
+    assert kl.cache is not None
+    kl.hparams["teacher_cache_mb"] = float(np.nextafter(size_mb, 0.0))
+    kl.before_task(tr, 1)
+    assert kl.cache is None
+
+
+def test_teacher_logits_of_some_rows_come_from_the_cache_without_running_the_teacher():
+    tr = trainer_after_task0()
+    kl = tr.methods[0]
+    kl.before_task(tr, 1)
+    batch = next(iterate_batches(tr.stream.tasks[1].train, 1, 8, shuffle=False))
+    with torch.no_grad():
+        live = tr.previous_model(batch.inputs)
+    rows = torch.tensor([5, 0, 2])
+    calls = []
+    hook = tr.previous_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cached = kl.teacher_logits(tr, batch, rows)
+        assert calls == [] and cached.shape == (3, tr.layout.n_outputs)
+        assert torch.allclose(cached, live[rows], atol=1e-5, rtol=0)
+        kl.cache = None
+        assert torch.equal(kl.teacher_logits(tr, batch, rows), live[rows]) and calls == [1]
+    finally:
+        hook.remove()
