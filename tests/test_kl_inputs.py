@@ -220,6 +220,17 @@ def test_the_base_references_cache_limit_is_samples_times_length_times_vocabular
     method = trainer.methods[0]
     method.before_task(trainer, 1)
     assert method.base_reference is not None
+    ids = torch.tensor([[trainer.model.lm.config.bos_token_id, 5, 6]])
+    batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
+    calls = []
+    hook = trainer.previous_model.register_forward_hook(lambda *args: calls.append(1))
+    try:  # the kept logits serve the penalty: the reference is not run
+        kept = method.penalties(trainer, batch, None, 1)["kl"][0]
+        assert calls == []
+        method.base_reference = None
+        assert torch.allclose(method.penalties(trainer, batch, None, 1)["kl"][0], kept) and calls == [1]
+    finally:
+        hook.remove()
     size_mb = len(method.base) * (max(len(t) for t, _ in method.base) - 1) * trainer.layout.n_outputs * 4 / 2**20
     method.hparams["teacher_cache_mb"] = size_mb
     method.before_task(trainer, 1)
