@@ -211,14 +211,18 @@ def test_the_base_seed_is_a_draw_below_2_62_seeded_by_seed_and_task():
     assert len(seeds) == 9 and all(0 <= s < 2**62 for s in seeds)
 
 
-def test_the_base_references_cache_limit_is_samples_times_length_times_vocabulary_times_4_bytes(tmp_path):
+def test_the_base_references_cache_limit_is_samples_times_length_times_vocabulary_times_4_bytes(tmp_path, caplog):
     """The reference's logits on the context-free samples are kept at exactly their size in MB (samples x (longest
     - 1) x vocabulary x 4 / 2^20), not just below it."""
+    import logging
+
     stream = pairs_stream(tmp_path)
     trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, kl_inputs="base", kl_samples=3, kl_max_new_tokens=4)
     trainer.snapshot_boundary(0)
     method = trainer.methods[0]
-    method.before_task(trainer, 1)
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        method.before_task(trainer, 1)
+    assert [r.getMessage() for r in caplog.records] == ["kl inputs for task 1: 3 context-free samples of the reference"]
     assert method.base_reference is not None
     ids = torch.tensor([[trainer.model.lm.config.bos_token_id, 5, 6]])
     batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()

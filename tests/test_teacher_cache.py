@@ -132,17 +132,24 @@ def test_replay_kl_holds_only_the_new_examples_and_serves_them_from_the_cache():
     assert float(kl.penalties(tr, batch, logits, 1)["kl"][0]) == pytest.approx(on_all, abs=1e-6)
 
 
-def test_the_size_limit_is_examples_times_outputs_times_4_bytes_inclusive():
-    """On at exactly the cache's size in MB (rows x outputs x 4 / 2^20), off just below it."""
+def test_the_size_limit_is_examples_times_outputs_times_4_bytes_inclusive(caplog):
+    """On at exactly the cache's size in MB (rows x outputs x 4 / 2^20), off just below it; each said in a log line."""
     tr = trainer_after_task0()
     kl = tr.methods[0]
-    size_mb = len(tr.stream.tasks[1].train) * tr.layout.n_outputs * 4 / 2**20
+    rows, n = len(tr.stream.tasks[1].train), tr.layout.n_outputs
+    size_mb = rows * n * 4 / 2**20
     kl.hparams["teacher_cache_mb"] = size_mb
-    kl.before_task(tr, 1)
-    assert kl.cache is not None
-    kl.hparams["teacher_cache_mb"] = float(np.nextafter(size_mb, 0.0))
-    kl.before_task(tr, 1)
-    assert kl.cache is None
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        kl.before_task(tr, 1)
+        assert kl.cache is not None
+        below = float(np.nextafter(size_mb, 0.0))
+        kl.hparams["teacher_cache_mb"] = below
+        kl.before_task(tr, 1)
+        assert kl.cache is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"teacher cache for task 1: {rows} examples x {n} outputs ({size_mb:.2f} MB)",
+        f"teacher cache off for task 1: it would take {size_mb:.1f} MB, above --teacher-cache-mb {below:g}; "
+        "using the live teacher"]
 
 
 def test_teacher_logits_of_some_rows_come_from_the_cache_without_running_the_teacher():
