@@ -242,6 +242,9 @@ def test_the_base_references_cache_limit_is_samples_times_length_times_vocabular
     method.hparams["teacher_cache_mb"] = float(np.nextafter(size_mb, 0.0))
     method.before_task(trainer, 1)
     assert method.base is not None and method.base_reference is None
+    method.hparams["teacher_cache_mb"], method.hparams["teacher_cache"] = size_mb, False  # --no-teacher-cache
+    method.before_task(trainer, 1)
+    assert method.base is not None and method.base_reference is None
 
 
 @pytest.mark.parametrize("hparams", [{"kl_inputs": "base", "kl_samples": 3, "kl_max_new_tokens": 4},

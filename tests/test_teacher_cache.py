@@ -170,3 +170,19 @@ def test_teacher_logits_of_some_rows_come_from_the_cache_without_running_the_tea
         assert torch.equal(kl.teacher_logits(tr, batch, rows), live[rows]) and calls == [1]
     finally:
         hook.remove()
+
+
+def test_why_the_cache_is_off_and_the_live_teacher_refused_in_train_mode():
+    from types import SimpleNamespace
+
+    from forgetting.methods.kl import Method as KL
+
+    def trainer(deterministic, training):
+        return SimpleNamespace(stream=SimpleNamespace(deterministic_inputs=deterministic),
+                               previous_model=SimpleNamespace(training=training))
+
+    assert KL.cache_blocker(trainer(True, False)) is None
+    assert KL.cache_blocker(trainer(False, False)) == "the stream's training inputs change between visits (augmentation)"
+    assert KL.cache_blocker(trainer(True, True)) == "the teacher is in train mode (stochastic)"
+    with pytest.raises(AssertionError, match="^the teacher must be in eval mode$"):
+        KL.live_teacher(trainer(True, True))
