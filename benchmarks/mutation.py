@@ -39,7 +39,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "evaluate": ("forgetting/evaluate.py", ["tests/test_drift.py", "tests/test_class_incremental.py",
                                             "tests/test_core_behaviour.py"]),
     "evaluate_lm": ("forgetting/objectives/causal_lm/evaluate.py", [
-        "tests/test_drift.py", "tests/test_lm_evaluate.py", "tests/test_lm.py",
+        "tests/test_drift.py", "tests/test_lm_evaluate.py",
         "tests/test_lm_scores.py::test_the_evaluator_scores_generations_as_the_benchmark_does",
         "tests/test_lm_scores.py::test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries"]),
     "classification": ("forgetting/objectives/classification.py", ["tests/test_loop_penalty.py", "tests/test_drift.py",
