@@ -125,10 +125,10 @@ def test_each_estimator_on_data_inputs_is_the_kl_estimators_function_at_the_targ
     assert all(p.grad is None for p in trainer.previous_model.parameters())
 
 
-@pytest.mark.parametrize("estimator", ["exact", "k3"])
-def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, temperature", [("exact", 1.0), ("k3", 1.5)])
+def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, estimator, temperature):
     trainer, method, batch = at_task_1(tmp_path, kl_inputs="policy", kl_estimator=estimator, kl_max_new_tokens=5,
-                                       kl_direction="reverse")
+                                       kl_direction="reverse", kl_sample_temperature=temperature)
     reference = {k: v.clone() for k, v in trainer.previous_model.state_dict().items()}
     generator = torch.Generator().set_state(trainer.generator.get_state())
     logits = trainer.model(batch.inputs)
@@ -139,12 +139,16 @@ def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, est
     cfg = trainer.model.lm.config
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     trainer.model.eval()
-    drawn = sampling.generate(trainer.model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+    drawn = sampling.generate(trainer.model, prompts, 1, seed, temperature=temperature, max_new_tokens=5,
                               pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
+    if temperature != 1.0:  # the option reaches the sampler: at T = 1 the draw differs
+        assert drawn != sampling.generate(trainer.model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+                                          pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
     trainer.model.train()
     seqs = [(p + g[0], len(p)) for p, g in zip(prompts, drawn)]
     assert float(got) == pytest.approx(hand_kl(trainer, seqs, estimator, "reverse"), rel=1e-4, abs=1e-6)
-    teacher_drawn = sampling.generate(trainer.previous_model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+    teacher_drawn = sampling.generate(trainer.previous_model, prompts, 1, seed, temperature=temperature,
+                                      max_new_tokens=5,
                                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
     assert teacher_drawn != drawn  # the completions are the student's, not the reference's
     got.backward()
