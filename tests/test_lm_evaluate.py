@@ -151,7 +151,8 @@ class Generated:
         return 3
 
 
-@pytest.mark.parametrize("name, own", [("trace[FOMC]", "gen_exact_match"), ("trace[MeetingBank]", "rouge_l")])
+@pytest.mark.parametrize("name, own", [("trace[FOMC]", "gen_exact_match"), ("trace[MeetingBank]", "rouge_l"),
+                                       ("MeetingBank", "rouge_l")])
 def test_generation_scores_the_evaluated_examples_and_its_speed_is_tokens_per_second(monkeypatch, name, own):
     """greedy stood in for (its own test compares it with an argmax loop): the scores of its output against the
     responses less their end-of-text token, the task's own score (from the name inside [...]) as accuracy, and the
@@ -161,7 +162,7 @@ def test_generation_scores_the_evaluated_examples_and_its_speed_is_tokens_per_se
     calls = []
 
     def greedy(model, data, rows, max_new_tokens, batch_size, device):
-        calls.append((rows.tolist(), max_new_tokens))
+        calls.append((rows.tolist(), max_new_tokens, batch_size))
         return [[1, 2, 3], [4], [6, 7]][: len(rows)], 2.0
 
     monkeypatch.setattr(evaluate, "greedy", greedy)
@@ -170,7 +171,9 @@ def test_generation_scores_the_evaluated_examples_and_its_speed_is_tokens_per_se
     ev = LMEvaluator(stream, 4, "cpu")
     assert ev.max_new_tokens == 1
     g = ev.generated(None, 0)
-    assert calls == [([0, 1, 2], 1)]
+    LMEvaluator(stream, 1, "cpu").generated(None, 0)
+    LMEvaluator(stream, 100, "cpu").generated(None, 0)
+    assert calls == [([0, 1, 2], 1, 4), ([0, 1, 2], 1, 1), ([0, 1, 2], 1, 64)]  # the batch size, at most 64
     preds, refs = ["1 2 3", "4", "6 7"], ["1 2 3", "5", "6"]
     assert g["gen_exact_match"] == pytest.approx(1 / 3) == scores.exact_match(preds, refs)
     assert g["rouge_l"] == scores.rouge_l(preds, refs) and g["bleu"] == scores.bleu(preds, refs)
