@@ -181,3 +181,32 @@ def test_generation_scores_the_evaluated_examples_and_its_speed_is_tokens_per_se
     assert g["gen_tokens_per_s"] == 6 / 2.0
     monkeypatch.setattr(evaluate, "greedy", lambda *a: ([[1]], 0.0))
     assert math.isnan(LMEvaluator(stream, 4, "cpu", subset=1).generated(None, 0)["gen_tokens_per_s"])
+
+
+def test_rows_are_sums_over_every_batch_the_same_in_batches_of_one(tmp_path):
+    """Each measure accumulates over the evaluator's batches: in batches of one example it equals the one-batch
+    value (test_drift.py checks that one by hand), on a completion task with choices, with a base model (kl_base)
+    and with a model right on some tokens, responses and answers only (the accuracies)."""
+    from test_drift import PeekingLM, lm_trainer
+
+    tr = lm_trainer(tmp_path)
+    stream = tr.stream
+    told = {}
+    for task in stream.tasks:
+        d = task.test
+        for i in range(len(d)):
+            t = int(d.targets[i])
+            told[tuple(d.prompts[i])] = d.choices[t if t % 2 == 0 else (t + 1) % len(d.choices)]
+    for model, base in [(tr.model, tr.base_model), (PeekingLM(told), None)]:
+        one = LMEvaluator(stream, 64, torch.device("cpu")).evaluate(model, base)
+        single = LMEvaluator(stream, 1, torch.device("cpu")).evaluate(model, base)
+        for a, b, task in zip(one, single, stream.tasks):
+            assert a["n_eval"] == b["n_eval"] == len(task.test) > 1
+            assert a["n_tokens"] == b["n_tokens"] > len(task.test)
+            for name in ("nll", "token_accuracy", "exact_match", "answer_accuracy", "kl_base", "accuracy"):
+                assert b[name] == pytest.approx(a[name], rel=1e-5, abs=1e-7, nan_ok=True), name
+        if base is not None:
+            assert all(r["kl_base"] > 0.1 for r in one)
+        else:
+            assert any(0 < r["token_accuracy"] < 1 for r in one) and any(r["exact_match"] > 0 for r in one)
+            assert any(r["answer_accuracy"] > 0 for r in one)
