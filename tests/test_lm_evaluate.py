@@ -136,6 +136,11 @@ def test_one_example_with_one_token_its_means_divide_by_one():
     assert r["n_eval"] == 1 and r["n_tokens"] == 1 and r["nll"] == pytest.approx(nll, rel=1e-6)
     assert r["token_accuracy"] == 1.0 and r["exact_match"] == 1.0 and r["answer_accuracy"] == 1.0
     assert r["accuracy"] == 1.0 and math.isnan(r["kl_base"])
+    ev = LMEvaluator(stream, 4, torch.device("cpu"))
+    ev.max_new_tokens = 1  # --max-new-tokens 1: the generated answers' scores, their own score the accuracy
+    ev.generated = lambda model, task: {"gen_score": 0.25, "accuracy": 0.25}
+    (r,) = ev.evaluate(ConstantLM(logits))
+    assert r["gen_score"] == r["accuracy"] == 0.25 and r["answer_accuracy"] == 1.0
     logits[7] = 3.0  # now the wrong choice and the wrong token are the most likely
     (r,) = LMEvaluator(stream, 4, torch.device("cpu")).evaluate(ConstantLM(logits))
     assert (r["token_accuracy"], r["exact_match"], r["answer_accuracy"], r["accuracy"]) == (0.0, 0.0, 0.0, 0.0)
