@@ -176,3 +176,23 @@ def test_padded_form_is_forward_only_and_says_so_before_any_file(tmp_path):
 
     prepare(cfg("class", "symmetric", "old"))  # the old-classes form takes every direction
     prepare(cfg("task", "reverse"))  # the option plays no part outside class
+
+
+@pytest.mark.parametrize("direction, form, refused", [("forward", "active", False), ("reverse", "active", True),
+                                                      ("symmetric", "active", True), ("reverse", "old", False)])
+def test_the_class_scenario_takes_forward_with_the_padded_form_and_any_direction_with_old(direction, form, refused):
+    from types import SimpleNamespace
+
+    from forgetting.registry import build_methods
+
+    (kl,) = build_methods("kl", {"kl_direction": direction, "kl_class_outputs": form})
+    for scenario in ("task", "domain"):
+        kl.check_stream(SimpleNamespace(scenario=scenario))
+    if not refused:
+        kl.check_stream(SimpleNamespace(scenario="class"))
+        return
+    with pytest.raises(BadInput) as e:
+        kl.check_stream(SimpleNamespace(scenario="class"))
+    assert str(e.value) == (f"--kl-direction {direction}: with --kl-class-outputs active (the default in the class "
+                            "scenario) only forward is defined, the zero-padded teacher makes the reverse KL infinite; "
+                            "allowed: forward, or --kl-class-outputs old")

@@ -4,6 +4,7 @@ without reading any data, one-line refusals, and today's run ids untouched."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,10 +125,10 @@ def test_each_estimator_on_data_inputs_is_the_kl_estimators_function_at_the_targ
     assert all(p.grad is None for p in trainer.previous_model.parameters())
 
 
-@pytest.mark.parametrize("estimator", ["exact", "k3"])
-def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, estimator):
+@pytest.mark.parametrize("estimator, temperature", [("exact", 1.0), ("k3", 1.5)])
+def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, estimator, temperature):
     trainer, method, batch = at_task_1(tmp_path, kl_inputs="policy", kl_estimator=estimator, kl_max_new_tokens=5,
-                                       kl_direction="reverse")
+                                       kl_direction="reverse", kl_sample_temperature=temperature)
     reference = {k: v.clone() for k, v in trainer.previous_model.state_dict().items()}
     generator = torch.Generator().set_state(trainer.generator.get_state())
     logits = trainer.model(batch.inputs)
@@ -138,12 +139,16 @@ def test_policy_kl_is_the_token_kl_on_the_students_own_completions(tmp_path, est
     cfg = trainer.model.lm.config
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     trainer.model.eval()
-    drawn = sampling.generate(trainer.model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+    drawn = sampling.generate(trainer.model, prompts, 1, seed, temperature=temperature, max_new_tokens=5,
                               pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
+    if temperature != 1.0:  # the option reaches the sampler: at T = 1 the draw differs
+        assert drawn != sampling.generate(trainer.model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+                                          pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
     trainer.model.train()
     seqs = [(p + g[0], len(p)) for p, g in zip(prompts, drawn)]
     assert float(got) == pytest.approx(hand_kl(trainer, seqs, estimator, "reverse"), rel=1e-4, abs=1e-6)
-    teacher_drawn = sampling.generate(trainer.previous_model, prompts, 1, seed, temperature=1.0, max_new_tokens=5,
+    teacher_drawn = sampling.generate(trainer.previous_model, prompts, 1, seed, temperature=temperature,
+                                      max_new_tokens=5,
                                       pad_id=cfg.pad_token_id, eos_id=cfg.eos_token_id, device="cpu")
     assert teacher_drawn != drawn  # the completions are the student's, not the reference's
     got.backward()
@@ -199,6 +204,51 @@ def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_d
     assert float(got.detach()) == pytest.approx(hand_kl(trainer, first), rel=1e-4, abs=1e-6)
     method.base_reference = None
     assert torch.equal(method.penalties(trainer, batch, None, 1)["kl"][0].detach(), got.detach())  # live: the same
+
+
+def test_the_base_seed_is_a_draw_below_2_62_seeded_by_seed_and_task():
+    """The documented function of (seed, task) alone: a rerun or a resumed run of a run id draws the same samples."""
+    for seed, task in [(0, 1), (0, 2), (3, 1)]:
+        g = torch.Generator().manual_seed(seed * 1_000_003 + task)
+        assert KL.base_seed(seed, task) == int(torch.randint(0, 2**62, (1,), generator=g))
+    seeds = {KL.base_seed(s, t) for s in range(3) for t in range(1, 4)}
+    assert len(seeds) == 9 and all(0 <= s < 2**62 for s in seeds)
+
+
+def test_the_base_references_cache_limit_is_samples_times_length_times_vocabulary_times_4_bytes(tmp_path, caplog):
+    """The reference's logits on the context-free samples are kept at exactly their size in MB (samples x (longest
+    - 1) x vocabulary x 4 / 2^20), not just below it."""
+    import logging
+
+    stream = pairs_stream(tmp_path)
+    trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, kl_inputs="base", kl_samples=3, kl_max_new_tokens=4)
+    trainer.snapshot_boundary(0)
+    method = trainer.methods[0]
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        method.before_task(trainer, 1)
+    assert [r.getMessage() for r in caplog.records] == ["kl inputs for task 1: 3 context-free samples of the reference"]
+    assert method.base_reference is not None
+    ids = torch.tensor([[trainer.model.lm.config.bos_token_id, 5, 6]])
+    batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
+    calls = []
+    hook = trainer.previous_model.register_forward_hook(lambda *args: calls.append(1))
+    try:  # the kept logits serve the penalty: the reference is not run
+        kept = method.penalties(trainer, batch, None, 1)["kl"][0]
+        assert calls == []
+        method.base_reference = None
+        assert torch.allclose(method.penalties(trainer, batch, None, 1)["kl"][0], kept) and calls == [1]
+    finally:
+        hook.remove()
+    size_mb = len(method.base) * (max(len(t) for t, _ in method.base) - 1) * trainer.layout.n_outputs * 4 / 2**20
+    method.hparams["teacher_cache_mb"] = size_mb
+    method.before_task(trainer, 1)
+    assert method.base_reference is not None
+    method.hparams["teacher_cache_mb"] = float(np.nextafter(size_mb, 0.0))
+    method.before_task(trainer, 1)
+    assert method.base is not None and method.base_reference is None
+    method.hparams["teacher_cache_mb"], method.hparams["teacher_cache"] = size_mb, False  # --no-teacher-cache
+    method.before_task(trainer, 1)
+    assert method.base is not None and method.base_reference is None
 
 
 @pytest.mark.parametrize("hparams", [{"kl_inputs": "base", "kl_samples": 3, "kl_max_new_tokens": 4},

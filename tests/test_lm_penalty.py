@@ -158,3 +158,56 @@ def test_token_kl_sum_counts_the_masked_positions_and_refuses_shapes_that_differ
         token_kl_sum(s, t[..., :10], m)
     with pytest.raises(ValueError, match=r"mask shape \(3, 7\) does not match logits \(3, 8, 11\)"):
         token_kl_sum(s, t, m[:, :7])
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "symmetric"])
+@pytest.mark.parametrize("estimator", ["k1", "k2", "k3"])
+def test_token_kl_estimate_is_the_estimator_at_the_masked_tokens_times_t_squared(estimator, direction):
+    """float64 by hand, one position at a time: P = the teacher (forward) or the student (reverse), log P(a) − log Q(a)
+    at the observed token a, k1 = r, k2 = r²/2, k3 = e^(−r) + r − 1, averaged over the masked positions, × T²."""
+    from forgetting.penalty import token_kl_estimate
+
+    g = torch.Generator().manual_seed(3)
+    student = (torch.randn(2, 3, 5, generator=g, dtype=torch.float64) * 2).requires_grad_()
+    teacher = torch.randn(2, 3, 5, generator=g, dtype=torch.float64) * 2
+    tokens = torch.tensor([[4, 0, 2], [1, 3, 3]])
+    mask = torch.tensor([[True, False, True], [False, True, True]])
+    T = 2.0
+    k = {"k1": lambda r: r, "k2": lambda r: 0.5 * r * r, "k3": lambda r: math.exp(-r) + r - 1.0}[estimator]
+    values = []
+    for b in range(2):
+        for j in range(3):
+            if not mask[b, j]:
+                continue
+            a = int(tokens[b, j])
+            ls = float(torch.log_softmax(student[b, j].detach() / T, 0)[a])
+            lt = float(torch.log_softmax(teacher[b, j] / T, 0)[a])
+            parts = {"forward": [k(lt - ls)], "reverse": [k(ls - lt)], "symmetric": [k(lt - ls), k(ls - lt)]}
+            values.append(sum(parts[direction]) / len(parts[direction]))
+    expected = sum(values) / len(values) * T * T
+    got = token_kl_estimate(student, teacher, tokens, mask, estimator=estimator, direction=direction, temperature=T)
+    assert float(got) == pytest.approx(expected, rel=1e-5)
+    got.backward()
+    assert student.grad[~mask].abs().sum() == 0
+    if (estimator, direction) != ("k1", "symmetric"):  # there r and −r cancel: 0 and no gradient, rightly
+        assert student.grad[mask].abs().sum() > 0 and abs(expected) > 0.05
+
+
+def test_token_kl_estimate_exact_is_the_penalty_and_an_empty_mask_is_a_zero_in_the_graph():
+    from forgetting.penalty import token_kl_estimate
+
+    g = torch.Generator().manual_seed(4)
+    student = torch.randn(1, 4, 6, generator=g, requires_grad=True)
+    teacher = torch.randn(1, 4, 6, generator=g)
+    tokens = torch.zeros(1, 4, dtype=torch.long)
+    mask = torch.tensor([[True, False, True, True]])
+    for direction in ("forward", "reverse"):
+        assert torch.equal(token_kl_estimate(student, teacher, tokens, mask, estimator="exact", direction=direction,
+                                             temperature=2.0),
+                           token_kl_penalty(student, teacher, mask, direction=direction, temperature=2.0))
+    none = token_kl_estimate(student, teacher, tokens, torch.zeros_like(mask), estimator="k3")
+    assert float(none) == 0.0 and none.requires_grad
+    with pytest.raises(ValueError, match="'k4'"):
+        token_kl_estimate(student, teacher, tokens, mask, estimator="k4")
+    with pytest.raises(ValueError, match="temperature"):
+        token_kl_estimate(student, teacher, tokens, mask, estimator="k1", temperature=0.0)

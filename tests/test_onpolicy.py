@@ -199,3 +199,25 @@ def test_pg_step_logs_rewards_and_all_right_groups_move_nothing(mnist_dir, tmp_p
     parts = trainer2.step(batch, 1, 1)
     assert 0.0 < parts["reward_mean"] < 1.0 and parts["reward_std"] > 0.0
     assert not all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_answer_sets_are_read_at_the_output_indices_when_the_evaluated_outputs_are_a_slice():
+    """task/class scenarios evaluate on some outputs (``outs``): the argmax and the target are positions among them,
+    taken back to output indices before the answer table (not shift-invariant here) is read."""
+    from forgetting.evaluate import Evaluator
+
+    table = torch.rand(10, 10, generator=torch.Generator().manual_seed(0)) < 0.5
+    x = torch.zeros(4, 1)
+    task = Task(0, "t", TensorData(x, torch.zeros(4, dtype=torch.long)), TensorData(x, torch.zeros(4, dtype=torch.long)),
+                list(range(10)), list(range(10)), answers=table)
+    stream = TaskStream("toy", "domain", [task], layout_for("domain", 1, [10]), "tensor", (1,))
+    outs = [3, 5, 6, 8]
+    logits = torch.full((4, 4), -5.0)
+    logits[0, 2], logits[1, 0], logits[2, 3], logits[3, 1] = 5.0, 5.0, 5.0, 5.0  # positions 2, 0, 3, 1
+    targets = torch.tensor([0, 1, 3, 2])
+    by_hand = sum(bool(table[outs[t], outs[p]]) for t, p in zip([0, 1, 3, 2], [2, 0, 3, 1])) / 4
+    at_positions = sum(bool(table[t, p]) for t, p in zip([0, 1, 3, 2], [2, 0, 3, 1])) / 4
+    assert by_hand != at_positions
+    assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(by_hand)
+    task.answers = None  # without a table: the argmax is the target
+    assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(1 / 4)

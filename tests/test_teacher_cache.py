@@ -154,3 +154,59 @@ def test_in_order_batches_are_views_only_where_laid_out_as_the_copies():
     columns = TensorData(x.transpose(1, 2), y)  # not contiguous: copies
     assert all(b.inputs.data_ptr() != columns.inputs[int(b.index[0])].data_ptr()
                for b in iterate_batches(columns, 0, 4, shuffle=False, views=True))
+
+
+def test_the_size_limit_is_examples_times_outputs_times_4_bytes_inclusive(caplog):
+    """On at exactly the cache's size in MB (rows x outputs x 4 / 2^20), off just below it; each said in a log line."""
+    tr = trainer_after_task0()
+    kl = tr.methods[0]
+    rows, n = len(tr.stream.tasks[1].train), tr.layout.n_outputs
+    size_mb = rows * n * 4 / 2**20
+    kl.hparams["teacher_cache_mb"] = size_mb
+    with caplog.at_level(logging.INFO, logger="forgetting"):
+        kl.before_task(tr, 1)
+        assert kl.cache is not None
+        below = float(np.nextafter(size_mb, 0.0))
+        kl.hparams["teacher_cache_mb"] = below
+        kl.before_task(tr, 1)
+        assert kl.cache is None
+    assert [r.getMessage() for r in caplog.records] == [
+        f"teacher cache for task 1: {rows} examples x {n} outputs ({size_mb:.2f} MB)",
+        f"teacher cache off for task 1: it would take {size_mb:.1f} MB, above --teacher-cache-mb {below:g}; "
+        "using the live teacher"]
+
+
+def test_teacher_logits_of_some_rows_come_from_the_cache_without_running_the_teacher():
+    tr = trainer_after_task0()
+    kl = tr.methods[0]
+    kl.before_task(tr, 1)
+    batch = next(iterate_batches(tr.stream.tasks[1].train, 1, 8, shuffle=False))
+    with torch.no_grad():
+        live = tr.previous_model(batch.inputs)
+    rows = torch.tensor([5, 0, 2])
+    calls = []
+    hook = tr.previous_model.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        cached = kl.teacher_logits(tr, batch, rows)
+        assert calls == [] and cached.shape == (3, tr.layout.n_outputs)
+        assert torch.allclose(cached, live[rows], atol=1e-5, rtol=0)
+        kl.cache = None
+        assert torch.equal(kl.teacher_logits(tr, batch, rows), live[rows]) and calls == [1]
+    finally:
+        hook.remove()
+
+
+def test_why_the_cache_is_off_and_the_live_teacher_refused_in_train_mode():
+    from types import SimpleNamespace
+
+    from forgetting.methods.kl import Method as KL
+
+    def trainer(deterministic, training):
+        return SimpleNamespace(stream=SimpleNamespace(deterministic_inputs=deterministic),
+                               previous_model=SimpleNamespace(training=training))
+
+    assert KL.cache_blocker(trainer(True, False)) is None
+    assert KL.cache_blocker(trainer(False, False)) == "the stream's training inputs change between visits (augmentation)"
+    assert KL.cache_blocker(trainer(True, True)) == "the teacher is in train mode (stochastic)"
+    with pytest.raises(AssertionError, match="^the teacher must be in eval mode$"):
+        KL.live_teacher(trainer(True, True))
