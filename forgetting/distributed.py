@@ -62,7 +62,41 @@ class World:
         rows = torch.tensor_split(torch.arange(len(batch)), self.size)[self.rank]
         return take(batch, rows)
 
+    def part(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of ``index`` (the examples it evaluates or caches; sizes differ by at most
+        one), so that ``gather_rows`` of the ranks' results lists them in ``index`` order."""
+        if not self.distributed:
+            return index
+        return torch.tensor_split(index, self.size)[self.rank]
+
     # --- collectives ----------------------------------------------------------------------------
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``rows`` (a tensor of per-example rows, the results of its ``part``) concatenated in rank
+        order, on every rank: what one process computes over all the examples."""
+        if not self.distributed:
+            return rows
+        import torch.distributed as dist
+
+        n = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.size)]
+        dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        blocks = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(blocks, padded.contiguous())
+        return torch.cat([b[:k] for b, k in zip(blocks, sizes)])
+
+    def gather_objects(self, items: list) -> list:
+        """Every rank's list (e.g. decoded generations of its part) concatenated in rank order, on every rank."""
+        if not self.distributed:
+            return items
+        import torch.distributed as dist
+
+        boxes = [None] * self.size
+        dist.all_gather_object(boxes, items)
+        return [x for box in boxes for x in box]
+
     def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum every parameter's gradient over the ranks (each already weighted by its share of the batch).
 

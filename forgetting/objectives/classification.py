@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..distributed import SINGLE
 from ..evaluate import Evaluator
 from ..penalty import grouped_kl_penalty, padded_teacher_kl
 from ..policy_gradient import sample_answers
@@ -33,13 +34,17 @@ def new_rows(batch, task: int) -> Tensor | None:
     return new.nonzero().squeeze(1)
 
 
-def teacher_outputs(teacher, data, task: int, batch_size: int, device) -> Tensor:
-    """The teacher's logits on every example of ``data``, in index order, float32."""
+def teacher_outputs(teacher, data, task: int, batch_size: int, device, world=SINGLE) -> Tensor:
+    """The teacher's logits on every example of ``data``, in index order, float32 (under a launcher each rank
+    runs its part of the examples and every rank gets all the rows)."""
+    index = world.part(torch.arange(len(data))) if world.distributed else None
     chunks = []
     with torch.inference_mode():
-        for batch in iterate_batches(data, task, batch_size, shuffle=False):
+        if index is not None and len(index) == 0:  # fewer examples than ranks: a width, no rows
+            chunks.append(teacher(next(iterate_batches(data, task, 1, shuffle=False)).to(device).inputs).float()[:0])
+        for batch in iterate_batches(data, task, batch_size, shuffle=False, index=index):
             chunks.append(teacher(batch.to(device).inputs).float())
-    return torch.cat(chunks)
+    return world.gather_rows(torch.cat(chunks))
 
 
 class Classification(Objective):
@@ -105,8 +110,8 @@ class Classification(Objective):
             self._padded_key = key
         return self._padded
 
-    def teacher_cache(self, teacher, data, task, batch_size, device):
-        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device))
+    def teacher_cache(self, teacher, data, task, batch_size, device, world=None):
+        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device, world or SINGLE))
 
     # --- EWC's Fisher -------------------------------------------------------------------------
     def fisher_terms(self, model, task, labels, device):
