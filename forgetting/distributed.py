@@ -18,6 +18,11 @@ Avalanche's strategies), a KL composed with replay (its mean is over the new tas
 not the batch's units), on-policy sampling, fp16's loss scaler, BatchNorm (statistics over a shard).
 Dropout draws different masks for an example on N processes than on one: the numbers then agree in
 distribution only (documented in the README, not refused: the MLP's default dropout is 0.2).
+
+FSDP is refused (``fsdp_selected``): torch 2.14's ``fully_shard`` (FSDP2) runs on CPU with gloo, but accelerate
+selects FSDP only on accelerators (on CPU it runs DDP whatever its config says), and this loop's references,
+teacher cache, penalties and checkpoints read whole parameters. SyncBatchNorm is GPU-only in torch 2.14 (a CPU
+tensor raises ValueError), hence the BatchNorm refusal.
 """
 
 from __future__ import annotations
@@ -170,10 +175,20 @@ def launched_size() -> int:
         return 1
 
 
+def fsdp_selected() -> bool:
+    """Whether the launcher's accelerate config selects FSDP (``accelerate launch --use_fsdp`` or
+    ``distributed_type: FSDP`` set ``ACCELERATE_USE_FSDP`` in every rank's environment)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes")
+
+
 def check(config, size: int) -> None:
     """BadInput where a run cannot give its one-process numbers on ``size`` processes (every rank says so)."""
     if size <= 1:
         return
+    if fsdp_selected():
+        raise BadInput("accelerate config: FSDP is not supported by forgetting.run (its loop keeps the whole model "
+                       "on every rank and sums the gradients itself); allowed: a launch without FSDP (DDP), or "
+                       "FSDP through the HF/TRL bridges (KLRegularizedTrainer, KLRegularizedSFTTrainer)")
     if config.batch_size % size:
         raise BadInput(f"--batch-size {config.batch_size}: not divisible by the {size} processes of this launch "
                        f"(the global batch is split evenly); allowed: a multiple of {size}")
@@ -197,7 +212,8 @@ def check(config, size: int) -> None:
 def check_model(model: torch.nn.Module, size: int, name: str) -> None:
     """BadInput for a model whose training pass depends on the rank's shard as a whole (BatchNorm's batch
     statistics: on N processes each would normalise over 1/N of the batch). SyncBatchNorm would give the one-
-    process statistics but runs on GPUs only, and is not wired in yet."""
+    process statistics but runs on GPUs only (torch 2.14 refuses CPU tensors), so it cannot be tested on the
+    CPU processes that check the invariance here: not wired in."""
     if size <= 1:
         return
     norms = [type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

@@ -143,6 +143,19 @@ def test_methods_that_cannot_split_are_refused(method, extra, needle):
     distributed.check(cfg, 1)  # one process: anything goes
 
 
+def test_fsdp_selected_by_the_accelerate_config_is_refused_in_one_line(monkeypatch):
+    """accelerate launch --use_fsdp (or an FSDP config) sets ACCELERATE_USE_FSDP on every rank: refused before
+    anything is written; the HF/TRL bridges are the way to FSDP."""
+    cfg = make_config(**MLP, method="naive")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(BadInput, match=r"^accelerate config: FSDP is not supported by forgetting.run .* allowed: a "
+                                       r"launch without FSDP \(DDP\), or FSDP through the HF/TRL bridges"):
+        distributed.check(cfg, 2)
+    distributed.check(cfg, 1)  # one process: no launch, nothing to shard
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    distributed.check(cfg, 2)
+
+
 def test_a_global_batch_that_does_not_split_is_refused():
     with pytest.raises(BadInput, match=r"--batch-size 30: not divisible by the 4 processes"):
         distributed.check(make_config(**MLP, method="naive"), 4)
