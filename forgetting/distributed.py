@@ -61,18 +61,24 @@ class World:
 
     # --- data ---------------------------------------------------------------------------------
     def shard(self, batch):
-        """This rank's contiguous part of a global batch (sizes differ by at most one)."""
+        """This rank's contiguous part of a global batch (sizes differ by at most one): views, no copy."""
         if not self.distributed:
             return batch
-        rows = torch.tensor_split(torch.arange(len(batch)), self.size)[self.rank]
-        return take(batch, rows)
+        start, length = self.bounds(len(batch))
+        return narrow(batch, start, length)
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """(start, length) of this rank's part of n rows: ``torch.tensor_split``'s, the first n % size parts
+        one longer."""
+        base, extra = divmod(n, self.size)
+        return self.rank * base + min(self.rank, extra), base + (self.rank < extra)
 
     def part(self, index: torch.Tensor) -> torch.Tensor:
         """This rank's contiguous part of ``index`` (the examples it evaluates or caches; sizes differ by at most
         one), so that ``gather_rows`` of the ranks' results lists them in ``index`` order."""
         if not self.distributed:
             return index
-        return torch.tensor_split(index, self.size)[self.rank]
+        return index.narrow(0, *self.bounds(len(index)))
 
     # --- collectives ----------------------------------------------------------------------------
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -119,7 +125,7 @@ class World:
         for p, seen in zip(params, present.tolist()):
             n = p.numel()
             if seen:
-                p.grad = flat[offset:offset + n].view_as(p).clone()
+                p.grad = flat[offset:offset + n].view_as(p)  # a view of the summed buffer: no copy
             offset += n
 
     def sum_floats(self, values: list[float], device) -> list[float]:
@@ -165,6 +171,21 @@ def take(batch, rows: torch.Tensor):
         raise BadInput(f"cannot split a batch of {type(inputs).__name__} inputs over processes")
     pick = lambda t: t.index_select(0, rows.to(t.device))  # noqa: E731
     return Batch(inputs, pick(batch.targets), pick(batch.task_ids), pick(batch.index))
+
+
+def narrow(batch, start: int, length: int):
+    """The batch's examples ``start:start + length`` as views (tensor inputs, or dicts of per-example tensors)."""
+    from .streams.base import Batch
+
+    inputs = batch.inputs
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.narrow(0, start, length)
+    elif isinstance(inputs, dict):
+        inputs = {k: v.narrow(0, start, length) for k, v in inputs.items()}
+    else:
+        raise BadInput(f"cannot split a batch of {type(inputs).__name__} inputs over processes")
+    cut = lambda t: t.narrow(0, start, length)  # noqa: E731
+    return Batch(inputs, cut(batch.targets), cut(batch.task_ids), cut(batch.index))
 
 
 def launched_size() -> int:

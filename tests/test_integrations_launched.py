@@ -6,8 +6,8 @@ Tolerance: the trained weights within 1e-5 absolute and the logged loss, ce and 
 the two ranks' gradients of their halves of the batch where one process takes the gradient of the whole batch:
 the same float32 terms added in another order, a few units in the last place per step (1.5e-6 seen on the
 weights after 2-3 steps at learning rate 1e-2). The causal LMs' examples have responses of 1 to 3 words, so the
-ranks hold different token counts: a per-rank token mean averaged over the ranks (what the bridges did before
-they weighed each batch by its share of ``num_items_in_batch``) leaves the GPT-2 weights 3e-2 away.
+ranks hold different token counts: a per-rank token mean averaged over the ranks (what KLRegularizedTrainer did
+before it weighed each batch by its share of ``num_items_in_batch``) leaves the GPT-2 weights 3e-2 away.
 """
 
 from __future__ import annotations
