@@ -6,7 +6,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .distributed import SINGLE
 from .streams.base import TaskStream, iterate_batches
 
 SUBSET_SEED = 12345  # the same evaluation subset for every run, so methods are compared on the same examples
@@ -31,7 +30,7 @@ class Evaluator:
     all the examples, as in one process (counts exact, no average of the ranks' averages).
     """
 
-    world = SINGLE
+    world = None  # the run's ``distributed.World`` under a launcher (set by the loop; not imported: a layer above)
 
     def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
         self.stream = stream
@@ -56,7 +55,7 @@ class Evaluator:
     def _logits(self, model: nn.Module, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All logits (float32, every output) and targets (output indices) of a task's test examples."""
         data, index, world = self.stream.tasks[task].test, self.index[task], self.world
-        if world.distributed:
+        if world is not None and world.distributed:
             index = world.part(torch.arange(len(data)) if index is None else index)
             if len(index) == 0:  # fewer examples than ranks: one example's pass gives the logits' width
                 logits, targets = self._logits_of(model, data, task, torch.zeros(1, dtype=torch.long))

@@ -17,7 +17,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..distributed import SINGLE
 from ..evaluate import Evaluator
 from ..penalty import grouped_kl_penalty, padded_teacher_kl
 from ..policy_gradient import sample_answers
@@ -34,17 +33,18 @@ def new_rows(batch, task: int) -> Tensor | None:
     return new.nonzero().squeeze(1)
 
 
-def teacher_outputs(teacher, data, task: int, batch_size: int, device, world=SINGLE) -> Tensor:
+def teacher_outputs(teacher, data, task: int, batch_size: int, device, world=None) -> Tensor:
     """The teacher's logits on every example of ``data``, in index order, float32 (under a launcher each rank
     runs its part of the examples and every rank gets all the rows)."""
-    index = world.part(torch.arange(len(data))) if world.distributed else None
+    parts = world is not None and world.distributed  # ``distributed.World``, passed down by the loop
+    index = world.part(torch.arange(len(data))) if parts else None
     chunks = []
     with torch.inference_mode():
         if index is not None and len(index) == 0:  # fewer examples than ranks: a width, no rows
             chunks.append(teacher(next(iterate_batches(data, task, 1, shuffle=False)).to(device).inputs).float()[:0])
         for batch in iterate_batches(data, task, batch_size, shuffle=False, index=index):
             chunks.append(teacher(batch.to(device).inputs).float())
-    return world.gather_rows(torch.cat(chunks))
+    return world.gather_rows(torch.cat(chunks)) if parts else torch.cat(chunks)
 
 
 class Classification(Objective):
@@ -111,7 +111,7 @@ class Classification(Objective):
         return self._padded
 
     def teacher_cache(self, teacher, data, task, batch_size, device, world=None):
-        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device, world or SINGLE))
+        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device, world))
 
     # --- EWC's Fisher -------------------------------------------------------------------------
     def fisher_terms(self, model, task, labels, device):

@@ -20,7 +20,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...distributed import SINGLE
 from ...errors import BadInput
 from ...penalty import token_kl_estimate
 from ...streams.base import iterate_batches
@@ -35,7 +34,7 @@ log = logging.getLogger("forgetting")
 
 
 def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device,
-                       world=SINGLE) -> tuple[Tensor, Tensor]:
+                       world=None) -> tuple[Tensor, Tensor]:
     """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
 
     (flat [positions, vocabulary] float32, offsets [examples + 1]): example i's positions, in
@@ -43,7 +42,8 @@ def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device
     lists a batch's positions. Under a launcher each rank runs its part of the examples (``world.part``)
     and the rows are gathered in order.
     """
-    index = world.part(torch.arange(len(data))) if world.distributed else None
+    parts = world is not None and world.distributed  # ``distributed.World``, passed down by the loop
+    index = world.part(torch.arange(len(data))) if parts else None
     chunks = []
     with torch.inference_mode():
         if index is not None and len(index) == 0:  # fewer examples than ranks: a width, no rows
@@ -56,7 +56,7 @@ def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device
     counts = torch.as_tensor([len(r) for r in data.responses])
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = counts.cumsum(0)
-    flat = world.gather_rows(torch.cat(chunks))
+    flat = world.gather_rows(torch.cat(chunks)) if parts else torch.cat(chunks)
     assert flat.shape[0] == int(offsets[-1]), "cached positions do not match the examples' loss tokens"
     return flat, offsets.to(flat.device)
 
@@ -190,7 +190,7 @@ class CausalLM(Objective):
 
     def teacher_cache(self, teacher, data, task, batch_size, device, world=None):
         size = max(1, min(batch_size, 2**24 // (self.info["max_seq_len"] * self.layout.n_outputs)))
-        outputs, offsets = lm_teacher_outputs(teacher, data, task, size, device, world or SINGLE)
+        outputs, offsets = lm_teacher_outputs(teacher, data, task, size, device, world)
         return TeacherCache(task, outputs, offsets)
 
     def fisher(self, model, data, task, labels, device):

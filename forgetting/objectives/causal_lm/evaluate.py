@@ -39,7 +39,6 @@ import math
 import torch
 from torch import nn
 
-from ...distributed import SINGLE
 from ...evaluate import SUBSET_SEED
 from ...penalty import token_kl_sum
 from ...streams.base import TaskStream
@@ -54,7 +53,7 @@ EVAL_FLOATS = 2**24
 class LMEvaluator:
     """Evaluates a causal LM on each task's test set under ``torch.inference_mode`` (same interface as ``Evaluator``)."""
 
-    world = SINGLE
+    world = None  # the run's ``distributed.World`` under a launcher (set by the loop)
 
     def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
         self.stream = stream
@@ -76,7 +75,7 @@ class LMEvaluator:
                               else torch.arange(n))
 
     def _batches(self, task: int):
-        idx = self.world.part(self.index[task])
+        idx = self.index[task] if self.world is None else self.world.part(self.index[task])
         for start in range(0, len(idx), self.batch_size):
             yield idx[start : start + self.batch_size]
 
@@ -123,7 +122,8 @@ class LMEvaluator:
                     n += len(rows)
         finally:
             model.train(was_training)
-        if self.world.distributed:  # the ranks' parts: sums of counts (exact in float64) and of float sums
+        if self.world is not None and self.world.distributed:
+            # the ranks' parts: sums of counts (exact in float64) and of float sums, then the means
             names = list(sums)
             *totals, n = self.world.sum_floats([float(sums[k]) for k in names] + [float(n)], self.device)
             sums = {k: (v if k in ("nll", "kl") else int(v)) for k, v in zip(names, totals)}
@@ -151,11 +151,13 @@ class LMEvaluator:
     def generated(self, model: nn.Module, task: int) -> dict:
         """The benchmark's scores of greedy generations on the task's evaluated examples (``accuracy`` = its own)."""
         data = self.stream.tasks[task].test
-        rows, mine = self.index[task], self.world.part(self.index[task])
+        rows = self.index[task]
+        mine = rows if self.world is None else self.world.part(rows)
         out, seconds = greedy(model, data, mine, self.max_new_tokens, max(1, min(self.batch_size, 64)), self.device) \
             if len(mine) else ([], 0.0)
         decode = data.tokenizer.decode
-        if self.world.distributed:  # every rank's generations in order; the speed: all tokens over the slowest rank
+        if self.world is not None and self.world.distributed:
+            # every rank's generations in order; the speed: all the tokens over the slowest rank's time
             out = self.world.gather_objects([list(ids) for ids in out])
             seconds = max(self.world.gather_objects([seconds]))
         predictions = [decode(ids) for ids in out]
