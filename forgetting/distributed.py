@@ -18,6 +18,11 @@ Avalanche's strategies), a KL composed with replay (its mean is over the new tas
 not the batch's units), on-policy sampling, fp16's loss scaler, BatchNorm (statistics over a shard).
 Dropout draws different masks for an example on N processes than on one: the numbers then agree in
 distribution only (documented in the README, not refused: the MLP's default dropout is 0.2).
+
+FSDP is refused (``fsdp_selected``): torch 2.14's ``fully_shard`` (FSDP2) runs on CPU with gloo, but accelerate
+selects FSDP only on accelerators (on CPU it runs DDP whatever its config says), and this loop's references,
+teacher cache, penalties and checkpoints read whole parameters. SyncBatchNorm is GPU-only in torch 2.14 (a CPU
+tensor raises ValueError), hence the BatchNorm refusal.
 """
 
 from __future__ import annotations
@@ -56,13 +61,53 @@ class World:
 
     # --- data ---------------------------------------------------------------------------------
     def shard(self, batch):
-        """This rank's contiguous part of a global batch (sizes differ by at most one)."""
+        """This rank's contiguous part of a global batch (sizes differ by at most one): views, no copy."""
         if not self.distributed:
             return batch
-        rows = torch.tensor_split(torch.arange(len(batch)), self.size)[self.rank]
-        return take(batch, rows)
+        start, length = self.bounds(len(batch))
+        return narrow(batch, start, length)
+
+    def bounds(self, n: int) -> tuple[int, int]:
+        """(start, length) of this rank's part of n rows: ``torch.tensor_split``'s, the first n % size parts
+        one longer."""
+        base, extra = divmod(n, self.size)
+        return self.rank * base + min(self.rank, extra), base + (self.rank < extra)
+
+    def part(self, index: torch.Tensor) -> torch.Tensor:
+        """This rank's contiguous part of ``index`` (the examples it evaluates or caches; sizes differ by at most
+        one), so that ``gather_rows`` of the ranks' results lists them in ``index`` order."""
+        if not self.distributed:
+            return index
+        return index.narrow(0, *self.bounds(len(index)))
 
     # --- collectives ----------------------------------------------------------------------------
+    def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``rows`` (a tensor of per-example rows, the results of its ``part``) concatenated in rank
+        order, on every rank: what one process computes over all the examples."""
+        if not self.distributed:
+            return rows
+        import torch.distributed as dist
+
+        n = torch.tensor([rows.shape[0]], dtype=torch.long, device=rows.device)
+        sizes = [torch.zeros_like(n) for _ in range(self.size)]
+        dist.all_gather(sizes, n)
+        sizes = [int(s) for s in sizes]
+        padded = rows.new_zeros((max(sizes), *rows.shape[1:]))
+        padded[: rows.shape[0]] = rows
+        blocks = [torch.empty_like(padded) for _ in range(self.size)]
+        dist.all_gather(blocks, padded.contiguous())
+        return torch.cat([b[:k] for b, k in zip(blocks, sizes)])
+
+    def gather_objects(self, items: list) -> list:
+        """Every rank's list (e.g. decoded generations of its part) concatenated in rank order, on every rank."""
+        if not self.distributed:
+            return items
+        import torch.distributed as dist
+
+        boxes = [None] * self.size
+        dist.all_gather_object(boxes, items)
+        return [x for box in boxes for x in box]
+
     def reduce_grads(self, params: list[torch.nn.Parameter]) -> None:
         """Sum every parameter's gradient over the ranks (each already weighted by its share of the batch).
 
@@ -80,7 +125,7 @@ class World:
         for p, seen in zip(params, present.tolist()):
             n = p.numel()
             if seen:
-                p.grad = flat[offset:offset + n].view_as(p).clone()
+                p.grad = flat[offset:offset + n].view_as(p)  # a view of the summed buffer: no copy
             offset += n
 
     def sum_floats(self, values: list[float], device) -> list[float]:
@@ -128,6 +173,21 @@ def take(batch, rows: torch.Tensor):
     return Batch(inputs, pick(batch.targets), pick(batch.task_ids), pick(batch.index))
 
 
+def narrow(batch, start: int, length: int):
+    """The batch's examples ``start:start + length`` as views (tensor inputs, or dicts of per-example tensors)."""
+    from .streams.base import Batch
+
+    inputs = batch.inputs
+    if isinstance(inputs, torch.Tensor):
+        inputs = inputs.narrow(0, start, length)
+    elif isinstance(inputs, dict):
+        inputs = {k: v.narrow(0, start, length) for k, v in inputs.items()}
+    else:
+        raise BadInput(f"cannot split a batch of {type(inputs).__name__} inputs over processes")
+    cut = lambda t: t.narrow(0, start, length)  # noqa: E731
+    return Batch(inputs, cut(batch.targets), cut(batch.task_ids), cut(batch.index))
+
+
 def launched_size() -> int:
     """How many processes the launcher started (``WORLD_SIZE`` of accelerate launch / torchrun), 1 if none."""
     try:
@@ -136,10 +196,20 @@ def launched_size() -> int:
         return 1
 
 
+def fsdp_selected() -> bool:
+    """Whether the launcher's accelerate config selects FSDP (``accelerate launch --use_fsdp`` or
+    ``distributed_type: FSDP`` set ``ACCELERATE_USE_FSDP`` in every rank's environment)."""
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() in ("true", "1", "yes")
+
+
 def check(config, size: int) -> None:
     """BadInput where a run cannot give its one-process numbers on ``size`` processes (every rank says so)."""
     if size <= 1:
         return
+    if fsdp_selected():
+        raise BadInput("accelerate config: FSDP is not supported by forgetting.run (its loop keeps the whole model "
+                       "on every rank and sums the gradients itself); allowed: a launch without FSDP (DDP), or "
+                       "FSDP through the HF/TRL bridges (KLRegularizedTrainer, KLRegularizedSFTTrainer)")
     if config.batch_size % size:
         raise BadInput(f"--batch-size {config.batch_size}: not divisible by the {size} processes of this launch "
                        f"(the global batch is split evenly); allowed: a multiple of {size}")
@@ -163,7 +233,8 @@ def check(config, size: int) -> None:
 def check_model(model: torch.nn.Module, size: int, name: str) -> None:
     """BadInput for a model whose training pass depends on the rank's shard as a whole (BatchNorm's batch
     statistics: on N processes each would normalise over 1/N of the batch). SyncBatchNorm would give the one-
-    process statistics but runs on GPUs only, and is not wired in yet."""
+    process statistics but runs on GPUs only (torch 2.14 refuses CPU tensors), so it cannot be tested on the
+    CPU processes that check the invariance here: not wired in."""
     if size <= 1:
         return
     norms = [type(m).__name__ for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]

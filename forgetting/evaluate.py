@@ -24,7 +24,13 @@ class Evaluator:
     averaged over test examples. The base model is frozen, so its logits on each test set are
     computed once and kept. ``subset`` > 0 evaluates a fixed random subset of that many examples
     per task (long runs).
+
+    Under a launcher (``world``, set by the loop) each rank runs the model on its contiguous part of every test
+    set and the logits are gathered (``World.gather_rows``): every measure is then computed from the logits of
+    all the examples, as in one process (counts exact, no average of the ranks' averages).
     """
+
+    world = None  # the run's ``distributed.World`` under a launcher (set by the loop; not imported: a layer above)
 
     def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
         self.stream = stream
@@ -51,9 +57,20 @@ class Evaluator:
 
     def _logits(self, model: nn.Module, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """All logits (float32, every output) and targets (output indices) of a task's test examples."""
+        data, index, world = self.stream.tasks[task].test, self.index[task], self.world
+        if world is not None and world.distributed:
+            index = world.part(torch.arange(len(data)) if index is None else index)
+            if len(index) == 0:  # fewer examples than ranks: one example's pass gives the logits' width
+                logits, targets = self._logits_of(model, data, task, torch.zeros(1, dtype=torch.long))
+                logits, targets = logits[:0], targets[:0]
+            else:
+                logits, targets = self._logits_of(model, data, task, index)
+            return world.gather_rows(logits), world.gather_rows(targets)
+        return self._logits_of(model, data, task, index)
+
+    def _logits_of(self, model: nn.Module, data, task: int, index: torch.Tensor | None):
         chunks, targets = [], []
-        for batch in iterate_batches(self.stream.tasks[task].test, task, self.batch_size, shuffle=False,
-                                     index=self.index[task], views=True):
+        for batch in iterate_batches(data, task, self.batch_size, shuffle=False, index=index, views=True):
             batch = batch.to(self.device)
             chunks.append(model(batch.inputs).float())
             targets.append(batch.targets)

@@ -30,10 +30,20 @@ class Trainer:
 
     ``world`` (``distributed.World``; set by ``running`` under a launcher): this process's rank. Every rank
     draws the same global batches and trains on its shard of each; gradients and the reported losses are
-    summed over the ranks with each rank's share of the batch as weight; rank 0 alone evaluates and records.
+    summed over the ranks with each rank's share of the batch as weight; every rank evaluates its part of the
+    test sets (the evaluator gathers the results) and rank 0 alone records.
     """
 
-    world = SINGLE
+    _world = SINGLE
+
+    @property
+    def world(self):
+        return self._world
+
+    @world.setter
+    def world(self, world) -> None:
+        self._world = world
+        self.evaluator.world = world  # the evaluator shards the test sets over the same ranks
 
     def __init__(self, config: RunConfig, stream: TaskStream, model: nn.Module, methods: list[Method],
                  device: torch.device, recorder=None):
@@ -204,9 +214,9 @@ class Trainer:
 
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
-        if not self.world.main:  # rank 0 evaluates the whole test sets (the model is the same on every rank)
+        rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)  # every rank: its part, gathered
+        if not self.world.main:  # the rows are rank 0's to write
             return []
-        rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)
         boundary = phase == "init" or (phase == "epoch" and epoch == self.config.epochs)
         if boundary and hasattr(self.evaluator, "boundary_rows"):  # e.g. lm-eval's tasks (causal LMs)
             rows = rows + self.evaluator.boundary_rows(self.model)

@@ -143,6 +143,19 @@ def test_methods_that_cannot_split_are_refused(method, extra, needle):
     distributed.check(cfg, 1)  # one process: anything goes
 
 
+def test_fsdp_selected_by_the_accelerate_config_is_refused_in_one_line(monkeypatch):
+    """accelerate launch --use_fsdp (or an FSDP config) sets ACCELERATE_USE_FSDP on every rank: refused before
+    anything is written; the HF/TRL bridges are the way to FSDP."""
+    cfg = make_config(**MLP, method="naive")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(BadInput, match=r"^accelerate config: FSDP is not supported by forgetting.run .* allowed: a "
+                                       r"launch without FSDP \(DDP\), or FSDP through the HF/TRL bridges"):
+        distributed.check(cfg, 2)
+    distributed.check(cfg, 1)  # one process: no launch, nothing to shard
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
+    distributed.check(cfg, 2)
+
+
 def test_a_global_batch_that_does_not_split_is_refused():
     with pytest.raises(BadInput, match=r"--batch-size 30: not divisible by the 4 processes"):
         distributed.check(make_config(**MLP, method="naive"), 4)
@@ -197,10 +210,10 @@ def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, f
     assert not (tmp_path / "r").exists()
 
 
-def test_methods_on_two_processes_give_the_rows_of_one(tmp_path):
+def test_methods_on_two_processes_give_the_rows_of_one(tmp_path, monkeypatch):
     """naive, kl without the cache (the live teacher on each rank's shard), ewc (the Fisher on every rank),
     replay (the same memory draws on every rank) and a causal LM with LoRA and kl: one launch, the rows of
-    runs in this process."""
+    runs in this process; each rank evaluated its half of the test sets (the rows gathered)."""
     from test_lm import TINY, write_pairs
 
     pairs = write_pairs(tmp_path / "pairs.csv")
@@ -210,14 +223,26 @@ def test_methods_on_two_processes_give_the_rows_of_one(tmp_path):
     runs = [{**MLP, "method": "naive"}, {**MLP, "method": "kl", "teacher_cache": False},
             {**MLP, "method": "ewc", "ewc_lambda": 100.0}, {**MLP, "method": "replay", "replay_size": 40}, lm]
     todo = tmp_path / "runs.json"
-    todo.write_text(json.dumps([{**r, "results_dir": str(tmp_path / "two")} for r in runs]))
+    launched = [{**r, "results_dir": str(tmp_path / "two")} for r in runs]
+    launched[0]["_count_eval"] = str(tmp_path)  # naive: how many test examples each rank evaluated
+    todo.write_text(json.dumps(launched))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    for options in runs:
+    from distributed_driver import count_eval
+    from forgetting.evaluate import Evaluator
+
+    monkeypatch.setattr(Evaluator, "_logits_of", Evaluator._logits_of)  # put back after the test
+    seen = count_eval()
+    for i, options in enumerate(runs):
         one = run_here(options, tmp_path / "one")
+        if i == 0:
+            evaluated = seen[0]  # the test examples one process's naive run evaluates
         two, manifest = launched_rows(options, tmp_path / "two")
         assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
         assert_same_rows(one, two)
+    # the evaluation was sharded: each rank ran the model on half of them (parts differ by one per test set)
+    parts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert sum(parts) == evaluated and 0 <= parts[0] - parts[1] <= evaluated // 50, (parts, evaluated)
 
 
 def test_a_run_whose_rank_is_killed_resumes_to_the_rows_of_one_process(tmp_path):

@@ -15,6 +15,14 @@ label_pad_token_id=-100)`` pads them so). The data loss is then the model's own 
 
 With TRL's ``SFTTrainer``, ``forgetting.integrations.trl.KLRegularizedSFTTrainer`` adds the same
 penalty (``KLPenaltyMixin`` holds the code both share: the reference, its logits, the KL term, the logs).
+
+Under ``accelerate launch`` (DDP: each process trains on its part of the global batch, gradients averaged)
+a step gives the update of one process at the same global batch: where the Trainer counts the step's loss
+units over every process and accumulated batch (``num_items_in_batch``: examples, or the tokens that carry
+loss), a batch's mean loss is weighted by its share of them (``batch_weight``), so the ranks' averaged
+gradients are those of the mean over the whole step, whatever the ranks' token counts. The reference is
+never wrapped: every rank keeps its own frozen copy, in eval mode, under ``torch.no_grad``. The "ce" and
+"kl" logs are summed over the ranks as the loss is (tests/test_integrations_launched.py).
 """
 
 from __future__ import annotations
@@ -57,7 +65,14 @@ class KLPenaltyMixin:
         self.kl_direction = kl_direction
         self.temperature = float(temperature)
         self._part_sums: dict[str, torch.Tensor] = {}
-        self._part_count = 0
+        self._parts_logged_at = 0  # the optimiser step of the last log
+        self._weighted = False  # whether the last loss was weighted by num_items_in_batch
+
+    @property
+    def loss_is_scaled_for_ga(self) -> bool:
+        """What the Trainer reads after ``compute_loss``: a loss weighted by ``num_items_in_batch`` already holds
+        the accumulation (not divided again); a batch mean is divided by the accumulation steps."""
+        return self._weighted
 
     def reference_logits(self, inputs: dict[str, Any], device: torch.device) -> torch.Tensor:
         ref = self.ref_model
@@ -79,28 +94,52 @@ class KLPenaltyMixin:
         return token_kl_penalty(shifted(logits, labels)[0], shifted(ref_logits, labels)[0], loss_mask(labels),
                                 **options)
 
+    def batch_weight(self, units: torch.Tensor, num_items_in_batch) -> torch.Tensor | float:
+        """What a batch's mean loss is multiplied by: its ``units`` (examples, or tokens that carry loss) over the
+        step's count ``num_items_in_batch`` (every accumulated batch, and every process when
+        ``average_tokens_across_devices``, the default), times ``processes_averaged``, so the step's gradient is
+        that of its mean over all of them; 1 without a count (the Trainer then divides the loss by the
+        accumulation steps itself)."""
+        if num_items_in_batch is None:
+            return 1.0
+        count = torch.as_tensor(num_items_in_batch, device=units.device).clamp(min=1)
+        return units / count * self.processes_averaged(num_items_in_batch)
+
+    def processes_averaged(self, num_items_in_batch) -> int:
+        """The factor for a loss summed over a count of every process's units, whose gradients DDP averages:
+        the number of processes (as Trainer.compute_loss and SFTTrainer scale theirs), else 1."""
+        if num_items_in_batch is None or not self.args.average_tokens_across_devices:
+            return 1
+        return self.accelerator.num_processes // self.get_tp_size()
+
     def record_parts(self, model: nn.Module, ce: torch.Tensor, kl: torch.Tensor) -> None:
-        """Keep a training batch's mean cross-entropy and KL for the next log."""
+        """Keep a training batch's cross-entropy and KL as they enter its loss (weighted by ``batch_weight``, or
+        a mean the Trainer divides by the accumulation steps) for the next log."""
         if model.training:
+            scale = 1.0 if self._weighted else 1.0 / self.current_gradient_accumulation_steps
             for name, value in (("ce", ce), ("kl", kl)):
-                v = value.detach().float()
+                v = value.detach().float() * scale
                 self._part_sums[name] = self._part_sums[name] + v if name in self._part_sums else v
-            self._part_count += 1
 
     def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        """Training logs also get the mean cross-entropy and KL of the batches since the last log."""
-        if "loss" in logs and self._part_count:
-            for name, total in self._part_sums.items():
-                logs[name] = float(total) / self._part_count
-            self._part_sums, self._part_count = {}, 0
+        """Training logs also get the cross-entropy and KL of the steps since the last log, averaged as the loss
+        is (over the processes and the steps), so that loss = ce + kl_lambda * kl."""
+        if "loss" in logs:  # every process logs the training loss (the Trainer gathers it): reduce alike
+            steps = max(self.state.global_step - self._parts_logged_at, 1)
+            self._parts_logged_at = self.state.global_step
+            device = self.args.device
+            parts = torch.stack([self._part_sums.get(k, torch.zeros((), device=device)).to(device) for k in ("ce", "kl")])
+            processes = self.accelerator.num_processes
+            if processes > 1:
+                parts = self.accelerator.reduce(parts, reduction="sum")
+            if self._part_sums:
+                logs["ce"], logs["kl"] = (float(v) / processes / steps for v in parts)
+            self._part_sums = {}
         super().log(logs, *args, **kwargs)
 
 
 class KLRegularizedTrainer(KLPenaltyMixin, Trainer):
     """A ``Trainer`` whose loss adds the KL penalty towards ``ref_model`` (options: ``KLPenaltyMixin``)."""
-
-    # compute_loss returns a per-batch mean: the Trainer divides it for gradient accumulation
-    loss_is_scaled_for_ga = False
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
@@ -118,8 +157,12 @@ class KLRegularizedTrainer(KLPenaltyMixin, Trainer):
         if data_loss is None:
             raise ValueError("KLRegularizedTrainer needs labels to compute a loss")
         kl = self.penalty(logits, self.reference_logits(inputs, logits.device), labels)
-        loss = data_loss + self.kl_lambda * kl
-        self.record_parts(model, data_loss, kl)
+        # the batch's loss units, counted as the Trainer counts num_items_in_batch (next tokens for causal LMs)
+        units = loss_mask(labels).sum() if logits.dim() == 3 else labels.ne(-100).sum()
+        weight = self.batch_weight(units, num_items_in_batch)  # 1 in one process without accumulation
+        loss = (data_loss + self.kl_lambda * kl) * weight
+        self._weighted = num_items_in_batch is not None
+        self.record_parts(model, data_loss * weight, kl * weight)
         return (loss, outputs) if return_outputs else loss
 
 

@@ -16,8 +16,11 @@ builds the logits, and the penalty is taken over the whole vocabulary, so the st
 plain forward (full logits) and the data loss is SFT's from them: the summed token NLL (``dft``:
 weighted by the token's probability; or ``compute_loss_func`` / label smoothing when set) over the
 accumulated batch's token count ``num_items_in_batch``, and the summed token KL over the same count,
-so gradient accumulation weighs both alike. SFT's ``entropy`` and ``mean_token_accuracy`` metrics
-are not logged. Needs ``pip install 'forgetting[lm]'``.
+so gradient accumulation weighs both alike. Under ``accelerate launch`` that count is every process's
+(``average_tokens_across_devices``, the default) and the loss is multiplied by the number of processes,
+as SFTTrainer and Trainer scale theirs, because DDP averages the processes' gradients: the step is that of
+one process at the same global batch (``KLPenaltyMixin.batch_weight``). SFT's ``entropy`` and
+``mean_token_accuracy`` metrics are not logged. Needs ``pip install 'forgetting[lm]'``.
 """
 
 from __future__ import annotations
@@ -71,15 +74,13 @@ class KLRegularizedSFTTrainer(KLPenaltyMixin, SFTTrainer):
         tokens = loss_mask(labels).sum()
         count = num_items_in_batch if num_items_in_batch is not None else tokens
         count = torch.as_tensor(count, device=logits.device).clamp(min=1)
-        share = float(tokens) / float(count)  # 1 with one batch per step
-        data_loss = self.data_loss(outputs, labels, num_items_in_batch, count)
+        data_loss = self.data_loss(outputs, labels, num_items_in_batch, count)  # a sum over the step's count
         kl_mean = self.penalty(logits, self.reference_logits(inputs, logits.device), labels)
-        kl = kl_mean * share  # the summed token KL over the same count as the data loss
-        scale = 1  # as TRL and Trainer scale theirs: num_items_in_batch counts every rank's tokens, DDP averages
-        if self.args.average_tokens_across_devices and num_items_in_batch is not None:
-            scale = self.accelerator.num_processes // self.get_tp_size()
-        loss = (data_loss + self.kl_lambda * kl) * scale
-        self.record_parts(model, data_loss / share if share else data_loss, kl_mean)  # this batch's token means
+        kl = kl_mean * (tokens / count)  # the summed token KL over the same count as the data loss
+        processes = self.processes_averaged(num_items_in_batch)  # a count of every process's tokens, DDP averages
+        self._weighted = num_items_in_batch is not None
+        loss = (data_loss + self.kl_lambda * kl) * processes
+        self.record_parts(model, data_loss * processes, kl * processes)
         return (loss, outputs) if return_outputs else loss
 
     def data_loss(self, outputs, labels: torch.Tensor, num_items_in_batch, count: torch.Tensor) -> torch.Tensor:

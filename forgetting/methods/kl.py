@@ -165,7 +165,7 @@ class Method(Base):
             log.info("teacher cache off for task %d: %s; using the live teacher", task, reason)
             return
         self.cache = objective.teacher_cache(trainer.previous_model, data, task, trainer.config.eval_batch_size,
-                                             trainer.device)
+                                             trainer.device, world=getattr(trainer, "world", None))  # in parts over the ranks
         log.info("teacher cache for task %d: %d %s x %d outputs (%.2f MB)", task, rows, objective.cache_unit,
                  trainer.layout.n_outputs, size_mb)
 

@@ -83,8 +83,9 @@ class Objective:
         """How many rows of ``layout.n_outputs`` floats a teacher cache of ``data`` takes."""
         return len(data)
 
-    def teacher_cache(self, teacher, data, task: int, batch_size: int, device) -> TeacherCache:
-        """The frozen teacher's outputs on every example of ``data`` (task ``task``), for ``penalty_kl``."""
+    def teacher_cache(self, teacher, data, task: int, batch_size: int, device, world=None) -> TeacherCache:
+        """The frozen teacher's outputs on every example of ``data`` (task ``task``), for ``penalty_kl``; under a
+        launcher (``world``) each rank runs the teacher on its part of the examples and the parts are gathered."""
         raise NotImplementedError
 
     # --- EWC's Fisher ---------------------------------------------------------------------

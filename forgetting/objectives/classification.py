@@ -33,13 +33,18 @@ def new_rows(batch, task: int) -> Tensor | None:
     return new.nonzero().squeeze(1)
 
 
-def teacher_outputs(teacher, data, task: int, batch_size: int, device) -> Tensor:
-    """The teacher's logits on every example of ``data``, in index order, float32."""
+def teacher_outputs(teacher, data, task: int, batch_size: int, device, world=None) -> Tensor:
+    """The teacher's logits on every example of ``data``, in index order, float32 (under a launcher each rank
+    runs its part of the examples and every rank gets all the rows)."""
+    parts = world is not None and world.distributed  # ``distributed.World``, passed down by the loop
+    index = world.part(torch.arange(len(data))) if parts else None
     chunks = []
     with torch.inference_mode():
-        for batch in iterate_batches(data, task, batch_size, shuffle=False, views=True):
+        if index is not None and len(index) == 0:  # fewer examples than ranks: a width, no rows
+            chunks.append(teacher(next(iterate_batches(data, task, 1, shuffle=False)).to(device).inputs).float()[:0])
+        for batch in iterate_batches(data, task, batch_size, shuffle=False, index=index, views=True):
             chunks.append(teacher(batch.to(device).inputs).float())
-    return torch.cat(chunks)
+    return world.gather_rows(torch.cat(chunks)) if parts else torch.cat(chunks)
 
 
 class Classification(Objective):
@@ -105,8 +110,8 @@ class Classification(Objective):
             self._padded_key = key
         return self._padded
 
-    def teacher_cache(self, teacher, data, task, batch_size, device):
-        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device))
+    def teacher_cache(self, teacher, data, task, batch_size, device, world=None):
+        return TeacherCache(task, teacher_outputs(teacher, data, task, batch_size, device, world))
 
     # --- EWC's Fisher -------------------------------------------------------------------------
     def fisher_terms(self, model, task, labels, device):

@@ -33,23 +33,30 @@ from .tokens import IGNORE, loss_mask, shifted, token_loss
 log = logging.getLogger("forgetting")
 
 
-def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device) -> tuple[Tensor, Tensor]:
+def lm_teacher_outputs(teacher, data: LMData, task: int, batch_size: int, device,
+                       world=None) -> tuple[Tensor, Tensor]:
     """A causal LM teacher's logits at the positions that carry loss of every example of ``data``.
 
     (flat [positions, vocabulary] float32, offsets [examples + 1]): example i's positions, in
     order, are rows ``offsets[i]:offsets[i + 1]``, the order in which ``logits[loss_mask]``
-    lists a batch's positions.
+    lists a batch's positions. Under a launcher each rank runs its part of the examples (``world.part``)
+    and the rows are gathered in order.
     """
+    parts = world is not None and world.distributed  # ``distributed.World``, passed down by the loop
+    index = world.part(torch.arange(len(data))) if parts else None
     chunks = []
     with torch.inference_mode():
-        for batch in iterate_batches(data, task, batch_size, shuffle=False):
+        if index is not None and len(index) == 0:  # fewer examples than ranks: a width, no rows
+            inputs = next(iterate_batches(data, task, 1, shuffle=False)).to(device).inputs
+            chunks.append(shifted(teacher(inputs), inputs["labels"])[0].flatten(0, 1)[:0].float())
+        for batch in iterate_batches(data, task, batch_size, shuffle=False, index=index):
             inputs = batch.to(device).inputs
             logits, _ = shifted(teacher(inputs), inputs["labels"])
             chunks.append(logits[loss_mask(inputs["labels"])].float())
     counts = torch.as_tensor([len(r) for r in data.responses])
     offsets = torch.zeros(len(counts) + 1, dtype=torch.long)
     offsets[1:] = counts.cumsum(0)
-    flat = torch.cat(chunks)
+    flat = world.gather_rows(torch.cat(chunks)) if parts else torch.cat(chunks)
     assert flat.shape[0] == int(offsets[-1]), "cached positions do not match the examples' loss tokens"
     return flat, offsets.to(flat.device)
 
@@ -181,9 +188,9 @@ class CausalLM(Objective):
     def cache_rows(self, data):
         return sum(len(r) for r in data.responses)  # every token that carries loss
 
-    def teacher_cache(self, teacher, data, task, batch_size, device):
+    def teacher_cache(self, teacher, data, task, batch_size, device, world=None):
         size = max(1, min(batch_size, 2**24 // (self.info["max_seq_len"] * self.layout.n_outputs)))
-        outputs, offsets = lm_teacher_outputs(teacher, data, task, size, device)
+        outputs, offsets = lm_teacher_outputs(teacher, data, task, size, device, world)
         return TeacherCache(task, outputs, offsets)
 
     def fisher(self, model, data, task, labels, device):

@@ -26,6 +26,10 @@ own score (TRACE's ROUGE-L for MeetingBank, exact match elsewhere), which is the
 
 With ``--lm-eval-tasks``, ``boundary_rows`` gives lm-evaluation-harness's scores of the live
 model (``harness``): the loop adds them at the untrained model and at the end of every task.
+
+Under a launcher (``world``) each rank evaluates its contiguous part of every test set and the sums (tokens,
+hits, summed NLL and KL, float64) are added over the ranks before the means are taken, so the rows are one
+process's; generations are gathered in order. lm-eval's rows come from rank 0 alone.
 """
 
 from __future__ import annotations
@@ -49,6 +53,8 @@ EVAL_FLOATS = 2**24
 class LMEvaluator:
     """Evaluates a causal LM on each task's test set under ``torch.inference_mode`` (same interface as ``Evaluator``)."""
 
+    world = None  # the run's ``distributed.World`` under a launcher (set by the loop)
+
     def __init__(self, stream: TaskStream, batch_size: int, device: torch.device, subset: int = 0):
         self.stream = stream
         self.device = device
@@ -69,7 +75,7 @@ class LMEvaluator:
                               else torch.arange(n))
 
     def _batches(self, task: int):
-        idx = self.index[task]
+        idx = self.index[task] if self.world is None else self.world.part(self.index[task])
         for start in range(0, len(idx), self.batch_size):
             yield idx[start : start + self.batch_size]
 
@@ -116,6 +122,12 @@ class LMEvaluator:
                     n += len(rows)
         finally:
             model.train(was_training)
+        if self.world is not None and self.world.distributed:
+            # the ranks' parts: sums of counts (exact in float64) and of float sums, then the means
+            names = list(sums)
+            *totals, n = self.world.sum_floats([float(sums[k]) for k in names] + [float(n)], self.device)
+            sums = {k: (v if k in ("nll", "kl") else int(v)) for k, v in zip(names, totals)}
+            n = int(n)
         tokens = max(sums["tokens"], 1)
         nll = sums["nll"] / tokens
         token_accuracy = sums["correct"] / tokens
@@ -140,8 +152,14 @@ class LMEvaluator:
         """The benchmark's scores of greedy generations on the task's evaluated examples (``accuracy`` = its own)."""
         data = self.stream.tasks[task].test
         rows = self.index[task]
-        out, seconds = greedy(model, data, rows, self.max_new_tokens, max(1, min(self.batch_size, 64)), self.device)
+        mine = rows if self.world is None else self.world.part(rows)
+        out, seconds = greedy(model, data, mine, self.max_new_tokens, max(1, min(self.batch_size, 64)), self.device) \
+            if len(mine) else ([], 0.0)
         decode = data.tokenizer.decode
+        if self.world is not None and self.world.distributed:
+            # every rank's generations in order; the speed: all the tokens over the slowest rank's time
+            out = self.world.gather_objects([list(ids) for ids in out])
+            seconds = max(self.world.gather_objects([seconds]))
         predictions = [decode(ids) for ids in out]
         references = [decode(data.responses[i][:-1]) for i in rows.tolist()]
         measured = {"gen_exact_match": scores.exact_match(predictions, references),
