@@ -58,6 +58,9 @@ class KLPenaltyMixin:
         self.temperature = float(temperature)
         self._part_sums: dict[str, torch.Tensor] = {}
         self._part_count = 0
+        for cb in self.callback_handler.callbacks:  # a ForgettingCallback names the KL this trainer logs
+            if callable(getattr(cb, "trainer_penalty", None)):
+                cb.trainer_penalty(self.kl_direction, self.temperature, self.kl_lambda)
 
     def reference_logits(self, inputs: dict[str, Any], device: torch.device) -> torch.Tensor:
         ref = self.ref_model

@@ -18,6 +18,9 @@ weighted by the token's probability; or ``compute_loss_func`` / label smoothing 
 accumulated batch's token count ``num_items_in_batch``, and the summed token KL over the same count,
 so gradient accumulation weighs both alike. SFT's ``entropy`` and ``mean_token_accuracy`` metrics
 are not logged. Needs ``pip install 'forgetting[lm]'``.
+
+``ForgettingCallback`` (``trl_forgetting``): forgetting curves for any TRL trainer (GRPO, SFT, DPO):
+the old tasks and the KL drift measured at the trainer's logs, written as a harness run.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from ..objectives.causal_lm.tokens import IGNORE, loss_mask, shifted
 from ..extras import require
 from ..teacher import frozen_copy
 from .hf import KLPenaltyMixin
+from .trl_forgetting import ForgettingCallback
 
 require("lm", "KLRegularizedSFTTrainer (TRL's SFTTrainer with the token-level KL penalty)", ("trl",))
 
@@ -97,4 +101,4 @@ class KLRegularizedSFTTrainer(KLPenaltyMixin, SFTTrainer):
         return nll.sum() / count
 
 
-__all__ = ["KLRegularizedSFTTrainer"]
+__all__ = ["ForgettingCallback", "KLRegularizedSFTTrainer"]
