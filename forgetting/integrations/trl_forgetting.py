@@ -224,6 +224,7 @@ class ForgettingCallback(TrainerCallback):
         if state.global_step != 0:
             raise BadInput(f"ForgettingCallback: the trainer resumes at step {state.global_step}, allowed: a run from "
                            "step 0 (its base is the model before any step)")
+        live = self._live(model)
         from ..objectives.causal_lm.evaluate import LMEvaluator
         from ..results import RunWriter
 
@@ -233,7 +234,7 @@ class ForgettingCallback(TrainerCallback):
         lam = args.beta if hasattr(args, "beta") else (self.penalty or {}).get("kl_lambda", 0.0)
         self._ctx = {"run_id": config.run_id, "benchmark": self.benchmark, "scenario": "domain",
                      "method": config.method.name, "lambda": float(lam), "seed": args.seed}
-        self.writer = RunWriter(config, str(next(self._live(model).parameters()).device), extra_manifest={
+        self.writer = RunWriter(config, str(next(live.parameters()).device), extra_manifest={
             "objective": "causal-lm", "report_measures": [list(m) for m in _report_measures()],
             "trainer": {"args": type(args).__name__, "kl_base": "exact per-token KL(p_base || p_current) at each "
                         "task's response tokens; p_base a frozen copy of the model before training"}}).open()
