@@ -101,14 +101,15 @@ class ForgettingCallback(TrainerCallback):
     examples of what the trainer teaches (the KL on its inputs is the predictor of Shenfeld et al. 2025).
     ``tokenizer``: default the trainer's ``processing_class``. ``eval_steps``: evaluate every this many
     optimiser steps (default: at every training log). ``figures``: write the report (``report/`` in the
-    run directory, ``figure_formats``) at the end.
+    run directory) at the end, as ``figure_formats`` (PNG: a look; ``python -m forgetting.plot RUN_DIR``
+    writes the paper's PDF and SVG).
     """
 
     def __init__(self, model: nn.Module, old_tasks: Mapping[str, Any], new_task: tuple[str, Any], *,
                  tokenizer=None, results_dir: str | Path = "results", benchmark: str = "trl",
                  eval_steps: int | None = None, eval_batch_size: int = 32, eval_subset: int = 0,
                  max_seq_len: int | None = None, max_choices: int = 16, figures: bool = True,
-                 figure_formats: str | Sequence[str] = ("pdf", "svg", "png")):
+                 figure_formats: str | Sequence[str] = "png"):
         if not isinstance(model, nn.Module):
             raise BadInput(f"ForgettingCallback: model {model!r} is not a loaded model, allowed: the nn.Module the "
                            "trainer trains (its frozen copy, taken now, is the base of the KL drift)")
