@@ -50,7 +50,7 @@ from .trl_kl import trainer_kl
 # config's unhashed settings (every other argument is in the run id)
 NOT_HASHED = ("output_dir", "logging_", "run_name", "report_to", "push_to_hub", "hub_", "save_", "disable_tqdm",
               "resume_from_checkpoint", "overwrite_output_dir", "trackio", "project", "eval_", "per_device_eval",
-              "dataloader_", "log_", "include_", "prediction_loss_only")
+              "dataloader_", "log_", "include_", "prediction_loss_only", "use_cpu", "local_rank", "ddp_")
 
 
 def task_pairs(name: str, data) -> tuple[list[str], list[str]]:
