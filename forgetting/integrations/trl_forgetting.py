@@ -206,9 +206,14 @@ class ForgettingCallback(TrainerCallback):
         self.evaluator.device = device
         if next(self.reference.parameters()).device != device:
             self.reference.to(device)
-        student = CausalLM(live, None).train(live.training)  # model(inputs) -> logits; its mode restored after
+        modes = [(m, m.training) for m in live.modules()]  # evaluated in eval mode, then each module as it was
+        student = CausalLM(live, None)  # model(inputs) -> logits
         base = CausalLM(self.reference, None).eval() if with_base else None
-        rows = self.evaluator.evaluate(student, base)
+        try:
+            rows = self.evaluator.evaluate(student, base)
+        finally:
+            for m, training in modes:
+                m.training = training
         for r in rows:
             if r["eval_task"] >= self.stream.n_learned:
                 r["eval_only"] = 1
