@@ -282,21 +282,26 @@ def test_forgetting_callback_on_dpo_names_its_chosen_log_ratio(tmp_path, checkpo
 
     model, tok = load(checkpoint)
     cb = ForgettingCallback(model, {"sentiment": OLD["sentiment"]}, NEW, results_dir=tmp_path / "results",
-                            figures=False)
+                            eval_steps=2, figures=False)
     prefs = datasets.Dataset.from_dict({"prompt": [p for p, _ in NEW[1]], "chosen": [r for _, r in NEW[1]],
                                         "rejected": ["5"] * 4})
-    args = DPOConfig(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, learning_rate=1e-2,
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
                      beta=0.1, use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_steps=1,
                      disable_tqdm=True, seed=0, gradient_checkpointing=False)
     trainer = DPOTrainer(model=model, args=args, train_dataset=prefs, processing_class=tok, callbacks=[cb])
-    trainer.train()
+    trainer.train()  # one step an epoch, a log at every step, evaluations at step 2 and the last
 
-    step = _rows(cb).query("phase == 'step'")
+    rows = _rows(cb)
+    step, end = rows.query("phase == 'step'"), rows.query("phase == 'epoch' and trained_task == 1")
     chosen = {h["step"]: h["rewards/chosen"] for h in trainer.state.log_history if "rewards/chosen" in h}
+    assert sorted(chosen) == [1, 2, 3] and step["global_step"].tolist() == [2, 2, 3, 3]
+    assert step["epoch"].tolist() == [2, 2, 3, 3] and end["epoch"].tolist() == [3, 3]
     assert step["trainer_kl"].tolist() == pytest.approx([chosen[s] / 0.1 for s in step["global_step"]], rel=1e-9)
-    assert step["trainer_kl"].iloc[-1] != 0
-    assert step["trainer_kl_estimator"].str.contains("k1 summed over the chosen response").all()
-    assert step["method"].unique().tolist() == ["trl-dpo"]
+    assert chosen[3] != 0 and step["trainer_kl_estimator"].str.contains("k1 summed over the chosen response").all()
+    last = step[step["global_step"] == 3]
+    for column in ("kl_base", "accuracy", "nll", "trainer_kl", "train_loss"):  # the boundary is the last log's model
+        assert end[column].tolist() == last[column].tolist()
+    assert rows["method"].unique().tolist() == ["trl-dpo"]
 
 
 def test_the_kl_a_trainer_logs_is_named_with_its_estimator(tmp_path, checkpoint):

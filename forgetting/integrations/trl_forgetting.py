@@ -21,8 +21,8 @@ tokens, p_base a frozen copy of the model taken when the callback is made (befor
 the model's forward: see ``KLRegularizedSFTTrainer``), never trained, in eval mode, without gradients.
 
 When: at the trainer's training logs (every ``logging_steps``), so the trainer's own KL of that log sits
-in the same rows (``trainer_kl``, ``trainer_kl_estimator``: ``trainer_kl``); with ``eval_steps=N`` at every
-N-th optimiser step instead, where the callback makes the trainer log. Not at the trainer's own
+in the same rows (``trainer_kl``, ``trainer_kl_estimator``: ``trl_kl``); with ``eval_steps=N`` at every
+N-th optimiser step and the last instead, where the callback makes the trainer log. Not at the trainer's own
 evaluations: those run on its ``eval_dataset``, and its KL is logged with training. At the end of
 training the last rows are the task boundary (``phase`` epoch); the figures follow. ``train_loss`` is
 the trainer's logged ``loss``: its mean over the steps since its previous log. A single process (or
@@ -258,8 +258,8 @@ class ForgettingCallback(TrainerCallback):
     def on_log(self, args, state, control, logs=None, model=None, **kwargs):
         if not state.is_world_process_zero or self.writer is None or "loss" not in (logs or {}):
             return  # not a training log (an evaluation's, the end-of-training summary)
-        if self.eval_steps and state.global_step % self.eval_steps:
-            return
+        if self.eval_steps and state.global_step % self.eval_steps and state.global_step != state.max_steps:
+            return  # not an evaluation step, nor the last (whose log the task boundary's rows carry)
         if self._last_rows and self._last_rows[0]["global_step"] == state.global_step:
             return
         kl, estimator = trainer_kl(args, logs, self.penalty)
