@@ -231,6 +231,7 @@ class ForgettingCallback(TrainerCallback):
             raise BadInput(f"ForgettingCallback: the trainer resumes at step {state.global_step}, allowed: a run from "
                            "step 0 (its base is the model before any step)")
         live = self._live(model)
+        self._last_rows = []  # a second train() of the same callback starts a run of its own
         from ..objectives.causal_lm.evaluate import LMEvaluator
         from ..results import RunWriter
 
