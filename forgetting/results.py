@@ -62,10 +62,13 @@ METRIC_COLUMNS = [
     "gen_tokens_per_s",  # generated tokens per second (timing: differs between identical runs)
     "lm_eval_metric",  # rows of an lm-evaluation-harness task (--lm-eval-tasks): the metric in accuracy, e.g. acc
     "eval_only",      # 1 on the rows of an evaluation-only task (measured at every evaluation, never trained)
+    # runs recorded from another library's trainer (integrations/trl_forgetting.py), at its training logs
+    "trainer_kl",     # the KL that trainer logged (e.g. TRL GRPO's kl), beside our kl_base
+    "trainer_kl_estimator",  # what trainer_kl estimates, and how (integrations/trl_kl.py)
 ]
 # The columns that hold names: read as text, whatever they look like (a run id such as 8043322e4503
 # is a number to a type-guessing reader, and comes back as inf).
-TEXT_COLUMNS = ["run_id", "benchmark", "scenario", "method", "phase", "eval_task_name"]
+TEXT_COLUMNS = ["run_id", "benchmark", "scenario", "method", "phase", "eval_task_name", "trainer_kl_estimator"]
 
 
 def read_metrics_csv(path: str | Path) -> pd.DataFrame:

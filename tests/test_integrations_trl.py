@@ -150,3 +150,193 @@ def test_without_trl_the_import_names_the_extra(monkeypatch):
     monkeypatch.delitem(sys.modules, "forgetting.integrations.trl", raising=False)
     with pytest.raises(BadInput, match=r"KLRegularizedSFTTrainer .* needs the \[lm\] extra \(trl not installed\)"):
         import forgetting.integrations.trl  # noqa: F401
+
+
+# --- ForgettingCallback: a TRL run's old tasks and KL drift as a harness run ----------------------------------
+OLD = {"sentiment": PAIRS[:4], "reviews": PAIRS[4:]}
+NEW = ("arithmetic", [("2+2=", "4"), ("3+1=", "4"), ("1+2=", "3"), ("2+1=", "3")])
+
+
+def _rows(cb):
+    from forgetting.results import read_metrics_csv
+
+    return read_metrics_csv(cb.run_dir / "metrics.csv")
+
+
+def _token_kl_by_hand(model, ref, tok, pairs) -> float:
+    """Mean over the response tokens (and end-of-text) of KL(p_ref || p_model), float64, one sequence at a time."""
+    total, tokens = 0.0, 0
+    with torch.no_grad():
+        for prompt, response in pairs:
+            p = tok(prompt, add_special_tokens=False)["input_ids"]
+            r = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids = torch.tensor([[tok.bos_token_id, *p, *r]])
+            at = slice(len(p), len(p) + len(r))  # the positions whose next token is a response token
+            lp = F.log_softmax(model.eval()(ids).logits[0, at].double(), -1)
+            lq = F.log_softmax(ref.eval()(ids).logits[0, at].double(), -1)
+            total += float((lq.exp() * (lq - lp)).sum())
+            tokens += len(r)
+    return total / tokens
+
+
+def test_forgetting_callback_on_sft_writes_the_harness_rows_and_leaves_the_reference_untouched(tmp_path, checkpoint):
+    from trl import SFTTrainer
+
+    from forgetting.integrations.trl import ForgettingCallback
+    from forgetting.metrics import run_summary
+    from forgetting.report_runs import load_runs
+
+    model, tok = load(checkpoint)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = ForgettingCallback(model, OLD, NEW, results_dir=tmp_path / "results", figures=False)
+    ref = cb.reference
+    trainer = SFTTrainer(model=model, args=config(tmp_path, max_steps=2), train_dataset=dataset(),
+                         processing_class=tok, callbacks=[cb])
+    trainer.train()
+
+    assert not ref.training and all(not p.requires_grad and p.grad is None for p in ref.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())  # bitwise the model before training
+    assert not all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    rows = _rows(cb)
+    points = rows[["phase", "trained_task", "epoch", "global_step"]].drop_duplicates().values.tolist()
+    assert points == [["init", -1, 0, 0], ["epoch", 0, 1, 0], ["step", 1, 1, 1], ["step", 1, 1, 2], ["epoch", 1, 1, 2]]
+    # at each point: the base task, the trained one, one measured only
+    assert rows["eval_task_name"].tolist() == ["trl[sentiment]", "trl[arithmetic]", "trl[reviews]"] * 5
+    assert rows["eval_only"].fillna(0).tolist() == [0, 0, 1] * 5
+    assert rows.loc[rows["phase"] != "step", "kl_base"].iloc[:6].isna().all()  # as the harness: none before the boundary
+    losses = {h["step"]: h["loss"] for h in trainer.state.log_history if "loss" in h}
+    step = rows[rows["phase"] == "step"]
+    assert step["train_loss"].tolist() == pytest.approx([losses[s] for s in step["global_step"]], rel=1e-12)
+    assert step["trainer_kl"].isna().all() and step["trainer_kl_estimator"].isna().all()  # SFTTrainer logs no KL
+    final = rows[rows["phase"] == "epoch"].iloc[3:]
+    for name, pairs in (("sentiment", OLD["sentiment"]), ("arithmetic", NEW[1]), ("reviews", OLD["reviews"])):
+        kl = final.loc[final["eval_task_name"] == f"trl[{name}]", "kl_base"].item()
+        assert kl > 1e-4 and kl == pytest.approx(_token_kl_by_hand(model, ref, tok, pairs), rel=1e-4)
+    [run] = load_runs([tmp_path / "results"])  # what forgetting.plot reads: complete, two tasks learned
+    assert run.complete and run.run_id == cb.run_dir.name and run.n_tasks == 2 and run.method == "trl-sft"
+    A = rows[rows["phase"] == "epoch"].pivot_table(index="trained_task", columns="eval_task", values="accuracy")
+    summary = run_summary(rows, run.tasks_completed)
+    assert summary["forgetting_first"] == pytest.approx(A.loc[0, 0] - A.loc[1, 0])
+    assert summary["kl_new_task"] == final.loc[final["eval_task"] == 1, "kl_base"].item()
+
+
+def test_forgetting_callback_changes_nothing_in_training(tmp_path, checkpoint):
+    """Dropout on: the evaluations between steps draw no random numbers and leave the model's mode as it was."""
+    from trl import SFTTrainer
+
+    from forgetting.integrations.trl import ForgettingCallback
+
+    weights = []
+    for with_callback in (False, True):
+        model, tok = load(checkpoint)
+        callbacks = [ForgettingCallback(model, OLD, NEW, results_dir=tmp_path / "r", figures=False)] if with_callback else []
+        SFTTrainer(model=model, args=config(tmp_path, max_steps=2), train_dataset=dataset(), processing_class=tok,
+                   callbacks=callbacks).train()
+        weights.append(model.state_dict())
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+
+
+def _grpo_args(tmp_path, **kw):
+    from trl import GRPOConfig
+
+    base = dict(output_dir=str(tmp_path), max_steps=2, per_device_train_batch_size=4, num_generations=2,
+                max_completion_length=3, learning_rate=1e-2, beta=0.1, use_cpu=True, bf16=False, report_to=[],
+                save_strategy="no", logging_steps=5, disable_tqdm=True, seed=0, gradient_checkpointing=False)
+    base.update(kw)
+    return GRPOConfig(**base)
+
+
+def test_forgetting_callback_on_grpo_puts_trls_k3_kl_beside_ours(tmp_path, checkpoint):
+    import datasets
+    from trl import GRPOTrainer
+
+    from forgetting.integrations.trl import ForgettingCallback
+
+    model, tok = load(checkpoint)  # GRPO loads its own reference from the checkpoint (beta > 0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cb = ForgettingCallback(model, {"sentiment": OLD["sentiment"]}, NEW, results_dir=tmp_path / "results",
+                            eval_steps=1, figures=False)
+    prompts = datasets.Dataset.from_dict({"prompt": [p for p, _ in NEW[1]]})
+    trainer = GRPOTrainer(model=model, reward_funcs=lambda completions, **kw: [float("4" in c) for c in completions],
+                          args=_grpo_args(tmp_path), train_dataset=prompts, processing_class=tok, callbacks=[cb])
+    trainer.train()
+
+    assert all(torch.equal(v, before[k]) for k, v in cb.reference.state_dict().items())
+    rows = _rows(cb)
+    step = rows[rows["phase"] == "step"]
+    assert step["global_step"].tolist() == [1, 1, 2, 2]  # eval_steps=1 made the trainer log at every step
+    kls = {h["step"]: h["kl"] for h in trainer.state.log_history if "kl" in h}
+    assert sorted(kls) == [1, 2] and kls[2] > 0
+    assert step["trainer_kl"].tolist() == pytest.approx([kls[s] for s in step["global_step"]], rel=1e-12)
+    assert step["trainer_kl_estimator"].str.startswith("k3 per token at the policy's sampled completions: "
+                                                       "KL(pi_theta||pi_ref)").all()
+    assert (step["kl_base"] > 0).all() and cb.writer.manifest["status"] == "complete"
+    assert rows["method"].unique().tolist() == ["trl-grpo"] and rows["lambda"].unique().tolist() == [0.1]
+
+
+def test_forgetting_callback_on_dpo_names_its_chosen_log_ratio(tmp_path, checkpoint):
+    import datasets
+    from trl import DPOConfig, DPOTrainer
+
+    from forgetting.integrations.trl import ForgettingCallback
+
+    model, tok = load(checkpoint)
+    cb = ForgettingCallback(model, {"sentiment": OLD["sentiment"]}, NEW, results_dir=tmp_path / "results",
+                            eval_steps=2, figures=False)
+    prefs = datasets.Dataset.from_dict({"prompt": [p for p, _ in NEW[1]], "chosen": [r for _, r in NEW[1]],
+                                        "rejected": ["5"] * 4})
+    args = DPOConfig(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=4, learning_rate=1e-2,
+                     beta=0.1, use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_steps=1,
+                     disable_tqdm=True, seed=0, gradient_checkpointing=False)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=prefs, processing_class=tok, callbacks=[cb])
+    trainer.train()  # one step an epoch, a log at every step, evaluations at step 2 and the last
+
+    rows = _rows(cb)
+    step, end = rows.query("phase == 'step'"), rows.query("phase == 'epoch' and trained_task == 1")
+    chosen = {h["step"]: h["rewards/chosen"] for h in trainer.state.log_history if "rewards/chosen" in h}
+    assert sorted(chosen) == [1, 2, 3] and step["global_step"].tolist() == [2, 2, 3, 3]
+    assert step["epoch"].tolist() == [2, 2, 3, 3] and end["epoch"].tolist() == [3, 3]
+    assert step["trainer_kl"].tolist() == pytest.approx([chosen[s] / 0.1 for s in step["global_step"]], rel=1e-9)
+    assert chosen[3] != 0 and step["trainer_kl_estimator"].str.contains("k1 summed over the chosen response").all()
+    last = step[step["global_step"] == 3]
+    for column in ("kl_base", "accuracy", "nll", "trainer_kl", "train_loss"):  # the boundary is the last log's model
+        assert end[column].tolist() == last[column].tolist()
+    assert rows["method"].unique().tolist() == ["trl-dpo"]
+
+
+def test_the_kl_a_trainer_logs_is_named_with_its_estimator(tmp_path, checkpoint):
+    """KLRegularizedSFTTrainer tells the callback its penalty; GRPO without beta and SFT log no KL."""
+    from forgetting.integrations.trl import ForgettingCallback, KLRegularizedSFTTrainer
+    from forgetting.integrations.trl_kl import trainer_kl
+
+    model, tok = load(checkpoint)
+    cb = ForgettingCallback(model, OLD, NEW, results_dir=tmp_path, figures=False)
+    KLRegularizedSFTTrainer(model=model, args=config(tmp_path), train_dataset=dataset(), processing_class=tok,
+                            kl_lambda=0.3, kl_direction="reverse", callbacks=[cb])
+    assert cb.penalty == {"direction": "reverse", "temperature": 1.0, "kl_lambda": 0.3}
+    value, name = trainer_kl(config(tmp_path), {"loss": 1.0, "kl": 0.25}, cb.penalty)
+    assert value == 0.25 and name.startswith("exact KL(pi_theta||pi_ref) per token over the vocabulary")
+    assert trainer_kl(_grpo_args(tmp_path, beta=0.0), {"loss": 1.0})[1] == ""
+    nan, none = trainer_kl(config(tmp_path), {"loss": 1.0, "kl": 0.25})  # plain SFTTrainer: a "kl" is not its
+    assert nan != nan and none == ""
+
+
+def test_forgetting_callback_refuses_bad_tasks_in_one_line(tmp_path, checkpoint):
+    from forgetting.integrations.trl import ForgettingCallback
+
+    model, tok = load(checkpoint)
+    for old, new, match in (({"a": {"prompt": ["x"], "answer": ["y"]}}, NEW, r"columns \['prompt', 'answer'\], allowed"),
+                            ({"a": [("x", {"role": "user"})]}, NEW, "a response is dict, allowed: strings"),
+                            ({}, NEW, "old_tasks {}, allowed"), (OLD, NEW[1], "new_task of type list, allowed"),
+                            ({"arithmetic": PAIRS}, NEW, "a task name is given twice")):
+        with pytest.raises(BadInput, match=match):
+            ForgettingCallback(model, old, new)
+    from transformers import TrainerControl, TrainerState
+
+    cb = ForgettingCallback(model, OLD, NEW, results_dir=tmp_path / "results", figures=False)
+    begin = dict(args=config(tmp_path), control=TrainerControl(), processing_class=tok)  # what Trainer.train passes
+    with pytest.raises(BadInput, match="trains another model than the one given to the callback"):
+        cb.on_train_begin(state=TrainerState(), model=load(checkpoint, "other")[0], **begin)
+    with pytest.raises(BadInput, match="the trainer resumes at step 3, allowed: a run from step 0"):
+        cb.on_train_begin(state=TrainerState(global_step=3), model=model, **begin)
+    assert not (tmp_path / "results").exists()  # nothing written

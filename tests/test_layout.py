@@ -20,11 +20,11 @@ LAYERS = [  # (layer name, module prefixes)
     ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)
     ("methods", ["methods", "integrations"]),  # integrations/__init__: strategy specs only
     ("loop", ["train", "optim", "onpolicy", "distributed"]),
-    ("bridges and files", ["integrations.avalanche", "integrations.hf", "integrations.trl", "results", "checkpoint",
-                           "claim", "tracking"]),
+    ("bridges and files", ["integrations.avalanche", "integrations.hf", "results", "checkpoint", "claim", "tracking"]),
     ("registry", ["registry"]),
+    # integrations.trl: its ForgettingCallback writes a whole run and its report (as running and plot do)
     ("entry points", ["run", "cli", "preparing", "running", "suite", "api", "executors", "sweep", "plot", "report",
-                      "__main__", ""]),
+                      "integrations.trl", "__main__", ""]),
 ]
 
 

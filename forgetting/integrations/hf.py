@@ -67,6 +67,9 @@ class KLPenaltyMixin:
         self._part_sums: dict[str, torch.Tensor] = {}
         self._parts_logged_at = 0  # the optimiser step of the last log
         self._weighted = False  # whether the last loss was weighted by num_items_in_batch
+        for cb in self.callback_handler.callbacks:  # a ForgettingCallback names the KL this trainer logs
+            if callable(getattr(cb, "trainer_penalty", None)):
+                cb.trainer_penalty(self.kl_direction, self.temperature, self.kl_lambda)
 
     @property
     def loss_is_scaled_for_ga(self) -> bool:

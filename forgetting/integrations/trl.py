@@ -21,6 +21,9 @@ so gradient accumulation weighs both alike. Under ``accelerate launch`` that cou
 as SFTTrainer and Trainer scale theirs, because DDP averages the processes' gradients: the step is that of
 one process at the same global batch (``KLPenaltyMixin.batch_weight``). SFT's ``entropy`` and
 ``mean_token_accuracy`` metrics are not logged. Needs ``pip install 'forgetting[lm]'``.
+
+``ForgettingCallback`` (``trl_forgetting``): forgetting curves for any TRL trainer (GRPO, SFT, DPO):
+the old tasks and the KL drift measured at the trainer's logs, written as a harness run.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ..objectives.causal_lm.tokens import IGNORE, loss_mask, shifted
 from ..extras import require
 from ..teacher import frozen_copy
 from .hf import KLPenaltyMixin
+from .trl_forgetting import ForgettingCallback
 
 require("lm", "KLRegularizedSFTTrainer (TRL's SFTTrainer with the token-level KL penalty)", ("trl",))
 
@@ -98,4 +102,4 @@ class KLRegularizedSFTTrainer(KLPenaltyMixin, SFTTrainer):
         return nll.sum() / count
 
 
-__all__ = ["KLRegularizedSFTTrainer"]
+__all__ = ["ForgettingCallback", "KLRegularizedSFTTrainer"]
