@@ -164,6 +164,31 @@ def test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries(tmp_
     assert set(curves["eval_task"]) == {0, 2}
 
 
+def test_lm_eval_at_evaluations_also_runs_it_at_every_eval_every_step(tmp_path):
+    pytest.importorskip("lm_eval")
+    from forgetting.results import read_metrics_csv
+    from forgetting.run import main
+
+    # FOMC's 4 training rows, batch 2: 2 steps a task; --eval-every 1: a step row after each
+    argv = ["--benchmark", "trace", "--data-dir", str(DATA / "trace"), "--trace-tasks", "FOMC", "--model", "gpt2",
+            "--gpt2-layers", "1", "--gpt2-width", "16", "--gpt2-heads", "2", "--max-seq-len", "256", "--epochs", "1",
+            "--batch-size", "2", "--eval-every", "1", "--method", "naive", "--lm-eval-tasks", "forgetting_general_mc",
+            "--lm-eval-limit", "2", "--device", "cpu", "--quiet"]
+    for at in ("boundaries", "evaluations"):
+        assert main([*argv, "--lm-eval-at", at, "--results-dir", str(tmp_path / at)]) == 0
+    runs = {at: read_metrics_csv(next((tmp_path / at).iterdir()) / "metrics.csv") for at in ("boundaries", "evaluations")}
+    points = {at: list(zip(r["phase"], r["global_step"])) for at, r in runs.items()}
+    lm_eval = {at: list(zip(r[r["eval_task_name"] == "forgetting_general_mc"]["phase"],
+                            r[r["eval_task_name"] == "forgetting_general_mc"]["global_step"]))
+               for at, r in runs.items()}
+    steps = sorted({p for p in points["evaluations"] if p[0] == "step"})
+    assert len(steps) == 2 and lm_eval["boundaries"] == [("init", 0), ("epoch", 2)]
+    assert lm_eval["evaluations"] == [("init", 0), *steps, ("epoch", 2)]
+    # the stream's own rows and the training are the same either way; only lm-eval's rows are added
+    own = {at: r[r["eval_task_name"] != "forgetting_general_mc"].reset_index(drop=True) for at, r in runs.items()}
+    assert own["boundaries"][["phase", "global_step", "loss"]].equals(own["evaluations"][["phase", "global_step", "loss"]])
+
+
 def test_an_unknown_lm_eval_task_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch):
     pytest.importorskip("lm_eval")
     from types import SimpleNamespace

@@ -19,6 +19,7 @@ README = {
     "--benchmark uci-sentiment --model gpt2 --max-seq-len 64 --lr 3e-3 --epochs 12 --batch-size 8 "
     "--text-train-per-task 100 --text-test-per-task 100 --method kl --kl-lambda 1": "8245e2406c80",
     "--benchmark uci-sentiment --model gpt2 --lm-task completion": "30d893b1000d",
+    "--benchmark uci-sentiment --model gpt2 --lm-task completion --lm-eval-at boundaries": "30d893b1000d",  # default
     "--method avalanche-ewc --av-ewc-lambda 100": "f8bde4beca23",
     "--benchmark split-cifar10 --model resnet18 --method der --scenario class --optimizer sgd --lr 0.03 --augment "
     "--epochs 50": "c14c1806efc0",

@@ -25,7 +25,8 @@ own score (TRACE's ROUGE-L for MeetingBank, exact match elsewhere), which is the
 ``accuracy``, so OP and BWT are TRACE's. ``gen_tokens_per_s`` is the generation's speed (timing).
 
 With ``--lm-eval-tasks``, ``boundary_rows`` gives lm-evaluation-harness's scores of the live
-model (``harness``): the loop adds them at the untrained model and at the end of every task.
+model (``harness``): the loop adds them at the untrained model and at the end of every task, and
+with ``--lm-eval-at evaluations`` (``rows_at_every_evaluation``) at every evaluation point too.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class LMEvaluator:
         self.batch_size = max(1, min(batch_size, EVAL_FLOATS // (longest * stream.layout.n_outputs)))
         self.max_new_tokens = int(stream.info.get("max_new_tokens", 0) or 0)
         self.harness = None
+        self.rows_at_every_evaluation = stream.info.get("lm_eval_at") == "evaluations"
         if stream.info.get("lm_eval_tasks"):
             from .harness import Harness
 
