@@ -6,7 +6,8 @@
 One row per method (kl by λ, LoRA by rank); per task k, its value at the end of task k and of every later
 task, and the change from the end of task k to the end of the stream (its forgetting: an NLL rise, an
 accuracy fall); then, per run, that change on task 0 and the methods' ordering of it, which the README
-quotes. Tasks measured but never learned (lm-eval's, evaluation-only) are shown from the end of task 0 on.
+quotes. Tasks measured but never learned (lm-eval's, evaluation-only) are shown from the end of task 0 on;
+lm-eval's rows give their task's main metric (e.g. acc) whatever --measure says.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def ends(results: Path, measure: str) -> pd.DataFrame:
         rows["method_label"] = label(run)
         frames.append(rows)
     out = pd.concat(frames)
-    out["value"] = out[measure]
+    general = out["lm_eval_metric"].notna() if "lm_eval_metric" in out else False
+    out["value"] = out[measure].where(~general, out["accuracy"])  # lm-eval's rows: its task's main metric
     return out[["method_label", "seed", "eval_task", "eval_task_name", "trained_task", "value"]]
 
 
