@@ -37,6 +37,9 @@ class Run:
     config: dict
     manifest: dict
     rows: pd.DataFrame
+    # the config's unhashed settings (flattened names, e.g. model_options.lm_eval_at): execution settings and
+    # options added later, at their default, which runs recorded before them do not have: never an experiment's
+    settings: frozenset = frozenset()
     n_tasks: int = field(init=False)
 
     def __post_init__(self):
@@ -134,7 +137,7 @@ class Run:
         flat = flatten(self.config)
         if flat.get("method") and "objective" not in flat:  # an sft run records no pg option (its id is as before)
             flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in PG_OPTIONS})
-        return {k: v for k, v in flat.items() if k.split(".")[0] not in NOT_EXPERIMENT}
+        return {k: v for k, v in flat.items() if k.split(".")[0] not in NOT_EXPERIMENT and k not in self.settings}
 
 
 def flatten(d: dict, prefix: str = "") -> dict:
@@ -207,8 +210,12 @@ def read_checked(run_dir: Path) -> Run:
     if manifest.get("status") not in STATUSES:
         raise BadInput(f"{run_dir / MANIFEST}: unknown status {manifest.get('status')!r}, "
                        f"allowed: {', '.join(STATUSES)}")
-    config = flat_view(_read_json(run_dir / CONFIG))  # the same flat fields for every schema version
-    run = Run(run_dir, config, manifest, _read_metrics(run_dir / METRICS))
+    raw = _read_json(run_dir / CONFIG)
+    config = flat_view(raw)  # the same flat fields for every schema version
+    settings = frozenset(f"{flat}.{k}" for part, flat in (("method", "hparams"), ("model", "model_options"),
+                                                          ("stream", "stream_options"))
+                         if isinstance(raw.get(part), dict) for k in raw[part].get("settings") or {})
+    run = Run(run_dir, config, manifest, _read_metrics(run_dir / METRICS), settings)
     trained = set(run.rows.loc[run.rows["phase"] == "epoch", "trained_task"])
     if run.complete and (not run.n_tasks or trained != set(range(run.n_tasks))):
         raise BadInput(f"{run_dir / METRICS}: corrupt metrics file, the manifest says complete but the rows "

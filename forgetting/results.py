@@ -58,7 +58,7 @@ METRIC_COLUMNS = [
     "gen_exact_match",  # generation equals the reference (stripped)
     "rouge_l",        # mean ROUGE-L F-measure (rouge-score)
     "bleu",           # corpus BLEU / 100 (sacrebleu)
-    "gen_score",      # the task's own score of the benchmark (ROUGE-L or exact match); also the row's accuracy
+    "gen_score",      # the task's own score of the benchmark (exact match, ROUGE-L, edit similarity or SARI); also accuracy
     "gen_tokens_per_s",  # generated tokens per second (timing: differs between identical runs)
     "lm_eval_metric",  # rows of an lm-evaluation-harness task (--lm-eval-tasks): the metric in accuracy, e.g. acc
     "eval_only",      # 1 on the rows of an evaluation-only task (measured at every evaluation, never trained)

@@ -218,7 +218,8 @@ class Trainer:
         if not self.world.main:  # the rows are rank 0's to write
             return []
         boundary = phase == "init" or (phase == "epoch" and epoch == self.config.epochs)
-        if boundary and hasattr(self.evaluator, "boundary_rows"):  # e.g. lm-eval's tasks (causal LMs)
+        if hasattr(self.evaluator, "boundary_rows") and (boundary or getattr(self.evaluator, "rows_at_every_evaluation",
+                                                                            False)):  # e.g. lm-eval's tasks (causal LMs)
             rows = rows + self.evaluator.boundary_rows(self.model)
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,

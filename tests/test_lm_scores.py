@@ -39,6 +39,30 @@ def test_exact_match_rouge_l_and_bleu_equal_the_libraries_and_hand_values():
         scores.rouge_l(["a"], [])
 
 
+def test_edit_similarity_and_sari_equal_the_library_and_published_values():
+    fuzz = pytest.importorskip("rapidfuzz.fuzz")
+    pytest.importorskip("sacrebleu")
+    # fuzzywuzzy's fuzz.ratio (TRACE's Py150 score) is round(100 * Indel similarity): 'kitten'/'sitting' share
+    # 4 letters of 6 + 7 -> 8/13 = 61.5 -> 62; Py150's placeholders written out first; an empty generation scores 0
+    assert fuzz.ratio("kitten", "sitting") == pytest.approx(800 / 13)
+    assert scores.edit_similarity(["kitten"], ["sitting"]) == pytest.approx(0.62)
+    assert scores.edit_similarity(["x = <NUM_LIT> + <STR_LIT:foo>", "", "a"], ["x = 0 + foo", "a", "a"]) == \
+        pytest.approx(2 / 3)
+    # SARI: the three test cases of Xu et al. (2016) with tensor2tensor's values (its sari_hook_test; the first
+    # is also the example of Hugging Face evaluate's sari, which TRACE uses for 20Minuten: 26.953601953601954)
+    source = "About 95 species are currently accepted ."
+    refs = ["About 95 species are currently known .", "About 95 species are now accepted .", "95 species are now accepted ."]
+    for output, value in [("About 95 you now get in .", 0.2695360), ("About 95 species are now agreed .", 0.6170966),
+                          ("About 95 species are currently agreed .", 0.5088682)]:
+        assert scores.sari([source], [output], [refs]) == pytest.approx(value, abs=5e-8)
+    assert scores.sari([source.replace(" .", ".")], ["About 95 you now get in."], [[r.replace(" .", ".") for r in refs]]) \
+        == pytest.approx(0.26953601953601954, abs=1e-15)  # evaluate's card: 13a splits the period off
+    assert scores.sari([source], [source], [[source]]) == 1.0  # output = reference: every 0/0 is 1
+    assert scores.main_score("trace", "Py150") == "edit_similarity" and scores.main_score("trace", "20Minuten") == "sari"
+    with pytest.raises(ValueError):
+        scores.sari(["a"], ["a", "b"], [["a"], ["b"]])
+
+
 def test_op_and_bwt_equal_hand_values_on_a_3x3_case():
     A = np.array([[0.9, 0.2, 0.1], [0.7, 0.8, 0.3], [0.5, 0.6, 0.95]])
     assert overall_performance(A) == pytest.approx((0.5 + 0.6 + 0.95) / 3, abs=1e-15)
@@ -105,6 +129,31 @@ def test_the_evaluator_scores_generations_as_the_benchmark_does():
         assert row["gen_score"] == row[own] == row["accuracy"] and row["gen_tokens_per_s"] > 0
 
 
+def test_py150_and_20minuten_rows_score_edit_similarity_and_sari(tmp_path, monkeypatch):
+    import shutil
+
+    from forgetting.objectives import objective_for
+    from forgetting.objectives.causal_lm import evaluate
+
+    for task in ("Py150", "20Minuten"):  # MeetingBank's files in their folders: the task's name picks the score
+        shutil.copytree(DATA / "trace" / "MeetingBank", tmp_path / task)
+    stream = build_stream("trace", "domain", {"data_dir": str(tmp_path), "trace_tasks": ["Py150", "20Minuten"],
+                                               "max_seq_len": 256, "max_new_tokens": 8,
+                                               "tokenizer": tokenizer_maker("gpt2", {"max_new_tokens": 8})})
+    said = stream.tokenizer("Park renamed.", add_special_tokens=False)["input_ids"]  # every generation
+    monkeypatch.setattr(evaluate, "greedy", lambda model, data, rows, *a: ([said] * len(rows), 1.0))
+    rows = objective_for(stream).evaluator(stream, 16, torch.device("cpu")).evaluate(tiny_model(stream))
+    data = stream.tasks[0].test
+    assert [data.tokenizer.decode(r[:-1]) for r in data.responses] == ["Park renamed unanimously."]
+    # Py150: 'Park renamed.' and 'Park renamed unanimously.' share 13 characters of 13 + 25 -> 26/38 = 68.4 -> 68
+    assert rows[0]["gen_score"] == rows[0]["accuracy"] == pytest.approx(0.68, abs=1e-12)
+    # 20Minuten: SARI against the prompt as the source (TRACE's sources_sequences)
+    prompt = data.tokenizer.decode(stream.tasks[1].test.prompts[0])
+    sari = scores.sari([prompt], ["Park renamed."], [["Park renamed unanimously."]])
+    assert rows[1]["gen_score"] == rows[1]["accuracy"] == pytest.approx(sari, abs=1e-12)
+    assert sari != scores.sari(["Park renamed unanimously."], ["Park renamed."], [["Park renamed unanimously."]])
+
+
 def test_lm_eval_on_the_live_model_equals_lm_eval_on_its_weights_saved_and_reloaded(tmp_path):
     pytest.importorskip("lm_eval")
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerFast
@@ -162,6 +211,31 @@ def test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries(tmp_
     assert read_checked(run).n_tasks == 2  # the lm-eval task is measured, not learned: the run is complete
     curves = old_task_curves(rows)  # its curve runs from the end of the base task on, beside task 0's
     assert set(curves["eval_task"]) == {0, 2}
+
+
+def test_lm_eval_at_evaluations_also_runs_it_at_every_eval_every_step(tmp_path):
+    pytest.importorskip("lm_eval")
+    from forgetting.results import read_metrics_csv
+    from forgetting.run import main
+
+    # FOMC's 4 training rows, batch 2: 2 steps a task; --eval-every 1: a step row after each
+    argv = ["--benchmark", "trace", "--data-dir", str(DATA / "trace"), "--trace-tasks", "FOMC", "--model", "gpt2",
+            "--gpt2-layers", "1", "--gpt2-width", "16", "--gpt2-heads", "2", "--max-seq-len", "256", "--epochs", "1",
+            "--batch-size", "2", "--eval-every", "1", "--method", "naive", "--lm-eval-tasks", "forgetting_general_mc",
+            "--lm-eval-limit", "2", "--device", "cpu", "--quiet"]
+    for at in ("boundaries", "evaluations"):
+        assert main([*argv, "--lm-eval-at", at, "--results-dir", str(tmp_path / at)]) == 0
+    runs = {at: read_metrics_csv(next((tmp_path / at).iterdir()) / "metrics.csv") for at in ("boundaries", "evaluations")}
+    points = {at: list(zip(r["phase"], r["global_step"])) for at, r in runs.items()}
+    lm_eval = {at: list(zip(r[r["eval_task_name"] == "forgetting_general_mc"]["phase"],
+                            r[r["eval_task_name"] == "forgetting_general_mc"]["global_step"]))
+               for at, r in runs.items()}
+    steps = sorted({p for p in points["evaluations"] if p[0] == "step"})
+    assert len(steps) == 2 and lm_eval["boundaries"] == [("init", 0), ("epoch", 2)]
+    assert lm_eval["evaluations"] == [("init", 0), *steps, ("epoch", 2)]
+    # the stream's own rows and the training are the same either way; only lm-eval's rows are added
+    own = {at: r[r["eval_task_name"] != "forgetting_general_mc"].reset_index(drop=True) for at, r in runs.items()}
+    assert own["boundaries"][["phase", "global_step", "loss"]].equals(own["evaluations"][["phase", "global_step", "loss"]])
 
 
 def test_an_unknown_lm_eval_task_is_one_line_exit_2_nothing_written(tmp_path, capsys, monkeypatch):

@@ -330,6 +330,28 @@ def test_a_zero_strength_penalty_beside_a_real_naive_run_says_what_it_was(sweep)
     assert assign_experiments([a])[a.run_id] == "naive"
 
 
+def test_an_option_added_later_at_its_default_does_not_split_seeds_of_one_experiment(sweep, tmp_path):
+    import json
+    import shutil
+
+    # two seeds of one experiment; the second recorded after an option was added (kept, at its default, as a
+    # setting: lm_eval_at), the first before it: one experiment, as its run ids say
+    first, second = [d for d in sorted(sweep.iterdir()) if read_checked(d).method == "kl"
+                     and read_checked(d).lam == 0.5][:2]
+    later = shutil.copytree(second, tmp_path / second.name)
+    config = json.loads((later / "config.json").read_text())
+    config["model"]["settings"] = {**config["model"].get("settings", {}), "lm_eval_at": "boundaries"}
+    (later / "config.json").write_text(json.dumps(config))
+    a, b = read_checked(first), read_checked(later)
+    assert a.seed != b.seed and "model_options.lm_eval_at" in b.settings
+    labels = assign_experiments([a, b])
+    assert labels[a.run_id] == labels[b.run_id] == "kl, λ=0.5"
+    config["model"]["options"] = {**config["model"]["options"], "lm_eval_at": "evaluations"}  # not a default
+    del config["model"]["settings"]["lm_eval_at"]
+    (later / "config.json").write_text(json.dumps(config))
+    assert assign_experiments([a, read_checked(later)])[b.run_id] != labels[a.run_id]
+
+
 def test_runs_that_differ_beyond_the_seed_are_not_pooled(sweep, tmp_path):
     dirs = sorted(sweep.iterdir())
     a = read_checked(dirs[0])

@@ -19,17 +19,19 @@ README = {
     "--benchmark uci-sentiment --model gpt2 --max-seq-len 64 --lr 3e-3 --epochs 12 --batch-size 8 "
     "--text-train-per-task 100 --text-test-per-task 100 --method kl --kl-lambda 1": "8245e2406c80",
     "--benchmark uci-sentiment --model gpt2 --lm-task completion": "30d893b1000d",
+    "--benchmark uci-sentiment --model gpt2 --lm-task completion --lm-eval-at boundaries": "30d893b1000d",  # default
     "--method avalanche-ewc --av-ewc-lambda 100": "f8bde4beca23",
     "--benchmark split-cifar10 --model resnet18 --method der --scenario class --optimizer sgd --lr 0.03 --augment "
     "--epochs 50": "c14c1806efc0",
 }
 # Each suite: (number of runs, sha1 of their ids joined by spaces, first 16 hex digits), at 85563f2.
 SUITES = {
-    "default.toml": (310, "761779573bd49aa5"),
+    # issue #25: its 18 LM runs are lm_domains_study.toml's now (were lm_study.toml's; was 761779573bd49aa5)
+    "default.toml": (310, "a1f5ffd95b207706"),
     "lm_study.toml": (18, "7b74afe9c40ae44c"),
     "lm_domains_study.toml": (18, "aa0c12ea376033ca"),  # added by issue #25 (its ids as first computed)
     "lm_completion_study.toml": (9, "f5d45bfbf36d8754"),  # added by issue #25
-    "quick.toml": (53, "d41a1b980f4f5547"),
+    "quick.toml": (53, "275b5b79f6088852"),  # issue #25: its 2 LM runs from lm_domains_study.toml (was d41a1b980f4f5547)
     "rl_razor.toml": (21, "75bae32d4e97ece1"),  # new with issue #24 (pg runs hash the pg options), ids as first written
     "split_cifar100_facil.toml": (18, "a21e90a369304572"),
     "split_cifar_mammoth.toml": (42, "50dd9d983ede00d5"),

@@ -59,6 +59,9 @@ OPTIONS = [
            hashed_at_default=False),
     Option("lm_eval_include_path", str, "", "causal LMs: a folder of your own lm-eval task YAMLs (relative "
            "data_files are read beside each YAML)", hashed=False),
+    Option("lm_eval_at", str, "boundaries", "causal LMs with --lm-eval-tasks: when they run: boundaries = at the "
+           "start and at the end of every task; evaluations = at every evaluation point too (each epoch's end, every "
+           "--eval-every steps)", choices=("boundaries", "evaluations"), hashed_at_default=False),
 ]
 
 
@@ -215,7 +218,8 @@ def lm_stream(name: str, scenario: str, raw: list[RawTask], options: dict, info:
     lm_eval_tasks = [n.strip() for v in options.get("lm_eval_tasks") or [] for n in str(v).split(",") if n.strip()]
     if lm_eval_tasks:
         info.update(lm_eval_tasks=lm_eval_tasks, lm_eval_limit=int(options.get("lm_eval_limit") or 0),
-                    lm_eval_include_path=options.get("lm_eval_include_path") or "")
+                    lm_eval_include_path=options.get("lm_eval_include_path") or "",
+                    lm_eval_at=options.get("lm_eval_at") or "boundaries")
     if form == "completion" and not pairs:
         info["lm_prompt"] = template
     eval_only = sum(t.eval_only for t in raw)

@@ -21,11 +21,13 @@ so the accuracy matrix, forgetting and transfer of ``metrics`` apply to LM runs 
 With ``--max-new-tokens N`` (completion tasks), the answers are also generated greedily
 (``generate.greedy``, the model's ``generate`` with its KV cache) and scored as the benchmarks
 score them (``scores``): ``gen_exact_match``, ``rouge_l``, ``bleu``, and ``gen_score``, the task's
-own score (TRACE's ROUGE-L for MeetingBank, exact match elsewhere), which is then the row's
-``accuracy``, so OP and BWT are TRACE's. ``gen_tokens_per_s`` is the generation's speed (timing).
+own score (TRACE's ROUGE-L for MeetingBank, edit similarity for Py150, SARI for 20Minuten, exact
+match elsewhere), which is then the row's ``accuracy``, so OP and BWT are TRACE's.
+``gen_tokens_per_s`` is the generation's speed (timing).
 
 With ``--lm-eval-tasks``, ``boundary_rows`` gives lm-evaluation-harness's scores of the live
-model (``harness``): the loop adds them at the untrained model and at the end of every task.
+model (``harness``): the loop adds them at the untrained model and at the end of every task, and
+with ``--lm-eval-at evaluations`` (``rows_at_every_evaluation``) at every evaluation point too.
 
 Under a launcher (``world``) each rank evaluates its contiguous part of every test set and the sums (tokens,
 hits, summed NLL and KL, float64) are added over the ranks before the means are taken, so the rows are one
@@ -61,7 +63,12 @@ class LMEvaluator:
         longest = stream.info.get("max_seq_len", 512)
         self.batch_size = max(1, min(batch_size, EVAL_FLOATS // (longest * stream.layout.n_outputs)))
         self.max_new_tokens = int(stream.info.get("max_new_tokens", 0) or 0)
+        if self.max_new_tokens:  # the scores' libraries, checked before anything is written
+            from ...extras import require
+
+            require("lm", "--max-new-tokens", ("rouge_score", "sacrebleu", "rapidfuzz"))
         self.harness = None
+        self.rows_at_every_evaluation = stream.info.get("lm_eval_at") == "evaluations"
         if stream.info.get("lm_eval_tasks"):
             from .harness import Harness
 
@@ -166,7 +173,13 @@ class LMEvaluator:
                     "rouge_l": scores.rouge_l(predictions, references), "bleu": scores.bleu(predictions, references)}
         name = self.stream.tasks[task].name
         own = scores.main_score(self.stream.info.get("scoring"), name[name.find("[") + 1 : -1] if "[" in name else name)
-        gen_score = measured["gen_exact_match" if own == "exact_match" else own]
+        if own == "edit_similarity":
+            gen_score = scores.edit_similarity(predictions, references)
+        elif own == "sari":  # against the prompt as the source, as TRACE scores 20Minuten
+            sources = [decode(data.prompts[i]) for i in rows.tolist()]
+            gen_score = scores.sari(sources, predictions, [[r] for r in references])
+        else:
+            gen_score = measured["gen_exact_match" if own == "exact_match" else own]
         n_tokens = sum(len(ids) for ids in out)
         return {**measured, "gen_score": gen_score, "accuracy": gen_score,
                 "gen_tokens_per_s": n_tokens / seconds if seconds > 0 else float("nan")}
