@@ -62,6 +62,7 @@ METRIC_COLUMNS = [
     "gen_tokens_per_s",  # generated tokens per second (timing: differs between identical runs)
     "lm_eval_metric",  # rows of an lm-evaluation-harness task (--lm-eval-tasks): the metric in accuracy, e.g. acc
     "eval_only",      # 1 on the rows of an evaluation-only task (measured at every evaluation, never trained)
+    "weight_change",  # ‖θ − θ_base‖₂ at this evaluation point (the same on each of its rows; NaN before the base ends)
 ]
 # The columns that hold names: read as text, whatever they look like (a run id such as 8043322e4503
 # is a number to a type-guessing reader, and comes back as inf).

@@ -234,6 +234,11 @@ class CausalLM(Objective):
         tokenizers = [stream.tasks[int(t)].train.tokenizer for t in batch.task_ids.tolist()]
         return sampling.exact_matches(answers, responses, tokenizers)
 
+    def chosen(self, answers, batch, stream):
+        """Long [inputs, G]: the choice each sampled completion picks (``sampling.pick_choice``; -1: none)."""
+        tasks = [stream.tasks[int(t)] for t in batch.task_ids.tolist()]
+        return sampling.chosen(answers, [t.train.choices for t in tasks], [t.train.tokenizer for t in tasks])
+
     def evaluator(self, stream, batch_size, device, subset=0):
         return LMEvaluator(stream, batch_size, device, subset=subset)
 
