@@ -361,7 +361,8 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
         ax.plot(t.new_acc.to_numpy()[front], t.old_acc.to_numpy()[front], color=colours[s], label=s)
         f = df[df.setting == s]
         ax.scatter(f.new_acc, f.old_acc, s=25, color=colours[s], edgecolor="black", linewidth=0.5)
-    ax.axvline(target, color="grey", lw=0.8, ls=":")
+    if target > 0:
+        ax.axvline(target, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("new task (parity) accuracy")
     ax.set_ylabel("old task (permuted digit) accuracy")
     ax.set_title("Pareto frontier per method (dots: end points; faint: every evaluation)", fontsize=9)

@@ -79,8 +79,8 @@ LOOP_OPTIONS = [
     Option("finetune_lr", float, 0.0, "learning rate of the fine-tuning tasks (1 on) where it differs from the base "
            "task's --lr (e.g. a pg rate well below the rate the base learns at; 0: --lr)", minimum=0.0,
            hashed_at_default=False),
-    Option("learn_tasks", int, 0, "train only the first N tasks of the stream; the later ones are measured at every "
-           "evaluation but never trained (0: all)", minimum=0, hashed_at_default=False),
+    Option("learn_tasks", int, 0, "learn and measure only the first N tasks of the stream; the later ones (evaluation-only "
+           "ones too) are left out (0: all)", minimum=0, hashed_at_default=False),
 ]
 PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_max_new_tokens", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2

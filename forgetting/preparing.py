@@ -137,13 +137,13 @@ def prepare(config: RunConfig, device: torch.device | None = None):
 
 def check_loop_on_stream(config: RunConfig, stream) -> None:
     """The loop options that depend on the stream's tasks, checked (BadInput in one line) before any file is written;
-    ``--learn-tasks`` applied (the later tasks become evaluation-only)."""
+    ``--learn-tasks`` applied (the stream cut to its first N tasks)."""
     n = config.learn_tasks
     if n:
         if n > stream.n_learned:
             raise BadInput(f"--learn-tasks {n}: benchmark {config.benchmark!r} has {stream.n_learned} tasks to learn; "
                            f"allowed: 1 to {stream.n_learned} (0: all)")
-        stream.eval_only = len(stream.tasks) - n
+        stream.tasks, stream.eval_only = stream.tasks[:n], 0
     if config.base_preview:
         if stream.n_learned < 2:
             raise BadInput(f"--base-preview {config.base_preview}: needs a second task to learn (this run learns "

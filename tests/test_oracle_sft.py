@@ -121,7 +121,7 @@ def test_a_completion_picks_the_choice_it_is_or_begins_with():
 
 def test_base_preview_learn_tasks_finetune_lr_and_weight_change(mnist_dir, tmp_path):
     """--base-preview N: task 0's batches hold all of task 0 and the same N examples of task 1 (own task id, index
-    −1) whatever the seed; --learn-tasks makes the later tasks evaluation-only; --finetune-lr is task 1's rate;
+    −1) whatever the seed; --learn-tasks cuts the stream to its first tasks; --finetune-lr is task 1's rate;
     weight_change is ‖θ − θ_base‖₂. None of them is in the run id at its default."""
     from forgetting.optim import build_optimizer
     from forgetting.preparing import check_loop_on_stream
@@ -156,4 +156,4 @@ def test_base_preview_learn_tasks_finetune_lr_and_weight_change(mnist_dir, tmp_p
         params[0].add_(0.5)
     assert trainer.weight_change() == pytest.approx(0.5 * math.sqrt(params[0].numel()), rel=1e-6)
     check_loop_on_stream(tiny_sft(mnist_dir, tmp_path, learn_tasks=1), stream)
-    assert stream.n_learned == 1 and stream.eval_only == 1
+    assert len(stream) == stream.n_learned == 1 and stream.tasks[0].name.startswith("permuted-digit")
