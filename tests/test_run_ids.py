@@ -33,7 +33,7 @@ SUITES = {
     # new with issue #24 (pg runs hash the pg options), ids as first written: 21 runs "75bae32d4e97ece1", then 3 runs
     # of oracle SFT appended (--sft-targets oracle), the 21 unchanged
     "rl_razor.toml": (24, "9043edb0b605511c"),
-    "rl_razor_lm.toml": (6, "d0c7fbbdb2d56fd1"),  # new with issue #24 (the causal-LM study), ids as first written
+    "rl_razor_lm.toml": (9, "2fa16af5a68fd8db"),  # new with issue #24 (the causal-LM study), ids as first written
     "split_cifar100_facil.toml": (18, "a21e90a369304572"),
     "split_cifar_mammoth.toml": (42, "50dd9d983ede00d5"),
 }
