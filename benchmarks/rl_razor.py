@@ -2,6 +2,8 @@
 
     python benchmarks/rl_razor.py                       # the whole sweep, table + figures into results/rl_razor/
     python benchmarks/rl_razor.py --seeds 0 --quick     # one seed, fewer settings: a minute
+    python benchmarks/rl_razor.py --from-sweep results/rl_razor_suite   # the same table and figures from a sweep
+                                                        # of benchmarks/rl_razor.toml (the harness's runs)
 
 One MLP (786-256-256-10) with a two-way task indicator appended to the pixels, one shared head of 10 outputs:
 - old task (indicator 0): digit identity on permuted-MNIST images (a fixed pixel permutation). FashionMNIST, the
@@ -38,7 +40,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from forgetting.penalty import kl_penalty  # noqa: E402
+from forgetting.oracle import oracle_targets, soft_cross_entropy  # noqa: E402
 from forgetting.policy_gradient import group_advantages, pg_loss, sample_answers  # noqa: E402
+from forgetting.report_summary import least_squares  # noqa: E402
 from forgetting.streams import default_data_dir  # noqa: E402
 from forgetting.streams.mnist import load_arrays  # noqa: E402
 
@@ -128,8 +132,7 @@ def finetune(base, d, method: str, lam: float, lr: float, seed: int, args) -> di
     correct = correct_sets(y)
     with torch.no_grad():
         base_logits = base(x)
-        oracle = base_logits.softmax(1) * correct
-        oracle = oracle / oracle.sum(1, keepdim=True)
+        oracle = oracle_targets(base_logits, correct)  # the harness's --sft-targets oracle
     g = torch.Generator().manual_seed(seed)
     random_label = torch.multinomial(correct.float(), 1, generator=g).squeeze(1)
     fixed_label = (y % 2 != 0).long()  # even -> 0, odd -> 1
@@ -155,7 +158,7 @@ def finetune(base, d, method: str, lam: float, lr: float, seed: int, args) -> di
             elif method.startswith("sft-random"):
                 loss = F.cross_entropy(logits, random_label[idx])
             elif method.startswith("sft-oracle"):
-                loss = -(oracle[idx] * logits.log_softmax(1)).sum(1).mean()
+                loss = soft_cross_entropy(logits, oracle[idx])
             else:
                 raise ValueError(method)
             if lam > 0:
@@ -174,18 +177,62 @@ def finetune(base, d, method: str, lam: float, lr: float, seed: int, args) -> di
 
 
 def fits(x: np.ndarray, y: np.ndarray) -> dict:
-    """Least-squares linear and quadratic fits of y on x, their R²."""
-    out = {}
-    for deg in (1, 2):
-        if len(x) <= deg + 1:
-            out[f"r2_deg{deg}"] = float("nan")
-            continue
-        coef = np.polyfit(x, y, deg)
-        res = y - np.polyval(coef, x)
-        ss = ((y - y.mean()) ** 2).sum()
-        out[f"r2_deg{deg}"] = float(1 - (res ** 2).sum() / ss) if ss > 0 else float("nan")
-        out[f"coef_deg{deg}"] = [float(c) for c in coef]
+    """R² (and coefficients, highest power first) of the least-squares line and parabola of y on x: the harness's
+    fit (``report_summary.least_squares``, the one the report's figure draws)."""
+    f = least_squares(np.asarray(x, float), np.asarray(y, float)) or {}
+    out = {"r2_deg1": f.get("r2", float("nan")), "r2_deg2": f.get("quad", {}).get("r2", float("nan"))}
+    if f:
+        out["coef_deg1"] = [f["slope"], f["intercept"]]
+    if "quad" in f:
+        out["coef_deg2"] = [f["quad"]["c2"], f["quad"]["c1"], f["quad"]["c0"]]
     return out
+
+
+def setting_of(cfg: dict) -> tuple[str, float]:
+    """(the study's name of a sweep run, its λ) from its flat config (``report_runs.Run.config``)."""
+    lam = float((cfg.get("hparams") or {}).get("kl_lambda", 0.0)) if cfg.get("method") == "kl" else 0.0
+    if cfg.get("objective") == "pg":
+        name = "pg"
+    elif cfg.get("sft_targets") == "oracle":
+        name = "sft-oracle"
+    else:
+        name = f"sft-{(cfg.get('stream_options') or {}).get('parity_targets', 'fixed')}"
+    return (f"{name}+kl {lam:g}" if lam > 0 else name), lam
+
+
+def from_sweep(results: Path, out: Path) -> None:
+    """``runs.csv`` and ``trajectories.csv`` of this script's layout from a sweep of benchmarks/rl_razor.toml (its
+    complete runs): forgetting = the old task's accuracy after the base task minus after the fine-tuning task."""
+    import pandas as pd
+
+    from forgetting.metrics import accuracy_matrix, final_epoch_rows, run_summary, task_boundaries
+    from forgetting.report_runs import load_runs
+
+    rows, trajectories = [], []
+    for run in load_runs([results]):
+        if not run.complete or run.benchmark != "parity-mnist":
+            continue
+        setting, lam = setting_of(run.config)
+        A, s = accuracy_matrix(run.rows), run_summary(run.rows)
+        base_old = float(A[0, 0])
+        rows.append({"setting": setting, "method": setting.split("+")[0], "lam": lam, "lr": run.config.get("lr"),
+                     "seed": run.seed, "new_acc": float(A[1, 1]), "old_acc": float(A[1, 0]),
+                     "forgetting": base_old - float(A[1, 0]), "kl_new": s["kl_new_task"], "kl_old": s["kl_old_tasks"],
+                     "dtheta": s["weight_change"], "steps": int(run.rows["global_step"].max() - task_boundaries(run.rows).iloc[0]),
+                     "run_id": run.run_id})
+        ev = run.rows[(run.rows["phase"] != "init") & (run.rows["trained_task"] >= 1)]
+        start = final_epoch_rows(run.rows)
+        start = start[start["trained_task"] == 0]
+        for _, point in pd.concat([start, ev]).groupby("global_step"):
+            acc = point.set_index("eval_task")["accuracy"]
+            trajectories.append({"setting": setting, "seed": run.seed, "step": int(point["global_step"].iloc[0]),
+                                 "new_acc": float(acc[1]), "old_acc": float(acc[0]),
+                                 "forgetting": base_old - float(acc[0])})
+    if not rows:
+        raise SystemExit(f"{results}: no complete parity-mnist run")
+    out.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
+    pd.DataFrame(trajectories).to_csv(out / "trajectories.csv", index=False)
 
 
 LRS = (3e-4, 1e-3)
@@ -219,7 +266,16 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="one learning rate per setting")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "rl_razor")
     ap.add_argument("--report-only", action="store_true", help="redraw the table, fits and figures from --out")
+    ap.add_argument("--from-sweep", type=Path, metavar="RESULTS",
+                    help="the table, fits and figures of a sweep of benchmarks/rl_razor.toml (fixed epochs: every run "
+                         "is kept, --target 0 unless given) into --out (default RESULTS/rl_razor_report)")
     args = ap.parse_args(argv)
+    if args.from_sweep is not None:
+        out = args.out if "--out" in (argv or sys.argv) else args.from_sweep / "rl_razor_report"
+        target = args.target if "--target" in (argv or sys.argv) else 0.0
+        from_sweep(args.from_sweep, out)
+        report(out, target)
+        return 0
     if args.report_only:
         report(args.out, args.target)
         return 0
@@ -305,7 +361,8 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
         ax.plot(t.new_acc.to_numpy()[front], t.old_acc.to_numpy()[front], color=colours[s], label=s)
         f = df[df.setting == s]
         ax.scatter(f.new_acc, f.old_acc, s=25, color=colours[s], edgecolor="black", linewidth=0.5)
-    ax.axvline(target, color="grey", lw=0.8, ls=":")
+    if target > 0:
+        ax.axvline(target, color="grey", lw=0.8, ls=":")
     ax.set_xlabel("new task (parity) accuracy")
     ax.set_ylabel("old task (permuted digit) accuracy")
     ax.set_title("Pareto frontier per method (dots: end points; faint: every evaluation)", fontsize=9)

@@ -24,6 +24,7 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("none", "cosine", "step")
 AMP = ("off", "bf16", "fp16")
 OBJECTIVES = ("sft", "pg")
+SFT_TARGETS = ("label", "oracle")
 
 # The loop's own options (methods, models and streams declare theirs).
 LOOP_OPTIONS = [
@@ -67,6 +68,19 @@ LOOP_OPTIONS = [
     Option("pg_scale_std", bool, False, "pg: divide each advantage by its group's reward standard deviation (GRPO)"),
     Option("reward", str, "correct", "pg: the reward of a sampled answer: correct (1 if right, 0 otherwise; a task may "
            "declare a set of correct answers), a registered reward, or module:function"),
+    # what a fine-tuning task's sft targets are, and what the base sees of later tasks: at their defaults in no run id
+    Option("sft_targets", str, "label", "sft, fine-tuning tasks (1 on): label = cross-entropy on each example's target; "
+           "oracle = on the frozen reference's distribution (the model at the task's start) restricted to the example's "
+           "correct answers (Task.answers) and renormalised: the correct-answer distribution of least KL to it "
+           "(classifiers)", choices=SFT_TARGETS, hashed_at_default=False),
+    Option("base_preview", int, 0, "the base task (task 0) also trains on N training examples of task 1 (drawn once "
+           "with a fixed seed, the same for every run), so that the base already answers some of the next task; task 1 still "
+           "trains on all of its examples", minimum=0, hashed_at_default=False),
+    Option("finetune_lr", float, 0.0, "learning rate of the fine-tuning tasks (1 on) where it differs from the base "
+           "task's --lr (e.g. a pg rate well below the rate the base learns at; 0: --lr)", minimum=0.0,
+           hashed_at_default=False),
+    Option("learn_tasks", int, 0, "learn and measure only the first N tasks of the stream; the later ones (evaluation-only "
+           "ones too) are left out (0: all)", minimum=0, hashed_at_default=False),
 ]
 PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_max_new_tokens", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2

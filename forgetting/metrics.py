@@ -284,7 +284,17 @@ def run_summary(rows: pd.DataFrame, tasks_completed: int | None = None) -> dict[
         "old_task_accuracy": float(A[T - 1, : T - 1].mean()) if T > 1 else float("nan"),
         "kl_new_task": kl_new,
         "kl_old_tasks": kl_old,
+        "weight_change": final_weight_change(rows, tasks_completed),
     }
+
+
+def final_weight_change(rows: pd.DataFrame, tasks_completed: int | None = None) -> float:
+    """‖θ − θ_base‖₂ at the end of the last trained task (NaN before a fine-tuning task, or rows without it)."""
+    fin = final_epoch_rows(rows, tasks_completed)
+    if fin.empty or "weight_change" not in fin or fin["trained_task"].max() < 1:
+        return float("nan")
+    last = fin.loc[fin["trained_task"] == fin["trained_task"].max(), "weight_change"].dropna()
+    return float(last.iloc[0]) if len(last) else float("nan")
 
 
 # --- across runs ------------------------------------------------------------------------------

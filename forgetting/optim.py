@@ -27,7 +27,9 @@ from .config import AMP, OPTIMIZERS, SCHEDULES  # noqa: F401  (the options are c
 from .errors import BadInput
 
 
-OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"), ("train_base", True))
+OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"), ("train_base", True),
+                 ("sft_targets", "label"), ("base_preview", 0), ("learn_tasks", 0),
+                 ("finetune_lr", 0.0))
 
 
 def check(loop: dict, runner: str = "forgetting") -> None:
@@ -52,10 +54,10 @@ def check_device(amp: str, device: torch.device) -> None:
                        "use --amp off")
 
 
-def build_optimizer(params, config) -> torch.optim.Optimizer:
-    """The optimiser ``config``'s loop options name, over ``params``."""
+def build_optimizer(params, config, task: int = 0) -> torch.optim.Optimizer:
+    """The optimiser ``config``'s loop options name, over ``params``, for ``task`` (``--finetune-lr`` from task 1 on)."""
     params = list(params)
-    lr, wd = config.lr, config.weight_decay
+    lr, wd = (config.finetune_lr if task > 0 and config.finetune_lr else config.lr), config.weight_decay
     if config.optimizer == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=config.momentum, weight_decay=wd)
     if config.optimizer == "adamw":

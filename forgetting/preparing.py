@@ -121,6 +121,7 @@ def prepare(config: RunConfig, device: torch.device | None = None):
     stream = build_stream_for(config)
     stream.objective = registry.objective_of(config.benchmark, config.model.name).name  # chosen by resolve
     warn_one_class_tasks(stream)
+    check_loop_on_stream(config, stream)
     methods = registry.build_methods(config.method.name, config.hparams)
     for m in methods:  # options that cannot work on this stream
         m.check_stream(stream)
@@ -134,3 +135,30 @@ def prepare(config: RunConfig, device: torch.device | None = None):
     return device, stream, model, methods
 
 
+def check_loop_on_stream(config: RunConfig, stream) -> None:
+    """The loop options that depend on the stream's tasks, checked (BadInput in one line) before any file is written;
+    ``--learn-tasks`` applied (the stream cut to its first N tasks)."""
+    n = config.learn_tasks
+    if n:
+        if n > stream.n_learned:
+            raise BadInput(f"--learn-tasks {n}: benchmark {config.benchmark!r} has {stream.n_learned} tasks to learn; "
+                           f"allowed: 1 to {stream.n_learned} (0: all)")
+        stream.tasks, stream.eval_only = stream.tasks[:n], 0
+    if config.base_preview:
+        if stream.n_learned < 2:
+            raise BadInput(f"--base-preview {config.base_preview}: needs a second task to learn (this run learns "
+                           f"{stream.n_learned})")
+        if stream.scenario == "class":
+            raise BadInput(f"--base-preview {config.base_preview}: not in the class scenario (task 1's classes are "
+                           "not active while the base trains); allowed: task, domain")
+    if config.sft_targets == "oracle" and not any(getattr(t, "answers", None) is not None
+                                                  for t in stream.tasks[1:stream.n_learned]):
+        raise BadInput(f"--sft-targets oracle: no fine-tuning task of benchmark {config.benchmark!r} declares a set of "
+                       "correct answers (Task.answers), so it would be plain sft; allowed: label, or oracle on e.g. "
+                       "parity-mnist")
+    if config.objective == "pg":
+        from .rewards import reward
+
+        check = getattr(reward(config.reward), "check_stream", None)
+        if check is not None:
+            check(stream)

@@ -373,6 +373,12 @@ def check_objective(loop: dict, given: dict, method_spec: str, objective_cls: ty
     so today's runs keep their ids. BadInput in one line on a pg option without pg, pg on an objective that samples
     no answers, pg with a method that changes the task loss or runs its own loop, and an unknown reward."""
     defaults = {o.name: o.default for o in LOOP_OPTIONS}
+    if loop.get("sft_targets", "label") == "oracle":
+        if loop.get("objective", "sft") != "sft":
+            raise BadInput("--sft-targets oracle: applies to --objective sft only (pg trains on the model's own answers)")
+        if "oracle_targets" not in objective_cls.provides:
+            raise BadInput(f"--sft-targets oracle: not for {objective_cls.label or objective_cls.name} (objective "
+                           f"{objective_cls.name}); allowed: classifiers, whose tasks may declare sets of correct answers")
     if loop.get("objective", "sft") == "sft":
         stray = [k for k in PG_OPTIONS if k != "objective" and given.get(k, defaults[k]) != defaults[k]]
         if stray:

@@ -533,8 +533,9 @@ def tradeoff(table: pd.DataFrame, where: str, out: Path, prefix: str, references
 
 def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, look: Look = Look()) -> list[Path]:
     """Forgetting (points, or nats per token for causal LMs) against KL drift from the base model, one point
-    per complete run: a panel for the new task's inputs and one for the old tasks', side by side (page
-    width) or one above the other (column width), with least-squares line and parabola."""
+    per complete run: a panel for the new task's inputs and one for the old tasks' (and, where the rows record
+    it, one for the weight change ‖θ − θ_base‖₂), side by side (page width) or one above the other (column
+    width), with the pooled least-squares line and parabola and each method's line (its R² in the legend)."""
     order = label_order(table, look)
     d = table[(table["status"] == "complete") & table["label"].isin(order)]
     y = forgetting_column(table)
@@ -545,16 +546,21 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
     legend_cols = 1  # the fits' entries are long: one column keeps them inside the figure
     title = wrap(f"Does drift from the base model, KL(p_base ‖ p_final), predict forgetting? One point per run"
                  f"\n{where}", W, "figure.titlesize") if look.titles else ""
-    entries = d["label"].nunique() + 2 * (2 + d.assign(_m=method_key(d))["_m"].nunique())
+    with_dtheta = "weight_change" in d and d["weight_change"].notna().any()  # recorded: the predictor the paper rules out
+    entries = d["label"].nunique() + (2 + with_dtheta) * (2 + d.assign(_m=method_key(d))["_m"].nunique())
     panel_h = (1.9 if column else 2.5) * max(1.0, points("axes.labelsize") / 8)
     height = (line_in("figure.titlesize", n_lines(title)) + (2 if column else 1) * (panel_h + 2 * line_in("axes.titlesize"))
               + line_in("legend.fontsize", math.ceil(entries / legend_cols)) + line_in("legend.title_fontsize") + 0.2)
-    fig, axes = plt.subplots(2 if column else 1, 1 if column else 2, figsize=(W, height), sharey=True,
-                             layout="constrained")
     panels = [("kl_new_task", "KL on the new (last) task's test inputs"), ("kl_old_tasks", "KL on the old tasks' test inputs")]
+    if with_dtheta:
+        panels.append(("weight_change", "weight change ‖θ − θ_base‖₂"))
+        height += (panel_h + 2 * line_in("axes.titlesize")) if column else 0
+    n = len(panels)
+    fig, axes = plt.subplots(n if column else 1, 1 if column else n, figsize=(W, height), sharey=True,
+                             layout="constrained")
     handles: dict[str, object] = {}
     for ax, (col, on) in zip(axes, panels):
-        short = "new-task KL" if col == "kl_new_task" else "old-task KL"
+        short = {"kl_new_task": "new-task KL", "kl_old_tasks": "old-task KL"}.get(col, "‖Δθ‖₂")
         for label in order:
             g = d[d["label"] == label]
             if len(g):
@@ -589,18 +595,20 @@ def kl_vs_forgetting(table: pd.DataFrame, where: str, out: Path, prefix: str, lo
                 xs = np.linspace(g[col].min(), g[col].max(), 20)
                 lo, hi = (scale * v for v in f["slope_ci95"])
                 colour = sns.color_palette(family(m), SHADES)[6]
-                handles[f"{short}, {m}: slope {scale * f['slope']:.3g} [{lo:.3g}, {hi:.3g}], n = {f['n']}, "
+                r2 = f"R² {f['r2']:.2f}" + (f", parabola {f['quad']['r2']:.2f}" if "quad" in f else "")
+                handles[f"{short}, {m}: slope {scale * f['slope']:.3g} [{lo:.3g}, {hi:.3g}], {r2}, n = {f['n']}, "
                         f"{f['configs']} config{'s' * (f['configs'] > 1)}"] = ax.plot(*line(f, xs), color=colour,
                                                                                      lw=0.8, ls="-.")[0]
-        ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else 2), "axes.titlesize"))
-        ax.set_xlabel("KL from the base model (nats)")
+        ax.set_title(wrap(f"{on}\n{fitted}", W / (1 if column else n), "axes.titlesize"))
+        ax.set_xlabel("weight change (L2 norm)" if col == "weight_change" else "KL from the base model (nats)")
         ax.locator_params(axis="x", nbins=5)
         clip_limits(ax, "x", low=0.0)
     axes[0].set_ylabel("forgetting, max-based (points)" if scale == 100
                        else f"NLL rise, max-based (nats per {nll_unit(table)})")
     if column:
-        axes[1].set_ylabel(axes[0].get_ylabel())
-        axes[1].yaxis.set_tick_params(labelleft=True)
+        for ax in axes[1:]:
+            ax.set_ylabel(axes[0].get_ylabel())
+            ax.yaxis.set_tick_params(labelleft=True)
     if scale == 100:
         clip_limits(axes[0], "y", low=-100.0 - MARGIN, high=100.0 + MARGIN, margin=0)
     if handles:

@@ -14,6 +14,8 @@ from typing import Iterable
 import pandas as pd
 
 from .config import LOOP_OPTIONS, PG_OPTIONS, flat_view
+
+UNRECORDED_AT_DEFAULT = ("sft_targets", "base_preview", "learn_tasks", "finetune_lr")
 from .errors import BadInput
 from .metrics import measured_only
 from .results import CONFIG, MANIFEST, METRICS, find_runs, read_metrics_csv
@@ -137,6 +139,8 @@ class Run:
         flat = flatten(self.config)
         if flat.get("method") and "objective" not in flat:  # an sft run records no pg option (its id is as before)
             flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in PG_OPTIONS})
+        if flat.get("method"):  # loop options recorded only away from their default: a run without one had it
+            flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in UNRECORDED_AT_DEFAULT and o.name not in flat})
         return {k: v for k, v in flat.items() if k.split(".")[0] not in NOT_EXPERIMENT and k not in self.settings}
 
 

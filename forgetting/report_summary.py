@@ -163,6 +163,7 @@ def run_table(runs: list[Run]) -> pd.DataFrame:
             "n_tasks": r.n_tasks,
             **{m: s.get(m, float("nan")) for m, *_ in METRICS if m != "wall_time_s"},
             "wall_time_s": r.wall_time_s,
+            "weight_change": s.get("weight_change", float("nan")),  # a predictor the KL figure tests, not a table column
             "at_majority_rate": "; ".join(f"A[{t}][{k}] = {100 * rate:.1f}%" for t, k, rate in stuck),
             "report_measures": r.report_measures,
             "run_id": r.run_id, "path": str(r.path),
@@ -258,18 +259,26 @@ def kl_fit(table: pd.DataFrame) -> dict | None:
     """
     y = forgetting_column(table)
     d = table[(table["status"] == "complete")][["kl_new_task", y]].dropna()
-    if len(d) < 3 or d["kl_new_task"].nunique() < 2:
+    out = least_squares(d["kl_new_task"].to_numpy(float), d[y].to_numpy(float))
+    if out is None:
         return None
-    fit = stats.linregress(d["kl_new_task"], d[y])
-    half = float(stats.t.ppf(0.975, len(d) - 2) * fit.stderr)  # the slope's 95% t-interval (n - 2 degrees of freedom)
-    out = {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(d),
-           "column": y, "slope_ci95": (float(fit.slope) - half, float(fit.slope) + half),
-           "configs": int(table.loc[d.index, "label"].nunique()) if "label" in table else len(d)}
-    if len(d) >= 4 and d["kl_new_task"].nunique() >= 3:
-        x, v = d["kl_new_task"].to_numpy(float), d[y].to_numpy(float)
-        c2, c1, c0 = np.polyfit(x, v, 2)
-        resid = v - (c0 + c1 * x + c2 * x * x)
-        total = float(((v - v.mean()) ** 2).sum())
+    return {**out, "column": y, "configs": int(table.loc[d.index, "label"].nunique()) if "label" in table else len(d)}
+
+
+def least_squares(x: np.ndarray, y: np.ndarray) -> dict | None:
+    """The least-squares line of ``y`` on ``x`` (slope, intercept, R², the slope's 95% t-interval with n − 2 degrees
+    of freedom) and, given four points at three distinct x or more, the parabola (``quad``: c0 + c1 x + c2 x², R²);
+    None below three points or two distinct x. The one place the reports and benchmarks/rl_razor.py fit."""
+    if len(x) < 3 or len(np.unique(x)) < 2:
+        return None
+    fit = stats.linregress(x, y)
+    half = float(stats.t.ppf(0.975, len(x) - 2) * fit.stderr)
+    out = {"slope": float(fit.slope), "intercept": float(fit.intercept), "r2": float(fit.rvalue ** 2), "n": len(x),
+           "slope_ci95": (float(fit.slope) - half, float(fit.slope) + half)}
+    if len(x) >= 4 and len(np.unique(x)) >= 3:
+        c2, c1, c0 = np.polyfit(x, y, 2)
+        resid = y - (c0 + c1 * x + c2 * x * x)
+        total = float(((y - y.mean()) ** 2).sum())
         out["quad"] = {"c0": float(c0), "c1": float(c1), "c2": float(c2),
                        "r2": 1.0 - float((resid ** 2).sum()) / total if total > 0 else float("nan")}
     return out

@@ -65,6 +65,7 @@ METRIC_COLUMNS = [
     # runs recorded from another library's trainer (integrations/trl_forgetting.py), at its training logs
     "trainer_kl",     # the KL that trainer logged (e.g. TRL GRPO's kl), beside our kl_base
     "trainer_kl_estimator",  # what trainer_kl estimates, and how (integrations/trl_kl.py)
+    "weight_change",  # ‖θ − θ_base‖₂ at this evaluation point (the same on each of its rows; NaN before the base ends)
 ]
 # The columns that hold names: read as text, whatever they look like (a run id such as 8043322e4503
 # is a number to a type-guessing reader, and comes back as inf).

@@ -4,7 +4,9 @@ A reward scores the answers sampled for a batch: ``reward(answers, batch, contex
 (float), ``answers`` [inputs, G] the sampled outputs, ``context`` the ``RewardContext`` of the step
 (the run's objective, which knows what a correct answer is, the stream and the task being trained).
 Built-in: ``correct`` (1 for a correct answer, 0 otherwise; a task may declare a *set* of correct
-answers per target, ``Task.answers``). Register one with ``register_reward("name")`` or name it by
+answers per target, ``Task.answers``; a causal LM's completion is correct when it is the response, exact match)
+and ``choice`` (causal LMs: 1 when the completion picks the example's own choice among its task's answers).
+A reward may carry ``check_stream(stream)``, run before any file is written. Register one with ``register_reward("name")`` or name it by
 its path (``--reward mypkg.rewards:brevity``).
 """
 
@@ -34,7 +36,25 @@ def correct(answers: Tensor, batch, context: RewardContext) -> Tensor:
     return context.objective.correct(answers, batch, context.stream).float()
 
 
-REWARDS: dict[str, Reward] = {"correct": correct}
+def choice(answers: Tensor, batch, context: RewardContext) -> Tensor:
+    """Causal LMs, completion tasks with a fixed set of answers (``choices``: sentiment words, news topics): 1 where
+    the sampled completion picks the example's own choice. A completion picks the choice its text (special tokens
+    left out, whitespace normalised) is, or begins with followed by a space (the longest such choice; none: 0), so
+    an answer need not end where the response does, unlike ``correct``'s exact match."""
+    picked = context.objective.chosen(answers, batch, context.stream)
+    return (picked == batch.targets.to(picked.device).unsqueeze(1)).float()
+
+
+def _choice_check(stream) -> None:
+    without = [t.name for t in stream.tasks[1:stream.n_learned] if not getattr(t.train, "choices", None)]
+    if without:  # a classifier's data has no choices either
+        raise BadInput(f"--reward choice: needs causal-LM completion tasks with a fixed set of answers (choices); "
+                       f"{', '.join(without)} has none; allowed: --reward correct")
+
+
+choice.check_stream = _choice_check  # called before any file is written (preparing.check_loop_on_stream)
+
+REWARDS: dict[str, Reward] = {"correct": correct, "choice": choice}
 
 
 def register_reward(name: str):

@@ -16,8 +16,11 @@ from .methods.base import Method
 from .objectives import objective_for
 from . import optim
 from .onpolicy import pg_task_loss
-from .streams.base import TaskStream
+from .streams.base import TaskStream, gather_examples
 from .teacher import boundary_references, freeze, frozen_copy  # noqa: F401  (the teacher helpers, also from here)
+
+
+PREVIEW_SEED = 0  # the draw of task 1's examples that --base-preview adds to the base task (the same in every run)
 
 
 class Trainer:
@@ -81,7 +84,8 @@ class Trainer:
 
     def new_optimizer(self) -> torch.optim.Optimizer:
         """The optimiser of the loop options (Adam by default), over the trainable parameters."""
-        return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config)
+        return optim.build_optimizer((p for p in self.model.parameters() if p.requires_grad), self.config,
+                                     self.current_task)
 
     def train_task(self, t: int) -> None:
         if t == 0 and not self.config.train_base:
@@ -99,7 +103,9 @@ class Trainer:
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
             self.model.train()  # every submodule; a step re-sets it only where something left the model in eval
-            for batch in self._data_method.batches(self, t, epoch):
+            batches = (self.preview_batches() if t == 0 and self.config.base_preview
+                       else self._data_method.batches(self, t, epoch))
+            for batch in batches:
                 parts = self.step(batch.to(self.device), t, epoch)
                 for k, v in parts.items():
                     sums[k] += v
@@ -120,6 +126,21 @@ class Trainer:
         self.snapshot_boundary(t)
         if self.recorder is not None:
             self.recorder.task_done(self, t)
+
+    def preview_batches(self):
+        """``--base-preview N``: task 0's training set and N examples of task 1 (a fixed draw), shuffled together;
+        task 1's examples keep their task id (their own head) and index -1 (no teacher cache holds them)."""
+        first, second = self.stream.tasks[0].train, self.stream.tasks[1].train
+        n = min(self.config.base_preview, len(second))
+        preview = torch.randperm(len(second), generator=torch.Generator().manual_seed(PREVIEW_SEED))[:n]
+        task_ids = torch.cat([torch.zeros(len(first), dtype=torch.long), torch.ones(n, dtype=torch.long)])
+        index = torch.cat([torch.arange(len(first)), preview])
+        order = torch.randperm(len(task_ids), generator=self.generator)
+        for start in range(0, len(order), self.config.batch_size):
+            sel = order[start : start + self.config.batch_size]
+            batch = gather_examples([first, second], task_ids[sel], index[sel])
+            batch.index = torch.where(batch.task_ids == 0, batch.index, torch.full_like(batch.index, -1))
+            yield batch
 
     def keep_base(self) -> None:
         """``--no-train-base``: the model as loaded is the base. Task 0's boundary without a step: the methods'
@@ -156,6 +177,10 @@ class Trainer:
         with optim.autocast(self.device, self.config.amp):  # the student's pass only: penalties stay fp32
             if self.config.objective == "pg" and t > 0:  # the base task is learned from its targets
                 logits, data_loss, logs = pg_task_loss(self, batch)
+                terms = {}
+            elif self.config.sft_targets == "oracle" and t > 0:  # the reference restricted to the correct answers
+                logits = self.model(batch.inputs)
+                data_loss = self.objective.oracle_loss(logits, batch, t, self.previous_model, self.stream)
                 terms = {}
             else:
                 logits, data_loss, terms = self._loss_method.task_loss(self, batch)
@@ -221,6 +246,8 @@ class Trainer:
         if hasattr(self.evaluator, "boundary_rows") and (boundary or getattr(self.evaluator, "rows_at_every_evaluation",
                                                                             False)):  # e.g. lm-eval's tasks (causal LMs)
             rows = rows + self.evaluator.boundary_rows(self.model)
+        if self.base_model is not None:  # the weights' distance from the base, a candidate predictor of forgetting
+            rows = [{**r, "weight_change": self.weight_change()} for r in rows] if rows else rows
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,
@@ -235,3 +262,18 @@ class Trainer:
                 r["wall_time"] = self.recorder.elapsed()
             self.recorder.add_rows(rows)
         return rows
+
+    def weight_change(self) -> float:
+        """‖θ − θ_base‖₂ over the parameters the live model and the base snapshot share by name and shape (NaN
+        where they share none, e.g. a LoRA model whose base copy is the merged model)."""
+        if getattr(self, "_base_params_of", None) is not self.base_model:
+            self._base_params_of = self.base_model
+            self._base_params = dict(self.base_model.named_parameters())
+        total, shared = 0.0, 0
+        with torch.no_grad():
+            for name, p in self.model.named_parameters():
+                q = self._base_params.get(name)
+                if q is not None and q.shape == p.shape:
+                    total += float((p.detach().float() - q.detach().float().to(p.device)).pow(2).sum())
+                    shared += 1
+        return math.sqrt(total) if shared else float("nan")

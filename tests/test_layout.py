@@ -13,8 +13,8 @@ from conftest import ROOT
 
 PACKAGE = ROOT / "forgetting"
 LAYERS = [  # (layer name, module prefixes)
-    ("basics", ["errors", "options", "penalty", "kl_estimators", "policy_gradient", "rewards", "metrics", "extras",
-                "config", "progress", "teacher", "budget"]),
+    ("basics", ["errors", "options", "penalty", "kl_estimators", "policy_gradient", "rewards", "oracle", "metrics",
+                "extras", "config", "progress", "teacher", "budget"]),
     ("data", ["streams"]),
     ("objectives", ["objectives", "evaluate"]),  # what a model predicts: data loss, penalties' distributions, measures
     ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..evaluate import Evaluator
+from ..oracle import oracle_targets, soft_cross_entropy
 from ..penalty import grouped_kl_penalty, padded_teacher_kl
 from ..policy_gradient import sample_answers
 from ..streams.base import iterate_batches
@@ -50,7 +51,7 @@ def teacher_outputs(teacher, data, task: int, batch_size: int, device, world=Non
 class Classification(Objective):
     name = "classification"
     label = "classifiers"
-    provides = frozenset({"class_distribution", "answer_sampling"})
+    provides = frozenset({"class_distribution", "answer_sampling", "oracle_targets"})
 
     def __init__(self, layout, info=None):
         super().__init__(layout, info)
@@ -151,15 +152,29 @@ class Classification(Objective):
 
     def correct(self, answers, batch, stream):
         """The answer is the target, or (a task with ``answers``: a table [targets, outputs]) in the target's set."""
-        right = answers == batch.targets.unsqueeze(1)
+        return self.correct_sets(batch, stream).gather(1, answers)
+
+    def correct_sets(self, batch, stream) -> Tensor:
+        """Bool [n, outputs]: each example's correct answers, its task's answer set for its target (``Task.answers``,
+        a table [targets, outputs]) or else its target alone."""
+        right = F.one_hot(batch.targets, self.layout.n_outputs).bool()
         for t in batch.task_ids.unique().tolist():
             table = getattr(stream.tasks[t], "answers", None)
             if table is None:
                 continue
             rows = (batch.task_ids == t).nonzero().squeeze(1)
-            table = table.to(answers.device)
-            right[rows] = table[batch.targets[rows]].gather(1, answers[rows])
+            right[rows] = table.to(right.device)[batch.targets[rows]]
         return right
+
+    # --- oracle SFT (``--sft-targets oracle``, oracle.py) ---------------------------------------
+    def oracle_loss(self, logits, batch, task, reference, stream):
+        """Cross-entropy of the student's distribution (over the outputs each example may predict) against the
+        frozen ``reference``'s, restricted to the example's correct answers and renormalised (no gradient to it)."""
+        with torch.no_grad():
+            ref = self.layout.masked(reference(batch.inputs).float(), batch.task_ids, task)
+        student = self.layout.masked(logits.float(), batch.task_ids, task)
+        correct = self.correct_sets(batch, stream) & torch.isfinite(student)
+        return soft_cross_entropy(student, oracle_targets(ref, correct))
 
     def evaluator(self, stream, batch_size, device, subset=0):
         return Evaluator(stream, batch_size, device, subset=subset)

@@ -210,11 +210,13 @@ class CausalLM(Objective):
         if any(len(r) == 0 for r in responses) or any(len(p) <= 1 for p in prompts):
             raise BadInput("--objective pg: a causal LM's task needs prompts and responses to sample and reward "
                            "(a language-modelling task has none); allowed: --lm-task completion")
-        longest = max(len(r) for r in responses)
+        eos_id = model.lm.config.eos_token_id  # a completion cut before the end-of-text token still matches by text
+        longest = max(len([t for t in r if t != eos_id]) for r in responses)
         if max_new_tokens < longest and not getattr(self, "_warned_short", False):
             self._warned_short = True
-            log.warning("--pg-max-new-tokens %d is shorter than responses of up to %d tokens (a byte-level tokenizer "
-                        "takes one per byte): those are never matched, their reward is 0", max_new_tokens, longest)
+            log.warning("--pg-max-new-tokens %d is shorter than responses of up to %d tokens before their end-of-text "
+                        "token (a byte-level tokenizer takes one per byte): those are never matched, their reward is 0",
+                        max_new_tokens, longest)
         config = model.lm.config
         eos = config.eos_token_id
         pad = config.pad_token_id if config.pad_token_id is not None else eos
@@ -240,6 +242,11 @@ class CausalLM(Objective):
         _, responses = sampling.split_batch(batch.inputs)
         tokenizers = [stream.tasks[int(t)].train.tokenizer for t in batch.task_ids.tolist()]
         return sampling.exact_matches(answers, responses, tokenizers)
+
+    def chosen(self, answers, batch, stream):
+        """Long [inputs, G]: the choice each sampled completion picks (``sampling.pick_choice``; -1: none)."""
+        tasks = [stream.tasks[int(t)] for t in batch.task_ids.tolist()]
+        return sampling.chosen(answers, [t.train.choices for t in tasks], [t.train.tokenizer for t in tasks])
 
     def evaluator(self, stream, batch_size, device, subset=0):
         return LMEvaluator(stream, batch_size, device, subset=subset)

@@ -106,3 +106,27 @@ def exact_matches(completions: list[list[list[int]]], responses: list[list[int]]
         for g, c in enumerate(group):
             out[j, g] = normalised(tok.decode(c, skip_special_tokens=True)) == want
     return out
+
+
+def pick_choice(text: str, choices: list[str]) -> int:
+    """The choice a completion's text picks: the index of the choice that the text, whitespace normalised, is or
+    begins with followed by a space (the longest such choice), or -1 (none: an unfinished or other answer).
+    " positive" and " positive, I think" pick "positive"; " positively" and " pos" pick none."""
+    said = normalised(text)
+    best, length = -1, -1
+    for k, c in enumerate(choices):
+        c = normalised(c)
+        if c and (said == c or said.startswith(c + " ")) and len(c) > length:
+            best, length = k, len(c)
+    return best
+
+
+def chosen(completions: list[list[list[int]]], choices: list[list[list[int]]], tokenizers) -> Tensor:
+    """Long [prompts, G]: the index of the choice each completion picks (``pick_choice``; -1: none), with each
+    prompt's task's ``choices`` as token ids (their end-of-text token left out by the decoding)."""
+    out = torch.full((len(completions), len(completions[0])), -1, dtype=torch.long)
+    for j, (group, options, tok) in enumerate(zip(completions, choices, tokenizers)):
+        texts = [tok.decode(c, skip_special_tokens=True) for c in options]
+        for g, c in enumerate(group):
+            out[j, g] = pick_choice(tok.decode(c, skip_special_tokens=True), texts)
+    return out
