@@ -18,7 +18,7 @@ from .config import RunConfig
 from .errors import BadInput, RunFailed, WriteFailed
 from .objectives import objective_for
 from .preparing import determinism_settings, prepare, resolve_device
-from .results import MANIFEST, METRIC_COLUMNS, RunWriter, read_run
+from .results import MANIFEST, METRICS, RunWriter, read_metrics_csv, read_run
 
 log = logging.getLogger("forgetting")
 
@@ -198,8 +198,7 @@ def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, r
         _end(writer, "failed", f"{type(e).__name__}: {e}")
         raise
     writer.finish("complete")
-    import pandas as pd  # imported when a run has rows to return, not for --help
-
-    return run_dir, pd.DataFrame(writer.rows, columns=METRIC_COLUMNS), "complete"
+    # the rows as written, read as every reader reads them: a second call that skips the run gets the same frame
+    return run_dir, read_metrics_csv(run_dir / METRICS), "complete"
 
 

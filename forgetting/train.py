@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 
+import numpy as np
+
 import torch
 from torch import nn
 
@@ -265,7 +267,9 @@ class Trainer:
 
     def weight_change(self) -> float:
         """‖θ − θ_base‖₂ over the parameters the live model and the base snapshot share by name and shape (NaN
-        where they share none, e.g. a LoRA model whose base copy is the merged model)."""
+        where they share none, e.g. a LoRA model whose base copy is the merged model). The squares are summed in
+        float64 by numpy (pairwise, on one thread): torch's sum splits a large tensor by the number of threads, so
+        a run resumed in a process with other threads would write other last digits."""
         if getattr(self, "_base_params_of", None) is not self.base_model:
             self._base_params_of = self.base_model
             self._base_params = dict(self.base_model.named_parameters())
@@ -274,6 +278,7 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 q = self._base_params.get(name)
                 if q is not None and q.shape == p.shape:
-                    total += float((p.detach().float() - q.detach().float().to(p.device)).pow(2).sum())
+                    d = (p.detach().float() - q.detach().float().to(p.device)).double().cpu().numpy()
+                    total += float(np.square(d).sum())
                     shared += 1
         return math.sqrt(total) if shared else float("nan")

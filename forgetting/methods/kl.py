@@ -164,8 +164,10 @@ class Method(Base):
         if reason is not None:
             log.info("teacher cache off for task %d: %s; using the live teacher", task, reason)
             return
-        self.cache = objective.teacher_cache(trainer.previous_model, data, task, trainer.config.eval_batch_size,
-                                             trainer.device, world=getattr(trainer, "world", None))  # in parts over the ranks
+        world = getattr(trainer, "world", None)  # under a launcher the ranks compute the cache in parts; on one
+        parts = {"world": world} if world is not None and world.distributed else {}  # process a user's objective
+        self.cache = objective.teacher_cache(trainer.previous_model, data, task,  # need not take ``world``
+                                             trainer.config.eval_batch_size, trainer.device, **parts)
         log.info("teacher cache for task %d: %d %s x %d outputs (%.2f MB)", task, rows, objective.cache_unit,
                  trainer.layout.n_outputs, size_mb)
 

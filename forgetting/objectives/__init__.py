@@ -85,7 +85,8 @@ class Objective:
 
     def teacher_cache(self, teacher, data, task: int, batch_size: int, device, world=None) -> TeacherCache:
         """The frozen teacher's outputs on every example of ``data`` (task ``task``), for ``penalty_kl``; under a
-        launcher (``world``) each rank runs the teacher on its part of the examples and the parts are gathered."""
+        launcher (``world``, passed only then: an objective that takes no ``world`` runs on one process) each rank
+        runs the teacher on its part of the examples and the parts are gathered."""
         raise NotImplementedError
 
     # --- EWC's Fisher ---------------------------------------------------------------------
