@@ -101,7 +101,7 @@ def test_console_scripts_name_themselves_as_called(tmp_path, script):
     assert p.returncode == 2 and p.stderr.startswith(f"{script}: error:"), p.stderr
 
 
-FOUR = """
+SIX = """
 [defaults]
 epochs = 1
 batch_size = 64
@@ -109,7 +109,7 @@ model_options = { hidden = [16], dropout = 0.0 }
 [[experiment]]
 benchmark = "split-digits"
 scenarios = ["domain"]
-seeds = [0, 1]
+seeds = [0, 1, 2]
 [[experiment.method]]
 name = "kl"
 grid.kl_lambda = [0, 1]
@@ -118,7 +118,7 @@ grid.kl_lambda = [0, 1]
 
 @pytest.mark.slow
 def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_this_process(tmp_path):
-    """A 4-run suite as a job array through submitit's local executor: the same runs, the same rows as the
+    """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows as the
     suite's runs made here (tests/test_sweep.py checks the process executor against the same). One of them
     was killed after task 1 (its checkpoint written) before the array: its task resumes it from there to the
     rows the uninterrupted run got (the check shares this test's runs)."""
@@ -127,7 +127,7 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     from forgetting.results import MANIFEST
     from forgetting.suite import load_suite
 
-    suite = write_suite(tmp_path, FOUR, "four.toml")
+    suite = write_suite(tmp_path, SIX, "six.toml")
     results = tmp_path / "slurm"
     cut = load_suite(suite).runs(str(results.resolve()), None)[0]
     with pytest.MonkeyPatch.context() as mp:
@@ -139,7 +139,7 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     slurm = {d.name: pd.read_csv(d / METRICS).drop(columns="wall_time")
              for d in results.iterdir() if (d / METRICS).is_file()}
     here = suite_rows_here(suite, tmp_path / "here")
-    assert len(here) == 4 and slurm.keys() == here.keys()
+    assert len(here) == 6 and slurm.keys() == here.keys()
     for rid, df in here.items():
         pd.testing.assert_frame_equal(slurm[rid], df, check_exact=True)
     assert list((results / "slurm").glob("*_submission.sh")) or list((results / "slurm").iterdir())
