@@ -81,6 +81,10 @@ LOOP_OPTIONS = [
            hashed_at_default=False),
     Option("learn_tasks", int, 0, "learn and measure only the first N tasks of the stream; the later ones (evaluation-only "
            "ones too) are left out (0: all)", minimum=0, hashed_at_default=False),
+    Option("stop_at_accuracy", float, 0.0, "end a fine-tuning task (1 on; the base task runs its epochs) at the first "
+           "evaluation (every --eval-every steps and each epoch's end) where its own test accuracy is at least A, "
+           "0 < A <= 1; --epochs stays the cap (0: off, every task trains all its epochs)", minimum=0.0, maximum=1.0,
+           hashed_at_default=False),
 ]
 PG_OPTIONS = ("objective", "pg_samples", "pg_temperature", "pg_max_new_tokens", "pg_clip", "pg_scale_std", "reward")
 CORE_OPTIONS = LOOP_OPTIONS  # the name before schema 2

@@ -29,7 +29,7 @@ from .errors import BadInput
 
 OWN_LOOP_ONLY = (("lr_schedule", "none"), ("warmup_epochs", 0), ("grad_clip", 0.0), ("amp", "off"), ("train_base", True),
                  ("sft_targets", "label"), ("base_preview", 0), ("learn_tasks", 0),
-                 ("finetune_lr", 0.0))
+                 ("finetune_lr", 0.0), ("stop_at_accuracy", 0.0))
 
 
 def check(loop: dict, runner: str = "forgetting") -> None:

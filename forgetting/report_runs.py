@@ -15,7 +15,7 @@ import pandas as pd
 
 from .config import LOOP_OPTIONS, PG_OPTIONS, flat_view
 
-UNRECORDED_AT_DEFAULT = ("sft_targets", "base_preview", "learn_tasks", "finetune_lr")
+UNRECORDED_AT_DEFAULT = ("sft_targets", "base_preview", "learn_tasks", "finetune_lr", "stop_at_accuracy")
 from .errors import BadInput
 from .metrics import measured_only
 from .results import CONFIG, MANIFEST, METRICS, find_runs, read_metrics_csv

@@ -287,8 +287,11 @@ class RunWriter:
         self.write(self.dir / MANIFEST, lambda p: atomic_write_json(p, self.manifest))
 
     def missing_tasks(self, n_tasks: int, epochs: int) -> list[int]:
-        """The tasks without rows after their last epoch (a complete run has none)."""
-        done = {r["trained_task"] for r in self.rows if r["phase"] == "epoch" and r["epoch"] == epochs}
+        """The tasks without rows after their last epoch (a complete run has none); a task that
+        ``--stop-at-accuracy`` ended early has its last rows at the epoch it stopped in."""
+        last = {int(k): s["epoch"] for k, s in self.manifest.get("stopped_at", {}).items() if s.get("reached")}
+        done = {r["trained_task"] for r in self.rows
+                if r["phase"] == "epoch" and r["epoch"] == last.get(r["trained_task"], epochs)}
         return [t for t in range(n_tasks) if t not in done]
 
     def update(self, **fields) -> None:
@@ -302,6 +305,9 @@ class RunWriter:
         checkpoint then manifest, is kept, and an error surfaces at the next boundary or the end (``wait``)."""
         self.flush_rows()
         self.wait()
+        stop = getattr(trainer, "stops", {}).get(task)
+        if stop is not None:  # set here, while no boundary write reads the manifest; written with completed_tasks
+            self.manifest.setdefault("stopped_at", {})[str(task)] = stop
 
         def boundary() -> None:
             if save is not None:

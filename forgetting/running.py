@@ -179,6 +179,8 @@ def _run_claimed(config, run_dir, stream, writer, trainer, old_rows, previous, r
             kept = old_rows[(old_rows["phase"] == "init") | (old_rows["trained_task"] <= last)]
             writer.manifest["started"] = previous.get("started", writer.manifest["started"])
             writer.manifest["resumed_at"] = list(previous.get("resumed_at", []))
+            if "stopped_at" in previous:  # --stop-at-accuracy: where the kept tasks ended
+                writer.manifest["stopped_at"] = {k: v for k, v in previous["stopped_at"].items() if int(k) <= last}
             writer.resume_from(kept.to_dict("records"), elapsed, last)
         else:
             clear_checkpoints(run_dir)

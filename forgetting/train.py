@@ -66,6 +66,9 @@ class Trainer:
         self.base_model: nn.Module | None = None
         self.global_step = 0
         self.current_task = 0  # the task being trained (its active outputs in ``class``)
+        # --stop-at-accuracy: per fine-tuning task, where it ended (the manifest's ``stopped_at``)
+        self.stops: dict[int, dict] = {}
+        self._task_start_step = 0
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler = None  # per-epoch learning-rate schedule (optim.py), fresh per task
         optim.check_device(config.amp, device)
@@ -101,6 +104,7 @@ class Trainer:
         steps_per_epoch = math.ceil(len(task.train) / self.config.batch_size)
         show = self.config.progress and self.world.main
         bar = progress.bar(steps_per_epoch * self.config.epochs, f"task {t} {task.name}", show)
+        self._task_start_step = self.global_step
         for epoch in range(1, self.config.epochs + 1):
             sums: dict[str, float] = defaultdict(float)
             n_batches = 0
@@ -119,15 +123,39 @@ class Trainer:
                     self.recorder.add_losses(self.global_step, parts)
                 if self.config.eval_every and self.global_step % self.config.eval_every == 0:
                     self.record("step", t, epoch, sums["loss"] / n_batches)
+                    if self.stopped(t):  # its rows were written as the task's end (phase "epoch")
+                        break
+            if self.stopped(t):
+                break
             if self.scheduler is not None:
                 self.scheduler.step()
             self.record("epoch", t, epoch, sums["loss"] / max(n_batches, 1))
+            if self.stopped(t):
+                break
         bar.close()
         for m in self.methods:
             m.after_task(self, t)
         self.snapshot_boundary(t)
         if self.recorder is not None:
             self.recorder.task_done(self, t)
+
+    def stopped(self, t: int) -> bool:
+        """Whether task ``t`` reached ``--stop-at-accuracy`` (its end is due now)."""
+        return self.stops.get(t, {}).get("reached", False)
+
+    def check_stop(self, rows: list[dict], phase: str, t: int, epoch: int) -> bool:
+        """``--stop-at-accuracy A``: whether the evaluation ``rows`` of fine-tuning task ``t`` end it, i.e. its own
+        test accuracy (the row of eval_task t) is at least A. Every rank decides alike (the rows are gathered on
+        every rank). Keeps ``stops[t]``: where the task ended, or its last evaluation while A is not reached."""
+        target = self.config.stop_at_accuracy
+        if not target or t < 1 or phase == "init":
+            return False
+        acc = next((float(r["accuracy"]) for r in rows if r["eval_task"] == t and "accuracy" in r), float("nan"))
+        reached = acc >= target
+        if reached or phase == "epoch":
+            self.stops[t] = {"reached": reached, "phase": phase, "epoch": epoch, "global_step": self.global_step,
+                             "steps": self.global_step - self._task_start_step, "accuracy": acc}
+        return reached
 
     def preview_batches(self):
         """``--base-preview N``: task 0's training set and N examples of task 1 (a fixed draw), shuffled together;
@@ -242,9 +270,12 @@ class Trainer:
     # --- evaluation -------------------------------------------------------------------------
     def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
         rows = self.evaluator.evaluate(self.model, self.base_model, trained_task=t)  # every rank: its part, gathered
+        stop = self.check_stop(rows, phase, t, epoch)
+        if stop:  # the task ends here: these are its end-of-task rows, at the epoch the stop fell in
+            phase = "epoch"
         if not self.world.main:  # the rows are rank 0's to write
             return []
-        boundary = phase == "init" or (phase == "epoch" and epoch == self.config.epochs)
+        boundary = phase == "init" or (phase == "epoch" and (epoch == self.config.epochs or stop))
         if hasattr(self.evaluator, "boundary_rows") and (boundary or getattr(self.evaluator, "rows_at_every_evaluation",
                                                                             False)):  # e.g. lm-eval's tasks (causal LMs)
             rows = rows + self.evaluator.boundary_rows(self.model)
