@@ -3,7 +3,8 @@
     python benchmarks/rl_razor.py                       # the whole sweep, table + figures into results/rl_razor/
     python benchmarks/rl_razor.py --seeds 0 --quick     # one seed, fewer settings: a minute
     python benchmarks/rl_razor.py --from-sweep results/rl_razor_suite   # the same table and figures from a sweep
-                                                        # of benchmarks/rl_razor.toml (the harness's runs)
+                                                        # of benchmarks/rl_razor.toml (the harness's runs, which
+                                                        # stop at 95 % with the loop's --stop-at-accuracy)
 
 One MLP (786-256-256-10) with a two-way task indicator appended to the pixels, one shared head of 10 outputs:
 - old task (indicator 0): digit identity on permuted-MNIST images (a fixed pixel permutation). FashionMNIST, the
@@ -200,26 +201,30 @@ def setting_of(cfg: dict) -> tuple[str, float]:
     return (f"{name}+kl {lam:g}" if lam > 0 else name), lam
 
 
-def from_sweep(results: Path, out: Path) -> None:
+def from_sweep(results: Path, out: Path) -> float:
     """``runs.csv`` and ``trajectories.csv`` of this script's layout from a sweep of benchmarks/rl_razor.toml (its
-    complete runs): forgetting = the old task's accuracy after the base task minus after the fine-tuning task."""
+    complete runs): forgetting = the old task's accuracy after the base task minus after the fine-tuning task, which
+    ends where ``--stop-at-accuracy`` stopped it (``stopped``: 1 when it reached the target, 0 when it trained all its
+    epochs). Returns the runs' stop target (the lowest; 0 when a run trained fixed epochs)."""
     import pandas as pd
 
     from forgetting.metrics import accuracy_matrix, final_epoch_rows, run_summary, task_boundaries
     from forgetting.report_runs import load_runs
 
-    rows, trajectories = [], []
+    rows, trajectories, targets = [], [], []
     for run in load_runs([results]):
         if not run.complete or run.benchmark != "parity-mnist":
             continue
         setting, lam = setting_of(run.config)
+        targets.append(float(run.config.get("stop_at_accuracy") or 0.0))
+        stop = (run.manifest.get("stopped_at") or {}).get("1", {})
         A, s = accuracy_matrix(run.rows), run_summary(run.rows)
         base_old = float(A[0, 0])
         rows.append({"setting": setting, "method": setting.split("+")[0], "lam": lam, "lr": run.config.get("lr"),
                      "seed": run.seed, "new_acc": float(A[1, 1]), "old_acc": float(A[1, 0]),
                      "forgetting": base_old - float(A[1, 0]), "kl_new": s["kl_new_task"], "kl_old": s["kl_old_tasks"],
                      "dtheta": s["weight_change"], "steps": int(run.rows["global_step"].max() - task_boundaries(run.rows).iloc[0]),
-                     "run_id": run.run_id})
+                     "stopped": int(bool(stop.get("reached"))) if stop else float("nan"), "run_id": run.run_id})
         ev = run.rows[(run.rows["phase"] != "init") & (run.rows["trained_task"] >= 1)]
         start = final_epoch_rows(run.rows)
         start = start[start["trained_task"] == 0]
@@ -233,6 +238,7 @@ def from_sweep(results: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(out / "runs.csv", index=False)
     pd.DataFrame(trajectories).to_csv(out / "trajectories.csv", index=False)
+    return min(targets)
 
 
 LRS = (3e-4, 1e-3)
@@ -267,13 +273,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "rl_razor")
     ap.add_argument("--report-only", action="store_true", help="redraw the table, fits and figures from --out")
     ap.add_argument("--from-sweep", type=Path, metavar="RESULTS",
-                    help="the table, fits and figures of a sweep of benchmarks/rl_razor.toml (fixed epochs: every run "
-                         "is kept, --target 0 unless given) into --out (default RESULTS/rl_razor_report)")
+                    help="the table, fits and figures of a sweep of benchmarks/rl_razor.toml into --out (default "
+                         "RESULTS/rl_razor_report); --target: the runs' --stop-at-accuracy unless given (0 for runs of "
+                         "fixed epochs: every run is kept)")
     args = ap.parse_args(argv)
     if args.from_sweep is not None:
         out = args.out if "--out" in (argv or sys.argv) else args.from_sweep / "rl_razor_report"
-        target = args.target if "--target" in (argv or sys.argv) else 0.0
-        from_sweep(args.from_sweep, out)
+        stop = from_sweep(args.from_sweep, out)
+        target = args.target if "--target" in (argv or sys.argv) else stop
         report(out, target)
         return 0
     if args.report_only:
@@ -325,7 +332,8 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
     df, traj = pd.read_csv(out / "runs.csv"), pd.read_csv(out / "trajectories.csv")
     matched = df[df.new_acc >= target]
     table = matched.groupby("setting", sort=False).agg(
-        runs=("forgetting", "size"), new_acc=("new_acc", "mean"), old_acc=("old_acc", "mean"),
+        runs=("forgetting", "size"), new_acc=("new_acc", "mean"), new_acc_min=("new_acc", "min"),
+        new_acc_max=("new_acc", "max"), old_acc=("old_acc", "mean"),
         forgetting=("forgetting", "mean"), forgetting_sd=("forgetting", "std"), kl_new=("kl_new", "mean"),
         kl_old=("kl_old", "mean"), dtheta=("dtheta", "mean"), steps=("steps", "mean"))
     missed = df[df.new_acc < target].groupby("setting", sort=False).size()
@@ -338,6 +346,11 @@ def report(out: Path, target: float, wall: float | None = None, argv: dict | Non
         cells = [f"{int(round(v))}" if k in ("runs", "steps", "missed target") else f"{v:.3f}" for k, v in r.items()]
         lines.append("| " + " | ".join([name, *cells]) + " |")
     (out / "table.md").write_text("\n".join(lines) + "\n")
+    per_run = df[[c for c in ("setting", "seed", "lr", "new_acc", "stopped", "steps", "old_acc", "forgetting", "kl_new")
+                  if c in df]].sort_values(["setting", "seed"], kind="stable")
+    print("\nevery run: new-task accuracy where it ended (stopped: 1 = reached the target, 0 = trained all its epochs):")
+    print(per_run.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    per_run.to_csv(out / "per_run.csv", index=False)
     families = {"pooled": matched, "unpenalised (λ = 0)": matched[matched.lam == 0],
                 "penalised (+kl)": matched[matched.lam > 0]}
     families.update({s: g for s, g in matched.groupby("setting", sort=False)})

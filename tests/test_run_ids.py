@@ -33,8 +33,10 @@ SUITES = {
     "lm_completion_study.toml": (9, "f5d45bfbf36d8754"),  # added by issue #25
     "quick.toml": (53, "275b5b79f6088852"),  # issue #25: its 2 LM runs from lm_domains_study.toml (was d41a1b980f4f5547)
     # new with issue #24 (pg runs hash the pg options), ids as first written: 21 runs "75bae32d4e97ece1", then 3 runs
-    # of oracle SFT appended (--sft-targets oracle), the 21 unchanged
-    "rl_razor.toml": (24, "9043edb0b605511c"),
+    # of oracle SFT appended (--sft-targets oracle), the 21 unchanged ("9043edb0b605511c"); then, on purpose (issue #24
+    # part 3, matched accuracy), every run stops at 95 % new-task accuracy (--stop-at-accuracy 0.95, --eval-every 10)
+    # with 10 epochs as the cap and --finetune-lr 1e-3: all 24 ids new
+    "rl_razor.toml": (24, "be08f70c3d0c5369"),
     "rl_razor_lm.toml": (9, "2fa16af5a68fd8db"),  # new with issue #24 (the causal-LM study), ids as first written
     "split_cifar100_facil.toml": (18, "a21e90a369304572"),
     "split_cifar_mammoth.toml": (42, "50dd9d983ede00d5"),
