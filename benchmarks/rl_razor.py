@@ -220,7 +220,8 @@ def from_sweep(results: Path, out: Path) -> float:
         stop = (run.manifest.get("stopped_at") or {}).get("1", {})
         A, s = accuracy_matrix(run.rows), run_summary(run.rows)
         base_old = float(A[0, 0])
-        rows.append({"setting": setting, "method": setting.split("+")[0], "lam": lam, "lr": run.config.get("lr"),
+        rows.append({"setting": setting, "method": setting.split("+")[0], "lam": lam,
+                     "lr": run.config.get("finetune_lr") or run.config.get("lr"),  # the fine-tuning task's rate
                      "seed": run.seed, "new_acc": float(A[1, 1]), "old_acc": float(A[1, 0]),
                      "forgetting": base_old - float(A[1, 0]), "kl_new": s["kl_new_task"], "kl_old": s["kl_old_tasks"],
                      "dtheta": s["weight_change"], "steps": int(run.rows["global_step"].max() - task_boundaries(run.rows).iloc[0]),
@@ -229,7 +230,8 @@ def from_sweep(results: Path, out: Path) -> float:
         start = final_epoch_rows(run.rows)
         start = start[start["trained_task"] == 0]
         for _, point in pd.concat([start, ev]).groupby("global_step"):
-            acc = point.set_index("eval_task")["accuracy"]
+            # one evaluation per step (an --eval-every step that ends an epoch is evaluated twice, alike)
+            acc = point.drop_duplicates("eval_task", keep="last").set_index("eval_task")["accuracy"]
             trajectories.append({"setting": setting, "seed": run.seed, "step": int(point["global_step"].iloc[0]),
                                  "new_acc": float(acc[1]), "old_acc": float(acc[0]),
                                  "forgetting": base_old - float(acc[0])})

@@ -109,3 +109,29 @@ def test_bad_values_one_line_exit_2(value, capsys, tmp_path):
     assert not any(tmp_path.iterdir())
     with pytest.raises(BadInput, match="applies to our training loop only"):
         make_config(method="avalanche-naive", stop_at_accuracy=0.9, progress=False)
+
+
+def test_rl_razor_from_sweep_lists_each_run_where_it_ended(mnist_dir, tmp_path):
+    """benchmarks/rl_razor.py --from-sweep on runs with the stop: each run's new-task accuracy is the one where it
+    ended (the manifest's), reached or not, and the target it reports is the runs' lowest."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("rl_razor", ROOT / "benchmarks" / "rl_razor.py")
+    rl_razor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_razor)
+    values = dict(benchmark="parity-mnist", method="naive", epochs=1, eval_every=4, batch_size=512, hidden=[8],
+                  dropout=0.0, old_train=100, base_parity=20, eval_subset=100, data_dir=str(mnist_dir),
+                  results_dir=str(tmp_path / "r"), progress=False, device="cpu")
+    stops = {}
+    for target in (1e-6, 1.0):  # reached at the first evaluation; never
+        run_dir, _, _ = run_experiment(make_config(stop_at_accuracy=target, **values))
+        stops[run_dir.name] = json.loads((run_dir / "manifest.json").read_text())["stopped_at"]["1"]
+    assert rl_razor.from_sweep(tmp_path / "r", tmp_path / "out") == 1e-6
+    runs = pd.read_csv(tmp_path / "out" / "runs.csv").set_index("run_id")
+    for run_id, stop in stops.items():
+        assert runs.loc[run_id, "new_acc"] == pytest.approx(stop["accuracy"], abs=1e-7)
+        assert runs.loc[run_id, "stopped"] == int(stop["reached"])
+        assert runs.loc[run_id, "steps"] == stop["steps"]
+    assert sorted(runs.stopped) == [0, 1]
