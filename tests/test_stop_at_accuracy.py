@@ -111,6 +111,7 @@ def test_bad_values_one_line_exit_2(value, capsys, tmp_path):
         make_config(method="avalanche-naive", stop_at_accuracy=0.9, progress=False)
 
 
+@pytest.mark.slow  # two parity-mnist runs and the script's import: about 2 s
 def test_rl_razor_from_sweep_lists_each_run_where_it_ended(mnist_dir, tmp_path):
     """benchmarks/rl_razor.py --from-sweep on runs with the stop: each run's new-task accuracy is the one where it
     ended (the manifest's), reached or not, and the target it reports is the runs' lowest."""
