@@ -222,14 +222,15 @@ def test_accelerate_launch_of_the_cli_gives_the_rows_of_one_process(tmp_path):
     assert_same_rows(one, two)
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes"),
-    (["--method", "der"], "--method der: der cannot run on 2 processes"),
+@pytest.mark.parametrize("flags,needle,fsdp", [
+    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes", False),
+    (["--method", "der"], "--method der: der cannot run on 2 processes", False),
+    (["--method", "ewc"], "--method ewc: ewc is not supported under FSDP", True),
 ])
-def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle):
-    """Both ranks started as a launcher starts them (its environment), each on its own: a launcher stops the
-    other ranks at the first exit, which would hide the second rank's answer."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle, fsdp):
+    """Both ranks started as a launcher starts them (its environment; ``--use_fsdp`` adds ACCELERATE_USE_FSDP),
+    each on its own: a launcher stops the other ranks at the first exit, which would hide the second rank's answer."""
+    env = {**os.environ, "ACCELERATE_USE_FSDP": str(fsdp).lower(), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
            "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     cmd = [sys.executable, "-m", "forgetting.run", *flags, "--device", "cpu", "--quiet", "--results-dir",
            str(tmp_path / "r")]
@@ -304,37 +305,39 @@ def test_a_model_with_batchnorm_is_refused_on_several_processes():
     distributed.check_model(torch.nn.Linear(2, 2), 2, "mlp")
 
 
+@pytest.mark.slow  # two launches of 2 processes
 def test_fsdp_launch_shards_the_model_and_gives_the_rows_of_one_process(tmp_path):
-    """``accelerate launch --use_fsdp``: the live MLP sharded (FSDP2 on 2 CPU processes), naive, kl with and
+    """``accelerate launch --use_fsdp``: the live MLP sharded (FSDP2 on 2 CPU processes), naive (SGD), kl with and
     without the teacher cache, the rows of one process; the references stay whole, bitwise unchanged while
     trained against, in eval mode, without gradients; a checkpoint is the file one process writes (the gathered
-    weights); a run whose rank 1 is killed resumes sharded to the same rows. The kl run evaluates 41 examples per
-    task in batches of 20: rank 1's part needs one pass fewer, which it owes (a sharded forward is a collective)."""
+    weights); the live-teacher run's rank 1 is killed in task 2 and the run resumes sharded to the same rows. The
+    cached kl run evaluates 41 examples per task in batches of 20: rank 1's part needs one pass fewer, which it
+    owes (a sharded forward is a collective)."""
     from safetensors import safe_open
 
-    naive, kl = {**MLP, "method": "naive"}, {**MLP, "method": "kl", "eval_subset": 41, "eval_batch_size": 20}
+    # naive with SGD: its step is proportional to the gradient (Adam's hardly sees FSDP's default mean over ranks)
+    naive = {**MLP, "method": "naive", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9}
+    kl = {**MLP, "method": "kl", "eval_subset": 41, "eval_batch_size": 20}
     live = {**MLP, "method": "kl", "teacher_cache": False}
-    runs = [(naive, "naive"), (kl, "kl"), (live, "live")]
+    runs = [(naive, "naive"), (kl, "kl")]
     todo = tmp_path / "runs.json"
-    todo.write_text(json.dumps([{**o, "results_dir": str(tmp_path / f"two_{d}")} for o, d in runs]
-                               + [{**kl, "results_dir": str(tmp_path / "killed"), "_kill": {"rank": 1, "task": 2}}]))
-    first = json.loads(todo.read_text())
-    first[0]["_check_refs"] = str(tmp_path)
-    todo.write_text(json.dumps(first))
+    todo.write_text(json.dumps([{**naive, "results_dir": str(tmp_path / "two_naive"), "_check_refs": str(tmp_path)},
+                                {**kl, "results_dir": str(tmp_path / "two_kl")},
+                                {**live, "results_dir": str(tmp_path / "two_live"), "_kill": {"rank": 1, "task": 2}}]))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)], fsdp=True)
     assert proc.returncode != 0  # the last run's rank 1 died
-    cut, manifest = launched_rows(kl, tmp_path / "killed")
+    cut, manifest = launched_rows(live, tmp_path / "two_live")
     assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2
-    todo.write_text(json.dumps([{**kl, "results_dir": str(tmp_path / "killed"), "_resume": True}]))
+    todo.write_text(json.dumps([{**live, "results_dir": str(tmp_path / "two_live"), "_resume": True}]))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)], fsdp=True)
     assert proc.returncode == 0, proc.stderr[-3000:]
     for r in range(2):
         found = json.loads((tmp_path / f"refs{r}.json").read_text())
         assert found == {"boundaries": 5, "checked": 8, "unchanged": True, "eval": True, "no_grad": True,
                          "whole": True, "live_sharded": True}, (r, found)
-    for options, name in [*runs, (kl, "killed")]:
+    for options, name in [*runs, (live, "live")]:
         one = run_here(options, tmp_path / f"one_{name}")
-        two, manifest = launched_rows(options, tmp_path / ("killed" if name == "killed" else f"two_{name}"))
+        two, manifest = launched_rows(options, tmp_path / f"two_{name}")
         assert manifest["status"] == "complete"
         assert manifest["distributed"] == {"world_size": 2, "per_device_batch": 15, "global_batch": 30,
                                            "backend": "gloo", "sharding": "fsdp2"}
