@@ -6,7 +6,6 @@ import math
 from collections import defaultdict
 
 import numpy as np
-
 import torch
 from torch import nn
 

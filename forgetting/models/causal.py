@@ -178,6 +178,9 @@ class CausalLM(nn.Module):
         try:
             with warnings.catch_warnings():  # GPT-2's Conv1D layers: peft sets fan_in_fan_out itself, and says so
                 warnings.filterwarnings("ignore", message="fan_in_fan_out is set to False")
+                # peft (0.21) reads transformers' deprecated is_gradient_checkpointing: a warning per run for a
+                # call between the two libraries that the user cannot act on
+                warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
                 self.lm = get_peft_model(self.lm, config)
         except ValueError as e:
             raise BadInput(f"--lora-targets {targets}: {first_line(e)}") from None
