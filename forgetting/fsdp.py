@@ -32,13 +32,17 @@ class Sharding:
     """The live model sharded in place (``fully_shard`` per unit, then the root), and a whole template of it
     (a plain copy taken before sharding) that the references and resumed runs are made from."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, device: torch.device):
+        import torch.distributed as dist
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         self.template = copy.deepcopy(model)  # whole, never trained: refilled from gathered weights
+        # the run's device type (fully_shard's default mesh takes CUDA wherever it is available, even for --device cpu)
+        mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         for unit in units(model):
-            fully_shard(unit)
-        fully_shard(model)
+            fully_shard(unit, mesh=mesh)
+        fully_shard(model, mesh=mesh)
         for m in model.modules():
             if isinstance(m, FSDPModule):  # sum, not mean, over the ranks (the loop weights each rank's share)
                 m.set_gradient_divide_factor(1.0)

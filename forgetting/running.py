@@ -127,7 +127,7 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
     if world.fsdp:  # the launch selected FSDP: the live model sharded over the ranks, before any optimiser is built
         from .fsdp import Sharding
 
-        trainer.sharding = Sharding(trainer.model)
+        trainer.sharding = Sharding(trainer.model, device)
     with claim(run_dir) if world.main else contextlib.nullcontext():
         decision = _decide(run_dir, force, claimed=True) if world.main else None  # again, under the claim
         decision = world.broadcast(decision)
