@@ -184,7 +184,7 @@ class Trainer:
 
     def whole_state_dict(self) -> dict:
         """The live model's weights as one process holds them (what a checkpoint saves): under FSDP the weights
-        gathered at the last boundary, held by the previous-task reference."""
+        gathered at the last boundary (or read at a resume), held by the sharding's whole template."""
         if self.sharding is None:
             return self.model.state_dict()
         return self.sharding.template.state_dict()
