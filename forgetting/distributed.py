@@ -241,7 +241,7 @@ def check(config, size: int) -> None:
 
 # what runs sharded under FSDP with the numbers of one process (tests/test_distributed.py)
 FSDP_METHODS = ("naive", "kl")
-FSDP_MODELS = ("mlp",)
+FSDP_MODELS = ("mlp", "gpt2")
 
 
 def check_fsdp(config, parts: list[str]) -> None:
@@ -255,6 +255,13 @@ def check_fsdp(config, parts: list[str]) -> None:
     if config.model.name not in FSDP_MODELS:
         raise BadInput(f"--model {config.model.name}: no FSDP sharding plan for it; allowed with an FSDP launch: "
                        f"{', '.join(FSDP_MODELS)}, or a launch without FSDP (DDP)")
+    options, settings = getattr(config.model, "options", {}), getattr(config.model, "settings", {})
+    if options.get("lora_rank", 0):
+        raise BadInput(f"--lora-rank {options['lora_rank']}: LoRA (its reference is the model with the adapters "
+                       "disabled, its boundary merges them) is not sharded; allowed with an FSDP launch: 0")
+    if settings.get("max_new_tokens", 0) or settings.get("lm_eval_tasks"):
+        raise BadInput("--max-new-tokens / --lm-eval-tasks: generation and lm-eval run rank by rank, which a sharded "
+                       "model's collective forward cannot; allowed with an FSDP launch: neither")
     if getattr(config, "amp", "off") != "off":
         raise BadInput(f"--amp {config.amp}: not checked under FSDP; allowed with an FSDP launch: off")
 

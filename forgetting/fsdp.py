@@ -24,8 +24,10 @@ from torch import nn
 
 
 def units(model: nn.Module) -> list[nn.Module]:
-    """The modules sharded one by one (each all-gathered on its own): the MLP's layers; the root comes last."""
-    return [m for m in model.modules() if isinstance(m, nn.Linear)]
+    """The modules sharded one by one (each all-gathered on its own): a transformer's blocks (GPT-2's), else
+    the MLP's layers; the root (embeddings, tied output layer, final norm) comes last."""
+    blocks = [m for m in model.modules() if type(m).__name__ == "GPT2Block"]
+    return blocks or [m for m in model.modules() if isinstance(m, nn.Linear)]
 
 
 class Sharding:
@@ -42,7 +44,11 @@ class Sharding:
         mesh = init_device_mesh(device.type, (dist.get_world_size(),))
         for unit in units(model):
             fully_shard(unit, mesh=mesh)
-        fully_shard(model, mesh=mesh)
+        # the root resharded after its forward too (FSDP's default keeps it gathered): kept gathered, the evaluation's
+        # no_grad forward left GPT-2's root parameters (embeddings, final norm) unsharded and the next training
+        # forward used them so, and its rows drifted from one process's (0.09 in loss after one task); resharded,
+        # every forward gathers anew and the rows are one process's
+        fully_shard(model, mesh=mesh, reshard_after_forward=True)
         for m in model.modules():
             if isinstance(m, FSDPModule):  # sum, not mean, over the ranks (the loop weights each rank's share)
                 m.set_gradient_divide_factor(1.0)

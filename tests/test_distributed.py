@@ -167,10 +167,20 @@ def test_a_model_without_a_sharding_plan_is_refused_under_fsdp():
     from types import SimpleNamespace
 
     mlp = make_config(**MLP, method="kl")
-    cfg = SimpleNamespace(method=mlp.method, model=SimpleNamespace(name="gpt2"), amp="off")
-    with pytest.raises(BadInput, match=r"^--model gpt2: no FSDP sharding plan for it; allowed with an FSDP launch: mlp"):
+    cfg = SimpleNamespace(method=mlp.method, model=SimpleNamespace(name="bert"), amp="off")
+    with pytest.raises(BadInput, match=r"^--model bert: no FSDP sharding plan for it; allowed with an FSDP launch: "
+                                       r"mlp, gpt2"):
         distributed.check_fsdp(cfg, ["kl"])
     distributed.check_fsdp(mlp, ["kl"])
+    gpt2 = SimpleNamespace(method=mlp.method, model=SimpleNamespace(name="gpt2", options={"lora_rank": 2}, settings={}),
+                           amp="off")
+    with pytest.raises(BadInput, match=r"^--lora-rank 2: LoRA .* is not sharded; allowed with an FSDP launch: 0"):
+        distributed.check_fsdp(gpt2, ["kl"])
+    gpt2.model.options, gpt2.model.settings = {"lora_rank": 0}, {"max_new_tokens": 8}
+    with pytest.raises(BadInput, match=r"^--max-new-tokens / --lm-eval-tasks: generation and lm-eval run rank by rank"):
+        distributed.check_fsdp(gpt2, ["kl"])
+    gpt2.model.settings = {"max_new_tokens": 0, "lm_eval_tasks": []}
+    distributed.check_fsdp(gpt2, ["kl"])
 
 
 @pytest.mark.parametrize("n,batch,size,owed", [
@@ -308,7 +318,7 @@ def test_a_model_with_batchnorm_is_refused_on_several_processes():
 @pytest.mark.slow  # two launches of 2 processes
 def test_fsdp_launch_shards_the_model_and_gives_the_rows_of_one_process(tmp_path):
     """``accelerate launch --use_fsdp``: the live MLP sharded (FSDP2 on 2 CPU processes), naive (SGD), kl with and
-    without the teacher cache, the rows of one process; the references stay whole, bitwise unchanged while
+    without the teacher cache, and a tiny GPT-2 (full fine-tuning, kl) sharded per block, the rows of one process; the references stay whole, bitwise unchanged while
     trained against, in eval mode, without gradients; a checkpoint is the file one process writes (the gathered
     weights); the live-teacher run's rank 1 is killed in task 2 and the run resumes sharded to the same rows. The
     cached kl run evaluates 41 examples per task in batches of 20: rank 1's part needs one pass fewer, which it
@@ -319,10 +329,17 @@ def test_fsdp_launch_shards_the_model_and_gives_the_rows_of_one_process(tmp_path
     naive = {**MLP, "method": "naive", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9}
     kl = {**MLP, "method": "kl", "eval_subset": 41, "eval_batch_size": 20}
     live = {**MLP, "method": "kl", "teacher_cache": False}
-    runs = [(naive, "naive"), (kl, "kl")]
+    from test_lm import TINY, write_pairs
+
+    lm = {"benchmark": "text-file", "model": "gpt2", "method": "kl", "epochs": 1, "batch_size": 8, "lr": 3e-3,
+          "device": "cpu", "progress": False, **TINY, "gpt2_dropout": 0.0, "eval_batch_size": 5,
+          "text_file": str(write_pairs(tmp_path / "pairs.csv")), "prompt_column": "prompt",
+          "response_column": "response", "max_seq_len": 40}
+    runs = [(naive, "naive"), (kl, "kl"), (lm, "lm")]
     todo = tmp_path / "runs.json"
     todo.write_text(json.dumps([{**naive, "results_dir": str(tmp_path / "two_naive"), "_check_refs": str(tmp_path)},
                                 {**kl, "results_dir": str(tmp_path / "two_kl")},
+                                {**lm, "results_dir": str(tmp_path / "two_lm")},
                                 {**live, "results_dir": str(tmp_path / "two_live"), "_kill": {"rank": 1, "task": 2}}]))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)], fsdp=True)
     assert proc.returncode != 0  # the last run's rank 1 died
@@ -339,8 +356,9 @@ def test_fsdp_launch_shards_the_model_and_gives_the_rows_of_one_process(tmp_path
         one = run_here(options, tmp_path / f"one_{name}")
         two, manifest = launched_rows(options, tmp_path / f"two_{name}")
         assert manifest["status"] == "complete"
-        assert manifest["distributed"] == {"world_size": 2, "per_device_batch": 15, "global_batch": 30,
-                                           "backend": "gloo", "sharding": "fsdp2"}
+        assert manifest["distributed"] == {"world_size": 2, "per_device_batch": options["batch_size"] // 2,
+                                           "global_batch": options["batch_size"], "backend": "gloo",
+                                           "sharding": "fsdp2"}
         assert_same_rows(one, two)
         assert abs(one["weight_change"] - two["weight_change"]).max() <= 1e-5
     assert manifest["resumed_at"]
