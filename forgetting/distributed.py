@@ -21,7 +21,8 @@ distribution only (documented in the README, not refused: the MLP's default drop
 
 FSDP (``fsdp_selected``: the launch's accelerate config) shards the live model with torch's FSDP2 instead of
 keeping it whole on every rank (``forgetting.fsdp``): the same batches, shares and sums, the gradients
-reduce-scattered by FSDP set to sum; methods beyond naive and kl, and models beyond the MLP, are refused
+reduce-scattered by FSDP set to sum; methods beyond naive and kl, models beyond the MLP and GPT-2, LoRA,
+generation and lm-eval are refused
 under it (``check_fsdp``).
 
 SyncBatchNorm is GPU-only in torch 2.14 (a CPU tensor raises ValueError), hence the BatchNorm refusal.
