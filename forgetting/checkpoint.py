@@ -55,7 +55,9 @@ def boundary_files(trainer, task: int, elapsed: float) -> dict[str, bytes]:
     """The two files of the checkpoint after ``task``, serialized now (file name -> bytes): what is written is
     the state at the boundary, however long the writing takes (the run writes them in the background)."""
     # cloned: tied weights (a causal LM's embedding and output layer) share memory, which safetensors refuses
-    weights = {k: v.detach().cpu().clone().contiguous() for k, v in trainer.model.state_dict().items()}
+    # under FSDP the whole weights gathered at the boundary (``Trainer.whole_state_dict``): the file one process writes
+    whole = trainer.whole_state_dict() if hasattr(trainer, "whole_state_dict") else trainer.model.state_dict()
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in whole.items()}
     state = {
         "task": task,
         "global_step": trainer.global_step,
@@ -175,14 +177,19 @@ def restore_boundary(run_dir: Path, trainer, task: int) -> float:
     state = load_state(run_dir, task, len(trainer.methods))
     weights = load_weights(run_dir, task, trainer.device, like)
     base_weights = weights if task == 0 else load_weights(run_dir, 0, trainer.device, like)
-    trainer.model.load_state_dict(weights)
-    if task == 0:
-        trainer.base_model = frozen_copy(trainer.model)
+    if hasattr(trainer, "load_weights"):  # our loop: under FSDP each rank shards the weights it read
+        trainer.load_weights(weights)
+        whole = trainer.whole_model(weights)
     else:
-        base = frozen_copy(trainer.model)
+        trainer.model.load_state_dict(weights)
+        whole = trainer.model
+    if task == 0:
+        trainer.base_model = frozen_copy(whole)
+    else:
+        base = frozen_copy(whole)
         base.load_state_dict(base_weights)
         trainer.base_model = base
-    trainer.previous_model = frozen_copy(trainer.model) if task > 0 else trainer.base_model
+    trainer.previous_model = frozen_copy(whole) if task > 0 else trainer.base_model
     trainer.global_step = state["global_step"]
     for method, saved in zip(trainer.methods, state["methods"]):
         method.load_state_dict(saved)

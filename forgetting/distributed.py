@@ -19,10 +19,13 @@ not the batch's units), on-policy sampling, fp16's loss scaler, BatchNorm (stati
 Dropout draws different masks for an example on N processes than on one: the numbers then agree in
 distribution only (documented in the README, not refused: the MLP's default dropout is 0.2).
 
-FSDP is refused (``fsdp_selected``): torch 2.14's ``fully_shard`` (FSDP2) runs on CPU with gloo, but accelerate
-selects FSDP only on accelerators (on CPU it runs DDP whatever its config says), and this loop's references,
-teacher cache, penalties and checkpoints read whole parameters. SyncBatchNorm is GPU-only in torch 2.14 (a CPU
-tensor raises ValueError), hence the BatchNorm refusal.
+FSDP (``fsdp_selected``: the launch's accelerate config) shards the live model with torch's FSDP2 instead of
+keeping it whole on every rank (``forgetting.fsdp``): the same batches, shares and sums, the gradients
+reduce-scattered by FSDP set to sum; methods beyond naive and kl, models beyond the MLP and GPT-2, LoRA,
+generation and lm-eval are refused
+under it (``check_fsdp``).
+
+SyncBatchNorm is GPU-only in torch 2.14 (a CPU tensor raises ValueError), hence the BatchNorm refusal.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class World:
     rank: int = 0
     size: int = 1
     backend: str | None = None
+    fsdp: bool = False  # the live model is sharded (``forgetting.fsdp``): every rank must run its every forward
 
     @property
     def main(self) -> bool:
@@ -57,7 +61,8 @@ class World:
     def describe(self, global_batch: int) -> dict:
         """What the manifest records of how the run was spread."""
         return {"world_size": self.size, "per_device_batch": global_batch // self.size, "global_batch": global_batch,
-                "backend": self.backend}
+                "backend": self.backend,
+                **({"sharding": "fsdp2"} if self.fsdp else {})}
 
     # --- data ---------------------------------------------------------------------------------
     def shard(self, batch):
@@ -79,6 +84,13 @@ class World:
         if not self.distributed:
             return index
         return index.narrow(0, *self.bounds(len(index)))
+
+    def passes_owed(self, n: int, batch_size: int) -> int:
+        """How many more forward passes of ``batch_size`` the rank with the longest part of ``n`` rows runs than
+        this rank (at least one pass each, even on an empty part): under FSDP a forward is a collective, so a
+        rank with fewer batches runs that many passes more on one example and drops them."""
+        passes = lambda rows: max(1, -(-rows // batch_size))  # noqa: E731
+        return passes(-(-n // self.size)) - passes(self.bounds(n)[1])
 
     # --- collectives ----------------------------------------------------------------------------
     def gather_rows(self, rows: torch.Tensor) -> torch.Tensor:
@@ -206,10 +218,6 @@ def check(config, size: int) -> None:
     """BadInput where a run cannot give its one-process numbers on ``size`` processes (every rank says so)."""
     if size <= 1:
         return
-    if fsdp_selected():
-        raise BadInput("accelerate config: FSDP is not supported by forgetting.run (its loop keeps the whole model "
-                       "on every rank and sums the gradients itself); allowed: a launch without FSDP (DDP), or "
-                       "FSDP through the HF/TRL bridges (KLRegularizedTrainer, KLRegularizedSFTTrainer)")
     if config.batch_size % size:
         raise BadInput(f"--batch-size {config.batch_size}: not divisible by the {size} processes of this launch "
                        f"(the global batch is split evenly); allowed: a multiple of {size}")
@@ -228,6 +236,35 @@ def check(config, size: int) -> None:
                        "a launcher: sft")
     if getattr(config, "amp", "off") == "fp16":
         raise BadInput("--amp fp16: the loss scaler's skipped steps are per process; allowed with a launcher: off, bf16")
+    if fsdp_selected():
+        check_fsdp(config, parts)
+
+
+# what runs sharded under FSDP with the numbers of one process (tests/test_distributed.py)
+FSDP_METHODS = ("naive", "kl")
+FSDP_MODELS = ("mlp", "gpt2")
+
+
+def check_fsdp(config, parts: list[str]) -> None:
+    """BadInput for what runs under FSDP is not checked to give one process's numbers: methods whose state
+    reads whole parameters (EWC's Fisher, L2-SP's anchor) or not tested sharded (replay, ...), models without a
+    sharding plan (``fsdp.units``), mixed precision."""
+    bad = [p for p in parts if p not in FSDP_METHODS]
+    if bad:
+        raise BadInput(f"--method {config.method.name}: {bad[0]} is not supported under FSDP (its state reads whole "
+                       f"parameters); allowed with an FSDP launch: {', '.join(FSDP_METHODS)}, or a launch without FSDP")
+    if config.model.name not in FSDP_MODELS:
+        raise BadInput(f"--model {config.model.name}: no FSDP sharding plan for it; allowed with an FSDP launch: "
+                       f"{', '.join(FSDP_MODELS)}, or a launch without FSDP (DDP)")
+    options, settings = getattr(config.model, "options", {}), getattr(config.model, "settings", {})
+    if options.get("lora_rank", 0):
+        raise BadInput(f"--lora-rank {options['lora_rank']}: LoRA (its reference is the model with the adapters "
+                       "disabled, its boundary merges them) is not sharded; allowed with an FSDP launch: 0")
+    if settings.get("max_new_tokens", 0) or settings.get("lm_eval_tasks"):
+        raise BadInput("--max-new-tokens / --lm-eval-tasks: generation and lm-eval run rank by rank, which a sharded "
+                       "model's collective forward cannot; allowed with an FSDP launch: neither")
+    if getattr(config, "amp", "off") != "off":
+        raise BadInput(f"--amp {config.amp}: not checked under FSDP; allowed with an FSDP launch: off")
 
 
 def check_model(model: torch.nn.Module, size: int, name: str) -> None:
@@ -255,4 +292,5 @@ def init(device: torch.device) -> tuple[World, torch.device]:
     if state.num_processes != size:
         raise BadInput(f"WORLD_SIZE={size} but accelerate joined {state.num_processes} processes")
     local = state.device if device.type != "cpu" else device
-    return World(rank=state.process_index, size=state.num_processes, backend=str(state.backend)), local
+    return World(rank=state.process_index, size=state.num_processes, backend=str(state.backend),
+                 fsdp=fsdp_selected()), local

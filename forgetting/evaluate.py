@@ -59,12 +59,15 @@ class Evaluator:
         """All logits (float32, every output) and targets (output indices) of a task's test examples."""
         data, index, world = self.stream.tasks[task].test, self.index[task], self.world
         if world is not None and world.distributed:
-            index = world.part(torch.arange(len(data)) if index is None else index)
+            index = torch.arange(len(data)) if index is None else index
+            n, index = len(index), world.part(index)
             if len(index) == 0:  # fewer examples than ranks: one example's pass gives the logits' width
                 logits, targets = self._logits_of(model, data, task, torch.zeros(1, dtype=torch.long))
                 logits, targets = logits[:0], targets[:0]
             else:
                 logits, targets = self._logits_of(model, data, task, index)
+            for _ in range(world.passes_owed(n, self.batch_size) if world.fsdp else 0):  # FSDP: a forward is a
+                self._logits_of(model, data, task, torch.zeros(1, dtype=torch.long))  # collective: as many as the rest
             return world.gather_rows(logits), world.gather_rows(targets)
         return self._logits_of(model, data, task, index)
 
@@ -122,12 +125,18 @@ class Evaluator:
             self._base_log_probs[key] = F.log_softmax(base, 1)
         return self._base_log_probs[key]
 
+    def _no_grad(self):
+        """Inference mode; under FSDP no_grad (its all-gathered parameters are written in place at the next
+        training forward, which an inference tensor refuses)."""
+        world = self.world
+        return torch.no_grad() if world is not None and getattr(world, "fsdp", False) else torch.inference_mode()
+
     def evaluate_task(self, model: nn.Module, task: int, base_model: nn.Module | None = None,
                       trained_task: int | None = None) -> dict:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with self._no_grad():
                 return self._measure(model, task, base_model, trained_task)
         finally:
             model.train(was_training)
@@ -170,7 +179,7 @@ class Evaluator:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            with self._no_grad():
                 return [self._measure(model, k, base_model, trained_task) for k in range(len(self.stream))]
         finally:
             model.train(was_training)

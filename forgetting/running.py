@@ -124,6 +124,10 @@ def run_experiment(config: RunConfig, force: bool = False, resume: bool = False,
     trainer = trainer_cls(config, stream, model, methods, device,
                           recorder=Recorder(writer) if world.main else None)  # may refuse: BadInput
     trainer.world = world
+    if world.fsdp:  # the launch selected FSDP: the live model sharded over the ranks, before any optimiser is built
+        from .fsdp import Sharding
+
+        trainer.sharding = Sharding(trainer.model, device)
     with claim(run_dir) if world.main else contextlib.nullcontext():
         decision = _decide(run_dir, force, claimed=True) if world.main else None  # again, under the claim
         decision = world.broadcast(decision)

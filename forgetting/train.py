@@ -11,6 +11,7 @@ from torch import nn
 
 from . import progress
 from .distributed import SINGLE, take
+from .fsdp import full
 from .config import RunConfig
 from .errors import RunFailed
 from .methods.base import Method
@@ -39,6 +40,7 @@ class Trainer:
     """
 
     _world = SINGLE
+    sharding = None  # ``fsdp.Sharding`` when the launch selects FSDP (set by ``running``): the live model is sharded
 
     @property
     def world(self):
@@ -192,7 +194,28 @@ class Trainer:
         adapters are merged and new ones started, the reference is the model with its adapters
         disabled), that reference, with a copy kept only of the base model.
         """
-        self.previous_model, self.base_model = boundary_references(self.model, t, self.base_model)
+        self.previous_model, self.base_model = boundary_references(self.whole_model(), t, self.base_model)
+
+    def whole_model(self, weights: dict | None = None) -> nn.Module:
+        """The live model, or under FSDP a whole copy of it (its gathered weights, or ``weights``: every rank
+        calls this, a gather is a collective) -- what references are copied from."""
+        if self.sharding is None:
+            return self.model
+        return self.sharding.whole(self.sharding.gather() if weights is None else weights)
+
+    def load_weights(self, weights: dict) -> None:
+        """Whole ``weights`` into the live model (under FSDP each rank keeps its shard of them)."""
+        if self.sharding is None:
+            self.model.load_state_dict(weights)
+        else:
+            self.sharding.load(weights)
+
+    def whole_state_dict(self) -> dict:
+        """The live model's weights as one process holds them (what a checkpoint saves): under FSDP the weights
+        gathered at the last boundary (or read at a resume), held by the sharding's whole template."""
+        if self.sharding is None:
+            return self.model.state_dict()
+        return self.sharding.template.state_dict()
 
     def step(self, batch, t: int, epoch: int) -> dict[str, float]:
         """One optimisation step: task loss + weighted penalties, backward, optimiser step.
@@ -238,7 +261,7 @@ class Trainer:
             scaled.backward()
         else:  # fp16: scaled loss, gradients unscaled before the hooks and clipping see them
             self.scaler.scale(scaled).backward()
-        if self.world.distributed:  # one process pays nothing for the launcher path
+        if self.world.distributed and self.sharding is None:  # one process pays nothing; FSDP reduced them
             self.world.reduce_grads([p for p in self.model.parameters() if p.requires_grad])
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
@@ -272,6 +295,9 @@ class Trainer:
         stop = self.check_stop(rows, phase, t, epoch)
         if stop:  # the task ends here: these are its end-of-task rows, at the epoch the stop fell in
             phase = "epoch"
+        change = None
+        if self.base_model is not None and (self.world.main or self.sharding is not None):  # FSDP: all gather
+            change = self.weight_change()
         if not self.world.main:  # the rows are rank 0's to write
             return []
         boundary = phase == "init" or (phase == "epoch" and (epoch == self.config.epochs or stop))
@@ -279,7 +305,7 @@ class Trainer:
                                                                             False)):  # e.g. lm-eval's tasks (causal LMs)
             rows = rows + self.evaluator.boundary_rows(self.model)
         if self.base_model is not None:  # the weights' distance from the base, a candidate predictor of forgetting
-            rows = [{**r, "weight_change": self.weight_change()} for r in rows] if rows else rows
+            rows = [{**r, "weight_change": change} for r in rows] if rows else rows
         ctx = {
             "run_id": self.config.run_id, "benchmark": self.stream.name, "scenario": self.stream.scenario,
             "method": self.method_name, "lambda": self.strength, "seed": self.config.seed, "phase": phase,
@@ -308,6 +334,7 @@ class Trainer:
             for name, p in self.model.named_parameters():
                 q = self._base_params.get(name)
                 if q is not None and q.shape == p.shape:
+                    p = full(p)  # under FSDP the whole parameter (every rank gathers it)
                     d = (p.detach().float() - q.detach().float().to(p.device)).double().cpu().numpy()
                     total += float(np.square(d).sum())
                     shared += 1

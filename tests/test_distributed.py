@@ -42,11 +42,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(args: list[str], n: int = 2, timeout: int = 300) -> subprocess.CompletedProcess:
-    """``accelerate launch`` of ``args`` on ``n`` CPU processes (gloo), this tree's code first on the path."""
+def launch(args: list[str], n: int = 2, timeout: int = 300, fsdp: bool = False) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``args`` on ``n`` CPU processes (gloo), this tree's code first on the path;
+    ``fsdp``: ``--use_fsdp`` instead of ``--multi_gpu`` (accelerate then sets ACCELERATE_USE_FSDP on every rank)."""
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
            "CUDA_VISIBLE_DEVICES": ""}
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(n),
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--use_fsdp" if fsdp else "--multi_gpu", "--num_processes", str(n),
            "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
            "--main_process_port", str(_free_port()), *args]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
@@ -143,17 +144,58 @@ def test_methods_that_cannot_split_are_refused(method, extra, needle):
     distributed.check(cfg, 1)  # one process: anything goes
 
 
-def test_fsdp_selected_by_the_accelerate_config_is_refused_in_one_line(monkeypatch):
-    """accelerate launch --use_fsdp (or an FSDP config) sets ACCELERATE_USE_FSDP on every rank: refused before
-    anything is written; the HF/TRL bridges are the way to FSDP."""
-    cfg = make_config(**MLP, method="naive")
+@pytest.mark.parametrize("options,needle", [
+    ({"method": "ewc"}, r"^--method ewc: ewc is not supported under FSDP .* allowed with an FSDP launch: naive, kl"),
+    ({"method": "kl+replay", "kl_on_replayed": True}, r"^--method kl\+replay: replay is not supported under FSDP"),
+    ({"method": "naive", "amp": "bf16"}, r"^--amp bf16: not checked under FSDP; allowed with an FSDP launch: off"),
+])
+def test_what_fsdp_does_not_carry_is_refused_in_one_line(monkeypatch, options, needle):
+    """accelerate launch --use_fsdp (or an FSDP config) sets ACCELERATE_USE_FSDP on every rank: methods whose state
+    reads whole parameters, and what is not checked sharded, are refused before anything is written; without
+    FSDP (DDP) or on one process they run."""
+    cfg = make_config(**{**MLP, **options})
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(BadInput, match=r"^accelerate config: FSDP is not supported by forgetting.run .* allowed: a "
-                                       r"launch without FSDP \(DDP\), or FSDP through the HF/TRL bridges"):
+    with pytest.raises(BadInput, match=needle):
         distributed.check(cfg, 2)
+    distributed.check(make_config(**MLP, method="kl"), 2)  # naive and kl run sharded
     distributed.check(cfg, 1)  # one process: no launch, nothing to shard
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "false")
     distributed.check(cfg, 2)
+
+
+def test_a_model_without_a_sharding_plan_is_refused_under_fsdp():
+    from types import SimpleNamespace
+
+    mlp = make_config(**MLP, method="kl")
+    cfg = SimpleNamespace(method=mlp.method, model=SimpleNamespace(name="bert"), amp="off")
+    with pytest.raises(BadInput, match=r"^--model bert: no FSDP sharding plan for it; allowed with an FSDP launch: "
+                                       r"mlp, gpt2"):
+        distributed.check_fsdp(cfg, ["kl"])
+    distributed.check_fsdp(mlp, ["kl"])
+    gpt2 = SimpleNamespace(method=mlp.method, model=SimpleNamespace(name="gpt2", options={"lora_rank": 2}, settings={}),
+                           amp="off")
+    with pytest.raises(BadInput, match=r"^--lora-rank 2: LoRA .* is not sharded; allowed with an FSDP launch: 0"):
+        distributed.check_fsdp(gpt2, ["kl"])
+    gpt2.model.options, gpt2.model.settings = {"lora_rank": 0}, {"max_new_tokens": 8}
+    with pytest.raises(BadInput, match=r"^--max-new-tokens / --lm-eval-tasks: generation and lm-eval run rank by rank"):
+        distributed.check_fsdp(gpt2, ["kl"])
+    gpt2.model.settings = {"max_new_tokens": 0, "lm_eval_tasks": []}
+    distributed.check_fsdp(gpt2, ["kl"])
+
+
+@pytest.mark.parametrize("n,batch,size,owed", [
+    (41, 20, 2, [0, 1]),  # parts 21 and 20: two passes and one
+    (40, 20, 2, [0, 0]),
+    (3, 5, 4, [0, 0, 0, 0]),  # an empty part still runs one pass (the logits' width)
+    (61, 20, 3, [0, 1, 1]),  # parts 21, 20, 20
+])
+def test_under_fsdp_every_rank_runs_as_many_evaluation_passes(n, batch, size, owed):
+    """A forward of a sharded model is a collective: the ranks whose part of a test set needs fewer batches owe
+    the difference (``Evaluator._logits`` runs them on one example)."""
+    worlds = [World(rank=r, size=size, fsdp=True) for r in range(size)]
+    assert [w.passes_owed(n, batch) for w in worlds] == owed
+    passes = [max(1, -(-w.bounds(n)[1] // batch)) + w.passes_owed(n, batch) for w in worlds]
+    assert len(set(passes)) == 1
 
 
 def test_a_global_batch_that_does_not_split_is_refused():
@@ -190,14 +232,15 @@ def test_accelerate_launch_of_the_cli_gives_the_rows_of_one_process(tmp_path):
     assert_same_rows(one, two)
 
 
-@pytest.mark.parametrize("flags,needle", [
-    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes"),
-    (["--method", "der"], "--method der: der cannot run on 2 processes"),
+@pytest.mark.parametrize("flags,needle,fsdp", [
+    (["--method", "naive", "--batch-size", "31"], "--batch-size 31: not divisible by the 2 processes", False),
+    (["--method", "der"], "--method der: der cannot run on 2 processes", False),
+    (["--method", "ewc"], "--method ewc: ewc is not supported under FSDP", True),
 ])
-def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle):
-    """Both ranks started as a launcher starts them (its environment), each on its own: a launcher stops the
-    other ranks at the first exit, which would hide the second rank's answer."""
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
+def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, flags, needle, fsdp):
+    """Both ranks started as a launcher starts them (its environment; ``--use_fsdp`` adds ACCELERATE_USE_FSDP),
+    each on its own: a launcher stops the other ranks at the first exit, which would hide the second rank's answer."""
+    env = {**os.environ, "ACCELERATE_USE_FSDP": str(fsdp).lower(), "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1",
            "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
     cmd = [sys.executable, "-m", "forgetting.run", *flags, "--device", "cpu", "--quiet", "--results-dir",
            str(tmp_path / "r")]
@@ -270,3 +313,60 @@ def test_a_model_with_batchnorm_is_refused_on_several_processes():
         distributed.check_model(model, 2, "resnet")
     distributed.check_model(model, 1, "resnet")
     distributed.check_model(torch.nn.Linear(2, 2), 2, "mlp")
+
+
+@pytest.mark.slow  # two launches of 2 processes
+def test_fsdp_launch_shards_the_model_and_gives_the_rows_of_one_process(tmp_path):
+    """``accelerate launch --use_fsdp``: the live MLP sharded (FSDP2 on 2 CPU processes), naive (SGD), kl with and
+    without the teacher cache, and a tiny GPT-2 (full fine-tuning, kl) sharded per block, the rows of one process; the references stay whole, bitwise unchanged while
+    trained against, in eval mode, without gradients; a checkpoint is the file one process writes (the gathered
+    weights); the live-teacher run's rank 1 is killed in task 2 and the run resumes sharded to the same rows. The
+    cached kl run evaluates 41 examples per task in batches of 20: rank 1's part needs one pass fewer, which it
+    owes (a sharded forward is a collective)."""
+    from safetensors import safe_open
+
+    # naive with SGD: its step is proportional to the gradient (Adam's hardly sees FSDP's default mean over ranks)
+    naive = {**MLP, "method": "naive", "optimizer": "sgd", "lr": 0.1, "momentum": 0.9}
+    kl = {**MLP, "method": "kl", "eval_subset": 41, "eval_batch_size": 20}
+    live = {**MLP, "method": "kl", "teacher_cache": False}
+    from test_lm import TINY, write_pairs
+
+    lm = {"benchmark": "text-file", "model": "gpt2", "method": "kl", "epochs": 1, "batch_size": 8, "lr": 3e-3,
+          "device": "cpu", "progress": False, **TINY, "gpt2_dropout": 0.0, "eval_batch_size": 5,
+          "text_file": str(write_pairs(tmp_path / "pairs.csv")), "prompt_column": "prompt",
+          "response_column": "response", "max_seq_len": 40}
+    runs = [(naive, "naive"), (kl, "kl"), (lm, "lm")]
+    todo = tmp_path / "runs.json"
+    todo.write_text(json.dumps([{**naive, "results_dir": str(tmp_path / "two_naive"), "_check_refs": str(tmp_path)},
+                                {**kl, "results_dir": str(tmp_path / "two_kl")},
+                                {**lm, "results_dir": str(tmp_path / "two_lm")},
+                                {**live, "results_dir": str(tmp_path / "two_live"), "_kill": {"rank": 1, "task": 2}}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)], fsdp=True)
+    assert proc.returncode != 0  # the last run's rank 1 died
+    cut, manifest = launched_rows(live, tmp_path / "two_live")
+    assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2
+    todo.write_text(json.dumps([{**live, "results_dir": str(tmp_path / "two_live"), "_resume": True}]))
+    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)], fsdp=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for r in range(2):
+        found = json.loads((tmp_path / f"refs{r}.json").read_text())
+        assert found == {"boundaries": 5, "checked": 8, "unchanged": True, "eval": True, "no_grad": True,
+                         "whole": True, "live_sharded": True}, (r, found)
+    for options, name in [*runs, (live, "live")]:
+        one = run_here(options, tmp_path / f"one_{name}")
+        two, manifest = launched_rows(options, tmp_path / f"two_{name}")
+        assert manifest["status"] == "complete"
+        assert manifest["distributed"] == {"world_size": 2, "per_device_batch": options["batch_size"] // 2,
+                                           "global_batch": options["batch_size"], "backend": "gloo",
+                                           "sharding": "fsdp2"}
+        assert_same_rows(one, two)
+        assert abs(one["weight_change"] - two["weight_change"]).max() <= 1e-5
+    assert manifest["resumed_at"]
+    # the checkpoint: the one-process file's tensors (names, shapes, dtypes, metadata), values within tolerance
+    paths = [d / make_config(**naive).run_id / "checkpoints" / "task_1.safetensors"
+             for d in (tmp_path / "one_naive", tmp_path / "two_naive")]
+    with safe_open(str(paths[0]), "pt") as a, safe_open(str(paths[1]), "pt") as b:
+        assert a.metadata() == b.metadata() and sorted(a.keys()) == sorted(b.keys())
+        for k in a.keys():
+            x, y = a.get_tensor(k), b.get_tensor(k)
+            assert x.dtype == y.dtype and x.shape == y.shape and torch.allclose(x, y, rtol=1e-4, atol=1e-5), k

@@ -19,7 +19,7 @@ LAYERS = [  # (layer name, module prefixes)
     ("objectives", ["objectives", "evaluate"]),  # what a model predicts: data loss, penalties' distributions, measures
     ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)
     ("methods", ["methods", "integrations"]),  # integrations/__init__: strategy specs only
-    ("loop", ["train", "optim", "onpolicy", "distributed"]),
+    ("loop", ["train", "optim", "onpolicy", "distributed", "fsdp"]),
     ("bridges and files", ["integrations.avalanche", "integrations.hf", "results", "checkpoint", "claim", "tracking"]),
     ("registry", ["registry"]),
     # integrations.trl: its ForgettingCallback writes a whole run and its report (as running and plot do)

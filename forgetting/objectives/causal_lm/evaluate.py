@@ -106,7 +106,13 @@ class LMEvaluator:
         was_training = model.training
         model.eval()
         try:
-            with torch.inference_mode():
+            sharded = self.world is not None and getattr(self.world, "fsdp", False)
+            with torch.no_grad() if sharded else torch.inference_mode():  # FSDP: see Evaluator._no_grad
+                for _ in range(self.world.passes_owed(len(self.index[task]), self.batch_size) if sharded else 0):
+                    first = self.index[task][:1]  # a forward is a collective: as many passes as the other ranks
+                    model(self._to(data.gather(first)[0], self.device))
+                    for c in data.choices if completion and data.choices else []:
+                        self._response_logprob(model, data, first, c)
                 for rows in self._batches(task):
                     inputs = self._to(data.gather(rows)[0], self.device)
                     logits = model(inputs).float()
