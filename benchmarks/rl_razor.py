@@ -278,7 +278,19 @@ def main(argv=None) -> int:
                     help="the table, fits and figures of a sweep of benchmarks/rl_razor.toml into --out (default "
                          "RESULTS/rl_razor_report); --target: the runs' --stop-at-accuracy unless given (0 for runs of "
                          "fixed epochs: every run is kept)")
+    ap.add_argument("--suite", type=Path, metavar="RESULTS",
+                    help="the study in one command: run benchmarks/rl_razor.toml into RESULTS (resuming: complete runs "
+                         "are skipped; the sweep's report in RESULTS/report draws the trade-off and forgetting-vs-KL "
+                         "figures), then --from-sweep RESULTS")
     args = ap.parse_args(argv)
+    if args.suite is not None:
+        from forgetting import sweep
+
+        code = sweep.main([str(ROOT / "benchmarks" / "rl_razor.toml"), "--results-dir", str(args.suite),
+                           "--report-dir", str(args.suite / "report")])
+        if code:
+            return code
+        args.from_sweep = args.suite
     if args.from_sweep is not None:
         out = args.out if "--out" in (argv or sys.argv) else args.from_sweep / "rl_razor_report"
         stop = from_sweep(args.from_sweep, out)

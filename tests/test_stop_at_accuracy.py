@@ -136,3 +136,29 @@ def test_rl_razor_from_sweep_lists_each_run_where_it_ended(mnist_dir, tmp_path):
         assert runs.loc[run_id, "stopped"] == int(stop["reached"])
         assert runs.loc[run_id, "steps"] == stop["steps"]
     assert sorted(runs.stopped) == [0, 1]
+
+
+def test_rl_razor_suite_runs_the_toml_then_reads_it_back(tmp_path, monkeypatch):
+    """``rl_razor.py --suite RESULTS``, the study in one command: the sweep of benchmarks/rl_razor.toml into RESULTS
+    (its report beside), then ``--from-sweep RESULTS``; a failed sweep's exit code is returned and nothing is read."""
+    import importlib.util
+
+    from conftest import ROOT
+    from forgetting import sweep
+
+    spec = importlib.util.spec_from_file_location("rl_razor", ROOT / "benchmarks" / "rl_razor.py")
+    rl_razor = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(rl_razor)
+    calls = []
+    monkeypatch.setattr(sweep, "main", lambda argv: calls.append(("sweep", argv)) or code)
+    monkeypatch.setattr(rl_razor, "from_sweep", lambda results, out: calls.append(("read", results, out)) or 0.95)
+    monkeypatch.setattr(rl_razor, "report", lambda out, target: calls.append(("report", out, target)))
+    results = tmp_path / "suite"
+    code = 0
+    assert rl_razor.main(["--suite", str(results)]) == 0
+    assert calls == [("sweep", [str(ROOT / "benchmarks" / "rl_razor.toml"), "--results-dir", str(results),
+                                "--report-dir", str(results / "report")]),
+                     ("read", results, results / "rl_razor_report"), ("report", results / "rl_razor_report", 0.95)]
+    calls.clear()
+    code = 3
+    assert rl_razor.main(["--suite", str(results)]) == 3 and [c[0] for c in calls] == ["sweep"]
