@@ -137,10 +137,13 @@ class Run:
     def experiment(self) -> dict:
         """The flattened config without the seed and execution details: runs equal here are seeds of one experiment."""
         flat = flatten(self.config)
-        if flat.get("method") and "objective" not in flat:  # an sft run records no pg option (its id is as before)
-            flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in PG_OPTIONS})
-        if flat.get("method"):  # loop options recorded only away from their default: a run without one had it
-            flat.update({o.name: o.default for o in LOOP_OPTIONS if o.name in UNRECORDED_AT_DEFAULT and o.name not in flat})
+        # loop options a run records only away from their default (pg's for an sft run, options added later, the
+        # token budget pg on a classifier drops): a run without one had the default, as a run that records it
+        loop = "loop." if "method.name" in flat else "" if "method" in flat else None  # schema 2, 1, or no method
+        if loop is not None:
+            for o in LOOP_OPTIONS:
+                if o.name in PG_OPTIONS or o.name in UNRECORDED_AT_DEFAULT:
+                    flat.setdefault(loop + o.name, o.default)
         return {k: v for k, v in flat.items() if k.split(".")[0] not in NOT_EXPERIMENT and k not in self.settings}
 
 

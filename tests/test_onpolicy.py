@@ -221,3 +221,22 @@ def test_answer_sets_are_read_at_the_output_indices_when_the_evaluated_outputs_a
     assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(by_hand)
     task.answers = None  # without a table: the argmax is the target
     assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(1 / 4)
+
+
+def test_an_sft_and_a_pg_run_differ_as_experiments_only_by_what_they_set():
+    """Reports group seeds and label experiments by the configs' differences: an sft run records no pg option and pg
+    on a classifier no token budget, so the defaults stand in for them (a label 'pg_samples=None' would say nothing)."""
+    from pathlib import Path
+
+    import pandas as pd
+
+    from forgetting.report_runs import Run
+
+    def experiment(**options):
+        return Run(Path("x"), make_config(benchmark="parity-mnist", method="naive", **options).to_dict(), {},
+                   pd.DataFrame()).experiment()
+
+    pg, sft = experiment(objective="pg", pg_samples=4), experiment()
+    assert {k: (pg.get(k), sft.get(k)) for k in pg.keys() | sft.keys() if pg.get(k) != sft.get(k)} == {
+        "loop.objective": ("pg", "sft"), "loop.pg_samples": (4, 8)}
+    assert experiment(stop_at_accuracy=0.5)["loop.stop_at_accuracy"] == 0.5 and sft["loop.stop_at_accuracy"] == 0.0
