@@ -253,10 +253,13 @@ def test_bad_values_under_a_launch_are_one_line_exit_2_on_every_rank(tmp_path, f
     assert not (tmp_path / "r").exists()
 
 
-def test_methods_on_two_processes_give_the_rows_of_one(tmp_path, monkeypatch):
+def test_methods_on_two_processes_give_the_rows_of_one_and_a_killed_rank_resumes(tmp_path, monkeypatch):
     """naive, kl without the cache (the live teacher on each rank's shard), ewc (the Fisher on every rank),
     replay (the same memory draws on every rank) and a causal LM with LoRA and kl: one launch, the rows of
-    runs in this process; each rank evaluated its half of the test sets (the rows gathered)."""
+    runs in this process; each rank evaluated its half of the test sets (the rows gathered).
+    The same launch then runs kl whose rank 1 dies mid-task 2 (the launcher then stops rank 0): ``--resume``
+    on 2 processes continues from the boundary of task 1 that rank 0 wrote, every rank restoring it, and ends
+    with the rows of one process (one launch fewer than a test of its own)."""
     from test_lm import TINY, write_pairs
 
     pairs = write_pairs(tmp_path / "pairs.csv")
@@ -268,9 +271,14 @@ def test_methods_on_two_processes_give_the_rows_of_one(tmp_path, monkeypatch):
     todo = tmp_path / "runs.json"
     launched = [{**r, "results_dir": str(tmp_path / "two")} for r in runs]
     launched[0]["_count_eval"] = str(tmp_path)  # naive: how many test examples each rank evaluated
+    killed = {**MLP, "method": "kl"}  # last: its rank 1 dies in task 2 and the launch ends there (its own folder:
+    launched.append({**killed, "results_dir": str(tmp_path / "cut"), "_kill": {"rank": 1, "task": 2}})  # the cache
+    # is not in the run id, so in "two" it would be the complete run of kl without the cache
     todo.write_text(json.dumps(launched))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.returncode != 0, "rank 1 was to die in the last run"
+    cut, manifest = launched_rows(killed, tmp_path / "cut")
+    assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2, proc.stderr[-3000:]
     from distributed_driver import count_eval
     from forgetting.evaluate import Evaluator
 
@@ -281,29 +289,17 @@ def test_methods_on_two_processes_give_the_rows_of_one(tmp_path, monkeypatch):
         if i == 0:
             evaluated = seen[0]  # the test examples one process's naive run evaluates
         two, manifest = launched_rows(options, tmp_path / "two")
-        assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2
+        assert manifest["status"] == "complete" and manifest["distributed"]["world_size"] == 2, proc.stderr[-3000:]
         assert_same_rows(one, two)
     # the evaluation was sharded: each rank ran the model on half of them (parts differ by one per test set)
     parts = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert sum(parts) == evaluated and 0 <= parts[0] - parts[1] <= evaluated // 50, (parts, evaluated)
-
-
-def test_a_run_whose_rank_is_killed_resumes_to_the_rows_of_one_process(tmp_path):
-    """Rank 1 dies mid-task 2 (the launcher then stops rank 0); ``--resume`` on 2 processes continues from the
-    boundary of task 1 that rank 0 wrote, every rank restoring it, and ends with the rows of one process."""
-    options = {**MLP, "method": "kl"}
-    todo = tmp_path / "runs.json"
-    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_kill": {"rank": 1, "task": 2}}]))
-    proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
-    assert proc.returncode != 0
-    cut, manifest = launched_rows(options, tmp_path / "two")
-    assert manifest["status"] != "complete" and manifest["completed_tasks"] == 2
-    todo.write_text(json.dumps([{**options, "results_dir": str(tmp_path / "two"), "_resume": True}]))
+    todo.write_text(json.dumps([{**killed, "results_dir": str(tmp_path / "cut"), "_resume": True}]))
     proc = launch([str(ROOT / "tests" / "distributed_driver.py"), str(todo)])
     assert proc.returncode == 0, proc.stderr[-3000:]
-    two, manifest = launched_rows(options, tmp_path / "two")
+    two, manifest = launched_rows(killed, tmp_path / "cut")
     assert manifest["status"] == "complete" and manifest["resumed_at"]
-    assert_same_rows(run_here(options, tmp_path / "one"), two)
+    assert_same_rows(run_here(killed, tmp_path / "one-cut"), two)
 
 
 def test_a_model_with_batchnorm_is_refused_on_several_processes():

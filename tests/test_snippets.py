@@ -40,7 +40,8 @@ DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LANGUAGES = ("python", "bash", "toml", "text")
 MARKER = re.compile(r"<!--\s*snippet:\s*(skip|file|setup|append)\b\s*(.*?)\s*-->", re.S)
 SETUPS = ("results",)
-LOCAL_DATA = re.compile(r"--benchmark (uci-sentiment|ag-news|clinc150|split-mnist|permuted-mnist)\b")
+LOCAL_DATA = re.compile(r"--benchmark (uci-sentiment|ag-news|clinc150|split-mnist|permuted-mnist|parity-mnist|"
+                        r"lm-domains)\b")
 # a forgetting.run command, or a sweep's grid (its run options after --), up to a trailing comment
 RUN_COMMAND = re.compile(r"(forgetting[.-](?:run\b|sweep\b[^#\n]*?\s--\s)[^#\n]*?)(\s*(#.*)?)$", re.M)
 

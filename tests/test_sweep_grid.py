@@ -117,11 +117,12 @@ grid.kl_lambda = [0, 1]
 
 
 @pytest.mark.slow
-def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_this_process(tmp_path):
+def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_this_process(tmp_path, capsys):
     """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows as the
     suite's runs made here (tests/test_sweep.py checks the process executor against the same). One of them
     was killed after task 1 (its checkpoint written) before the array: its task resumes it from there to the
-    rows the uninterrupted run got (the check shares this test's runs)."""
+    rows the uninterrupted run got. Claims and resume as the process executor's: a second call finds the runs
+    complete, submits no job and leaves their rows alone (these checks share this test's runs)."""
     pytest.importorskip("submitit")
     from conftest import cut_after_task
     from forgetting.results import MANIFEST
@@ -145,6 +146,16 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     assert list((results / "slurm").glob("*_submission.sh")) or list((results / "slurm").iterdir())
     resumed = json.loads((results / cut.run_id / MANIFEST).read_text())
     assert resumed["status"] == "complete" and [r["after_task"] for r in resumed["resumed_at"]] == [1]
+    before = {rid: (results / rid / METRICS).read_bytes() for rid in slurm}
+    jobs = sorted(str(f) for f in (results / "slurm").rglob("*"))
+    capsys.readouterr()
+    code = sweep.main([str(suite), "--results-dir", str(results), "--workers", "2", "--executor", "slurm",
+                       "--slurm-cluster", "local", "--slurm-time", "10", "--no-report"])  # the second call, here
+    out = capsys.readouterr()
+    assert code == 0, out.err[-3000:]
+    assert f"6 runs in {suite}: 6 already complete, 0 unfinished to run again, 0 new" in out.out + out.err
+    assert {rid: (results / rid / METRICS).read_bytes() for rid in slurm} == before  # the same rows, not written again
+    assert sorted(str(f) for f in (results / "slurm").rglob("*")) == jobs  # no job submitted
 
 
 SEARCH = """
@@ -198,23 +209,3 @@ def test_search_runs_a_small_study_and_every_trial_is_a_run(tmp_path, capsys):
     assert "--objective: 'nope'" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_slurm_executor_skips_a_complete_run_on_a_second_call_and_keeps_its_rows(tmp_path, capsys):
-    """Claims and resume as the process executor's: a second call finds the runs complete, submits no job."""
-    pytest.importorskip("submitit")
-    results = tmp_path / "results"
-    args = ["--grid", "kl_lambda=0", "--seeds", "0-1", "--results-dir", str(results), "--executor", "slurm",
-            "--slurm-cluster", "local", "--slurm-time", "10", "--no-report", "--", *RUN]
-    p = run_cli("forgetting.sweep", *args)
-    assert p.returncode == 0, p.stderr[-3000:]
-    runs = sorted(d for d in results.iterdir() if (d / METRICS).is_file())
-    assert len(runs) == 2
-    before = {d.name: (d / METRICS).read_bytes() for d in runs}
-    jobs = sorted(str(f) for f in (results / "slurm").rglob("*"))
-    capsys.readouterr()
-    code = sweep.main(args)  # the second call in this process: it must find both complete and submit nothing
-    out = capsys.readouterr()
-    assert code == 0, out.err[-3000:]
-    assert "2 runs in the grid: 2 already complete, 0 unfinished to run again, 0 new" in out.out + out.err
-    assert {d.name: (d / METRICS).read_bytes() for d in runs} == before  # the same rows, not written again
-    assert sorted(str(f) for f in (results / "slurm").rglob("*")) == jobs  # no job submitted

@@ -47,6 +47,17 @@ class Rows:
         pass
 
 
+class EndOfTaskTrainer(Trainer):
+    """Evaluates after a task's last epoch only: the checks read final-epoch rows (the accuracy matrix, the last
+    epoch's KL) or evaluate afresh, and the other epochs' evaluations draw no random numbers, so every number
+    checked is bitwise the same without them (compared on all 3 seeds and on MiniLM); about 8 % of the CPU time."""
+
+    def record(self, phase: str, t: int, epoch: int, train_loss: float) -> list[dict]:
+        if phase == "epoch" and epoch < self.config.epochs:
+            return []
+        return super().record(phase, t, epoch, train_loss)
+
+
 def base_then_both(settings: dict, n_tasks: int | None = None, stream=None):
     """Train task 0 once, then naive and kl each from a copy of that model: {method: trainer}.
 
@@ -61,14 +72,14 @@ def base_then_both(settings: dict, n_tasks: int | None = None, stream=None):
         model = registry.model(config.model.name).build(stream, config.model.values(), split_spec(config.model.name)[1])
     if n_tasks is not None:
         stream.tasks = stream.tasks[:n_tasks]
-    base = Trainer(config, stream, model, registry.build_methods("naive", {}), device, recorder=Rows())
+    base = EndOfTaskTrainer(config, stream, model, registry.build_methods("naive", {}), device, recorder=Rows())
     base.record("init", -1, 0, float("nan"))
     base.train_task(0)
     out = {}
     for method, hp in (("naive", {}), ("kl", KL)):
         cfg = make_config(**settings, method=method, hparams=hp)
-        tr = Trainer(cfg, stream, copy.deepcopy(base.model), registry.build_methods(method, cfg.hparams), device,
-                     recorder=Rows(base.recorder.rows))
+        tr = EndOfTaskTrainer(cfg, stream, copy.deepcopy(base.model), registry.build_methods(method, cfg.hparams),
+                              device, recorder=Rows(base.recorder.rows))
         tr.previous_model = tr.base_model = base.previous_model
         tr.global_step = base.global_step
         tr.generator.set_state(base.generator.get_state())
