@@ -215,3 +215,26 @@ def test_rows_are_sums_over_every_batch_the_same_in_batches_of_one(tmp_path):
         else:
             assert any(0 < r["token_accuracy"] < 1 for r in one) and any(r["exact_match"] > 0 for r in one)
             assert any(r["answer_accuracy"] > 0 for r in one)
+
+
+def test_generation_asks_for_the_lm_extras_scoring_libraries_by_name(monkeypatch):
+    """--max-new-tokens needs rouge_score, sacrebleu and rapidfuzz (not the whole [lm] extra): one line naming
+    them and the extra, before anything is evaluated."""
+    from forgetting import extras
+    from forgetting.errors import BadInput
+
+    monkeypatch.setattr(extras, "find_spec", lambda name: None)
+    with pytest.raises(BadInput) as e:
+        LMEvaluator(fake_stream([3], max_new_tokens=2), 4, "cpu")
+    assert str(e.value) == ("--max-new-tokens needs the [lm] extra (rouge_score, sacrebleu, rapidfuzz not installed): "
+                            "pip install 'forgetting[lm]'")
+    assert LMEvaluator(fake_stream([3], max_new_tokens=0), 4, "cpu").max_new_tokens == 0  # no generation: no check
+
+
+def test_under_a_launcher_each_rank_evaluates_its_part_of_the_subset():
+    """With a ``world`` the batches cover the part of the evaluated examples ``world.part`` gives this rank."""
+    ev = LMEvaluator(fake_stream([10]), 2, "cpu")
+    ev.world = SimpleNamespace(part=lambda idx: idx[3:8])
+    assert [b.tolist() for b in ev._batches(0)] == [[3, 4], [5, 6], [7]]
+    ev.world = None
+    assert [b.tolist() for b in ev._batches(0)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
