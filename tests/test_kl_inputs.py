@@ -300,3 +300,35 @@ def test_after_a_task_the_method_lets_go_of_its_cache_and_base_samples():
     method.cache, method.base, method.base_reference = object(), [([1, 2], 1)], torch.zeros(1)
     method.after_task(None, 1)
     assert (method.cache, method.base, method.base_reference) == (None, None, None)
+
+
+def test_the_teacher_cache_is_computed_in_parts_only_under_a_launcher():
+    """The objective's ``teacher_cache`` is handed the run's ``world`` only when it is distributed: on one process (no
+    world, or a world of one) a user's objective whose ``teacher_cache`` takes no ``world`` still works."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    class Objective:
+        cache_unit = "examples"
+
+        def cache_rows(self, data):
+            return len(data)
+
+        def teacher_cache(self, teacher, data, task, batch_size, device, **parts):
+            calls.append((teacher, data, task, batch_size, device, parts))
+            return "cache"
+
+    def trainer(**world):
+        return SimpleNamespace(stream=SimpleNamespace(deterministic_inputs=True, tasks=[None, SimpleNamespace(
+            train=range(6))]), previous_model=SimpleNamespace(training=False), objective=Objective(),
+            layout=SimpleNamespace(n_outputs=4), config=SimpleNamespace(eval_batch_size=3), device="cpu", **world)
+
+    method = KL(**{o.name: o.default for o in KL.options})
+    launched = SimpleNamespace(distributed=True)
+    for world, parts in [({}, {}), ({"world": SimpleNamespace(distributed=False)}, {}), ({"world": None}, {}),
+                         ({"world": launched}, {"world": launched})]:
+        t = trainer(**world)
+        calls.clear()
+        method.before_task(t, 1)
+        assert method.cache == "cache" and calls == [(t.previous_model, t.stream.tasks[1].train, 1, 3, "cpu", parts)]
