@@ -221,3 +221,19 @@ def test_answer_sets_are_read_at_the_output_indices_when_the_evaluated_outputs_a
     assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(by_hand)
     task.answers = None  # without a table: the argmax is the target
     assert Evaluator(stream, 8, "cpu").accuracy(logits, targets, 0, outs) == pytest.approx(1 / 4)
+
+
+def test_reward_paths_with_dots_or_a_colon_and_the_refusals_name_the_allowed_ones():
+    """A dotted path's last dot splits module from function (``a.b.fn``); a name that looks like a path but does not
+    load says so (upper-case module names are paths too); any other name is unknown. Both list the rewards."""
+    from forgetting import rewards
+    from forgetting.errors import BadInput
+
+    assert rewards.reward("forgetting.rewards.correct") is rewards.correct
+    assert rewards.reward("forgetting.rewards:choice") is rewards.choice
+    listed = r"allowed: correct, choice(, [\w.:]+)*"
+    with pytest.raises(BadInput, match=rf"^--reward NoSuchModule:fn: does not load \(No module named 'NoSuchModule'\); "
+                                       rf"{listed} or module:function$"):
+        rewards.reward("NoSuchModule:fn")
+    with pytest.raises(BadInput, match=rf"^--reward brevity: unknown reward, {listed} or a module:function path$"):
+        rewards.reward("brevity")
