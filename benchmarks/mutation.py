@@ -56,7 +56,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the on-policy code: --objective pg, its rewards, and the sampled KL estimators
     "kl_estimators": ("forgetting/kl_estimators.py", ["tests/test_kl_estimators.py"]),
     "policy_gradient": ("forgetting/policy_gradient.py", ["tests/test_policy_gradient.py"]),
-    "rewards": ("forgetting/rewards.py", ["tests/test_onpolicy.py", "tests/test_policy_gradient.py"]),
+    "rewards": ("forgetting/rewards.py", ["tests/test_onpolicy.py", "tests/test_policy_gradient.py",
+                                          "tests/test_oracle_sft.py"]),
     "onpolicy": ("forgetting/onpolicy.py", ["tests/test_onpolicy.py"]),
 }
 
