@@ -237,3 +237,29 @@ def test_reward_paths_with_dots_or_a_colon_and_the_refusals_name_the_allowed_one
         rewards.reward("NoSuchModule:fn")
     with pytest.raises(BadInput, match=rf"^--reward brevity: unknown reward, {listed} or a module:function path$"):
         rewards.reward("brevity")
+
+
+def test_choice_rewards_the_examples_own_choice_and_needs_choices_on_every_learned_task():
+    """``choice``: 1 where the objective's pick (handed the answers, batch and stream as given) is the example's
+    target; its stream check names each learned task after the first whose training data has no choices."""
+    from types import SimpleNamespace
+
+    from forgetting import rewards
+    from forgetting.errors import BadInput
+
+    answers, batch, stream = torch.zeros(2, 3), SimpleNamespace(targets=torch.tensor([1, 0])), object()
+    seen = []
+
+    def chosen(*args):
+        seen.append(args)
+        return torch.tensor([[1, 0, -1], [0, 0, 2]])
+
+    context = rewards.RewardContext(SimpleNamespace(chosen=chosen), stream, 1)
+    assert rewards.choice(answers, batch, context).tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert len(seen) == 1 and all(a is b for a, b in zip(seen[0], (answers, batch, stream)))
+    task = lambda name, **train: SimpleNamespace(name=name, train=SimpleNamespace(**train))  # noqa: E731
+    tasks = [task("zero"), task("a", choices=[" x"]), task("b"), task("c", choices=None), task("d")]
+    with pytest.raises(BadInput, match=r"^--reward choice: needs causal-LM completion tasks with a fixed set of answers "
+                                       r"\(choices\); b, c has none; allowed: --reward correct$"):
+        rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=4))
+    rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=2))  # task 0 and a: nothing to refuse
