@@ -263,3 +263,57 @@ def test_choice_rewards_the_examples_own_choice_and_needs_choices_on_every_learn
                                        r"\(choices\); b, c has none; allowed: --reward correct$"):
         rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=4))
     rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=2))  # task 0 and a: nothing to refuse
+
+
+def test_pg_task_loss_wires_the_options_the_task_and_the_old_log_probs_through(monkeypatch):
+    """One step of ``pg_task_loss`` on a stand-in objective: the sampler gets the run's options, the task and the
+    loop's generator (old log-probabilities asked for only with --pg-clip); the loss is the clipped, std-scaled,
+    masked pg_loss of those (each part tested by hand in test_policy_gradient.py); reward_std is the groups' mean
+    population std; a reward of the wrong shape is refused naming both shapes."""
+    import math
+    from types import SimpleNamespace
+
+    from forgetting import rewards
+    from forgetting.onpolicy import pg_task_loss
+    from forgetting.policy_gradient import group_advantages, pg_loss
+
+    lp = torch.tensor([[[-0.5, -1.0], [-2.0, -0.1], [-1.5, -0.3]], [[-0.2, -0.9], [-1.1, -2.5], [-0.4, -0.6]]],
+                      dtype=torch.float64)
+    old = lp - torch.tensor([0.5, -0.4], dtype=torch.float64)  # ratios e^0.5 and e^-0.4: both clipped at 0.2
+    mask = torch.tensor([[[True, True], [True, False], [True, True]], [[True, False], [True, True], [False, True]]])
+    r = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    calls = []
+
+    class Objective:
+        def sample_answers(self, model, batch, task, groups, generator, *, temperature, max_new_tokens, log_probs):
+            calls.append(("sample", task, groups, generator, temperature, max_new_tokens, log_probs, model.training))
+            return torch.zeros(2, 3, dtype=torch.long), (old if log_probs else None)
+
+        def answer_log_probs(self, model, batch, task, answers, *, temperature):
+            calls.append(("score", task, temperature, model.training))
+            return "logits", lp, mask
+
+    def reward_fn(answers, batch, context):
+        calls.append(("reward", context.task))
+        return r if context.stream == "right" else r[:, :2]
+
+    monkeypatch.setitem(rewards.REWARDS, "r_test", reward_fn)
+    model = torch.nn.Linear(1, 1)
+    config = SimpleNamespace(pg_samples=3, pg_temperature=0.7, pg_max_new_tokens=5, pg_clip=0.2, reward="r_test",
+                             pg_scale_std=True)
+    trainer = SimpleNamespace(config=config, objective=Objective(), model=model, current_task=1, generator="gen",
+                              stream="right")
+    logits, loss, logs = pg_task_loss(trainer, "batch")
+    assert calls == [("sample", 1, 3, "gen", 0.7, 5, True, False), ("score", 1, 0.7, True), ("reward", 1)]
+    expected = pg_loss(lp, group_advantages(r, scale_by_std=True), mask, old_log_probs=old, clip=0.2)
+    assert logits == "logits" and torch.allclose(loss, expected, rtol=1e-12, atol=0)
+    assert not torch.allclose(expected, pg_loss(lp, group_advantages(r), mask, old_log_probs=old, clip=0.2))
+    assert float(logs["reward_mean"]) == pytest.approx(0.5) and float(logs["pg_loss"]) == float(loss)
+    assert float(logs["reward_std"]) == pytest.approx(math.sqrt(2 / 9), rel=1e-6)
+    config.pg_clip, config.pg_scale_std = 0.0, False
+    calls.clear()
+    _, loss, _ = pg_task_loss(trainer, "batch")
+    assert calls[0][6] is False and torch.allclose(loss, pg_loss(lp, group_advantages(r), mask), rtol=1e-12, atol=0)
+    trainer.stream = "wrong"
+    with pytest.raises(ValueError, match=r"^reward 'r_test' gave shape \(2, 2\), expected \(2, 3\)$"):
+        pg_task_loss(trainer, "batch")
