@@ -16,6 +16,7 @@ Not part of the test suite: it takes minutes to hours, see the README's testing 
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import os
 import re
 import shutil
@@ -55,7 +56,8 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     # the on-policy code: --objective pg, its rewards, and the sampled KL estimators
     "kl_estimators": ("forgetting/kl_estimators.py", ["tests/test_kl_estimators.py"]),
     "policy_gradient": ("forgetting/policy_gradient.py", ["tests/test_policy_gradient.py"]),
-    "rewards": ("forgetting/rewards.py", ["tests/test_onpolicy.py", "tests/test_policy_gradient.py"]),
+    "rewards": ("forgetting/rewards.py", ["tests/test_onpolicy.py", "tests/test_policy_gradient.py",
+                                          "tests/test_oracle_sft.py"]),
     "onpolicy": ("forgetting/onpolicy.py", ["tests/test_onpolicy.py"]),
 }
 
@@ -93,7 +95,7 @@ def run_module(key: str, work: Path, max_children: int | None, names: list[str] 
     res = subprocess.run([*mutmut, "results", "--all", "true"], cwd=project, env=env, capture_output=True, text=True)
     status = {m.group(1): m.group(2).strip() for m in map(STATUS.match, res.stdout.splitlines()) if m}
     if names:  # only these were run (the others stay "not checked")
-        status = {n: s for n, s in status.items() if n in set(names)}
+        status = {n: s for n, s in status.items() if any(fnmatch.fnmatchcase(n, pat) for pat in names)}
     survivors = sorted(n for n, s in status.items() if s == "survived")
     diffs = {n: subprocess.run([*mutmut, "show", n], cwd=project, env=env, capture_output=True, text=True).stdout
              for n in survivors}
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
     p.add_argument("--max-children", type=int, default=None, help="mutmut's parallel workers")
     p.add_argument("--keep", metavar="DIR", default=None, help="work in DIR and keep it (mutants, logs)")
     p.add_argument("--mutants", metavar="FILE", default=None, help="run only the mutants named in FILE, one a line "
-                   "(e.g. the survivors of an earlier run, after new tests; names are stable while the module is)")
+                   "(e.g. the survivors of an earlier run, after new tests; names are stable while the module is), or "
+                   "matched by a line's wildcards (fnmatch: 'forgetting.methods.kl.*before_task*' is one function's)")
     p.add_argument("--timeout-multiplier", type=float, default=15.0, help="mutmut's: a mutant whose tests run longer "
                    "than this many times their clean time (+1 s) counts as killed (timeout); raise it on a loaded "
                    "machine, where a slow fork would otherwise pass for a kill")

@@ -76,3 +76,17 @@ def test_unknown_estimator_is_named():
     with pytest.raises(ValueError, match="'exact'"):
         sampled_kl(torch.zeros(2), torch.zeros(2), "exact")
     assert ESTIMATORS == ("exact", "k1", "k2", "k3")
+
+
+def test_one_value_per_leading_index_and_the_sampled_ones_named():
+    """Over a batch of distributions [2, V] the closed forms give one KL per row (by hand, float64), not their sum;
+    a sampled estimator's refusal lists the sampled ones."""
+    lp = torch.tensor([P, Q], dtype=torch.float64).log()
+    lq = torch.tensor([Q, P], dtype=torch.float64).log()
+    by_hand = torch.tensor([hand_kl(P, Q), hand_kl(Q, P)], dtype=torch.float64)
+    assert torch.allclose(exact_kl(lp, lq), by_hand, rtol=0, atol=1e-15)
+    assert torch.allclose(expectation(lp, lq, "k3"), by_hand, rtol=0, atol=1e-15)
+    k2 = [sum(a * 0.5 * math.log(a / b) ** 2 for a, b in zip(x, y)) for x, y in ((P, Q), (Q, P))]
+    assert torch.allclose(expectation(lp, lq, "k2"), torch.tensor(k2, dtype=torch.float64), rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match=r"^unknown sampled KL estimator 'exact': allowed are k1, k2, k3$"):
+        sampled_kl(torch.zeros(2), torch.zeros(2), "exact")

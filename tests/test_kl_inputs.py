@@ -169,7 +169,7 @@ class Untouchable:
 def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_data(tmp_path):
     stream = pairs_stream(tmp_path)
     trainer = trainer_for(stream, "kl", model_options=NO_DROPOUT, kl_inputs="base", kl_samples=5,
-                          kl_max_new_tokens=6, kl_sample_temperature=1.5)
+                          kl_max_new_tokens=6, kl_sample_temperature=0.25)
     trainer.snapshot_boundary(0)
     with torch.no_grad():
         for p in trainer.model.parameters():
@@ -186,10 +186,12 @@ def test_base_samples_repeat_per_seed_and_task_differ_across_seeds_and_read_no_d
     method.before_task(trainer, 1)
     assert method.base == first  # a resumed run draws the same
     cfg = trainer.model.lm.config
-    by_hand = sampling.generate(trainer.previous_model, [[bos]], 5, KL.base_seed(trainer.config.seed, 1),
-                                temperature=1.5, max_new_tokens=6, pad_id=cfg.pad_token_id,
-                                eos_id=cfg.eos_token_id, device="cpu")
-    assert [t[1:] for t, _ in first] == by_hand[0]  # drawn from the reference, not the student
+    by_hand = {t: sampling.generate(trainer.previous_model, [[bos]], 5, KL.base_seed(trainer.config.seed, 1),
+                                    temperature=t, max_new_tokens=6, pad_id=cfg.pad_token_id,
+                                    eos_id=cfg.eos_token_id, device="cpu")[0] for t in (0.25, 1.0)}
+    assert [t[1:] for t, _ in first] == by_hand[0.25]  # drawn from the reference, not the student
+    assert by_hand[1.0] != by_hand[0.25]  # at the option's temperature (the untrained reference is near uniform:
+    # at T = 1.5 its draw is T = 1's)
     method.before_task(trainer, 2)
     assert method.base != first  # a new draw at each task
     trainer.config.loop["seed"] = trainer.config.seed + 1
@@ -288,3 +290,45 @@ def test_base_samples_of_a_lora_run_come_from_the_model_with_its_adapters_disabl
     ids = torch.tensor([[trainer.model.lm.config.bos_token_id, 5, 6]])
     batch = type("B", (), {"inputs": {"input_ids": ids, "attention_mask": torch.ones_like(ids)}})()
     assert float(method.penalties(trainer, batch, None, 1)["kl"][0].detach()) > 0
+
+
+def test_after_a_task_the_method_lets_go_of_its_cache_and_base_samples():
+    """The teacher cache and the reference's samples and logits are the task's: freed at its end (None, as before
+    the first task), not kept in memory through the evaluation."""
+    method = KL(kl_lambda=1.0)
+    assert (method.cache, method.base, method.base_reference) == (None, None, None)
+    method.cache, method.base, method.base_reference = object(), [([1, 2], 1)], torch.zeros(1)
+    method.after_task(None, 1)
+    assert (method.cache, method.base, method.base_reference) == (None, None, None)
+
+
+def test_the_teacher_cache_is_computed_in_parts_only_under_a_launcher():
+    """The objective's ``teacher_cache`` is handed the run's ``world`` only when it is distributed: on one process (no
+    world, or a world of one) a user's objective whose ``teacher_cache`` takes no ``world`` still works."""
+    from types import SimpleNamespace
+
+    calls = []
+
+    class Objective:
+        cache_unit = "examples"
+
+        def cache_rows(self, data):
+            return len(data)
+
+        def teacher_cache(self, teacher, data, task, batch_size, device, **parts):
+            calls.append((teacher, data, task, batch_size, device, parts))
+            return "cache"
+
+    def trainer(**world):
+        return SimpleNamespace(stream=SimpleNamespace(deterministic_inputs=True, tasks=[None, SimpleNamespace(
+            train=range(6))]), previous_model=SimpleNamespace(training=False), objective=Objective(),
+            layout=SimpleNamespace(n_outputs=4), config=SimpleNamespace(eval_batch_size=3), device="cpu", **world)
+
+    method = KL(**{o.name: o.default for o in KL.options})
+    launched = SimpleNamespace(distributed=True)
+    for world, parts in [({}, {}), ({"world": SimpleNamespace(distributed=False)}, {}), ({"world": None}, {}),
+                         ({"world": launched}, {"world": launched})]:
+        t = trainer(**world)
+        calls.clear()
+        method.before_task(t, 1)
+        assert method.cache == "cache" and calls == [(t.previous_model, t.stream.tasks[1].train, 1, 3, "cpu", parts)]

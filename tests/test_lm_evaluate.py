@@ -215,3 +215,59 @@ def test_rows_are_sums_over_every_batch_the_same_in_batches_of_one(tmp_path):
         else:
             assert any(0 < r["token_accuracy"] < 1 for r in one) and any(r["exact_match"] > 0 for r in one)
             assert any(r["answer_accuracy"] > 0 for r in one)
+
+
+def test_generation_asks_for_the_lm_extras_scoring_libraries_by_name(monkeypatch):
+    """--max-new-tokens needs rouge_score, sacrebleu and rapidfuzz (not the whole [lm] extra): one line naming
+    them and the extra, before anything is evaluated."""
+    from forgetting import extras
+    from forgetting.errors import BadInput
+
+    monkeypatch.setattr(extras, "find_spec", lambda name: None)
+    with pytest.raises(BadInput) as e:
+        LMEvaluator(fake_stream([3], max_new_tokens=2), 4, "cpu")
+    assert str(e.value) == ("--max-new-tokens needs the [lm] extra (rouge_score, sacrebleu, rapidfuzz not installed): "
+                            "pip install 'forgetting[lm]'")
+    assert LMEvaluator(fake_stream([3], max_new_tokens=0), 4, "cpu").max_new_tokens == 0  # no generation: no check
+
+
+def test_under_a_launcher_each_rank_evaluates_its_part_of_the_subset():
+    """With a ``world`` the batches cover the part of the evaluated examples ``world.part`` gives this rank."""
+    ev = LMEvaluator(fake_stream([10]), 2, "cpu")
+    ev.world = SimpleNamespace(part=lambda idx: idx[3:8])
+    assert [b.tolist() for b in ev._batches(0)] == [[3, 4], [5, 6], [7]]
+    ev.world = None
+    assert [b.tolist() for b in ev._batches(0)] == [[0, 1], [2, 3], [4, 5], [6, 7], [8, 9]]
+
+
+def test_the_harness_gets_the_runs_lm_eval_options_and_rows_come_only_with_it(monkeypatch):
+    """--lm-eval-tasks/-limit/-include-path reach lm-evaluation-harness (stood in for) with the evaluator's batch size
+    (as asked, not cut by the logits budget) and the longest sequence; without tasks no harness, no rows;
+    --lm-eval-at evaluations asks for rows at every evaluation point."""
+    from forgetting.objectives.causal_lm import harness
+
+    made = []
+
+    class Harness:
+        def __init__(self, *args):
+            made.append(args)
+
+        def rows(self, model, first_index):
+            return [("rows of", model, first_index)]
+
+    monkeypatch.setattr(harness, "Harness", Harness)
+    plain = LMEvaluator(fake_stream([3, 2]), 4, "cpu")
+    assert plain.harness is None and plain.boundary_rows("model") == [] and made == []
+    assert plain.rows_at_every_evaluation is False
+    stream = fake_stream([3, 2], max_seq_len=2**20, lm_eval_tasks="arc_easy,piqa", lm_eval_limit=7,
+                         lm_eval_include_path="/tasks", lm_eval_at="evaluations")
+    stream.tokenizer = "tok"
+    ev = LMEvaluator(stream, 4, "cpu")
+    assert made == [("arc_easy,piqa", 7, "/tasks", 4, 2**20, "tok")] and ev.batch_size == 1
+    assert ev.boundary_rows("model") == [("rows of", "model", 2)] and ev.rows_at_every_evaluation is True
+    made.clear()
+    stream = fake_stream([3], lm_eval_tasks="piqa", lm_eval_at="boundaries")
+    stream.tokenizer = "tok"
+    LMEvaluator(stream, 4, "cpu")
+    assert made == [("piqa", 0, "", 4, 512, "tok")]  # the defaults: no limit, no include path, 512 tokens
+    assert not LMEvaluator(fake_stream([3], lm_eval_at="boundaries"), 4, "cpu").rows_at_every_evaluation

@@ -240,3 +240,99 @@ def test_an_sft_and_a_pg_run_differ_as_experiments_only_by_what_they_set():
     assert {k: (pg.get(k), sft.get(k)) for k in pg.keys() | sft.keys() if pg.get(k) != sft.get(k)} == {
         "loop.objective": ("pg", "sft"), "loop.pg_samples": (4, 8)}
     assert experiment(stop_at_accuracy=0.5)["loop.stop_at_accuracy"] == 0.5 and sft["loop.stop_at_accuracy"] == 0.0
+
+
+def test_reward_paths_with_dots_or_a_colon_and_the_refusals_name_the_allowed_ones():
+    """A dotted path's last dot splits module from function (``a.b.fn``); a name that looks like a path but does not
+    load says so (upper-case module names are paths too); any other name is unknown. Both list the rewards."""
+    from forgetting import rewards
+    from forgetting.errors import BadInput
+
+    assert rewards.reward("forgetting.rewards.correct") is rewards.correct
+    assert rewards.reward("forgetting.rewards:choice") is rewards.choice
+    listed = r"allowed: correct, choice(, [\w.:]+)*"
+    with pytest.raises(BadInput, match=rf"^--reward NoSuchModule:fn: does not load \(No module named 'NoSuchModule'\); "
+                                       rf"{listed} or module:function$"):
+        rewards.reward("NoSuchModule:fn")
+    with pytest.raises(BadInput, match=rf"^--reward brevity: unknown reward, {listed} or a module:function path$"):
+        rewards.reward("brevity")
+
+
+def test_choice_rewards_the_examples_own_choice_and_needs_choices_on_every_learned_task():
+    """``choice``: 1 where the objective's pick (handed the answers, batch and stream as given) is the example's
+    target; its stream check names each learned task after the first whose training data has no choices."""
+    from types import SimpleNamespace
+
+    from forgetting import rewards
+    from forgetting.errors import BadInput
+
+    answers, batch, stream = torch.zeros(2, 3), SimpleNamespace(targets=torch.tensor([1, 0])), object()
+    seen = []
+
+    def chosen(*args):
+        seen.append(args)
+        return torch.tensor([[1, 0, -1], [0, 0, 2]])
+
+    context = rewards.RewardContext(SimpleNamespace(chosen=chosen), stream, 1)
+    assert rewards.choice(answers, batch, context).tolist() == [[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]]
+    assert len(seen) == 1 and all(a is b for a, b in zip(seen[0], (answers, batch, stream)))
+    task = lambda name, **train: SimpleNamespace(name=name, train=SimpleNamespace(**train))  # noqa: E731
+    tasks = [task("zero"), task("a", choices=[" x"]), task("b"), task("c", choices=None), task("d")]
+    with pytest.raises(BadInput, match=r"^--reward choice: needs causal-LM completion tasks with a fixed set of answers "
+                                       r"\(choices\); b, c has none; allowed: --reward correct$"):
+        rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=4))
+    rewards.choice.check_stream(SimpleNamespace(tasks=tasks, n_learned=2))  # task 0 and a: nothing to refuse
+
+
+def test_pg_task_loss_wires_the_options_the_task_and_the_old_log_probs_through(monkeypatch):
+    """One step of ``pg_task_loss`` on a stand-in objective: the sampler gets the run's options, the task and the
+    loop's generator (old log-probabilities asked for only with --pg-clip); the loss is the clipped, std-scaled,
+    masked pg_loss of those (each part tested by hand in test_policy_gradient.py); reward_std is the groups' mean
+    population std; a reward of the wrong shape is refused naming both shapes."""
+    import math
+    from types import SimpleNamespace
+
+    from forgetting import rewards
+    from forgetting.onpolicy import pg_task_loss
+    from forgetting.policy_gradient import group_advantages, pg_loss
+
+    lp = torch.tensor([[[-0.5, -1.0], [-2.0, -0.1], [-1.5, -0.3]], [[-0.2, -0.9], [-1.1, -2.5], [-0.4, -0.6]]],
+                      dtype=torch.float64)
+    old = lp - torch.tensor([0.5, -0.4], dtype=torch.float64)  # ratios e^0.5 and e^-0.4: both clipped at 0.2
+    mask = torch.tensor([[[True, True], [True, False], [True, True]], [[True, False], [True, True], [False, True]]])
+    r = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0]])
+    calls = []
+
+    class Objective:
+        def sample_answers(self, model, batch, task, groups, generator, *, temperature, max_new_tokens, log_probs):
+            calls.append(("sample", task, groups, generator, temperature, max_new_tokens, log_probs, model.training))
+            return torch.zeros(2, 3, dtype=torch.long), (old if log_probs else None)
+
+        def answer_log_probs(self, model, batch, task, answers, *, temperature):
+            calls.append(("score", task, temperature, model.training))
+            return "logits", lp, mask
+
+    def reward_fn(answers, batch, context):
+        calls.append(("reward", context.task))
+        return r if context.stream == "right" else r[:, :2]
+
+    monkeypatch.setitem(rewards.REWARDS, "r_test", reward_fn)
+    model = torch.nn.Linear(1, 1)
+    config = SimpleNamespace(pg_samples=3, pg_temperature=0.7, pg_max_new_tokens=5, pg_clip=0.2, reward="r_test",
+                             pg_scale_std=True)
+    trainer = SimpleNamespace(config=config, objective=Objective(), model=model, current_task=1, generator="gen",
+                              stream="right")
+    logits, loss, logs = pg_task_loss(trainer, "batch")
+    assert calls == [("sample", 1, 3, "gen", 0.7, 5, True, False), ("score", 1, 0.7, True), ("reward", 1)]
+    expected = pg_loss(lp, group_advantages(r, scale_by_std=True), mask, old_log_probs=old, clip=0.2)
+    assert logits == "logits" and torch.allclose(loss, expected, rtol=1e-12, atol=0)
+    assert not torch.allclose(expected, pg_loss(lp, group_advantages(r), mask, old_log_probs=old, clip=0.2))
+    assert float(logs["reward_mean"]) == pytest.approx(0.5) and float(logs["pg_loss"]) == float(loss)
+    assert float(logs["reward_std"]) == pytest.approx(math.sqrt(2 / 9), rel=1e-6)
+    config.pg_clip, config.pg_scale_std = 0.0, False
+    calls.clear()
+    _, loss, _ = pg_task_loss(trainer, "batch")
+    assert calls[0][6] is False and torch.allclose(loss, pg_loss(lp, group_advantages(r), mask), rtol=1e-12, atol=0)
+    trainer.stream = "wrong"
+    with pytest.raises(ValueError, match=r"^reward 'r_test' gave shape \(2, 2\), expected \(2, 3\)$"):
+        pg_task_loss(trainer, "batch")

@@ -89,3 +89,53 @@ def test_bad_shapes_are_named():
         group_advantages(torch.ones(3, 1))
     with pytest.raises(ValueError, match="disagree"):
         pg_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_advantages_per_group_by_hand_with_and_without_std_scaling():
+    """Each input's group is centred (and scaled) by its own mean and population std, + eps = 1e-6; G = 2 is allowed."""
+    r = torch.tensor([[1.0, 0.0, 0.0], [3.0, 0.0, 3.0]], dtype=torch.float64)
+    assert torch.allclose(group_advantages(r), torch.tensor([[2 / 3, -1 / 3, -1 / 3], [1.0, -2.0, 1.0]],
+                                                            dtype=torch.float64), rtol=0, atol=1e-15)
+    std = [math.sqrt(2 / 9), math.sqrt(2.0)]  # population std of each group
+    by_hand = [[2 / 3 / (std[0] + 1e-6), -1 / 3 / (std[0] + 1e-6), -1 / 3 / (std[0] + 1e-6)],
+               [1 / (std[1] + 1e-6), -2 / (std[1] + 1e-6), 1 / (std[1] + 1e-6)]]
+    assert torch.allclose(group_advantages(r, scale_by_std=True), torch.tensor(by_hand, dtype=torch.float64),
+                          rtol=1e-12, atol=0)
+    two = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    assert torch.allclose(group_advantages(two, scale_by_std=True),
+                          torch.tensor([[0.5 / 0.500001, -0.5 / 0.500001]], dtype=torch.float64), rtol=1e-12, atol=0)
+
+
+def test_loss_by_hand_one_token_clipping_without_old_log_probs_and_the_log_probs_dtype():
+    """One masked token: its −A·log π alone (not halved); clipping with no old log-probabilities is the unclipped
+    surrogate at ρ = 1, −mean(A); the loss keeps the log-probabilities' dtype (advantages are cast to it)."""
+    lp = torch.tensor([[[-0.5, -2.0], [-1.0, -3.0]]], dtype=torch.float64)  # [1 input, G = 2, 2 tokens]
+    adv = torch.tensor([[0.75, -0.25]], dtype=torch.float64)
+    mask = torch.tensor([[[True, False], [False, False]]])
+    assert float(pg_loss(lp, adv, mask)) == -(0.75 * -0.5)
+    full = torch.ones_like(mask)
+    by_hand = -(0.75 * (-0.5 - 2.0) - 0.25 * (-1.0 - 3.0)) / 4
+    assert float(pg_loss(lp, adv, full)) == pytest.approx(by_hand, rel=1e-15)
+    assert float(pg_loss(lp, adv, full, clip=0.2)) == -(0.75 * 2 - 0.25 * 2) / 4  # −mean(ρ·A), ρ = 1
+    assert pg_loss(lp.half(), adv.float(), full).dtype == torch.float16
+
+
+def test_clip_and_mask_refusals_name_the_values():
+    lp, adv = torch.zeros(1, 2, 3), torch.zeros(1, 2)
+    with pytest.raises(ValueError, match=r"^clip must be above 0, got 0.0$"):
+        pg_loss(lp, adv, clip=0.0)
+    with pytest.raises(ValueError, match=r"^mask \(1, 2, 2\) does not match log_probs \(1, 2, 3\)$"):
+        pg_loss(lp, adv, torch.ones(1, 2, 2, dtype=torch.bool))
+
+
+def test_sampling_is_from_the_softmax_at_the_temperature_default_1():
+    """The draw is multinomial(softmax(logits / T)) from the generator as given: by hand at T = 0.5, and the default
+    is T = 1."""
+    logits = torch.tensor([[2.0, 0.0, -1.0, 0.5], [0.0, 1.0, 0.0, -2.0]])
+    hand = torch.multinomial(torch.softmax(logits / 0.5, -1), 32, replacement=True,
+                             generator=torch.Generator().manual_seed(5))
+    assert torch.equal(sample_answers(logits, 32, torch.Generator().manual_seed(5), temperature=0.5), hand)
+    assert torch.equal(sample_answers(logits, 32, torch.Generator().manual_seed(5)),
+                       sample_answers(logits, 32, torch.Generator().manual_seed(5), temperature=1.0))
+    assert not torch.equal(sample_answers(logits, 32, torch.Generator().manual_seed(5), temperature=2.0),
+                           sample_answers(logits, 32, torch.Generator().manual_seed(5), temperature=1.0))
