@@ -313,7 +313,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{sum(r.state == 'unfinished' for r in runs)} unfinished to run again, {sum(r.state == 'new' for r in runs)} new")
     ns.started = now()
     main_thread = threading.current_thread() is threading.main_thread()  # where signal handlers can be set
-    previous = signal.signal(signal.SIGTERM, _interrupt) if main_thread else None  # SIGTERM stops it as Ctrl-C does
+    # SIGTERM stops it as Ctrl-C does; and Ctrl-C stops it even where it was started with SIGINT ignored (a shell's
+    # background job inherits that, while the workers set their own handler: they would stop and the driver not)
+    previous = {s: signal.signal(s, _interrupt) for s in (signal.SIGTERM, signal.SIGINT)} if main_thread else {}
     try:
         outcomes = execute(todo, ns)
     except KeyboardInterrupt:
@@ -321,8 +323,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     finally:
-        if main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        for s, handler in previous.items():
+            if handler is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(s, handler)
     return finish(ns, runs, outcomes, say)
 
 

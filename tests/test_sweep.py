@@ -457,7 +457,8 @@ def _alive(pid: int) -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["SIGKILL to the driver", "SIGTERM to the driver", "Ctrl-C (SIGINT to the group)"])
+@pytest.mark.parametrize("how", ["SIGKILL to the driver", "SIGTERM to the driver", "Ctrl-C (SIGINT to the group)",
+                                 "Ctrl-C to a sweep started with SIGINT ignored"])
 def test_an_interrupted_sweep_stops_its_workers_and_starts_nothing_new(tmp_path, how):
     """SIGKILL or SIGTERM to the sweep left its worker running and starting new runs; Ctrl-C let more start."""
     suite = write(tmp_path, TINY.format(epochs=40).replace("seeds = [0, 1]", "seeds = [0, 1, 2]"))  # 6 long runs
@@ -465,7 +466,8 @@ def test_an_interrupted_sweep_stops_its_workers_and_starts_nothing_new(tmp_path,
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "forgetting.sweep", str(suite), "--results-dir", str(results),
            "--workers", "1", "--no-report", "--quiet"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True,
+    ignored = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if "ignored" in how else None  # a background job
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, start_new_session=True, preexec_fn=ignored,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     workers = []
     try:
