@@ -35,6 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_load import load_after  # benchmarks/, beside this script
+
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -166,9 +168,7 @@ def main(argv=None) -> int:
     print(f"{'2 processes (accelerate, gloo)':<34}{two:10.0f}{two / one:13.2f}x")
     print(f"distributed path's overhead on 1 process: {100 * (one / one_path - 1):+.1f} % (goal <= 5 %); "
           f"2-process speed-up {two / one:.2f}x")
-    load = os.getloadavg()[0]
-    busy = " (above the number of CPUs: the figures are not final)" if load > (os.cpu_count() or 1) else ""
-    print(f"load average after: {load:.2f}{busy}; took {time.perf_counter() - began:.0f} s")
+    print(load_after(f"took {time.perf_counter() - began:.0f} s"))
     return 0
 
 

@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from machine_load import load_after  # benchmarks/, beside this script
+
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -112,9 +114,7 @@ def main(argv=None) -> int:
               f"{results['naive'] / results[name]:9.2f}x")
     print(f"time per token: kl / naive {results['naive'] / results['kl']:.2f}x (goal <= 1.3x), naive / hand loop "
           f"{results['hand loop'] / results['naive']:.2f}x (goal <= 1.15x)")
-    load = os.getloadavg()[0]
-    busy = " (above the number of CPUs: the figures are not final)" if load > (os.cpu_count() or 1) else ""
-    print(f"load average after: {load:.2f}{busy}")
+    print(load_after())
     return 0
 
 

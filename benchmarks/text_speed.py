@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from machine_load import load_after  # benchmarks/, beside this script
+
 import pandas as pd
 import torch
 
@@ -150,7 +152,7 @@ def main(argv=None) -> int:
         if "naive" in throughput:
             print(f"our naive / the hand-written loop, training examples/s: {throughput['naive'] / hand:.2f} "
                   "(goal >= 0.9)")
-    print(f"load average after: {os.getloadavg()[0]:.2f} (above the number of CPUs: the figures are not final)")
+    print(load_after())
     return 0
 
 
