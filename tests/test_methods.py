@@ -147,6 +147,88 @@ def test_shortcut_steps_aside_for_layers_used_twice_or_sharing_weights():
     assert all(torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-10) for n in slow)
 
 
+def _linear_fisher_by_hand(w, b, xs):
+    """The true Fisher of logits W x + b (two outputs, scalar x), mean over xs: x^2 p0 p1 per weight, p0 p1 per bias."""
+    ps = [softmax2(w[0] * x + b[0], w[1] * x + b[1]) for x in xs]
+    return (sum(x * x * p0 * p1 for x, (p0, p1) in zip(xs, ps)) / len(xs), sum(p0 * p1 for p0, p1 in ps) / len(xs))
+
+
+@pytest.mark.parametrize("shortcut", [True, False])
+def test_fisher_of_a_model_that_is_one_linear_layer_keeps_its_names_and_dtype(shortcut):
+    # the whole model one Linear (its parameters named "weight" and "bias", no prefix), in float64: the Fisher has
+    # the parameters' names and dtype, and the hand values
+    model = nn.Linear(1, 2).double()
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.7], [-0.4]]))
+        model.bias.copy_(torch.tensor([0.2, -0.1]))
+    data = TensorData(torch.tensor(XS, dtype=torch.float64).reshape(-1, 1), torch.tensor(YS))
+    fisher = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu", shortcut=shortcut)
+    assert set(fisher) == {"weight", "bias"}
+    assert all(f.dtype == torch.float64 for f in fisher.values())
+    weight, bias = _linear_fisher_by_hand([0.7, -0.4], [0.2, -0.1], XS)
+    assert fisher["weight"].reshape(-1).tolist() == pytest.approx([weight, weight], rel=1e-5)
+    assert fisher["bias"].tolist() == pytest.approx([bias, bias], rel=1e-5)
+
+
+@pytest.mark.parametrize("budget, xs", [(12, XS), (2**25, XS[:1])])
+def test_fisher_is_the_mean_over_every_example_across_chunks_and_of_one_example(monkeypatch, budget, xs):
+    # GRAD_BUDGET 12 over 4 parameters: chunks of 3 examples, so the 4 examples come in two chunks (3 and 1);
+    # the mean is over all 4, not over the last chunk; and a single example's Fisher is its own, not halved
+    import forgetting.methods.importance as importance
+
+    monkeypatch.setattr(importance, "GRAD_BUDGET", budget)
+    model = nn.Linear(1, 2)
+    with torch.no_grad():
+        model.weight.copy_(torch.tensor([[0.7], [-0.4]]))
+        model.bias.zero_()
+    data = TensorData(torch.tensor(xs).reshape(-1, 1), torch.tensor(YS[:len(xs)]))
+    fisher = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu")
+    weight, bias = _linear_fisher_by_hand([0.7, -0.4], [0.0, 0.0], xs)
+    assert fisher["weight"][0, 0].item() == pytest.approx(weight, rel=1e-5)
+    assert fisher["bias"][0].item() == pytest.approx(bias, rel=1e-5)
+
+
+def test_fisher_leaves_the_random_stream_alone():
+    # the classifier's true Fisher is an exact expectation (no sampling) over the examples in order: taking it
+    # draws nothing from torch's generator, so an ewc run at weight 0 stays the naive run (naive_at_zero)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(1, 3), nn.Tanh(), nn.Linear(3, 2))
+    state = torch.get_rng_state()
+    diagonal_fisher(model, two_param_data(), 0, DOMAIN2, "true", "cpu")
+    assert torch.equal(torch.get_rng_state(), state)
+
+
+class _Awkward(nn.Module):
+    """What the Linear shortcut must step aside for or handle: a Linear over a sequence (3-D input), a side
+    Linear whose output never reaches the logits, and two bias-free Linears tying one weight (GPT-2's head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seq = nn.Linear(2, 3)
+        self.side = nn.Linear(2, 2)
+        self.a, self.b = nn.Linear(3, 3, bias=False), nn.Linear(3, 3, bias=False)
+        self.b.weight = self.a.weight
+        self.out = nn.Linear(3, 2)
+
+    def forward(self, x):
+        x = x.reshape(len(x), 2, 2)  # [examples, positions, features]
+        self.side(x[:, 0])  # computed, never used
+        h = torch.tanh(self.seq(x)).mean(1)
+        return self.out(torch.tanh(self.b(torch.tanh(self.a(h)))))
+
+
+def test_shortcut_gives_the_per_example_fisher_on_sequences_unused_and_tied_layers():
+    torch.manual_seed(0)
+    model = _Awkward()
+    data = TensorData(torch.randn(6, 4), torch.randint(0, 2, (6,)))
+    fast = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu")
+    slow = diagonal_fisher(model, data, 0, DOMAIN2, "true", "cpu", shortcut=False)
+    assert set(fast) == set(slow) == {n for n, _ in model.named_parameters()}
+    assert all(fast[n].shape == slow[n].shape and torch.allclose(fast[n], slow[n], rtol=1e-4, atol=1e-10) for n in slow)
+    assert fast["side.weight"].abs().sum() == 0 and fast["side.bias"].abs().sum() == 0
+    assert fast["seq.weight"].abs().sum() > 0 and fast["a.weight"].abs().sum() > 0
+
+
 def _fake_trainer(model, n_tasks=3):
     return SimpleNamespace(model=model, stream=[None] * n_tasks, layout=DOMAIN2, device="cpu",
                            objective=Classification(DOMAIN2))
@@ -175,6 +257,58 @@ def test_ewc_penalty_is_one_term_per_task_and_online_ewc_accumulates():
     value.backward()  # d/da = 0.9 F_a (a - a*) = 0.9 * 2.8 * 1.0
     assert model.a.grad.item() == pytest.approx(2.52)
     assert EWC(ewc_lambda=1.0, ewc_fisher="true").penalties(_fake_trainer(model), None, None, 0) == {}
+
+
+class _Stream:
+    """A stream as ``after_task`` reads it: ``tasks[t].train``, ``len``, and optionally ``n_learned``
+    (``--learn-tasks``: the tasks after it are evaluated, never learned)."""
+
+    def __init__(self, n_tasks, n_learned=None):
+        self.tasks = [SimpleNamespace(train=two_param_data()) for _ in range(n_tasks)]
+        if n_learned is not None:
+            self.n_learned = n_learned
+
+    def __len__(self):
+        return len(self.tasks)
+
+
+@pytest.mark.parametrize("n_tasks, n_learned", [(3, None), (4, 3)])
+def test_ewc_consolidates_after_every_learned_task_but_the_last(n_tasks, n_learned):
+    # after task t the Fisher at the current weights and the weights themselves become a penalty term; after the
+    # last task that is learned (the stream's n_learned, else its length) nothing follows, so nothing is computed
+    a, b = 0.7, -0.4
+    model = TwoParams(a, b)
+    trainer = SimpleNamespace(model=model, stream=_Stream(n_tasks, n_learned), device="cpu",
+                              objective=Classification(DOMAIN2))
+    ewc = EWC(ewc_lambda=1.0, ewc_fisher="true")
+    learned = n_learned or n_tasks
+    expected = sum(x * x * softmax2(a * x, b * x)[0] * softmax2(a * x, b * x)[1] for x in XS) / len(XS)
+    for task in range(learned):
+        ewc.after_task(trainer, task)
+        assert len(ewc.consolidated) == min(task + 1, learned - 1), task
+    for fisher, anchor in ewc.consolidated:
+        assert fisher["a"].item() == pytest.approx(expected, rel=1e-5)
+        assert torch.equal(anchor["a"], model.a.detach()) and torch.equal(anchor["b"], model.b.detach())
+
+
+def test_ewc_penalty_at_weight_one_and_zero_and_through_its_saved_state():
+    model = TwoParams(1.0, 2.0)
+    f1, a1 = {"a": torch.tensor(2.0), "b": torch.tensor(3.0)}, {"a": torch.tensor(0.5), "b": torch.tensor(1.0)}
+    hand = 0.5 * (2 * 0.5**2 + 3 * 1.0**2)
+    ewc = EWC(ewc_lambda=1.0, ewc_fisher="true")
+    ewc.consolidate(f1, a1)
+    value, weight = ewc.penalties(_fake_trainer(model), None, None, 1)["ewc"]
+    assert weight == 1.0 and value.item() == pytest.approx(hand)
+    off = EWC(ewc_lambda=0.0, ewc_fisher="true")
+    off.consolidate(f1, a1)
+    assert off.penalties(_fake_trainer(model), None, None, 1) == {}  # lambda 0: naive, no term computed
+    # a resumed run's EWC (a new instance given the saved state) has the same terms
+    resumed = EWC(ewc_lambda=1.0, ewc_fisher="true")
+    resumed.load_state_dict(ewc.state_dict())
+    value, _ = resumed.penalties(_fake_trainer(model), None, None, 1)["ewc"]
+    assert value.item() == pytest.approx(hand)
+    (fisher, anchor), = resumed.consolidated
+    assert all(torch.equal(fisher[n], f1[n]) and torch.equal(anchor[n], a1[n]) for n in "ab")
 
 
 # --- SI ----------------------------------------------------------------------------------------
