@@ -73,6 +73,30 @@ def test_stratified_split_is_scikit_learns_train_test_split(case):
         assert np.array_equal(a, b)
 
 
+@pytest.mark.parametrize("case", range(8))
+def test_text_splits_are_scikit_learns_train_test_split(case):
+    # the text streams' split and sample (``streams.text._split``): train_test_split with an integer train_size,
+    # stratified, and its plain shuffled split where stratifying is impossible (a class of one example, a part
+    # smaller than the number of classes); string labels as the text streams have
+    from sklearn.model_selection import train_test_split
+
+    from forgetting.streams.text import _split
+
+    rng = np.random.default_rng(100 + case)
+    n_classes = int(rng.integers(2, 6))
+    counts = rng.integers(1 if case >= 6 else 2, 30, size=n_classes)
+    labels = [f"class {c}" for c in rng.permutation(np.repeat(np.arange(n_classes), counts))]
+    texts = [f"text {i}" for i in range(len(labels))]
+    size = {6: 1, 7: len(labels) - 1}.get(case, int(rng.integers(n_classes, len(labels) - n_classes + 1)))
+    seed = int(rng.integers(0, 1000))
+    try:
+        theirs = train_test_split(texts, labels, train_size=size, random_state=seed, stratify=labels)
+    except ValueError:
+        theirs = train_test_split(texts, labels, train_size=size, random_state=seed)
+    a, b, ya, yb = theirs
+    assert _split(texts, labels, size, seed) == (a, ya, b, yb)
+
+
 def test_metrics_csv_is_what_pandas_writes():
     import pandas as pd
 

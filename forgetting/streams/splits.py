@@ -20,9 +20,18 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int):
     the same ``RandomState``; tests compare the two), written out because importing scikit-learn
     costs a run about as much as importing torch.
     """
+    n_test = math.ceil(test_size * len(y))
+    train_idx, test_idx = stratified_indices(y, len(y) - n_test, seed)
+    return x[train_idx], x[test_idx], y[train_idx], y[test_idx]
+
+
+def stratified_indices(y, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of ``train_test_split(..., train_size=n_train, random_state=seed, stratify=y)``:
+    ``n_train`` examples and the other ``len(y) - n_train``, each part with the classes' proportions. A
+    ValueError, as scikit-learn's, when a class has one example or a part is smaller than the number of classes."""
+    y = np.asarray(y)
     n = len(y)
-    n_test = math.ceil(test_size * n)
-    n_train = n - n_test
+    n_test = n - n_train
     classes, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
     if class_counts.min() < 2 or n_train < len(classes) or n_test < len(classes):
         raise ValueError(f"cannot split {n} examples of {len(classes)} classes (smallest class: "
@@ -37,8 +46,14 @@ def stratified_split(x: np.ndarray, y: np.ndarray, test_size: float, seed: int):
         perm = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
         train.extend(perm[: n_i[i]])
         test.extend(perm[n_i[i] : n_i[i] + t_i[i]])
-    train_idx, test_idx = rng.permutation(train), rng.permutation(test)
-    return x[train_idx], x[test_idx], y[train_idx], y[test_idx]
+    return rng.permutation(train), rng.permutation(test)
+
+
+def shuffled_indices(n: int, n_train: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of ``train_test_split(..., train_size=n_train, random_state=seed)`` without
+    ``stratify`` (ShuffleSplit's: one permutation, its first ``n - n_train`` the test part)."""
+    permutation = np.random.RandomState(seed).permutation(n)
+    return permutation[n - n_train:], permutation[: n - n_train]
 
 
 def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:

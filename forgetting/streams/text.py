@@ -23,6 +23,7 @@ from torch import Tensor
 from ..errors import BadInput
 from ..options import Option, defaults
 from .base import HeadLayout, Task, TaskStream, layout_for
+from .splits import shuffled_indices, stratified_indices
 
 OPTIONS = [
     Option("max_seq_len", int, 128, "text streams: longest text in tokens, [CLS] and [SEP] included; longer texts "
@@ -114,15 +115,15 @@ class TextData:
 
 
 # --- sampling and splitting -----------------------------------------------------------------
-def _split(texts: list, labels: list, size: int | float, seed: int):
-    """(kept texts, kept labels, other texts, other labels), stratified by label where possible."""
-    from sklearn.model_selection import train_test_split
-
+def _split(texts: list, labels: list, size: int, seed: int):
+    """(kept texts, kept labels, other texts, other labels): ``size`` kept, stratified by label where possible
+    (scikit-learn's ``train_test_split`` with ``train_size=size``, written out in ``splits``: its import costs a
+    run seconds)."""
     try:
-        a, b, ya, yb = train_test_split(texts, labels, train_size=size, random_state=seed, stratify=labels)
+        keep, other = stratified_indices(labels, size, seed)
     except ValueError:  # a class too small to stratify: a plain random split
-        a, b, ya, yb = train_test_split(texts, labels, train_size=size, random_state=seed)
-    return list(a), list(ya), list(b), list(yb)
+        keep, other = shuffled_indices(len(labels), size, seed)
+    return [texts[i] for i in keep], [labels[i] for i in keep], [texts[i] for i in other], [labels[i] for i in other]
 
 
 def split_train_test(name: str, texts: list, labels: list, test_fraction: float = TEST_FRACTION,
