@@ -211,3 +211,7 @@ def test_token_kl_estimate_exact_is_the_penalty_and_an_empty_mask_is_a_zero_in_t
         token_kl_estimate(student, teacher, tokens, mask, estimator="k4")
     with pytest.raises(ValueError, match="temperature"):
         token_kl_estimate(student, teacher, tokens, mask, estimator="k1", temperature=0.0)
+    # the defaults: the forward direction at temperature 1 (k1 = log P(a) − log Q(a), P the teacher), by hand
+    ls, lt = torch.log_softmax(student.detach().double(), -1), torch.log_softmax(teacher.double(), -1)
+    hand = float(sum(lt[0, j, 0] - ls[0, j, 0] for j in (0, 2, 3)) / 3)
+    assert float(token_kl_estimate(student, teacher, tokens, mask, estimator="k1")) == pytest.approx(hand, rel=1e-5)
