@@ -38,7 +38,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
                                         "!tests/test_kl_inputs.py::test_cli_refuses_base_inputs_on_a_classifier_with_exit_2",
                                         "!tests/test_class_incremental.py::test_naive_learns_each_new_task_when_trained_over_the_seen_classes"]),
     "evaluate": ("forgetting/evaluate.py", ["tests/test_drift.py", "tests/test_class_incremental.py",
-                                            "tests/test_core_behaviour.py"]),
+                                            "tests/test_core_behaviour.py", "tests/test_onpolicy.py"]),
     "evaluate_lm": ("forgetting/objectives/causal_lm/evaluate.py", [
         "tests/test_drift.py", "tests/test_lm_evaluate.py",
         "tests/test_lm_scores.py::test_the_evaluator_scores_generations_as_the_benchmark_does",
