@@ -54,6 +54,7 @@ MODULES: dict[str, tuple[str, list[str]]] = {
     "train": ("forgetting/train.py", [
         "tests/test_loop_penalty.py", "tests/test_teacher.py", "tests/test_optim.py", "tests/test_reliability.py",
         "tests/test_stop_at_accuracy.py", "tests/test_base_and_eval_only.py", "tests/test_oracle_sft.py",
+        "tests/test_trainer_units.py",
         "!tests/test_reliability.py::test_full_disk_is_one_line_naming_the_path_and_where",
         "!tests/test_reliability.py::test_nan_loss_on_the_cli_is_one_line_without_traceback",
         "!tests/test_reliability.py::test_a_claimed_run_is_refused_with_one_line_and_left_alone",

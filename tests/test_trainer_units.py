@@ -1,0 +1,142 @@
+"""The loop's small pieces by themselves (``train.Trainer``): the base kept without training, the preview batches'
+order, the hooks into an FSDP sharding, the weight change where nothing is shared, the untrained model's row."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from forgetting.methods.base import Method
+from forgetting.preparing import prepare
+from forgetting.registry import make_config
+from forgetting.train import Trainer
+
+
+class Hooks(Method):
+    """Records the hooks it is called with: (hook, trainer, task)."""
+
+    name = "hooks"
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def before_task(self, trainer, task):
+        self.calls.append(("before", trainer, task))
+
+    def after_task(self, trainer, task):
+        self.calls.append(("after", trainer, task))
+
+
+class Recorder:
+    def __init__(self):
+        self.rows, self.done = [], []
+
+    def elapsed(self):
+        return 0.0
+
+    def add_rows(self, rows):
+        self.rows += rows
+
+    def add_losses(self, step, parts):
+        pass
+
+    def task_done(self, trainer, task):
+        self.done.append((trainer, task))
+
+
+def _trainer(tmp_path, **options):
+    config = make_config(method="naive", epochs=1, results_dir=str(tmp_path), progress=False, **options)
+    device, stream, model, _ = prepare(config)
+    hooks = Hooks()
+    return Trainer(config, stream, model, [hooks], device, recorder=Recorder()), hooks
+
+
+def test_a_base_kept_without_training_is_task_0s_boundary_for_every_hook(tmp_path):
+    trainer, hooks = _trainer(tmp_path, train_base=False)
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.current_task = 5  # whatever it was: the kept base is task 0's
+    trainer.train_task(0)
+    assert trainer.current_task == 0 and trainer.global_step == 0
+    assert hooks.calls == [("before", trainer, 0), ("after", trainer, 0)]
+    assert trainer.recorder.done == [(trainer, 0)]
+    rows = trainer.recorder.rows
+    assert rows and {(r["phase"], r["trained_task"], r["epoch"]) for r in rows} == {("epoch", 0, 1)}
+    assert all(math.isnan(r["train_loss"]) for r in rows)
+    assert all(torch.equal(v, before[k]) for k, v in trainer.model.state_dict().items())  # not a step taken
+    assert trainer.base_model is not None and trainer.previous_model is not None
+
+
+def test_the_untrained_models_rows_are_epoch_0_with_no_training_loss(tmp_path):
+    trainer, _ = _trainer(tmp_path)
+    trainer.train_task = lambda t: None  # only the init evaluation
+    trainer.fit()
+    rows = trainer.recorder.rows
+    assert rows and all(r["phase"] == "init" and r["trained_task"] == -1 and r["epoch"] == 0 for r in rows)
+    assert all(math.isnan(r["train_loss"]) for r in rows)
+
+
+def test_preview_batches_shuffle_with_the_runs_generator(tmp_path):
+    # --base-preview N: the N examples of task 1 are a fixed draw (PREVIEW_SEED), the order of the joined examples is
+    # the run's own generator's (seeded by --seed), which it advances like any epoch's shuffle
+    trainer, _ = _trainer(tmp_path, base_preview=5, seed=3)
+    first = trainer.stream.tasks[0].train
+    n = len(first) + 5
+    torch.manual_seed(12345)  # the global generator plays no part
+    batches = list(trainer.preview_batches())
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(3))
+    size = trainer.config.batch_size
+    assert len(batches) == math.ceil(n / size)
+    for start, batch in zip(range(0, n, size), batches):  # each batch the next slice of the order (as a set)
+        sel = order[start : start + size]
+        assert int((batch.task_ids == 1).sum()) == int((sel >= len(first)).sum())
+        assert sorted(batch.index[batch.task_ids == 0].tolist()) == sorted(sel[sel < len(first)].tolist())
+    advanced = torch.Generator().manual_seed(3)
+    torch.randperm(n, generator=advanced)
+    assert torch.equal(trainer.generator.get_state(), advanced.get_state())
+
+
+class Sharding:
+    """Stands for ``fsdp.Sharding``: records what the trainer hands it."""
+
+    def __init__(self):
+        self.calls = []
+        self.template = torch.nn.Linear(1, 1)
+
+    def gather(self):
+        self.calls.append("gather")
+        return {"gathered": True}
+
+    def whole(self, weights):
+        self.calls.append(("whole", weights))
+        return "whole model"
+
+    def load(self, weights):
+        self.calls.append(("load", weights))
+
+
+def test_under_fsdp_references_and_checkpoints_go_through_the_sharding(tmp_path):
+    trainer, _ = _trainer(tmp_path)
+    trainer.sharding = sharding = Sharding()
+    assert trainer.whole_model() == "whole model"
+    assert sharding.calls == ["gather", ("whole", {"gathered": True})]
+    sharding.calls.clear()
+    assert trainer.whole_model({"read": 1}) == "whole model"  # weights read at a resume: no gather
+    assert sharding.calls == [("whole", {"read": 1})]
+    sharding.calls.clear()
+    trainer.load_weights({"w": 2})
+    assert sharding.calls == [("load", {"w": 2})]
+    assert trainer.whole_state_dict().keys() == sharding.template.state_dict().keys()
+
+
+def test_weight_change_is_nan_where_the_model_and_its_base_share_no_parameter():
+    fake = SimpleNamespace(model=torch.nn.Linear(2, 2), base_model=torch.nn.Linear(3, 3))  # other shapes
+    assert math.isnan(Trainer.weight_change(fake))
+    fake.base_model = torch.nn.Linear(2, 2)
+    with torch.no_grad():
+        fake.base_model.weight.copy_(fake.model.weight + 3.0)
+        fake.base_model.bias.copy_(fake.model.bias - 4.0)
+    assert Trainer.weight_change(fake) == pytest.approx(math.sqrt(4 * 9.0 + 2 * 16.0), rel=1e-6)
