@@ -33,7 +33,7 @@ class Hooks(Method):
 
 class Recorder:
     def __init__(self):
-        self.rows, self.done = [], []
+        self.rows, self.done, self.losses = [], [], []
 
     def elapsed(self):
         return 0.0
@@ -42,14 +42,15 @@ class Recorder:
         self.rows += rows
 
     def add_losses(self, step, parts):
-        pass
+        self.losses.append(parts["loss"])
 
     def task_done(self, trainer, task):
         self.done.append((trainer, task))
 
 
 def _trainer(tmp_path, **options):
-    config = make_config(method="naive", epochs=1, results_dir=str(tmp_path), progress=False, **options)
+    options = {"epochs": 1, "progress": False, **options}
+    config = make_config(method="naive", results_dir=str(tmp_path), **options)
     device, stream, model, _ = prepare(config)
     hooks = Hooks()
     return Trainer(config, stream, model, [hooks], device, recorder=Recorder()), hooks
@@ -140,3 +141,54 @@ def test_weight_change_is_nan_where_the_model_and_its_base_share_no_parameter():
         fake.base_model.weight.copy_(fake.model.weight + 3.0)
         fake.base_model.bias.copy_(fake.model.bias - 4.0)
     assert Trainer.weight_change(fake) == pytest.approx(math.sqrt(4 * 9.0 + 2 * 16.0), rel=1e-6)
+
+
+def test_the_progress_bar_counts_every_step_of_the_task_and_shows_only_when_asked(tmp_path, monkeypatch):
+    import forgetting.train as train
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, desc, enabled):
+            bars.append((total, desc, enabled))
+
+        def update(self, n=1):
+            pass
+
+        def set_postfix(self, **kw):
+            pass
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(train.progress, "bar", Bar)
+    for shown in (True, False):
+        trainer, _ = _trainer(tmp_path / str(shown), epochs=2, progress=shown)
+        trainer.train_task(0)
+        task = trainer.stream.tasks[0]
+        steps = math.ceil(len(task.train) / trainer.config.batch_size)
+        assert bars.pop() == (2 * steps, f"task 0 {task.name}", shown)
+
+
+def test_an_epochs_row_carries_the_mean_of_its_steps_losses(tmp_path):
+    trainer, _ = _trainer(tmp_path, epochs=2)
+    trainer.train_task(0)
+    steps = math.ceil(len(trainer.stream.tasks[0].train) / trainer.config.batch_size)
+    losses = trainer.recorder.losses
+    assert len(losses) == 2 * steps
+    for epoch in (1, 2):
+        row = next(r for r in trainer.recorder.rows if r["phase"] == "epoch" and r["epoch"] == epoch)
+        assert row["train_loss"] == pytest.approx(sum(losses[(epoch - 1) * steps : epoch * steps]) / steps, rel=1e-12)
+
+
+def test_the_preview_joins_task_0_only(tmp_path):
+    # --base-preview 5: task 0 trains on its examples and 5 of task 1's; task 1 then on its own examples alone
+    trainer, _ = _trainer(tmp_path, base_preview=5)
+    seen = []
+    trainer.step = lambda batch, t, epoch: seen.append((t, batch.task_ids.clone())) or {"loss": 0.0}
+    trainer.train_task(0)
+    trainer.train_task(1)
+    ids = {t: torch.cat([b for task, b in seen if task == t]) for t in (0, 1)}
+    tasks = trainer.stream.tasks
+    assert int((ids[0] == 0).sum()) == len(tasks[0].train) and int((ids[0] == 1).sum()) == 5
+    assert len(ids[1]) == len(tasks[1].train) and bool((ids[1] == 1).all())
