@@ -188,6 +188,229 @@ def test_pareto_front_by_hand():
     assert M.pareto_front([0.5, 0.5], [0.5, 0.5]).tolist() == [0, 1]  # ties dominate nobody
 
 
+# --- edge cases: one task, cut runs, missing and nullable columns, ties (metrics.py's mutation survivors) ----------
+# N[t][k]: held-out NLL per token of a causal LM (lower is better). Task 0 is best during task 1, then rises;
+# task 1 improves after it was learned.
+N3 = np.array([[2.0, 5.0, 6.0],
+               [1.5, 1.8, 5.5],
+               [2.5, 1.6, 1.2]])
+# answer accuracy of the completion tasks (task 1 is not one: NaN)
+Q3 = np.array([[0.5, np.nan, 0.1],
+               [0.3, np.nan, 0.2],
+               [0.6, np.nan, 0.8]])
+
+
+def test_nll_forgetting_and_rise_by_hand():
+    # task 0: final 2.5 minus its lowest before, 1.5 -> 1.0; task 1: 1.6 - 1.8 = -0.2 (it improved)
+    assert M.nll_forgetting_max(N3) == pytest.approx(0.4)
+    # since learned: 2.5 - 2.0 = 0.5 and -0.2
+    assert M.nll_rise(N3) == pytest.approx(0.15)
+    assert math.isnan(M.nll_forgetting_max(N3[:1])) and math.isnan(M.nll_rise(N3[:1]))
+
+
+def test_trace_overall_performance_and_bwt_by_hand():
+    assert M.overall_performance(A2) == pytest.approx(2.2 / 3)
+    assert M.overall_performance(A2[:2]) == pytest.approx(0.8)  # (0.9 + 0.7) / 2: column 2, never learned, is out
+    assert math.isnan(M.overall_performance(np.zeros((0, 0))))  # the matrix of a run with no task finished
+    assert M.trace_bwt(np.array([[0.9, 0.2], [0.3, 0.8]])) == pytest.approx(-0.6)
+
+
+def test_float32_inputs_are_reduced_in_float64():
+    f64 = [float(v) for v in np.array([0.1, 0.2, 0.7], dtype=np.float32)]  # the float32 values, exactly
+    A32 = np.array([[0.5, 0.7, 0.0], [0.0, 0.5, 0.0], [0.1, 0.2, 0.7]], dtype=np.float32)
+    assert M.overall_performance(A32) == sum(f64) / 3
+    assert M.forward_transfer(A32[:2, :2], np.array([0.0, 0.1], dtype=np.float32)) == f64[2] - f64[0]
+    m, lo, hi, n = M.mean_ci(np.array([0.1, 0.2, 0.7], dtype=np.float32))
+    assert m == sum(f64) / 3 and n == 3
+    assert hi - m == pytest.approx(4.302652729749464 * np.std(f64, ddof=1) / math.sqrt(3), rel=1e-12)
+
+
+@pytest.mark.filterwarnings("error")
+def test_a_run_of_one_task_gives_nan_for_every_old_task_number_without_a_warning():
+    rows = make_rows(A2[:1], B2)
+    rows["nll"] = N3[0][rows["eval_task"]]
+    s = M.run_summary(rows)
+    assert s["tasks_trained"] == 1 and s["average_accuracy"] == s["new_task_accuracy"] == s["op"] == 0.6
+    assert s["new_task_nll"] == 2.0
+    for key in ("forgetting_max", "forgetting_first", "bwt", "fwt", "old_task_accuracy", "kl_new_task", "kl_old_tasks",
+                "weight_change", "nll_forgetting_max", "nll_rise", "old_task_nll", "answer_accuracy"):
+        assert math.isnan(s[key]), key
+    assert math.isnan(M.average_forgetting_max(A2[:1])) and math.isnan(M.average_forgetting_first(A2[:1]))
+
+
+def test_a_run_with_no_task_finished():
+    rows = make_rows(A2, B2, kl=KL)
+    assert M.run_summary(rows, tasks_completed=0) == {"tasks_trained": 0}
+    assert M.accuracy_matrix(rows, tasks_completed=0).shape == (0, 0)
+    assert M.task_boundaries(rows, tasks_completed=0).empty
+    assert all(math.isnan(v) for v in M.final_kl(rows, tasks_completed=0))
+
+
+def lm_rows(epochs=3, **kw):
+    """make_rows of A2 with the NLL N3, the answer accuracy Q3 and KL at the last epoch of each task (decoys
+    before), and the weight change t + epoch / 10 from task 1 on."""
+    rows = make_rows(A2, B2, epochs=epochs, kl=KL, **kw)
+    last = (rows["phase"] == "epoch") & (rows["epoch"] == epochs)
+    t, k = rows["trained_task"].to_numpy(), rows["eval_task"].to_numpy()
+    rows["nll"] = np.where(last, N3[t, k], 7.0)
+    rows["answer_accuracy"] = np.where(last, Q3[t, k], 0.9)
+    rows["weight_change"] = np.where(t >= 1, t + rows["epoch"] / 10, np.nan)
+    return rows
+
+
+def test_run_summary_of_a_causal_lm_run_by_hand():
+    s = M.run_summary(lm_rows())
+    assert s["nll_forgetting_max"] == pytest.approx(0.4) and s["nll_rise"] == pytest.approx(0.15)
+    assert s["new_task_nll"] == 1.2 and s["old_task_nll"] == pytest.approx((2.5 + 1.6) / 2)
+    assert s["answer_accuracy"] == pytest.approx(0.7)  # after the last task, tasks 0 and 2 are scored: 0.6, 0.8
+    # A2: first-based forgetting 0.6 - 0.5 and 0.7 - 0.8, BWT their opposite; OP the mean of the last row
+    assert s["forgetting_first"] == pytest.approx(0.0, abs=1e-12) and s["bwt"] == pytest.approx(0.0, abs=1e-12)
+    assert s["op"] == pytest.approx(2.2 / 3)
+    assert (s["kl_new_task"], s["kl_old_tasks"]) == pytest.approx((0.6, 0.3))
+    assert s["weight_change"] == pytest.approx(2.3)
+
+
+def test_run_summary_of_a_cut_causal_lm_run_reads_only_the_completed_tasks():
+    rows = lm_rows()
+    cut = rows.iloc[: len(rows) - 3 * 2]  # task 2 stopped after its first epoch (decoys)
+    s = M.run_summary(cut, tasks_completed=2)
+    assert s["tasks_trained"] == 2
+    assert s["nll_forgetting_max"] == pytest.approx(1.5 - 2.0) and s["nll_rise"] == pytest.approx(1.5 - 2.0)
+    assert s["new_task_nll"] == 1.8 and s["old_task_nll"] == 1.5
+    assert s["answer_accuracy"] == pytest.approx(0.3)  # tasks 0 and 1 only: task 2 (0.2) is not learned yet
+    assert s["old_task_accuracy"] == pytest.approx(0.9) and s["new_task_accuracy"] == pytest.approx(0.7)
+    assert (s["kl_new_task"], s["kl_old_tasks"]) == pytest.approx((0.4, 0.2))
+    assert s["weight_change"] == pytest.approx(1.3)
+    assert M.task_boundaries(cut, tasks_completed=2).tolist() == [9, 18]
+    no_init = M.run_summary(rows[rows["phase"] != "init"])  # no untrained evaluation: no forward transfer
+    assert math.isnan(no_init["fwt"]) and no_init["average_accuracy"] == pytest.approx(2.2 / 3)
+
+
+def test_final_weight_change():
+    rows = lm_rows()
+    assert M.final_weight_change(rows) == pytest.approx(2.3)
+    assert M.final_weight_change(rows, tasks_completed=2) == pytest.approx(1.3)
+    assert math.isnan(M.final_weight_change(rows, tasks_completed=1))  # only the base task: no change yet
+    assert math.isnan(M.final_weight_change(rows.drop(columns="weight_change")))
+    end = (rows["phase"] == "epoch") & (rows["trained_task"] == 2)
+    one = rows.copy()
+    one.loc[end & (rows["eval_task"] != 1), "weight_change"] = np.nan  # recorded on one row of the last task
+    assert M.final_weight_change(one) == pytest.approx(2.3)
+    one.loc[end, "weight_change"] = np.nan
+    assert math.isnan(M.final_weight_change(one))
+
+
+def test_final_kl_when_the_last_task_misses_its_own_or_the_old_tasks_rows():
+    rows = make_rows(A2, B2, kl=KL)
+    end = (rows["phase"] == "epoch") & (rows["trained_task"] == 2) & (rows["epoch"] == 2)
+    no_new = M.final_kl(rows[~(end & (rows["eval_task"] == 2))])
+    assert math.isnan(no_new[0]) and no_new[1] == pytest.approx(0.3)
+    only_new = M.final_kl(rows[~(end & (rows["eval_task"] < 2))])
+    assert only_new[0] == pytest.approx(0.6) and math.isnan(only_new[1])
+
+
+def test_accuracy_matrix_of_a_measure_the_rows_lack_and_of_nullable_or_int_columns():
+    rows = make_rows(A2, B2)
+    assert M.accuracy_matrix(rows, value="nll").shape == (0, 0)  # a classifier run has no NLL
+    A = M.accuracy_matrix(rows.convert_dtypes())  # pandas' nullable dtypes (Float64, Int64)
+    assert A.dtype == np.float64 and np.array_equal(A, A2)
+    init = pd.DataFrame({"phase": ["init", "init"], "eval_task": [1, 0], "accuracy": [0, 1]})  # one example each
+    b = M.untrained_accuracy(init)
+    assert b.dtype == np.float64 and b.tolist() == [1.0, 0.0]
+
+
+def test_has_nll():
+    rows = make_rows(A2, B2)
+    assert not M.has_nll(rows)
+    rows["nll"] = np.nan
+    assert not M.has_nll(rows)
+    rows.loc[5, "nll"] = 1.5
+    assert M.has_nll(rows)
+
+
+def test_measured_only_flags_lm_eval_and_eval_only_rows():
+    rows = pd.DataFrame({"lm_eval_metric": [None, "acc", None, None], "eval_only": [np.nan, np.nan, 1, 0]},
+                        index=[10, 11, 12, 13])
+    flags = lambda values: pd.Series(values, index=rows.index)  # noqa: E731
+    pd.testing.assert_series_equal(M.measured_only(rows), flags([False, True, True, False]))
+    pd.testing.assert_series_equal(M.measured_only(rows[["lm_eval_metric"]]), flags([False, True, False, False]))
+    pd.testing.assert_series_equal(M.measured_only(rows[["eval_only"]]), flags([False, False, True, False]))
+    pd.testing.assert_series_equal(M.measured_only(rows[[]]), flags([False] * 4))
+
+
+def test_old_task_curves_of_a_task_measured_but_never_learned():
+    A = [[0.6, 0.1, 0.3], [0.5, 0.7, 0.4]]  # tasks 0 and 1 learned; task 2 only measured
+    rows = make_rows(A, B2, epochs=2, steps_per_epoch=3, eval_every=3)
+    rows["eval_only"] = np.where(rows["eval_task"] == 2, 1, np.nan)
+    c = M.old_task_curves(rows)
+    assert list(c.columns) == list(M.evaluation_points(rows).columns) + ["finetune_step"]
+    assert c.index.tolist() == list(range(len(c)))
+    assert sorted(c["eval_task"].unique()) == [0, 2]
+    t2 = c[c["eval_task"] == 2]  # from the end of the base task (step 6) on, as the old task 0
+    assert t2["finetune_step"].tolist() == [0, 3, 6] and t2["accuracy"].tolist() == [0.3, 0.321, 0.4]
+
+
+def test_old_task_curves_of_a_run_cut_in_its_base_task():
+    rows = make_rows([[0.6, 0.3]], B2[:2], epochs=3, steps_per_epoch=3, eval_every=3)
+    rows["eval_only"] = np.where(rows["eval_task"] == 1, 1, np.nan)
+    cut = rows[rows["global_step"] <= 3]  # stopped in epoch 2 of 3 of the base task
+    c = M.old_task_curves(cut, tasks_completed=0)
+    assert c.empty and list(c.columns) == list(M.evaluation_points(cut).columns) + ["finetune_step"]
+    assert pd.api.types.is_numeric_dtype(c["finetune_step"])
+    # without the manifest, epoch 1 looks like the end of the base task: the measured task starts there
+    c = M.old_task_curves(cut)
+    assert c["eval_task"].tolist() == [1] and c["finetune_step"].tolist() == [0]
+
+
+def test_kl_drift_numbers_its_rows_from_zero():
+    base = dict(run_id="r", phase="step", epoch=1, trained_task=1)
+    rows = pd.DataFrame([  # at step 4 only the old task is evaluated
+        {**base, "global_step": 4, "eval_task": 0, "kl_base": 0.1},
+        {**base, "global_step": 8, "eval_task": 0, "kl_base": 0.3},
+        {**base, "global_step": 8, "eval_task": 1, "kl_base": 0.5},
+    ])
+    d = M.kl_drift(rows)
+    assert d.index.tolist() == [0, 1] and d["global_step"].tolist() == [4, 8]
+    assert d["kl_old"].tolist() == [0.1, 0.3] and math.isnan(d.loc[0, "kl_new"]) and d.loc[1, "kl_new"] == 0.5
+
+
+def test_majority_rate_tolerance_is_half_an_example_of_the_n_evaluated():
+    rows = pd.DataFrame([
+        ("epoch", 0, 1, 0, 0.5, 0.5, 10),
+        ("epoch", 1, 1, 0, 1.0, 0.6, 1),     # one example: 0.4 is within half of it
+        ("epoch", 1, 1, 1, 1.0, 0.4, 0),     # n_eval 0 counts as 1: 0.6 is more than half an example
+        ("epoch", 2, 1, 0, 0.75, 0.625, 4),  # exactly half an example: not within
+        ("epoch", 2, 1, 1, 0.3, 0.3, 10),
+    ], columns=["phase", "trained_task", "epoch", "eval_task", "accuracy", "majority_accuracy", "n_eval"])
+    assert M.at_majority_rate(rows) == [(0, 0, 0.5), (1, 0, 0.6), (2, 1, 0.3)]
+    assert M.at_majority_rate(rows, tasks_completed=2) == [(0, 0, 0.5), (1, 0, 0.6)]
+    # without n_eval: within half an example of a billion
+    assert M.at_majority_rate(rows.drop(columns="n_eval")) == [(0, 0, 0.5), (2, 1, 0.3)]
+    tiny = rows.drop(columns="n_eval").iloc[1:3].assign(majority_accuracy=0.0, accuracy=[4.99999999975e-10, 5e-10])
+    assert M.at_majority_rate(tiny) == [(1, 0, 0.0)]
+
+
+def test_mean_ci_of_no_values_and_bounded_ci_at_the_bounds():
+    for values in ([], [float("nan"), None]):
+        m, lo, hi, n = M.mean_ci(values)
+        assert n == 0 and math.isnan(m) and math.isnan(lo) and math.isnan(hi)
+    assert M.bounded_ci([1.0, 1.0], 0.0, 1.0) == (1.0, 1.0, 1.0, 2, False)  # reaches the bound, not past it
+    assert M.bounded_ci([0.0, 0.0], 0.0, 1.0) == (0.0, 0.0, 0.0, 2, False)
+    m, lo, hi, n, cut = M.bounded_ci([0.7, 0.8], 0.0, 1.0, level=0.5)  # t_{0.75,1} = 1: half = s / sqrt(2) = 0.05
+    assert (lo, hi) == pytest.approx((0.7, 0.8)) and not cut
+
+
+def test_pareto_front_ties_missing_points_and_no_points():
+    assert M.pareto_front([0.5, 0.5], [0.4, 0.6]).tolist() == [1]  # same x, higher y: beats it
+    assert M.pareto_front([0.6, 0.7], [0.5, 0.5]).tolist() == [1]  # same y, higher x
+    nan = float("nan")
+    assert M.pareto_front([nan, 0.5, 0.9], [0.9, 0.5, nan]).tolist() == [1]  # a point missing either is on no front
+    assert M.pareto_front([None, 0.5], [0.9, 0.5]).tolist() == [1]  # nor one missing as a JSON null reads
+    assert M.pareto_front([0.9, 0.5], [None, 0.5]).tolist() == [1]
+    for none in (M.pareto_front([], []), M.pareto_front([nan], [0.5])):
+        assert none.dtype.kind == "i" and len(none) == 0  # an index array: x[front] works when it is empty
+
+
 # --- against Avalanche -----------------------------------------------------------------------------
 avalanche_fn = pytest.importorskip("avalanche.evaluation.functional")
 from avalanche.evaluation.metrics.forgetting_bwt import Forgetting, StreamForgetting, forgetting_to_bwt  # noqa: E402
