@@ -33,7 +33,7 @@ class Hooks(Method):
 
 class Recorder:
     def __init__(self):
-        self.rows, self.done, self.losses = [], [], []
+        self.rows, self.done, self.losses, self.steps = [], [], [], []
 
     def elapsed(self):
         return 0.0
@@ -42,6 +42,7 @@ class Recorder:
         self.rows += rows
 
     def add_losses(self, step, parts):
+        self.steps.append(step)
         self.losses.append(parts["loss"])
 
     def task_done(self, trainer, task):
@@ -146,17 +147,17 @@ def test_weight_change_is_nan_where_the_model_and_its_base_share_no_parameter():
 def test_the_progress_bar_counts_every_step_of_the_task_and_shows_only_when_asked(tmp_path, monkeypatch):
     import forgetting.train as train
 
-    bars = []
+    bars, updates = [], []
 
     class Bar:
         def __init__(self, total, desc, enabled):
             bars.append((total, desc, enabled))
 
         def update(self, n=1):
-            pass
+            updates.append(("update", n))
 
         def set_postfix(self, **kw):
-            pass
+            updates.append(("postfix", kw))
 
         def close(self):
             pass
@@ -168,6 +169,13 @@ def test_the_progress_bar_counts_every_step_of_the_task_and_shows_only_when_aske
         task = trainer.stream.tasks[0]
         steps = math.ceil(len(task.train) / trainer.config.batch_size)
         assert bars.pop() == (2 * steps, f"task 0 {task.name}", shown)
+        if shown:  # a step advances the bar by one and shows its loss, left for the bar's own refresh
+            losses = trainer.recorder.losses
+            assert updates == [u for loss in losses for u in (("update", 1),
+                                                                ("postfix", {"loss": f"{loss:.3f}", "refresh": False}))]
+        else:
+            assert updates == []
+        updates.clear()
 
 
 def test_an_epochs_row_carries_the_mean_of_its_steps_losses(tmp_path):
@@ -175,7 +183,7 @@ def test_an_epochs_row_carries_the_mean_of_its_steps_losses(tmp_path):
     trainer.train_task(0)
     steps = math.ceil(len(trainer.stream.tasks[0].train) / trainer.config.batch_size)
     losses = trainer.recorder.losses
-    assert len(losses) == 2 * steps
+    assert len(losses) == 2 * steps and trainer.recorder.steps == list(range(1, 2 * steps + 1))  # after each step
     for epoch in (1, 2):
         row = next(r for r in trainer.recorder.rows if r["phase"] == "epoch" and r["epoch"] == epoch)
         assert row["train_loss"] == pytest.approx(sum(losses[(epoch - 1) * steps : epoch * steps]) / steps, rel=1e-12)
