@@ -178,8 +178,9 @@ def test_the_progress_bar_counts_every_step_of_the_task_and_shows_only_when_aske
         updates.clear()
 
 
-def test_an_epochs_row_carries_the_mean_of_its_steps_losses(tmp_path):
-    trainer, _ = _trainer(tmp_path, epochs=2)
+@pytest.mark.parametrize("batch_size", [32, 10_000])  # several steps an epoch, and one
+def test_an_epochs_row_carries_the_mean_of_its_steps_losses(tmp_path, batch_size):
+    trainer, _ = _trainer(tmp_path, epochs=2, batch_size=batch_size)
     trainer.train_task(0)
     steps = math.ceil(len(trainer.stream.tasks[0].train) / trainer.config.batch_size)
     losses = trainer.recorder.losses
@@ -200,3 +201,74 @@ def test_the_preview_joins_task_0_only(tmp_path):
     tasks = trainer.stream.tasks
     assert int((ids[0] == 0).sum()) == len(tasks[0].train) and int((ids[0] == 1).sum()) == 5
     assert len(ids[1]) == len(tasks[1].train) and bool((ids[1] == 1).all())
+
+
+def test_step_rows_carry_the_running_mean_of_the_epochs_losses(tmp_path):
+    trainer, _ = _trainer(tmp_path, epochs=1, eval_every=2)
+    trainer.train_task(0)
+    losses, rows = trainer.recorder.losses, trainer.recorder.rows
+    steps = [r for r in rows if r["phase"] == "step"]
+    assert steps and {r["global_step"] for r in steps} == set(range(2, len(losses) + 1, 2))
+    for r in steps:
+        k = r["global_step"]
+        assert r["train_loss"] == pytest.approx(sum(losses[:k]) / k, rel=1e-12)
+
+
+def test_rows_are_evaluated_against_the_base_for_the_trained_task(tmp_path):
+    trainer, _ = _trainer(tmp_path, scenario="class")
+    trainer.train_task(0)
+    rows = trainer.record("step", 0, 1, 0.0)
+    direct = trainer.evaluator.evaluate(trainer.model, trainer.base_model, trained_task=0)
+    assert [r["accuracy"] for r in rows] == [r["accuracy"] for r in direct]
+    assert all(r["kl_base"] == 0.0 for r in rows)  # the model is its base: no drift, and measured (not NaN)
+
+
+def _stopping(tmp_path, accuracies, **options):
+    """A trainer whose evaluations of task 1 read ``accuracies`` in turn (task 1's own row), for --stop-at-accuracy."""
+    trainer, hooks = _trainer(tmp_path, stop_at_accuracy=0.5, **options)
+    trainer.train_task(0)
+    evaluate, queue = trainer.evaluator.evaluate, list(accuracies)
+
+    def scripted(model, base, trained_task=None):
+        rows = evaluate(model, base, trained_task=trained_task)
+        if trained_task == 1:
+            acc = queue.pop(0)
+            rows = [{**r, "accuracy": acc} if r["eval_task"] == 1 else r for r in rows]
+        return rows
+
+    trainer.evaluator.evaluate = scripted
+    trainer.recorder.rows.clear()
+    hooks.calls.clear()
+    trainer.recorder.done.clear()
+    return trainer, hooks
+
+
+def test_a_stop_at_a_step_ends_the_task_there_as_its_boundary(tmp_path):
+    trainer, hooks = _stopping(tmp_path, [0.2, 0.9, 0.1, 0.1], epochs=3, eval_every=1)
+    trainer.train_task(1)
+    rows = trainer.recorder.rows
+    assert trainer.global_step - trainer._task_start_step == 2  # the second evaluation reached 0.5
+    assert [r["phase"] for r in rows if r["eval_task"] == 1] == ["step", "epoch"]  # no row after the stop
+    assert trainer.stops[1] == {"reached": True, "phase": "step", "epoch": 1, "global_step": trainer.global_step,
+                                "steps": 2, "accuracy": 0.9}
+    assert hooks.calls == [("before", trainer, 1), ("after", trainer, 1)] and trainer.recorder.done == [(trainer, 1)]
+
+
+def test_a_stop_at_an_epochs_end_still_closes_the_task(tmp_path):
+    trainer, hooks = _stopping(tmp_path, [0.7, 0.1, 0.1], epochs=3)
+    trainer.train_task(1)
+    assert [r["epoch"] for r in trainer.recorder.rows if r["eval_task"] == 1] == [1]
+    steps = math.ceil(len(trainer.stream.tasks[1].train) / trainer.config.batch_size)
+    assert trainer.global_step - trainer._task_start_step == steps == trainer.stops[1]["steps"]  # no step after it
+    assert trainer.stops[1]["reached"] and trainer.stops[1]["phase"] == "epoch"
+    assert hooks.calls[-1] == ("after", trainer, 1) and trainer.recorder.done == [(trainer, 1)]
+
+
+def test_check_stop_keeps_the_last_epoch_below_the_target_and_reads_no_accuracy_as_nan(tmp_path):
+    trainer, _ = _trainer(tmp_path, stop_at_accuracy=0.5)
+    assert trainer.check_stop([{"eval_task": 1, "accuracy": 0.3}], "step", 1, 1) is False
+    assert 1 not in trainer.stops  # a step below the target leaves no mark
+    assert trainer.check_stop([{"eval_task": 1, "accuracy": 0.3}], "epoch", 1, 1) is False
+    assert trainer.stops[1]["reached"] is False and trainer.stops[1]["phase"] == "epoch"
+    assert trainer.check_stop([{"eval_task": 1, "nll": 2.0}], "epoch", 1, 2) is False  # no accuracy: never reached
+    assert math.isnan(trainer.stops[1]["accuracy"]) and trainer.stops[1]["epoch"] == 2
