@@ -272,3 +272,35 @@ def test_check_stop_keeps_the_last_epoch_below_the_target_and_reads_no_accuracy_
     assert trainer.stops[1]["reached"] is False and trainer.stops[1]["phase"] == "epoch"
     assert trainer.check_stop([{"eval_task": 1, "nll": 2.0}], "epoch", 1, 2) is False  # no accuracy: never reached
     assert math.isnan(trainer.stops[1]["accuracy"]) and trainer.stops[1]["epoch"] == 2
+
+
+def test_rows_carry_the_weight_change_once_there_is_a_base(tmp_path):
+    trainer, _ = _trainer(tmp_path)
+    init = trainer.record("init", -1, 0, float("nan"))
+    assert init and all("weight_change" not in r for r in init)  # no base yet
+    trainer.train_task(0)
+    with torch.no_grad():
+        next(trainer.model.parameters()).add_(0.5)
+    rows = trainer.record("step", 1, 1, 0.0)
+    assert rows and all(r["weight_change"] == trainer.weight_change() > 0 for r in rows)
+
+
+@pytest.mark.parametrize("every", [False, True, None])  # None: an evaluator without the attribute
+def test_boundary_rows_join_the_rows_at_task_ends_or_at_every_evaluation(tmp_path, every):
+    # an evaluator with rows of its own (lm-eval's tasks): at the untrained model, at each task's last epoch and at
+    # a stop; at the other evaluations only when it asks for every evaluation (--lm-eval-at evaluations)
+    trainer, _ = _trainer(tmp_path, epochs=2)
+    seen = []
+    trainer.evaluator.boundary_rows = lambda model: seen.append(model) or [{"eval_task": 99, "extra": 1.0}]
+    if every is not None:
+        trainer.evaluator.rows_at_every_evaluation = every
+    else:
+        assert not hasattr(trainer.evaluator, "rows_at_every_evaluation")
+
+    def extra(phase, epoch, stop=False):
+        trainer.check_stop = lambda rows, phase, t, epoch: stop
+        return [r for r in trainer.record(phase, 0, epoch, 0.0) if r["eval_task"] == 99]
+
+    assert len(extra("init", 0)) == 1 and len(extra("epoch", 2)) == 1 and len(extra("step", 2, stop=True)) == 1
+    assert len(extra("epoch", 1)) == len(extra("step", 1)) == int(bool(every))
+    assert seen and all(m is trainer.model for m in seen)
