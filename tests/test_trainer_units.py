@@ -36,7 +36,7 @@ class Recorder:
         self.rows, self.done, self.losses, self.steps = [], [], [], []
 
     def elapsed(self):
-        return 0.0
+        return 1.5
 
     def add_rows(self, rows):
         self.rows += rows
@@ -304,3 +304,69 @@ def test_boundary_rows_join_the_rows_at_task_ends_or_at_every_evaluation(tmp_pat
     assert len(extra("init", 0)) == 1 and len(extra("epoch", 2)) == 1 and len(extra("step", 2, stop=True)) == 1
     assert len(extra("epoch", 1)) == len(extra("step", 1)) == int(bool(every))
     assert seen and all(m is trainer.model for m in seen)
+
+
+def test_rows_name_the_run_and_flag_the_tasks_measured_but_never_learned(tmp_path):
+    trainer, _ = _trainer(tmp_path, learn_tasks=2, seed=4)
+    n = len(trainer.stream)
+    trainer.evaluator.boundary_rows = lambda model: [{"eval_task": n, "extra": 1.0}]  # past the stream: not flagged
+    rows = trainer.record("init", -1, 0, float("nan"))
+    config = trainer.config
+    for r in rows:
+        assert (r["run_id"], r["benchmark"], r["scenario"], r["method"], r["lambda"], r["seed"]) == (
+            config.run_id, trainer.stream.name, trainer.stream.scenario, "hooks", 0.0, 4)
+        assert (r["phase"], r["trained_task"], r["epoch"], r["global_step"], r["wall_time"]) == ("init", -1, 0, 0, 1.5)
+        assert math.isnan(r["train_loss"])
+    assert trainer.recorder.rows == rows
+    assert sorted(r["eval_task"] for r in rows if r.get("eval_only")) == list(range(2, n))
+    assert all(r.get("eval_only", 0) == (1 if 2 <= r["eval_task"] < n else 0) for r in rows)
+
+
+def _one_batch(trainer, task):
+    from forgetting.streams.base import iterate_batches
+
+    return next(iter(iterate_batches(trainer.stream.tasks[task].train, task, 8, shuffle=False)))
+
+
+def test_a_step_trains_in_train_mode_whatever_mode_it_finds(tmp_path):
+    trainer, _ = _trainer(tmp_path)
+    trainer.optimizer = trainer.new_optimizer()
+    trainer.model.eval()  # as an evaluation or a hook may leave it
+    trainer.step(_one_batch(trainer, 0), 0, 1)
+    assert trainer.model.training and trainer.global_step == 1
+
+
+def test_pg_and_oracle_sft_take_the_fine_tuning_tasks_only(tmp_path, monkeypatch):
+    import forgetting.train as train
+
+    trainer, _ = _trainer(tmp_path)
+    trainer.optimizer = trainer.new_optimizer()
+    calls = []
+
+    def pg(tr, batch):
+        calls.append(("pg", tr, batch))
+        logits = tr.model(batch.inputs)
+        return logits, logits.sum() * 0.0 + 0.5, {"reward_mean": 0.25}
+
+    monkeypatch.setattr(train, "pg_task_loss", pg)
+    trainer.config.loop["objective"] = "pg"
+    for t in (0, 1):
+        batch = _one_batch(trainer, t)
+        parts = trainer.step(batch, t, 1)
+        assert (parts.get("reward_mean"), parts["data_loss"] == 0.5) == ((0.25, True) if t else (None, False))
+        assert calls == ([("pg", trainer, batch)] if t else [])
+    trainer.config.loop["objective"] = "sft"
+    trainer.config.loop["sft_targets"] = "oracle"
+    oracle = []
+    trainer.objective.oracle_loss = lambda logits, batch, t, ref, stream: oracle.append(t) or logits.sum() * 0.0 + 0.75
+    for t in (0, 1):
+        parts = trainer.step(_one_batch(trainer, t), t, 1)
+        assert (parts["data_loss"] == 0.75) == bool(t)
+    assert oracle == [1]
+
+
+def test_fine_tuning_tasks_get_their_own_learning_rate(tmp_path):
+    trainer, _ = _trainer(tmp_path, finetune_lr=0.123)
+    assert trainer.new_optimizer().param_groups[0]["lr"] == trainer.config.lr != 0.123
+    trainer.current_task = 1
+    assert trainer.new_optimizer().param_groups[0]["lr"] == 0.123
