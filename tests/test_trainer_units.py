@@ -370,3 +370,36 @@ def test_fine_tuning_tasks_get_their_own_learning_rate(tmp_path):
     assert trainer.new_optimizer().param_groups[0]["lr"] == trainer.config.lr != 0.123
     trainer.current_task = 1
     assert trainer.new_optimizer().param_groups[0]["lr"] == 0.123
+
+
+def test_a_steps_parts_are_its_total_its_data_loss_and_each_term(tmp_path):
+    trainer, hooks = _trainer(tmp_path)
+    trainer.optimizer = trainer.new_optimizer()
+    hooks.penalties = lambda tr, batch, logits, t: {"extra": (logits.sum() * 0.0 + 2.0, 0.5)}
+    parts = trainer.step(_one_batch(trainer, 0), 0, 1)
+    assert parts["extra"] == 2.0 and parts["loss"] == pytest.approx(parts["data_loss"] + 1.0, rel=1e-6)
+
+
+def test_a_distributed_step_reports_the_sum_over_the_ranks_of_each_ranks_share(tmp_path):
+    # a stand-in world of two ranks holding the same shard: every part is summed, each rank's weighted by its share
+    trainer, _ = _trainer(tmp_path)
+    trainer.optimizer = trainer.new_optimizer()
+    batch = _one_batch(trainer, 0)
+    torch.manual_seed(0)  # the same dropout masks here and in the step
+    with torch.no_grad():  # the loss of this rank's half before the step
+        half_loss = float(trainer._loss_method.task_loss(trainer, take_half(batch))[1])
+    sent = []
+    trainer.world = SimpleNamespace(distributed=True, main=True, shard=lambda b: take_half(b),
+                                    sum_floats=lambda xs, device: sent.append(list(xs)) or [2 * x for x in xs],
+                                    reduce_grads=lambda params: None)
+    torch.manual_seed(0)
+    parts = trainer.step(batch, 0, 1)
+    (shared,) = sent
+    assert set(parts) == {"loss", "data_loss"} and parts["loss"] == 2 * shared[0]
+    assert shared[0] == pytest.approx(0.5 * half_loss, rel=1e-6)  # the rank's half of the batch, weighted 1/2
+
+
+def take_half(batch):
+    from forgetting.distributed import take
+
+    return take(batch, torch.arange(len(batch) // 2))
