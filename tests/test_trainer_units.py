@@ -403,3 +403,126 @@ def take_half(batch):
     from forgetting.distributed import take
 
     return take(batch, torch.arange(len(batch) // 2))
+
+
+class _Both(Hooks):
+    """Changes the task loss and the batches: the loop must use it whatever its place among the methods."""
+
+    name = "both"
+    changes_task_loss = True
+    changes_batches = True
+
+    def task_loss(self, trainer, batch):
+        logits = trainer.model(batch.inputs)
+        return logits, logits.sum() * 0.0 + 0.75, {}
+
+    def batches(self, trainer, task, epoch):
+        yield _one_batch(trainer, task)
+
+
+def test_the_method_that_changes_the_loss_or_the_batches_is_used_wherever_it_is_listed(tmp_path):
+    config = make_config(method="naive", results_dir=str(tmp_path), epochs=2, progress=False)
+    device, stream, model, _ = prepare(config)
+    both = _Both()
+    trainer = Trainer(config, stream, model, [Hooks(), both], device, recorder=Recorder())
+    assert trainer.method_name == "hooks+both"
+    trainer.train_task(0)
+    assert trainer.global_step == 2  # its one batch per epoch, not the task's batches
+    assert trainer.recorder.losses == [0.75, 0.75]  # its task loss
+
+
+def test_hooks_see_the_documented_state_the_task_its_gradients_and_its_update(tmp_path):
+    trainer, hooks = _trainer(tmp_path)
+    seen = {}
+
+    def before_task(tr, task):
+        seen.setdefault("before", (task, tr.previous_model, tr.base_model, tr.optimizer is not None))
+
+    def after_backward(tr, task):
+        seen["after_backward"] = (task, all(p.grad is not None for p in tr.model.parameters()),
+                                  [p.detach().clone() for p in tr.model.parameters()])
+
+    def after_step(tr, task):
+        before = seen["after_backward"][2]
+        seen["after_step"] = (task, any(not torch.equal(p, q) for p, q in zip(tr.model.parameters(), before)))
+
+    hooks.before_task, hooks.after_backward, hooks.after_step = before_task, after_backward, after_step
+    trainer.train_task(0)
+    assert seen["before"] == (0, None, None, True)  # no reference yet at task 0 (methods/base.py)
+    trainer.optimizer = trainer.new_optimizer()
+    trainer.step(_one_batch(trainer, 1), 1, 1)
+    assert seen["after_backward"][:2] == (1, True) and seen["after_step"] == (1, True)
+
+
+def test_a_non_finite_loss_stops_the_run_saying_where(tmp_path):
+    from forgetting.errors import RunFailed
+
+    trainer, hooks = _trainer(tmp_path)
+    trainer.optimizer = trainer.new_optimizer()
+    trainer.global_step = 6
+    hooks.penalties = lambda tr, batch, logits, t: {"bad": (logits.sum() * float("nan"), 1.0)}
+    with pytest.raises(RunFailed) as failed:
+        trainer.step(_one_batch(trainer, 1), 1, 3)
+    name = trainer.stream.tasks[1].name
+    assert str(failed.value) == f"non-finite loss (nan) at task 1 ({name}), epoch 3, step 7"
+    where = failed.value.where
+    assert set(where) == {"task", "epoch", "step", "loss"} and (where["task"], where["epoch"], where["step"]) == (1, 3, 7)
+    assert math.isnan(where["loss"]) and trainer.global_step == 6
+
+
+def test_mixed_precision_on_the_cpu_is_refused_naming_the_device(tmp_path):
+    from forgetting.errors import BadInput
+
+    config = make_config(method="naive", results_dir=str(tmp_path), epochs=1, progress=False, amp="bf16")
+    device, stream, model, _ = prepare(config)
+    with pytest.raises(BadInput, match="--amp bf16: mixed precision runs on CUDA only; on cpu use --amp off"):
+        Trainer(config, stream, model, [Hooks()], device)
+
+
+def test_the_evaluation_subset_reaches_the_evaluator(tmp_path):
+    trainer, _ = _trainer(tmp_path, eval_subset=5)
+    assert [len(i) for i in trainer.evaluator.index] == [5] * len(trainer.stream.tasks)
+
+
+def _world(shard, reduced, **kw):
+    return SimpleNamespace(distributed=True, main=True, shard=shard, sum_floats=lambda xs, device: list(xs),
+                           reduce_grads=lambda params: reduced.append(
+                               (list(params), [p.grad.clone() for p in params])), **kw)
+
+
+def test_a_distributed_steps_gradient_is_its_share_and_is_summed_over_ranks_only_without_fsdp(tmp_path):
+    trainer, _ = _trainer(tmp_path)
+    batch = _one_batch(trainer, 0)
+    start = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    torch.manual_seed(0)  # the same dropout masks here and in the step
+    trainer.model.zero_grad()
+    trainer._loss_method.task_loss(trainer, take_half(batch))[1].backward()
+    expected = [0.5 * p.grad.clone() for p in trainer.model.parameters()]  # the rank's half, weighted by its share
+    reduced = []
+    trainer.world = _world(take_half, reduced)
+    trainer.optimizer = trainer.new_optimizer()
+    torch.manual_seed(0)
+    trainer.step(batch, 0, 1)
+    ((params, grads),) = reduced  # summed over the ranks once, over every trainable parameter
+    assert len(params) == len(expected) and all(p is q for p, q in zip(params, trainer.model.parameters()))
+    for g, e in zip(grads, expected):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
+    trainer.model.load_state_dict(start)
+    trainer.sharding = object()  # FSDP reduced them already
+    trainer.step(batch, 0, 1)
+    assert len(reduced) == 1
+
+
+def test_a_rank_with_nothing_of_the_batch_steps_on_one_example_weighted_zero(tmp_path):
+    from forgetting.distributed import take
+
+    trainer, _ = _trainer(tmp_path)
+    batch = _one_batch(trainer, 0)
+    trainer.world = _world(lambda b: take(b, torch.arange(0)), [])
+    mine, share = trainer._share(batch)
+    assert share == 0.0 and len(mine) == 1 and torch.equal(mine.inputs, batch.inputs[:1])
+    assert torch.equal(mine.targets, batch.targets[:1])
+    trainer.world = _world(take_half, [])
+    trainer.objective.loss_units = lambda b: 0  # a batch without a unit of loss (every token masked)
+    mine, share = trainer._share(batch)
+    assert share == 0.0 and len(mine) == 1
