@@ -52,8 +52,10 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "!tests/test_onpolicy.py::test_cli_refuses_one_sample_per_group_with_exit_2"]),
     "causal_lm": ("forgetting/objectives/causal_lm/__init__.py", [
         "tests/test_objectives.py", "tests/test_loop_penalty.py", "tests/test_lm_fisher.py", "tests/test_drift.py",
-        "tests/test_lm.py", "tests/test_onpolicy.py", "tests/test_oracle_sft.py",
+        "tests/test_lm.py", "tests/test_onpolicy.py", "tests/test_oracle_sft.py", "tests/test_kl_inputs.py",
+        "tests/test_lm_penalty.py",
         "!tests/test_lm.py::test_lm_runs_plot_nll_curves_and_the_nll_summary",
+        "!tests/test_kl_inputs.py::test_cli_refuses_base_inputs_on_a_classifier_with_exit_2",
         "!tests/test_oracle_sft.py::test_oracle_and_choice_are_refused_in_one_line_where_they_cannot_apply",
         "!tests/test_onpolicy.py::test_cli_refuses_one_sample_per_group_with_exit_2"]),
     "ewc": ("forgetting/methods/ewc.py", ["tests/test_methods.py", "tests/test_lm_fisher.py"]),
