@@ -44,14 +44,14 @@ MODULES: dict[str, tuple[str, list[str]]] = {
         "tests/test_lm_scores.py::test_the_evaluator_scores_generations_as_the_benchmark_does",
         "tests/test_lm_scores.py::test_a_run_writes_generation_scores_and_lm_eval_rows_at_task_boundaries"]),
     "classification": ("forgetting/objectives/classification.py", [
-        "tests/test_objectives.py", "tests/test_loop_penalty.py", "tests/test_drift.py", "tests/test_class_incremental.py",
+        "tests/test_classification_objective.py", "tests/test_objectives.py", "tests/test_loop_penalty.py", "tests/test_drift.py", "tests/test_class_incremental.py",
         "tests/test_methods.py", "tests/test_teacher.py", "tests/test_teacher_cache.py", "tests/test_onpolicy.py",
         "tests/test_oracle_sft.py", "tests/test_trainer_units.py",
         "!tests/test_class_incremental.py::test_naive_learns_each_new_task_when_trained_over_the_seen_classes",
         "!tests/test_oracle_sft.py::test_oracle_and_choice_are_refused_in_one_line_where_they_cannot_apply",
         "!tests/test_onpolicy.py::test_cli_refuses_one_sample_per_group_with_exit_2"]),
     "causal_lm": ("forgetting/objectives/causal_lm/__init__.py", [
-        "tests/test_objectives.py", "tests/test_loop_penalty.py", "tests/test_lm_fisher.py", "tests/test_drift.py",
+        "tests/test_causal_lm_objective.py", "tests/test_objectives.py", "tests/test_loop_penalty.py", "tests/test_lm_fisher.py", "tests/test_drift.py",
         "tests/test_lm.py", "tests/test_onpolicy.py", "tests/test_oracle_sft.py", "tests/test_kl_inputs.py",
         "tests/test_lm_penalty.py",
         "!tests/test_lm.py::test_lm_runs_plot_nll_curves_and_the_nll_summary",
