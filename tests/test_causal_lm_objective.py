@@ -224,3 +224,46 @@ def test_the_lm_evaluator_takes_every_test_example_unless_a_subset_is_asked(tmp_
     objective = CausalLM(stream.layout, stream.info)
     assert [len(i) for i in objective.evaluator(stream, 4, "cpu").index] == [len(t.test) for t in stream.tasks]
     assert [len(i) for i in objective.evaluator(stream, 4, "cpu", subset=2).index] == [2] * len(stream.tasks)
+
+
+def test_the_padding_and_begin_of_text_tokens_fall_back_to_the_end_of_text_token():
+    def ids(bos, eos, pad):
+        model = SimpleNamespace(lm=SimpleNamespace(config=SimpleNamespace(bos_token_id=bos, eos_token_id=eos,
+                                                                          pad_token_id=pad)))
+        return CausalLM._ids(model)
+
+    assert ids(1, 2, 3) == (1, 2, 3)
+    assert ids(None, 2, None) == (2, 2, 2)
+    assert ids(1, 2, None) == (1, 2, 2) and ids(None, 2, 3) == (2, 2, 3)
+
+
+def test_base_samples_start_at_the_begin_of_text_token_and_stop_at_the_end_of_text_token(tmp_path):
+    stream = pairs_stream(tmp_path)
+    model, objective = _model(stream), CausalLM(stream.layout, stream.info)
+    bos = model.lm.config.bos_token_id
+    with torch.no_grad():  # the token the model all but surely draws first, made its end-of-text token
+        first = int(model({"input_ids": torch.tensor([[bos]]), "attention_mask": torch.ones(1, 1, dtype=torch.long)})
+                    [0, 0].argmax())
+    model.lm.config.bos_token_id, model.lm.config.eos_token_id = bos, first
+    samples = objective.base_sequences(model, 3, 0, temperature=0.01, max_new_tokens=5, device="cpu")
+    assert samples == [([bos, first], 1)] * 3
+
+
+def test_the_kl_on_sequences_is_the_token_kl_at_their_scored_tokens_at_the_temperature(tmp_path):
+    from forgetting.penalty import token_kl_estimate
+
+    stream = pairs_stream(tmp_path)
+    student, objective = _model(stream), CausalLM(stream.layout, stream.info)
+    torch.manual_seed(1)
+    teacher = build_model("gpt2", stream, TINY).eval()
+    seqs = [([EOS, 104, 105, 49], 2), ([EOS, 120, 50, 51, 52], 1)]
+    inputs, tokens, scored = sampling.pack(seqs, student.lm.config.pad_token_id, "cpu")
+    with torch.no_grad():
+        reference = teacher(inputs)[:, :-1]
+    for estimator in ("exact", "k3"):
+        got = objective.sequences_kl(student, teacher, seqs, direction="forward", temperature=2.0, estimator=estimator,
+                                     device="cpu")
+        by_hand = token_kl_estimate(student(inputs)[:, :-1], reference, tokens, scored, direction="forward",
+                                    temperature=2.0, estimator=estimator)
+        assert float(got) > 0
+        torch.testing.assert_close(got, by_hand, rtol=1e-5, atol=1e-7)
