@@ -224,7 +224,8 @@ def test_the_lm_evaluator_takes_every_test_example_unless_a_subset_is_asked(tmp_
     objective = CausalLM(stream.layout, stream.info)
     assert [len(i) for i in objective.evaluator(stream, 4, "cpu").index] == [len(t.test) for t in stream.tasks]
     sizes = [len(t.test) for t in stream.tasks]
-    assert min(sizes) > 1 and [len(i) for i in objective.evaluator(stream, 4, "cpu", subset=1).index] == [1] * len(sizes)
+    assert min(sizes) > 1
+    assert [len(i) for i in objective.evaluator(stream, 4, "cpu", subset=1).index] == [1] * len(sizes)
 
 
 def test_the_padding_and_begin_of_text_tokens_fall_back_to_the_end_of_text_token():

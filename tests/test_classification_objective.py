@@ -121,13 +121,15 @@ def test_answer_log_probs_are_over_each_examples_outputs_at_the_temperature():
     task = Classification(HeadLayout("task", [[0, 1], [2, 3]], 4))
     logits = _logits(2, 4, 4)
     got = task.class_log_probs(logits, _batch([0, 1]), 1, torch.tensor([[0, 1], [3, 2]]), T)
-    by_hand = torch.stack([torch.log_softmax(logits[0, :2] / T, 0)[[0, 1]], torch.log_softmax(logits[1, 2:] / T, 0)[[1, 0]]])
+    by_hand = torch.stack([torch.log_softmax(logits[0, :2] / T, 0)[[0, 1]],
+                           torch.log_softmax(logits[1, 2:] / T, 0)[[1, 0]]])
     torch.testing.assert_close(got, by_hand.float(), rtol=REL, atol=1e-7)
     seen = Classification(HeadLayout("class", [[0, 1], [2, 3], [4, 5]], 6))
     logits = _logits(2, 6, 5)
     out, log_probs, extra = seen.answer_log_probs(lambda inputs: logits, _batch([1, 1]), 1, answers, temperature=T)
     assert out is logits and extra is None
-    torch.testing.assert_close(log_probs, torch.log_softmax(logits[:, :4] / T, 1).gather(1, answers).float(), rtol=REL, atol=1e-7)
+    by_hand = torch.log_softmax(logits[:, :4] / T, 1).gather(1, answers).float()
+    torch.testing.assert_close(log_probs, by_hand, rtol=REL, atol=1e-7)
 
 
 def test_correct_answers_are_each_tasks_answer_set_where_it_has_one_else_the_target():

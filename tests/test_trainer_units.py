@@ -466,7 +466,8 @@ def test_a_non_finite_loss_stops_the_run_saying_where(tmp_path):
     name = trainer.stream.tasks[1].name
     assert str(failed.value) == f"non-finite loss (nan) at task 1 ({name}), epoch 3, step 7"
     where = failed.value.where
-    assert set(where) == {"task", "epoch", "step", "loss"} and (where["task"], where["epoch"], where["step"]) == (1, 3, 7)
+    assert set(where) == {"task", "epoch", "step", "loss"}
+    assert (where["task"], where["epoch"], where["step"]) == (1, 3, 7)
     assert math.isnan(where["loss"]) and trainer.global_step == 6
 
 
