@@ -72,19 +72,11 @@ def test_pg_needs_completion_tasks_in_one_line():
         CausalLM.check_answers(allowed)
 
 
-def _batch(prompts, responses):
-    """A right-padded completion batch as the streams make it: labels -100 on the prompt and the padding."""
-    length = max(len(p) + len(r) for p, r in zip(prompts, responses))
-    ids = torch.full((len(prompts), length), EOS)
-    labels = torch.full((len(prompts), length), -100)
-    mask = torch.zeros(len(prompts), length, dtype=torch.long)
-    for j, (p, r) in enumerate(zip(prompts, responses)):
-        ids[j, : len(p) + len(r)] = torch.tensor(p + r)
-        labels[j, len(p): len(p) + len(r)] = torch.tensor(r, dtype=torch.long)
-        mask[j, : len(p) + len(r)] = 1
-    n = len(prompts)
-    return Batch({"input_ids": ids, "labels": labels, "attention_mask": mask}, torch.zeros(n, dtype=torch.long),
-                 torch.zeros(n, dtype=torch.long), torch.arange(n))
+def _batch(stream, prompts, responses):
+    """A completion batch as the streams make it (``LMData``: <bos> prompt response, right-padded, labels on the
+    response)."""
+    data = LMData(prompts, responses, torch.zeros(len(prompts)), stream.tokenizer)
+    return next(iterate_batches(data, 0, len(prompts), shuffle=False))
 
 
 def _sample(objective, model, batch, max_new_tokens=2, **kw):
@@ -97,18 +89,18 @@ def test_sampling_refuses_tasks_without_prompts_or_responses_in_one_line(tmp_pat
     model, objective = _model(stream), CausalLM(stream.layout, stream.info)
     message = ("--objective pg: a causal LM's task needs prompts and responses to sample and reward "
                "(a language-modelling task has none); allowed: --lm-task completion")
-    for prompts, responses in (([[EOS, 104], [EOS, 104]], [[49], []]), ([[EOS, 104], [EOS]], [[49], [50]])):
+    for prompts, responses in (([[104], [104]], [[49], []]), ([[104], []], [[49], [50]])):
         with pytest.raises(BadInput) as e:
-            _sample(objective, model, _batch(prompts, responses))
+            _sample(objective, model, _batch(stream, prompts, responses))
         assert str(e.value) == message
-    completions, _ = _sample(objective, model, _batch([[EOS, 104]], [[49]]), max_new_tokens=1)  # the shortest allowed
+    completions, _ = _sample(objective, model, _batch(stream, [[104]], [[49]]), max_new_tokens=1)  # the shortest
     assert len(completions) == 1 and len(completions[0]) == 1
 
 
 def test_a_budget_shorter_than_the_responses_is_warned_once_counting_tokens_before_the_end_of_text(tmp_path, caplog):
     stream = pairs_stream(tmp_path)
     model = _model(stream)
-    batch = _batch([[EOS, 104, 105], [EOS, 120]], [[49, 50, EOS], [51, 52, 53, EOS]])
+    batch = _batch(stream, [[104, 105], [120]], [[49, 50, EOS], [51, 52, 53, EOS]])
     warning = ("--pg-max-new-tokens 2 is shorter than responses of up to 3 tokens before their end-of-text token "
                "(a byte-level tokenizer takes one per byte): those are never matched, their reward is 0")
     with caplog.at_level(logging.WARNING, logger="forgetting"):
@@ -152,7 +144,7 @@ def test_completions_and_their_log_probs_are_samplings_own_from_a_draw_of_the_ru
 def test_generation_stops_at_the_models_end_of_text_token(tmp_path):
     stream = pairs_stream(tmp_path)
     model, objective = _model(stream), CausalLM(stream.layout, stream.info)
-    batch = _batch([[EOS, 104, 105]], [[49]])
+    batch = _batch(stream, [[104, 105]], [[49]])
     with torch.no_grad():  # the token the model all but surely draws first, made its end-of-text token
         first = int(model(batch.inputs)[0, 2].argmax())
     model.lm.config.eos_token_id = first
@@ -164,7 +156,7 @@ def test_generation_stops_at_the_models_end_of_text_token(tmp_path):
 def test_the_loss_units_are_the_tokens_that_carry_loss_and_choices_are_read_per_task(tmp_path):
     stream = pairs_stream(tmp_path)
     objective = CausalLM(stream.layout, stream.info)
-    assert objective.loss_units(_batch([[EOS, 104, 105], [EOS, 120]], [[49, 50, EOS], [51, EOS]])) == 5
+    assert objective.loss_units(_batch(stream, [[104, 105], [120]], [[49, 50, EOS], [51, EOS]])) == 5
     tok = stream.tokenizer
     enc = lambda text: list(text.encode())  # noqa: E731  (the byte tokenizer)
     tasks = [SimpleNamespace(train=SimpleNamespace(choices=[enc(" yes"), enc(" no")], tokenizer=tok)),
