@@ -101,7 +101,7 @@ def test_console_scripts_name_themselves_as_called(tmp_path, script):
     assert p.returncode == 2 and p.stderr.startswith(f"{script}: error:"), p.stderr
 
 
-SIX = """
+FOUR = """
 [defaults]
 epochs = 1
 batch_size = 64
@@ -109,7 +109,7 @@ model_options = { hidden = [16], dropout = 0.0 }
 [[experiment]]
 benchmark = "split-digits"
 scenarios = ["domain"]
-seeds = [0, 1, 2]
+seeds = [0, 1]
 [[experiment.method]]
 name = "kl"
 grid.kl_lambda = [0, 1]
@@ -118,7 +118,7 @@ grid.kl_lambda = [0, 1]
 
 @pytest.mark.slow
 def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_this_process(tmp_path, capsys):
-    """A 6-run suite as a job array through submitit's local executor: the same runs, the same rows as the
+    """A suite of 4 runs as a job array through submitit's local executor: the same runs, the same rows as the
     suite's runs made here (tests/test_sweep.py checks the process executor against the same). One of them
     was killed after task 1 (its checkpoint written) before the array: its task resumes it from there to the
     rows the uninterrupted run got. Claims and resume as the process executor's: a second call finds the runs
@@ -128,7 +128,7 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     from forgetting.results import MANIFEST
     from forgetting.suite import load_suite
 
-    suite = write_suite(tmp_path, SIX, "six.toml")
+    suite = write_suite(tmp_path, FOUR, "four.toml")
     results = tmp_path / "slurm"
     cut = load_suite(suite).runs(str(results.resolve()), None)[0]
     with pytest.MonkeyPatch.context() as mp:
@@ -140,7 +140,7 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
     slurm = {d.name: pd.read_csv(d / METRICS).drop(columns="wall_time")
              for d in results.iterdir() if (d / METRICS).is_file()}
     here = suite_rows_here(suite, tmp_path / "here")
-    assert len(here) == 6 and slurm.keys() == here.keys()
+    assert len(here) == 4 and slurm.keys() == here.keys()
     for rid, df in here.items():
         pd.testing.assert_frame_equal(slurm[rid], df, check_exact=True)
     assert list((results / "slurm").glob("*_submission.sh")) or list((results / "slurm").iterdir())
@@ -153,7 +153,7 @@ def test_slurm_executor_through_submitit_local_gives_the_rows_of_the_runs_in_thi
                        "--slurm-cluster", "local", "--slurm-time", "10", "--no-report"])  # the second call, here
     out = capsys.readouterr()
     assert code == 0, out.err[-3000:]
-    assert f"6 runs in {suite}: 6 already complete, 0 unfinished to run again, 0 new" in out.out + out.err
+    assert f"4 runs in {suite}: 4 already complete, 0 unfinished to run again, 0 new" in out.out + out.err
     assert {rid: (results / rid / METRICS).read_bytes() for rid in slurm} == before  # the same rows, not written again
     assert sorted(str(f) for f in (results / "slurm").rglob("*")) == jobs  # no job submitted
 
