@@ -22,22 +22,24 @@ from packaging.utils import canonicalize_name  # noqa: E402
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s#;]+)")
 
 
+def lines(path) -> list[str]:
+    """The file's lines that are not blank or a comment."""
+    stripped = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in stripped if line and not line.startswith("#")]
+
+
 def pins(path) -> dict[str, str]:
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        m = PIN.match(line.strip())
-        if m:
-            out[canonicalize_name(m.group(1))] = m.group(2)
-    return out
+    return {canonicalize_name(m.group(1)): m.group(2) for m in map(PIN.match, lines(path)) if m}
 
 
-LOCK = pins(ROOT / "requirements-test.lock")
+LOCK_FILE = ROOT / "requirements-test.lock"
+LOCK = pins(LOCK_FILE)
 
 
 def test_the_lock_pins_every_package_once_and_holds_no_installer():
-    names = [PIN.match(l).group(1) for l in (ROOT / "requirements-test.lock").read_text().splitlines()
-             if l and not l.startswith("#")]
-    assert len(names) == len(LOCK) > 100, "a line that is not name==version, or a package twice"
+    written = lines(LOCK_FILE)
+    assert all(PIN.match(line) for line in written), "a line that is not name==version"
+    assert len(written) == len(LOCK) > 100, "a package twice"
     assert not {"pip", "uv", "forgetting"} & set(LOCK), "the installers and the project itself are not locked"
 
 
@@ -51,7 +53,8 @@ def test_every_pin_of_constraints_txt_is_the_locked_version():
 def _test_requirements() -> list:
     """The project's dependencies and its test extra's, the extras it names of itself expanded."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
-    extras, out, todo, seen = project["optional-dependencies"], list(project["dependencies"]), ["test"], set()
+    extras, todo, seen = project["optional-dependencies"], ["test"], set()
+    out = [requirements.Requirement(spec) for spec in project["dependencies"]]
     while todo:
         extra = todo.pop()
         if extra in seen:
@@ -62,17 +65,19 @@ def _test_requirements() -> list:
             if canonicalize_name(req.name) == "forgetting":
                 todo.extend(req.extras)
             else:
-                out.append(spec)
-    return [requirements.Requirement(s) for s in out]
+                out.append(req)
+    return out
 
 
 def test_every_requirement_of_the_test_extra_is_locked_at_a_version_it_allows():
     reqs = _test_requirements()
     assert any(canonicalize_name(r.name) == "torch" for r in reqs) and len(reqs) > 20
-    bad = [f"{r} (locked: {LOCK.get(canonicalize_name(r.name))})" for r in reqs
-           if r.marker is None or r.marker.evaluate()
-           if canonicalize_name(r.name) not in LOCK or not r.specifier.contains(LOCK[canonicalize_name(r.name)],
-                                                                                prereleases=True)]
+    bad = []
+    for r in reqs:
+        locked = LOCK.get(canonicalize_name(r.name))
+        if (r.marker is None or r.marker.evaluate()) and (locked is None or
+                                                          not r.specifier.contains(locked, prereleases=True)):
+            bad.append(f"{r} (locked: {locked})")
     assert not bad, f"pyproject.toml asks for what requirements-test.lock lacks: {bad}; run tools/lock-test-env"
 
 
