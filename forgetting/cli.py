@@ -16,6 +16,7 @@ from . import registry
 from .claim import RunBusy
 from .config import DEVICES, LOOP_OPTIONS, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, RunFailed, command_name
+from .gc_freeze import freeze_after_imports
 from .options import Option
 from .running import run_experiment
 from .tracking import TRACKERS
@@ -213,6 +214,8 @@ def setup_logging(quiet: bool) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command's own process (console script, python -m): see gc_freeze
+        freeze_after_imports()
     chosen = _preparse(argv)
     try:
         from_file = read_config_file(chosen.config) if chosen.config else {}

@@ -106,8 +106,10 @@ def run_one(config: dict, threads: int = 1) -> Outcome:
         return Outcome(cfg.run_id, "busy", str(e))
     import torch
 
+    from .gc_freeze import freeze_after_imports
     from .running import run_experiment
 
+    freeze_after_imports()  # a worker process (or a Ray or SLURM task's): its imports are never scanned again
     torch.set_num_threads(threads)
     t0 = time.perf_counter()
     _running = True

@@ -20,6 +20,7 @@ from typing import Sequence
 
 from .budget import BUDGET_KEYS
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
+from .gc_freeze import freeze_after_imports
 from .report_look import DEFAULT_STYLE, DEFAULT_WIDTH, FORMATS, STYLES, WIDTHS, Look, check_style, choose_labels, \
     choose_tasks
 from .results import atomic_write_text
@@ -145,6 +146,8 @@ def figures(df, *, methods: str | Sequence[str] | None = None, tasks: str | Sequ
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command's own process (console script, python -m): see gc_freeze
+        freeze_after_imports()
     p = OneLineParser(prog=command_name("plot"),
                 description="Forgetting curves, accuracy matrices, the stability-plasticity trade-off, KL drift "
                             "against forgetting, and summary.md / summary.csv (mean and 95% t-interval over "

@@ -28,6 +28,7 @@ from .budget import grid_results_dir, suite_results_dir
 from .config import DEVICES, RunConfig
 from .errors import EXIT_BAD_INPUT, BadInput, OneLineParser, command_name
 from .executors import EXECUTORS, Outcome, execute_processes, execute_ray, import_ray
+from .gc_freeze import freeze_after_imports
 from .options import Option
 from .results import MANIFEST, atomic_write_json, now
 from .preparing import build_stream_for
@@ -265,6 +266,8 @@ def check_args(ns: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None:  # the command's own process (console script, python -m): see gc_freeze
+        freeze_after_imports()
     parser = build_parser()
     argv, run_args = split_run_args(sys.argv[1:] if argv is None else argv)
     ns = parser.parse_args(argv)

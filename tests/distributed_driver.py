@@ -13,6 +13,7 @@ import json
 import os
 import sys
 
+from forgetting.gc_freeze import freeze_after_imports
 from forgetting.registry import make_config
 from forgetting.running import run_experiment
 from forgetting.train import Trainer
@@ -78,6 +79,7 @@ def check_refs() -> dict:
 
 
 if __name__ == "__main__":
+    freeze_after_imports()  # as a command's process does
     for options in json.loads(open(sys.argv[1], encoding="utf-8").read()):
         resume, kill = options.pop("_resume", False), options.pop("_kill", None)
         counts, refs = options.pop("_count_eval", None), options.pop("_check_refs", None)

@@ -120,6 +120,9 @@ def train(kind: str, out: Path, processes: int) -> None:
 
 
 if __name__ == "__main__":
+    from forgetting.gc_freeze import freeze_after_imports
+
+    freeze_after_imports()  # as a command's process does
     target = Path(sys.argv[1])
     for kind in sys.argv[2:]:
         train(kind, target, int(os.environ.get("WORLD_SIZE", "1")))

@@ -14,7 +14,7 @@ from conftest import ROOT
 PACKAGE = ROOT / "forgetting"
 LAYERS = [  # (layer name, module prefixes)
     ("basics", ["errors", "options", "penalty", "kl_estimators", "policy_gradient", "rewards", "oracle", "metrics",
-                "extras", "config", "progress", "teacher", "budget"]),
+                "extras", "config", "progress", "teacher", "budget", "gc_freeze"]),
     ("data", ["streams"]),
     ("objectives", ["objectives", "evaluate"]),  # what a model predicts: data loss, penalties' distributions, measures
     ("models", ["models"]),  # a model may bring its objective's data encoding (causal LMs)
