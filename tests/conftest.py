@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -147,3 +148,12 @@ def pytest_collection_modifyitems(config, items):
         return not any(d.scope in ("module", "class", "package") for ds in defs.values() for d in ds)
 
     items.sort(key=lambda item: not first(item))  # stable: the order within each group is kept
+
+
+def pytest_collection_finish(session):
+    """What the test process imported to collect the tests (torch, transformers, Avalanche, Ray, ...: about a
+    million objects in a worker) is frozen out of the garbage collector's full passes, as a command's process
+    freezes its imports (forgetting/gc_freeze.py); collected first, so that no garbage is frozen with it."""
+    gc.collect()
+    gc.freeze()
+
