@@ -3,7 +3,7 @@
 torch, TorchDynamo (which every optimiser step imports) and pandas leave about 350,000 objects that live as
 long as the process. Python's full collections walk all of them: a few during a run (0.1 to 0.2 s each) and
 several more while the interpreter shuts down, 0.7 to 1.5 s of CPU in all, a quarter of a small run's
-process and a large share of the test suite, which starts some hundred such processes. ``gc.freeze`` moves the
+process and a large share of the test suite's time, which starts some 150 such processes. ``gc.freeze`` moves the
 objects alive at that moment into a generation the collector never scans: called once the process has
 imported what it needs, and again at exit, it skips that work and nothing else. Atexit handlers still run,
 an object still goes as its last reference does (a file is closed and flushed), and the memory goes back to

@@ -156,4 +156,3 @@ def pytest_collection_finish(session):
     freezes its imports (forgetting/gc_freeze.py); collected first, so that no garbage is frozen with it."""
     gc.collect()
     gc.freeze()
-
