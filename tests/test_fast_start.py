@@ -56,15 +56,17 @@ def test_a_default_run_imports_no_scipy_sklearn_or_text_libraries_and_freezes_th
     assert found["tracked_at_exit"] < 1_000, found["tracked_at_exit"]
 
 
-def test_main_called_with_arguments_leaves_the_callers_collector_alone(tmp_path, capsys):
+def test_main_called_with_arguments_leaves_the_callers_collector_alone(tmp_path, capsys, monkeypatch):
     import gc
 
     from forgetting.cli import main
 
-    before = gc.get_freeze_count()
+    calls = []
+    monkeypatch.setattr(gc, "freeze", lambda: calls.append("freeze"))
+    before = gc.get_freeze_count()  # frozen objects can die (fewer), a freeze would add this process's 10^5-10^6
     assert main(["--kl-lambda", "-1", "--results-dir", str(tmp_path / "r")]) == 2
     assert "kl-lambda" in capsys.readouterr().err
-    assert gc.get_freeze_count() == before
+    assert calls == [] and gc.get_freeze_count() <= before
 
 
 def test_digits_read_without_scikit_learn_equal_load_digits():
